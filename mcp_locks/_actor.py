@@ -1,0 +1,301 @@
+"""One actor per workspace, modelled on a Cloudflare Durable Object."""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from ._clock import Clock
+from ._errors import LockError, Unavailable
+from ._store import Store
+from ._index import Claim
+from ._table import Granted, Lease, Limits, LockTable, Queued
+
+__all__ = ["Waiting", "WorkspaceActor"]
+
+log = logging.getLogger("mcp_locks.actor")
+T = TypeVar("T")
+
+#: How many mailbox entries one group commit takes at most, so one batch never stalls the loop for long.
+MAX_BATCH = 512
+
+
+@dataclass(eq=False, slots=True)
+class _Call(Generic[T]):
+    fn: Callable[[LockTable, float], T]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Any = None
+    error: LockError | None = None
+
+
+@dataclass(eq=False, slots=True)
+class Waiting:
+    """A place in line that one or more callers (a request and its retries) listen on."""
+
+    waiter_id: int
+    listeners: int = 0
+    upgrade: bool = False
+    outcome: Granted | LockError | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+
+
+class WorkspaceActor:
+    """The only owner of one workspace's :class:`LockTable`.
+
+    One task applies commands from a mailbox one at a time, commits what a
+    batch of them changed as one store transaction (group commit), and only
+    then answers the callers, so nothing is acknowledged before it is
+    durable. It owns the timer: it sleeps until the next lease expiry or
+    wait deadline, never polling, so a lease ends at its deadline and the
+    waiters it frees are granted in the same step.
+
+    It starts on first use (loading the table from the store) and stops after
+    ``idle_timeout`` seconds with no command and nobody waiting; the caller
+    of :meth:`run` then sets an alarm for the table's next deadline, as a
+    Durable Object does, so expiries still happen on time.
+
+    If a commit fails, the table is rebuilt from the store (which holds only
+    what was committed) and every call of the failed batch gets UNAVAILABLE:
+    nothing it did took effect.
+    """
+
+    def __init__(
+        self,
+        workspace_id: str,
+        store: Store,
+        clock: Clock,
+        *,
+        limits: Limits,
+        idle_timeout: float = 60.0,
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.store = store
+        self.clock = clock
+        self.limits = limits
+        self.idle_timeout = idle_timeout
+        self.table: LockTable | None = None
+        self._mailbox: deque[_Call[Any]] = deque()
+        self._wake = anyio.Event()
+        self._waiting: dict[int, Waiting] = {}
+        self.stopped = False
+        self.next_deadline: float | None = None
+
+    # ------------------------------------------------------------------ callers
+
+    async def call(
+        self,
+        fn: Callable[[LockTable, float], T],
+        undo: Callable[[T], Awaitable[None]] | None = None,
+    ) -> T:
+        """Run ``fn(table, now)`` in the actor and return its result once committed.
+
+        If the caller is cancelled meanwhile, the command still runs to its
+        commit; ``undo`` then gets its result, to give back what nobody will
+        ever receive (a grant whose token would be lost, a place in line).
+        """
+        c: _Call[T] = _Call(fn)
+        self._mailbox.append(c)
+        self._wake.set()
+        try:
+            await c.done.wait()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await c.done.wait()
+                if c.error is None and undo is not None:
+                    await undo(c.result)
+            raise
+        if c.error is not None:
+            raise c.error
+        return c.result  # type: ignore[no-any-return]
+
+    def queued(self, outcome: Granted | Queued, upgrade: bool = False) -> Granted | Waiting:
+        """Inside a command: turn a Queued outcome into the place in line the caller will listen on."""
+        if isinstance(outcome, Granted):
+            return outcome
+        w = self._waiting.get(outcome.waiter_id)
+        if w is None:
+            w = self._waiting[outcome.waiter_id] = Waiting(outcome.waiter_id, upgrade=upgrade)
+        w.listeners += 1
+        return w
+
+    async def wait_for(self, w: Waiting) -> Granted:
+        """Wait for a place in line to be granted (or fail); leaving the line if cancelled."""
+        try:
+            await w.done.wait()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self.abandon(w)
+            raise
+        if isinstance(w.outcome, LockError):
+            raise w.outcome
+        assert isinstance(w.outcome, Granted)
+        return w.outcome
+
+    async def abandon(self, w: Waiting) -> None:
+        """A listener went away: leave the line, or give back a grant nobody will receive."""
+
+        def step(table: LockTable, now: float) -> None:
+            w.listeners -= 1
+            if w.listeners > 0:
+                return
+            self._waiting.pop(w.waiter_id, None)
+            if table.has_waiter(w.waiter_id):
+                table.cancel(now, w.waiter_id)
+            elif isinstance(w.outcome, Granted):
+                self._give_back(table, now, w.outcome.leases, w.upgrade)
+
+        await self._call_shielded(step)
+
+    async def give_back(self, leases: tuple[Lease, ...]) -> None:
+        """Release new grants that their caller never received."""
+        await self._call_shielded(lambda table, now: self._give_back(table, now, leases, False))
+
+    @staticmethod
+    def _give_back(table: LockTable, now: float, leases: tuple[Lease, ...], upgrade: bool) -> None:
+        for le in leases:
+            if table.lease(le.lock_id) is None:
+                continue
+            if upgrade:
+                # The caller still believes it holds the read lock it asked to upgrade.
+                table.acquire(now, [Claim(le.node_id, "read", le.depth)], owner=le.owner, timeout=le.timeout, token=le.token)
+            else:
+                table.release(now, le.token)
+
+    async def _call_shielded(self, fn: Callable[[LockTable, float], T]) -> T:
+        with anyio.CancelScope(shield=True):
+            return await self.call(fn)
+
+    # ------------------------------------------------------------------ loop
+
+    @property
+    def busy(self) -> bool:
+        """Whether commands are queued or callers wait in line."""
+        return bool(self._mailbox or self._waiting)
+
+    async def _load(self) -> LockTable:
+        snap = await self.store.load(self.workspace_id)
+        table = LockTable(
+            self.workspace_id, limits=self.limits, fence_next=snap.fence_next, fence_reserved=snap.fence_reserved
+        )
+        table.restore(snap.leases, snap.ended, snap.requests)
+        return table
+
+    async def run(self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Own the table until idle (or cancelled)."""
+        try:
+            self.table = await self._load()
+        except Exception:
+            log.exception("could not load workspace %s", self.workspace_id)
+            self.stopped = True
+            self._fail_all(Unavailable("the lock store could not be read.", hint="Retry in a few seconds."))
+            task_status.started()
+            return
+        task_status.started()
+        try:
+            await self._loop()
+        finally:
+            self.stopped = True
+            self._fail_all(Unavailable("the server is shutting down.", hint="Retry against the restarted server."))
+
+    def _fail_all(self, err: LockError) -> None:
+        while self._mailbox:
+            c = self._mailbox.popleft()
+            c.error = err
+            c.done.set()
+        for w in self._waiting.values():
+            if w.outcome is None:
+                w.outcome = err
+            w.done.set()
+        self._waiting.clear()
+
+    async def _loop(self) -> None:
+        idle_since = self.clock.now()
+        while True:
+            now = self.clock.now()
+            table = self.table
+            assert table is not None
+            deadline = table.next_deadline()
+            if not self._mailbox and (deadline is None or deadline > now):
+                if not self._waiting and now - idle_since >= self.idle_timeout:
+                    # No await between this check and returning: nothing can slip into the mailbox.
+                    self.next_deadline = deadline
+                    self.stopped = True
+                    return
+                wake_at = deadline
+                if not self._waiting:
+                    idle_at = idle_since + self.idle_timeout
+                    wake_at = idle_at if wake_at is None else min(wake_at, idle_at)
+                self._wake = anyio.Event()
+                await self.clock.wait(self._wake, wake_at)
+                continue
+            await self._step()
+            idle_since = self.clock.now()
+
+    async def _step(self) -> None:
+        table = self.table
+        assert table is not None
+        batch = [self._mailbox.popleft() for _ in range(min(len(self._mailbox), MAX_BATCH))]
+        now = self.clock.now()
+        broken = False
+        try:
+            table.expire(now)
+            self._take_outcomes(table, now)
+        except Exception:
+            log.exception("expiry failed in %s", self.workspace_id)
+            broken = True
+        for c in batch:
+            if broken:
+                break
+            try:
+                c.result = c.fn(table, now)
+            except LockError as e:
+                c.error = e
+            except Exception:
+                log.exception("command failed in %s", self.workspace_id)
+                broken = True
+            self._take_outcomes(table, now)
+        changes, table.changes = table.changes, []
+        if not broken and changes:
+            try:
+                await self.store.commit(self.workspace_id, changes)
+            except Exception:
+                log.exception("commit failed in %s", self.workspace_id)
+                broken = True
+        if broken:
+            await self._recover(batch)
+            return
+        for c in batch:
+            c.done.set()
+        for w in list(self._waiting.values()):
+            if w.outcome is not None:
+                del self._waiting[w.waiter_id]
+                w.done.set()
+
+    def _take_outcomes(self, table: LockTable, now: float) -> None:
+        while table.outcomes:
+            outcomes, table.outcomes = table.outcomes, []
+            for wid, outcome in outcomes:
+                w = self._waiting.get(wid)
+                if w is not None:
+                    w.outcome = outcome
+                elif isinstance(outcome, Granted):  # pragma: no cover - every waiter has a listener
+                    self._give_back(table, now, outcome.leases, False)
+
+    async def _recover(self, batch: list[_Call[Any]]) -> None:
+        err = Unavailable(
+            "the lock store could not commit this change; nothing in it took effect.",
+            hint="Retry in a few seconds; locks committed before are unchanged.",
+        )
+        for c in batch:
+            c.result, c.error = None, err
+            c.done.set()
+        for w in self._waiting.values():
+            w.outcome = err
+            w.done.set()
+        self._waiting.clear()
+        self.table = await self._load()

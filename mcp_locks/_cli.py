@@ -1,0 +1,100 @@
+"""The ``mcp-locks`` command line."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ._app import __version__, build_app
+from ._settings import Settings, default_data_dir
+
+__all__ = ["main"]
+
+
+def _settings(**flags: Any) -> Settings:
+    # Flags left unset fall through to MCP_LOCKS_* and then the defaults.
+    return Settings(**{k: v for k, v in flags.items() if v is not None})
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror}. Pick another --port.") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mcp-locks")
+def main() -> None:
+    """Secure file locks for teams of AI agents, served over MCP.
+
+    Example: mcp-locks serve --port 8765
+    """
+
+
+@main.command()
+@click.option("--host", default=None, help="Address to listen on [default: 127.0.0.1; env MCP_LOCKS_HOST].")
+@click.option("--port", type=int, default=None, help="Port (0 = any free port) [default: 8765; env MCP_LOCKS_PORT].")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"Where locks are kept [default: {default_data_dir()}; env MCP_LOCKS_DATA_DIR].",
+)
+@click.option(
+    "--store",
+    type=click.Choice(["sqlite", "memory"]),
+    default=None,
+    help="sqlite (durable, default) or memory (forgets everything on exit).",
+)
+@click.option(
+    "--sync",
+    type=click.Choice(["normal", "full"]),
+    default=None,
+    help="normal: commits survive a crash of the server; full: also a power loss (slower).",
+)
+@click.option("--max-timeout", type=float, default=None, help="Longest lease a client may ask for, in seconds.")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+def serve(**flags: Any) -> None:
+    """Serve MCP over streamable HTTP at /mcp (and GET /healthz) until Ctrl-C or SIGTERM.
+
+    Example: mcp-locks serve --host 127.0.0.1 --port 8765 --data-dir ./locks-data
+    """
+    import uvicorn
+
+    settings = _settings(**flags)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    if settings.store == "sqlite":
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    sock = _bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    where = f"{settings.db_path}" if settings.store == "sqlite" else "memory (nothing is kept after exit)"
+    click.echo(f"mcp-locks {__version__} listening on http://{shown}:{port}/mcp", err=True)
+    click.echo(f"data: {where}", err=True)
+    app = build_app(settings)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        loop="auto",
+        http="auto",
+        timeout_graceful_shutdown=5,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+    click.echo("mcp-locks stopped", err=True)

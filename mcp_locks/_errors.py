@@ -1,0 +1,150 @@
+"""The one error table.
+
+Every failure a client can see is a :class:`LockError` subclass. Each class
+carries its stable ``code`` and the HTTP status the REST face uses, so MCP
+error text, REST bodies and tests all read from this table and cannot drift.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "ERROR_TABLE",
+    "AlreadyExists",
+    "Deadlock",
+    "Internal",
+    "InvalidArgument",
+    "LimitExceeded",
+    "LockError",
+    "LockExpired",
+    "LockNotFound",
+    "Locked",
+    "NotFound",
+    "Unavailable",
+    "WaitTimeout",
+]
+
+
+class LockError(Exception):
+    """A refusal with a stable code, a message for the caller and a hint of what to do next.
+
+    ``details`` is a JSON-serialisable mapping for programs (holders, expiry
+    times, the offending field); it never holds tokens.
+    """
+
+    code: ClassVar[str] = "INTERNAL"
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, *, hint: str = "", details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.details: dict[str, Any] = details or {}
+
+    def text(self) -> str:
+        """The one-line form agents read: ``CODE: message hint``."""
+        return f"{self.code}: {self.message}" + (f" {self.hint}" if self.hint else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The machine-readable body shared by MCP ``structuredContent`` and REST."""
+        return {"code": self.code, "message": self.message, "hint": self.hint, "details": self.details}
+
+    def __str__(self) -> str:
+        return self.text()
+
+
+class InvalidArgument(LockError):
+    """An argument broke a rule; ``details["field"]`` names it."""
+
+    code = "INVALID_ARGUMENT"
+    http_status = 422
+
+
+class NotFound(LockError):
+    """The workspace does not exist."""
+
+    code = "NOT_FOUND"
+    http_status = 404
+
+
+class AlreadyExists(LockError):
+    """The workspace already exists."""
+
+    code = "ALREADY_EXISTS"
+    http_status = 409
+
+
+class Locked(LockError):
+    """The node is held in a conflicting mode (or an earlier request waits for it) and wait was 0."""
+
+    code = "LOCKED"
+    http_status = 423
+
+
+class WaitTimeout(LockError):
+    """The request waited in line for its whole ``wait`` and was not granted."""
+
+    code = "WAIT_TIMEOUT"
+    http_status = 423
+
+
+class Deadlock(LockError):
+    """Waiting would close a cycle of owners waiting for each other."""
+
+    code = "DEADLOCK"
+    http_status = 409
+
+
+class LockExpired(LockError):
+    """The token's lease ran out; ``details["expired_at"]`` says when."""
+
+    code = "LOCK_EXPIRED"
+    http_status = 410
+
+
+class LockNotFound(LockError):
+    """No lock has this token (never existed, released, or forgotten after the retention period)."""
+
+    code = "LOCK_NOT_FOUND"
+    http_status = 404
+
+
+class LimitExceeded(LockError):
+    """A server limit (locks, waiters, batch size) would be exceeded."""
+
+    code = "LIMIT_EXCEEDED"
+    http_status = 429
+
+
+class Unavailable(LockError):
+    """The store could not commit; nothing in the failed request took effect."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+
+
+class Internal(LockError):
+    """A bug on our side; the details are in the server log, never sent to the client."""
+
+    code = "INTERNAL"
+    http_status = 500
+
+
+#: code -> class; the one table every face reads.
+ERROR_TABLE: dict[str, type[LockError]] = {
+    cls.code: cls
+    for cls in (
+        InvalidArgument,
+        NotFound,
+        AlreadyExists,
+        Locked,
+        WaitTimeout,
+        Deadlock,
+        LockExpired,
+        LockNotFound,
+        LimitExceeded,
+        Unavailable,
+        Internal,
+    )
+}

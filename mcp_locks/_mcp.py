@@ -1,0 +1,290 @@
+"""The MCP face: tools that parse arguments, call the service and format results or coded errors."""
+
+# No "from __future__ import annotations": tool signatures use local Annotated types the SDK must evaluate.
+
+import logging
+from typing import Annotated, Any, Literal
+
+from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
+from pydantic import Field, ValidationError
+
+from ._errors import Internal, InvalidArgument, LockError
+from ._models import (
+    LockFilesResult,
+    LockGrant,
+    LockItem,
+    LockPage,
+    LockStatus,
+    RenewResult,
+    UnlockFilesResult,
+    UnlockResult,
+    WorkspaceInfo,
+)
+from ._service import MAX_ITEMS, LockService
+
+__all__ = ["INSTRUCTIONS", "build_mcp", "error_result"]
+
+log = logging.getLogger("mcp_locks.mcp")
+
+INSTRUCTIONS = """\
+mcp-locks coordinates edits to shared files between agents.
+Before editing a shared file: lock_file(node_id, mode="write") -> keep the returned token secret ->
+read, change and write the file -> unlock_file(token). Use mode="read" to read while keeping writers out.
+Leases end after `timeout` seconds (default 300) unless you call renew_lock; a lock whose lease ended is
+gone and your next call with its token fails with LOCK_EXPIRED. If a file is locked you get LOCKED:
+retry with wait=30 to wait in line (first come, first served), or work on something else.
+To take several locks, use lock_files (all or none; it never deadlocks). Send request_id to make a
+lock call safe to retry. Every grant carries a `fence` number that grows with every grant; pass it
+along with writes to systems that can reject an older fence.
+Errors start with a stable CODE and say what to do next.
+"""
+
+WorkspaceArg = Annotated[
+    str | None,
+    Field(description="Workspace id (1-63 of a-z 0-9 _ -). Omit for the workspace 'default'."),
+]
+NodeArg = Annotated[
+    str,
+    Field(description="Workspace-relative path of the file or folder, e.g. 'reports/q3.md' (no leading '/', no '..')."),
+]
+ModeArg = Annotated[
+    Literal["read", "write", "shared", "exclusive"],
+    Field(description="'write' (exclusive: to change the file) or 'read' (shared: to read it consistently)."),
+]
+DepthArg = Annotated[
+    Literal["node", "tree"],
+    Field(description="'node' locks this path only; 'tree' locks it and everything below it (a whole folder)."),
+]
+NoteArg = Annotated[
+    str | None, Field(description="Optional short note shown to others, e.g. what you are doing.", max_length=1024)
+]
+AgentArg = Annotated[
+    str | None,
+    Field(description="Your agent name, shown as the lock owner; use a distinct name per agent.", max_length=64),
+]
+RequestIdArg = Annotated[
+    str | None,
+    Field(
+        description="Optional id of this request (e.g. a UUID). Retrying with the same request_id returns the "
+        "original result instead of taking a second lock.",
+        max_length=128,
+    ),
+]
+TokenArg = Annotated[str, Field(description="The secret token returned by lock_file / lock_files.")]
+
+
+def error_result(err: LockError) -> CallToolResult:
+    """A tool error whose text starts with the stable code, with the same body as REST in structuredContent."""
+    return CallToolResult(
+        is_error=True,
+        content=[TextContent(type="text", text=err.text())],
+        structured_content={"error": err.to_dict()},
+    )
+
+
+def _from_validation(tool: str, exc: ValidationError) -> InvalidArgument:
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = []
+    for e in errors[:5]:
+        field = ".".join(str(p) for p in e["loc"]) or "arguments"
+        parts.append(f"{field}: {e['msg']}")
+    first = ".".join(str(p) for p in errors[0]["loc"]) if errors else "arguments"
+    return InvalidArgument(
+        f"bad arguments for {tool}: " + "; ".join(parts) + ".",
+        hint="Fix the argument and call again; the tool's input schema lists every field and its limits.",
+        details={"field": first, "errors": [{"field": ".".join(map(str, e["loc"])), "msg": e["msg"]} for e in errors]},
+    )
+
+
+class _LockMCPServer(MCPServer[Any]):
+    """MCPServer whose tool failures are always coded results, never tracebacks or pydantic dumps."""
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, LockError):
+                return error_result(cause)
+            if isinstance(cause, ValidationError):
+                return error_result(_from_validation(name, cause))
+            if self._tool_manager.get_tool(name) is None:
+                names = ", ".join(t.name for t in self._tool_manager.list_tools())
+                return error_result(
+                    InvalidArgument(f"there is no tool named '{name[:64]}'.", hint=f"Available tools: {names}.")
+                )
+            log.error("tool %s failed", name, exc_info=cause or exc)
+            return error_result(Internal("the server failed to handle this call.", hint="Retry; if it persists, report it."))
+
+
+def build_mcp(service: LockService, *, name: str = "mcp-locks", version: str = "") -> MCPServer[Any]:
+    """An MCP server whose tools call ``service``."""
+    lim = service.limits
+    mcp: MCPServer[Any] = _LockMCPServer(name, version=version, instructions=INSTRUCTIONS)
+    TimeoutArg = Annotated[
+        float,
+        Field(
+            description=f"Lease length in seconds (1-{lim.max_timeout:g}). The lock is released automatically when "
+            "it runs out, unless you call renew_lock.",
+            ge=1,
+            le=lim.max_timeout,
+        ),
+    ]
+    WaitArg = Annotated[
+        float,
+        Field(
+            description=f"Seconds to wait in line if the file is locked (0-{lim.max_wait:g}). 0 = fail at once "
+            "with LOCKED.",
+            ge=0,
+            le=lim.max_wait,
+        ),
+    ]
+    readonly = ToolAnnotations(read_only_hint=True, idempotent_hint=True, open_world_hint=False)
+    changes = ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+
+    @mcp.tool(
+        annotations=changes,
+        description="""Lock a file (or a folder with depth='tree') before you read or change it.
+
+Use mode='write' before editing a file: nobody else can lock it until you unlock it or the lease runs out.
+Use mode='read' to read a file while keeping writers out (readers share).
+Returns a grant: keep `token` secret and pass it to unlock_file when done and to renew_lock to extend the lease.
+`fence` grows with every grant: pass it to anything that can reject writes carrying an older fence.
+
+To upgrade a read lock to write (or downgrade write to read), call lock_file again with the same node_id, the
+new mode and token=<your token>: same lock, new fence for an upgrade.
+
+Errors and what to do:
+- LOCKED: someone else holds it. Retry with wait=30 to wait your turn, or work on another file.
+- WAIT_TIMEOUT: you waited `wait` seconds without getting it. Retry later or with a longer wait.
+- DEADLOCK: you hold a lock the other holder is waiting for. Release your locks and retry, or use lock_files.
+- INVALID_ARGUMENT: fix the named field. NOT_FOUND: create the workspace first (create_workspace).""",
+    )
+    async def lock_file(
+        node_id: NodeArg,
+        workspace_id: WorkspaceArg = None,
+        mode: ModeArg = "write",
+        timeout: TimeoutArg = 300,
+        wait: WaitArg = 0,
+        depth: DepthArg = "node",
+        note: NoteArg = None,
+        agent: AgentArg = None,
+        request_id: RequestIdArg = None,
+        token: Annotated[
+            str | None,
+            Field(description="Only to upgrade/downgrade a lock you hold: its token. Omit to take a new lock."),
+        ] = None,
+    ) -> LockGrant:
+        return await service.lock(
+            workspace_id, node_id, mode, timeout, wait, depth, note, agent, request_id, token
+        )
+
+    @mcp.tool(
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False),
+        description="""Release a lock you hold, as soon as you are done with the file.
+
+Pass the token from lock_file. Returns the released lock and how long it was held.
+Errors: LOCK_NOT_FOUND (already released, or a wrong token/workspace: nothing to do), LOCK_EXPIRED (the lease ran
+out before you released it: another agent may have changed the file since, so re-read it before relying on it).""",
+    )
+    async def unlock_file(
+        token: TokenArg,
+        workspace_id: WorkspaceArg = None,
+        node_id: Annotated[str | None, Field(description="Optional check: the node the lock is on.")] = None,
+    ) -> UnlockResult:
+        return await service.unlock(workspace_id, token, node_id)
+
+    @mcp.tool(
+        annotations=changes,
+        description="""Extend the lease of a lock you hold; call it well before expires_at for long work.
+
+The lease restarts now for `timeout` seconds (default: the lock's previous timeout). Returns the new expires_at.
+LOCK_EXPIRED means the lease already ran out: the lock is gone; take it again and re-read the file.""",
+    )
+    async def renew_lock(
+        token: TokenArg,
+        workspace_id: WorkspaceArg = None,
+        timeout: Annotated[
+            float | None,
+            Field(description=f"New lease length in seconds (1-{lim.max_timeout:g}).", ge=1, le=lim.max_timeout),
+        ] = None,
+    ) -> RenewResult:
+        return await service.renew(workspace_id, token, timeout)
+
+    @mcp.tool(
+        annotations=readonly,
+        description="""Check whether a file or folder is locked, by whom, until when, and who waits: "may I edit this?".
+
+Shows the locks on this node, tree locks on folders above it that cover it, the waiters, and how many locks are
+held below it. Never shows tokens. Read-only: it takes no lock.""",
+    )
+    async def check_lock_status(node_id: NodeArg, workspace_id: WorkspaceArg = None) -> LockStatus:
+        return await service.status(workspace_id, node_id)
+
+    @mcp.tool(
+        annotations=readonly,
+        description="""List the locks held in a workspace, optionally only under a path prefix or of one owner.
+
+Returns up to `limit` locks ordered by node_id and next_cursor; pass next_cursor as cursor to get the next page.""",
+    )
+    async def list_locks(
+        workspace_id: WorkspaceArg = None,
+        prefix: Annotated[str, Field(description="Only node_ids starting with this text, e.g. 'reports/'.")] = "",
+        owner: Annotated[str | None, Field(description="Only locks held by this agent.")] = None,
+        limit: Annotated[int, Field(description="Page size, 1-1000.", ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+    ) -> LockPage:
+        return await service.list_locks(workspace_id, prefix, owner, limit, cursor)
+
+    @mcp.tool(
+        annotations=changes,
+        description=f"""Lock several files at once: all of them or none (1-{MAX_ITEMS} items).
+
+Use it whenever a change touches more than one file: it waits for all of them together, so it never
+deadlocks with other agents and never leaves you holding only part of what you need.
+Each item is {{node_id, mode, depth}}. Returns one grant (with its own token and fence) per item, in order.
+Errors as for lock_file; on any error nothing is locked.""",
+    )
+    async def lock_files(
+        items: Annotated[
+            list[LockItem], Field(description="The nodes to lock.", min_length=1, max_length=MAX_ITEMS)
+        ],
+        workspace_id: WorkspaceArg = None,
+        timeout: TimeoutArg = 300,
+        wait: WaitArg = 0,
+        note: NoteArg = None,
+        agent: AgentArg = None,
+        request_id: RequestIdArg = None,
+    ) -> LockFilesResult:
+        return await service.lock_many(workspace_id, items, timeout, wait, note, agent, request_id)
+
+    @mcp.tool(
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False),
+        description="""Release several locks at once (for example everything lock_files gave you).
+
+Each token is released on its own: results[i] says whether tokens[i] was released, or why not
+(LOCK_NOT_FOUND, LOCK_EXPIRED). A bad token does not stop the others.""",
+    )
+    async def unlock_files(
+        tokens: Annotated[list[str], Field(description="Tokens to release.", min_length=1, max_length=MAX_ITEMS)],
+        workspace_id: WorkspaceArg = None,
+    ) -> UnlockFilesResult:
+        return await service.unlock_many(workspace_id, tokens)
+
+    @mcp.tool(
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+        description="""Create a workspace: a separate set of locks, e.g. one per project or repository.
+
+ALREADY_EXISTS means it is there already: just use it. The workspace 'default' always exists.""",
+    )
+    async def create_workspace(
+        workspace_id: Annotated[str, Field(description="New workspace id: 1-63 of a-z 0-9 _ -.")],
+        description: Annotated[str | None, Field(description="What the workspace is for.", max_length=1024)] = None,
+    ) -> WorkspaceInfo:
+        return await service.create_workspace(workspace_id, description)
+
+    return mcp

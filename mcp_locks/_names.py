@@ -1,0 +1,69 @@
+"""Rules for workspace ids and node ids, shared by every face."""
+
+from __future__ import annotations
+
+import re
+
+from ._errors import InvalidArgument
+
+__all__ = ["DEFAULT_WORKSPACE", "MAX_NODE_ID_BYTES", "ancestors", "check_node_id", "check_workspace_id"]
+
+DEFAULT_WORKSPACE = "default"
+MAX_NODE_ID_BYTES = 1024
+_WORKSPACE_RE = re.compile(r"[a-z0-9_-]{1,63}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_workspace_id(value: object, field: str = "workspace_id") -> str:
+    """Return ``value`` if it is 1-63 characters of ``[a-z0-9_-]``, else raise INVALID_ARGUMENT."""
+    if value is None:
+        return DEFAULT_WORKSPACE
+    if not isinstance(value, str) or not _WORKSPACE_RE.fullmatch(value):
+        raise InvalidArgument(
+            f"{field} must be 1-63 characters of a-z, 0-9, '_' or '-'.",
+            hint=f"Omit {field} to use the workspace '{DEFAULT_WORKSPACE}'.",
+            details={"field": field, "rule": "[a-z0-9_-]{1,63}"},
+        )
+    return value
+
+
+def check_node_id(value: object, field: str = "node_id") -> str:
+    """Return ``value`` if it is a clean workspace-relative path, else raise INVALID_ARGUMENT naming the rule."""
+
+    def bad(rule: str) -> InvalidArgument:
+        return InvalidArgument(
+            f"{field} {rule}.",
+            hint="Use a workspace-relative path such as 'reports/q3.md'.",
+            details={"field": field, "rule": rule},
+        )
+
+    if not isinstance(value, str):
+        raise bad("must be a string")
+    if not value:
+        raise bad("must not be empty")
+    if _CONTROL_RE.search(value):
+        raise bad("must not contain control characters")
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise bad("must be valid UTF-8") from None
+    if size > MAX_NODE_ID_BYTES:
+        raise bad(f"must be at most {MAX_NODE_ID_BYTES} bytes of UTF-8 (got {size})")
+    if value.startswith("/"):
+        raise bad("must be relative: no leading '/'")
+    for segment in value.split("/"):
+        if segment == "":
+            raise bad("must not have empty segments ('//' or a trailing '/')")
+        if segment in (".", ".."):
+            raise bad("must not have '.' or '..' segments")
+    return value
+
+
+def ancestors(node_id: str) -> list[str]:
+    """The strict ancestors of ``node_id``, nearest last: ``a/b/c`` -> ``['a', 'a/b']``."""
+    out: list[str] = []
+    i = node_id.find("/")
+    while i != -1:
+        out.append(node_id[:i])
+        i = node_id.find("/", i + 1)
+    return out

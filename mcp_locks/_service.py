@@ -1,0 +1,483 @@
+"""The service layer: workspace -> actor routing, argument rules, and the public results."""
+
+from __future__ import annotations
+
+import base64
+import heapq
+import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+
+from ._actor import Waiting, WorkspaceActor
+from ._clock import Clock
+from ._errors import InvalidArgument, LimitExceeded, LockError, NotFound, Unavailable
+from ._index import Claim, Depth, Mode
+from ._models import (
+    LockFilesResult,
+    LockGrant,
+    LockInfo,
+    LockItem,
+    LockPage,
+    LockStatus,
+    RenewResult,
+    UnlockFilesResult,
+    UnlockOutcome,
+    UnlockResult,
+    WorkspaceInfo,
+    utc,
+)
+from ._names import DEFAULT_WORKSPACE, check_node_id, check_workspace_id
+from ._store import Store, WorkspaceRecord
+from ._table import ANONYMOUS, Granted, Lease, Limits, LockTable
+
+__all__ = ["LockService", "ServiceLimits"]
+
+log = logging.getLogger("mcp_locks.service")
+
+MAX_ITEMS = 100
+_MODES: dict[str, Mode] = {"read": "read", "shared": "read", "write": "write", "exclusive": "write"}
+_TEXT_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    """Server settings that bound requests."""
+
+    max_timeout: float = 86_400.0
+    max_wait: float = 3_600.0
+    idle_timeout: float = 60.0
+    table: Limits = Limits()
+
+
+def _mode(value: object, field: str = "mode") -> Mode:
+    if isinstance(value, str) and value in _MODES:
+        return _MODES[value]
+    raise InvalidArgument(
+        f"{field} must be 'read' or 'write' ('shared' and 'exclusive' are accepted as aliases).",
+        hint="Use 'write' to edit a file, 'read' to read it while keeping writers out.",
+        details={"field": field},
+    )
+
+
+def _depth(value: object, field: str = "depth") -> Depth:
+    if value == "node" or value == "tree":
+        return value  # type: ignore[return-value]
+    raise InvalidArgument(
+        f"{field} must be 'node' or 'tree'.",
+        hint="'tree' locks a folder and everything below it.",
+        details={"field": field},
+    )
+
+
+def _seconds(value: object, field: str, lo: float, hi: float, hint: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise InvalidArgument(f"{field} must be a number of seconds.", hint=hint, details={"field": field})
+    if not lo <= value <= hi:
+        raise InvalidArgument(
+            f"{field} must be between {lo:g} and {hi:g} seconds (got {value:g}).",
+            hint=hint,
+            details={"field": field, "min": lo, "max": hi},
+        )
+    return float(value)
+
+
+def _text(value: object, field: str, max_len: int, *, allow_newlines: bool = False) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidArgument(f"{field} must be a string.", details={"field": field})
+    if len(value) > max_len:
+        raise InvalidArgument(
+            f"{field} must be at most {max_len} characters (got {len(value)}).", details={"field": field}
+        )
+    bad = _TEXT_RE.search(value) if allow_newlines else re.search(r"[\x00-\x1f\x7f]", value)
+    if bad:
+        raise InvalidArgument(f"{field} must not contain control characters.", details={"field": field})
+    return value
+
+
+def _owner(agent: object) -> str:
+    name = _text(agent, "agent", 64)
+    if name is None or not name.strip():
+        return ANONYMOUS
+    return name.strip()
+
+
+def encode_cursor(after: tuple[str, str]) -> str:
+    """An opaque cursor for the next page."""
+    return base64.urlsafe_b64encode(json.dumps(list(after)).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """The position a cursor names (INVALID_ARGUMENT if it is not one of ours)."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        node, lock_id = json.loads(raw)
+        if isinstance(node, str) and isinstance(lock_id, str):
+            return node, lock_id
+    except (ValueError, TypeError):
+        pass
+    raise InvalidArgument(
+        "cursor is not a cursor returned by list_locks.",
+        hint="Pass next_cursor from the previous page unchanged, or omit it to start over.",
+        details={"field": "cursor"},
+    )
+
+
+class LockService:
+    """Routes each workspace's commands to its actor, starting actors on use and waking evicted ones by alarm.
+
+    Every face (MCP tools, REST routes, the CLI) calls these methods, so the
+    rules and the errors are the same everywhere. Use as an async context
+    manager: it opens the store, creates the workspace ``default``, and
+    schedules alarms for leases that were held when the server stopped (so
+    locks whose deadline passed while it was down are expired at once).
+    """
+
+    def __init__(self, store: Store, *, clock: Clock | None = None, limits: ServiceLimits | None = None) -> None:
+        self.store = store
+        self.clock = clock or Clock()
+        self.limits = limits or ServiceLimits()
+        self._actors: dict[str, WorkspaceActor] = {}
+        self._workspaces: dict[str, WorkspaceRecord] = {}
+        self._alarms: list[tuple[float, str]] = []
+        self._alarm_wake = anyio.Event()
+        self._create_lock = anyio.Lock()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._stack: AsyncExitStack | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Self:
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            await self.store.open()
+            stack.push_async_callback(self.store.close)
+            for rec in await self.store.list_workspaces():
+                self._workspaces[rec.workspace_id] = rec
+            if DEFAULT_WORKSPACE not in self._workspaces:
+                rec = await self.store.create_workspace(DEFAULT_WORKSPACE, "Created on first start.", self.clock.now())
+                self._workspaces[DEFAULT_WORKSPACE] = rec
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+            stack.callback(self._tg.cancel_scope.cancel)
+            for ws, when in (await self.store.deadlines()).items():
+                self._set_alarm(ws, when)
+            self._tg.start_soon(self._alarm_loop)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            await stack.aclose()
+
+    def _set_alarm(self, workspace_id: str, when: float) -> None:
+        heapq.heappush(self._alarms, (when, workspace_id))
+        self._alarm_wake.set()
+
+    async def _alarm_loop(self) -> None:
+        while True:
+            now = self.clock.now()
+            while self._alarms and self._alarms[0][0] <= now:
+                _, ws = heapq.heappop(self._alarms)
+                if ws in self._workspaces:
+                    self._actor(ws)  # starting it expires what is due
+            self._alarm_wake = anyio.Event()
+            await self.clock.wait(self._alarm_wake, self._alarms[0][0] if self._alarms else None)
+
+    def _actor(self, workspace_id: str) -> WorkspaceActor:
+        actor = self._actors.get(workspace_id)
+        if actor is None or actor.stopped:
+            if self._tg is None:
+                raise Unavailable("the lock service is not running.", hint="Retry once the server has started.")
+            actor = WorkspaceActor(
+                workspace_id,
+                self.store,
+                self.clock,
+                limits=self.limits.table,
+                idle_timeout=self.limits.idle_timeout,
+            )
+            self._actors[workspace_id] = actor
+            self._tg.start_soon(self._run_actor, actor)
+        return actor
+
+    async def _run_actor(self, actor: WorkspaceActor) -> None:
+        try:
+            await actor.run()
+        except Exception:
+            log.exception("workspace actor %s stopped", actor.workspace_id)
+        finally:
+            if self._actors.get(actor.workspace_id) is actor:
+                del self._actors[actor.workspace_id]
+            if actor.next_deadline is not None:
+                self._set_alarm(actor.workspace_id, actor.next_deadline)
+
+    def _known(self, workspace_id: object) -> str:
+        ws = check_workspace_id(workspace_id)
+        if ws not in self._workspaces:
+            raise NotFound(
+                f"workspace '{ws}' does not exist.",
+                hint=f"Create it with create_workspace(workspace_id='{ws}'), or omit workspace_id to use '{DEFAULT_WORKSPACE}'.",
+                details={"workspace_id": ws},
+            )
+        return ws
+
+    @property
+    def active_actors(self) -> int:
+        """How many workspace actors are running (the rest are evicted)."""
+        return len(self._actors)
+
+    # ------------------------------------------------------------------ workspaces
+
+    async def create_workspace(self, workspace_id: object, description: object = None) -> WorkspaceInfo:
+        """Create a workspace (ALREADY_EXISTS if it exists)."""
+        ws = check_workspace_id(workspace_id)
+        desc = _text(description, "description", 1024, allow_newlines=True)
+        async with self._create_lock:
+            rec = await self.store.create_workspace(ws, desc, self.clock.now())
+            self._workspaces[ws] = rec
+        return WorkspaceInfo(workspace_id=ws, description=desc, created_at=utc(rec.created_at))
+
+    async def list_workspaces(self) -> list[WorkspaceInfo]:
+        """Every workspace."""
+        return [
+            WorkspaceInfo(workspace_id=r.workspace_id, description=r.description, created_at=utc(r.created_at))
+            for r in sorted(self._workspaces.values(), key=lambda r: r.workspace_id)
+        ]
+
+    # ------------------------------------------------------------------ locks
+
+    def _lock_args(
+        self, timeout: object, wait: object, note: object, agent: object, request_id: object
+    ) -> tuple[float, float, str | None, str, str | None]:
+        t = _seconds(
+            timeout, "timeout", 1, self.limits.max_timeout, "Pick a lease long enough for the work, then renew_lock."
+        )
+        w = _seconds(wait, "wait", 0, self.limits.max_wait, "Use wait=0 to fail at once when the file is locked.")
+        rid = _text(request_id, "request_id", 128)
+        if rid is not None and not rid:
+            raise InvalidArgument("request_id must not be empty.", details={"field": "request_id"})
+        return t, w, _text(note, "note", 1024, allow_newlines=True), _owner(agent), rid
+
+    async def _acquire(
+        self,
+        ws: str,
+        items: tuple[Claim, ...],
+        *,
+        owner: str,
+        timeout: float,
+        wait: float,
+        note: str | None,
+        request_id: str | None,
+        token: str | None,
+    ) -> Granted:
+        actor = self._actor(ws)
+
+        def step(table: LockTable, now: float) -> Granted | Waiting:
+            outcome = table.acquire(
+                now, items, owner=owner, timeout=timeout, wait=wait, note=note, request_id=request_id, token=token
+            )
+            return actor.queued(outcome, upgrade=token is not None)
+
+        async def undo(result: Granted | Waiting) -> None:
+            if isinstance(result, Waiting):
+                await actor.abandon(result)
+            elif token is None and not result.replayed:
+                await actor.give_back(result.leases)
+
+        result = await actor.call(step, undo)
+        if isinstance(result, Waiting):
+            return await actor.wait_for(result)
+        return result
+
+    async def lock(
+        self,
+        workspace_id: object = None,
+        node_id: object = None,
+        mode: object = "write",
+        timeout: object = 300,
+        wait: object = 0,
+        depth: object = "node",
+        note: object = None,
+        agent: object = None,
+        request_id: object = None,
+        token: object = None,
+    ) -> LockGrant:
+        """Take one lock (or upgrade / downgrade / re-lease the one ``token`` names)."""
+        ws = self._known(workspace_id)
+        claim = Claim(check_node_id(node_id), _mode(mode), _depth(depth))
+        t, w, n, owner, rid = self._lock_args(timeout, wait, note, agent, request_id)
+        tok = _text(token, "token", 256) if token is not None else None
+        granted = await self._acquire(
+            ws, (claim,), owner=owner, timeout=t, wait=w, note=n, request_id=rid, token=tok
+        )
+        return LockGrant.of(ws, granted.leases[0], granted.replayed)
+
+    async def lock_many(
+        self,
+        workspace_id: object = None,
+        items: object = None,
+        timeout: object = 300,
+        wait: object = 0,
+        note: object = None,
+        agent: object = None,
+        request_id: object = None,
+    ) -> LockFilesResult:
+        """Take every lock in ``items`` together, or none."""
+        ws = self._known(workspace_id)
+        if not isinstance(items, Sequence) or isinstance(items, str) or not items:
+            raise InvalidArgument(
+                "items must be a list of 1 to 100 {node_id, mode, depth} objects.", details={"field": "items"}
+            )
+        if len(items) > MAX_ITEMS:
+            raise LimitExceeded(
+                f"lock_files takes at most {MAX_ITEMS} items (got {len(items)}).",
+                hint="Lock a common folder with depth='tree' instead, or split the work.",
+                details={"field": "items", "limit": MAX_ITEMS},
+            )
+        claims: list[Claim] = []
+        for i, raw in enumerate(items):
+            item = raw if isinstance(raw, LockItem) else None
+            if item is None:
+                if not isinstance(raw, dict):
+                    raise InvalidArgument(
+                        f"items[{i}] must be an object with node_id, mode and depth.", details={"field": f"items[{i}]"}
+                    )
+                d: dict[str, Any] = raw
+                claims.append(
+                    Claim(
+                        check_node_id(d.get("node_id"), f"items[{i}].node_id"),
+                        _mode(d.get("mode", "write"), f"items[{i}].mode"),
+                        _depth(d.get("depth", "node"), f"items[{i}].depth"),
+                    )
+                )
+            else:
+                claims.append(
+                    Claim(
+                        check_node_id(item.node_id, f"items[{i}].node_id"),
+                        _mode(item.mode, f"items[{i}].mode"),
+                        _depth(item.depth, f"items[{i}].depth"),
+                    )
+                )
+        t, w, n, owner, rid = self._lock_args(timeout, wait, note, agent, request_id)
+        granted = await self._acquire(
+            ws, tuple(claims), owner=owner, timeout=t, wait=w, note=n, request_id=rid, token=None
+        )
+        leases = granted.leases
+        return LockFilesResult(
+            workspace_id=ws,
+            locks=[LockGrant.of(ws, le, granted.replayed) for le in leases],
+            waited_ms=leases[0].waited_ms if leases else 0,
+        )
+
+    async def unlock(self, workspace_id: object = None, token: object = None, node_id: object = None) -> UnlockResult:
+        """Release the lock ``token`` names."""
+        ws = self._known(workspace_id)
+        tok = self._token(token)
+        node = check_node_id(node_id) if node_id is not None else None
+        lease, held_ms = await self._actor(ws).call(lambda table, now: table.release(now, tok, node))
+        return UnlockResult(workspace_id=ws, released=LockInfo.of(lease), held_ms=held_ms)
+
+    async def unlock_many(self, workspace_id: object = None, tokens: object = None) -> UnlockFilesResult:
+        """Release each token's lock; a bad token is reported in its place and does not stop the others."""
+        ws = self._known(workspace_id)
+        if not isinstance(tokens, Sequence) or isinstance(tokens, str) or not tokens:
+            raise InvalidArgument("tokens must be a list of 1 to 100 tokens.", details={"field": "tokens"})
+        if len(tokens) > MAX_ITEMS:
+            raise LimitExceeded(
+                f"unlock_files takes at most {MAX_ITEMS} tokens (got {len(tokens)}).",
+                details={"field": "tokens", "limit": MAX_ITEMS},
+            )
+        toks = [self._token(t, f"tokens[{i}]") for i, t in enumerate(tokens)]
+
+        def step(table: LockTable, now: float) -> list[UnlockOutcome]:
+            out: list[UnlockOutcome] = []
+            for i, tok in enumerate(toks):
+                try:
+                    lease, held = table.release(now, tok)
+                except LockError as e:
+                    out.append(UnlockOutcome(index=i, released=False, error_code=e.code, error=e.text()))
+                else:
+                    out.append(
+                        UnlockOutcome(index=i, released=True, lock_id=lease.lock_id, node_id=lease.node_id, held_ms=held)
+                    )
+            return out
+
+        results = await self._actor(ws).call(step)
+        return UnlockFilesResult(workspace_id=ws, released=sum(r.released for r in results), results=results)
+
+    async def renew(self, workspace_id: object = None, token: object = None, timeout: object = None) -> RenewResult:
+        """Restart the lease ``token`` names."""
+        ws = self._known(workspace_id)
+        tok = self._token(token)
+        t = (
+            None
+            if timeout is None
+            else _seconds(timeout, "timeout", 1, self.limits.max_timeout, "Pick a lease long enough for the work.")
+        )
+        lease: Lease = await self._actor(ws).call(lambda table, now: table.renew(now, tok, t))
+        return RenewResult(
+            workspace_id=ws,
+            lock_id=lease.lock_id,
+            node_id=lease.node_id,
+            fence=lease.fence,
+            expires_at=utc(lease.expires_at),
+            timeout=lease.timeout,
+        )
+
+    async def status(self, workspace_id: object = None, node_id: object = None) -> LockStatus:
+        """Who holds ``node_id`` and who waits for it."""
+        ws = self._known(workspace_id)
+        node = check_node_id(node_id)
+        st = await self._actor(ws).call(lambda table, now: table.status(now, node))
+        return LockStatus.of(ws, st)
+
+    async def list_locks(
+        self,
+        workspace_id: object = None,
+        prefix: object = "",
+        owner: object = None,
+        limit: object = 100,
+        cursor: object = None,
+    ) -> LockPage:
+        """A page of held locks whose node_id starts with ``prefix``."""
+        ws = self._known(workspace_id)
+        pre = _text(prefix, "prefix", 1024) or ""
+        own = _text(owner, "owner", 64)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidArgument("limit must be an integer from 1 to 1000.", details={"field": "limit"})
+        after = decode_cursor(cursor) if isinstance(cursor, str) and cursor else None
+        if cursor is not None and not isinstance(cursor, str):
+            raise InvalidArgument("cursor must be a string.", details={"field": "cursor"})
+        lim = limit
+        leases, nxt = await self._actor(ws).call(lambda table, now: table.page(now, pre, own, lim, after))
+        return LockPage(
+            workspace_id=ws,
+            locks=[LockInfo.of(le) for le in leases],
+            next_cursor=encode_cursor(nxt) if nxt else None,
+        )
+
+    @staticmethod
+    def _token(token: object, field: str = "token") -> str:
+        if not isinstance(token, str) or not token or len(token) > 256:
+            raise InvalidArgument(
+                f"{field} must be the token string that lock_file returned.",
+                hint="Pass the 'token' field of the grant exactly as it was returned.",
+                details={"field": field},
+            )
+        return token

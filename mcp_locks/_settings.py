@@ -1,0 +1,46 @@
+"""Every server setting in one model: flags override MCP_LOCKS_* environment variables, which override defaults."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "default_data_dir"]
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/mcp-locks``, else ``~/.local/share/mcp-locks``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "mcp-locks"
+
+
+class Settings(BaseSettings):
+    """Server settings (environment variables: ``MCP_LOCKS_`` + the upper-case name)."""
+
+    model_config = SettingsConfigDict(env_prefix="MCP_LOCKS_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int = Field(8765, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    data_dir: Path = Field(default_factory=default_data_dir, description="Where the SQLite database is kept.")
+    store: Literal["sqlite", "memory"] = Field("sqlite", description="'sqlite' (durable) or 'memory' (forgets on exit).")
+    sync: Literal["normal", "full"] = Field(
+        "normal", description="SQLite durability: 'normal' survives a process crash, 'full' also a power loss."
+    )
+    max_timeout: float = Field(86_400, ge=1, description="Longest lease a client may ask for, in seconds.")
+    max_wait: float = Field(3_600, ge=0, description="Longest a client may wait in line, in seconds.")
+    idle_timeout: float = Field(60, gt=0, description="Seconds before an idle workspace actor is evicted.")
+    max_locks: int = Field(1_000_000, ge=1, description="Most locks held at once in one workspace.")
+    max_waiters: int = Field(10_000, ge=1, description="Most requests waiting at once in one workspace.")
+    retention: float = Field(
+        86_400, ge=60, description="How long ended locks and request_ids are remembered (seconds)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
+
+    @property
+    def db_path(self) -> Path:
+        """The SQLite database file."""
+        return self.data_dir / "locks.db"

@@ -1,0 +1,273 @@
+"""The embedded default store: one SQLite database in WAL mode in the data directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from ._errors import AlreadyExists
+from ._store import Snapshot, WorkspaceRecord
+from ._table import Change, Ended, EndLease, Lease, Prune, PutLease, PutRequest, RequestRecord, ReserveFences
+
+__all__ = ["SqliteStore"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workspaces (
+    workspace_id TEXT PRIMARY KEY,
+    description TEXT,
+    created_at REAL NOT NULL,
+    fence_last INTEGER NOT NULL DEFAULT 0,
+    fence_reserved INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS locks (
+    workspace_id TEXT NOT NULL,
+    lock_id TEXT NOT NULL,
+    token TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    mode TEXT NOT NULL,
+    depth TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    note TEXT,
+    fence INTEGER NOT NULL,
+    acquired_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    timeout REAL NOT NULL,
+    waited_ms INTEGER NOT NULL,
+    request_id TEXT,
+    PRIMARY KEY (workspace_id, lock_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS locks_expiry ON locks (workspace_id, expires_at);
+CREATE TABLE IF NOT EXISTS ended (
+    workspace_id TEXT NOT NULL,
+    token_hash BLOB NOT NULL,
+    lock_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    at REAL NOT NULL,
+    PRIMARY KEY (workspace_id, token_hash)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ended_at ON ended (workspace_id, at);
+CREATE TABLE IF NOT EXISTS requests (
+    workspace_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    leases TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (workspace_id, owner, request_id)
+) WITHOUT ROWID;
+"""
+
+_LEASE_COLS = (
+    "lock_id, token, node_id, mode, depth, owner, note, fence, acquired_at, expires_at, timeout, waited_ms, request_id"
+)
+
+
+def _lease_row(ws: str, le: Lease) -> tuple[Any, ...]:
+    return (
+        ws,
+        le.lock_id,
+        le.token,
+        le.node_id,
+        le.mode,
+        le.depth,
+        le.owner,
+        le.note,
+        le.fence,
+        le.acquired_at,
+        le.expires_at,
+        le.timeout,
+        le.waited_ms,
+        le.request_id,
+    )
+
+
+def _lease_from(row: Sequence[Any]) -> Lease:
+    return Lease(*row)
+
+
+def _lease_json(le: Lease) -> list[Any]:
+    return list(_lease_row("", le)[1:])
+
+
+class SqliteStore:
+    """SQLite in WAL mode; every batch is one transaction on one connection.
+
+    ``sync="normal"`` (default) makes each commit survive a crash of the
+    process (kill -9 included) without an fsync per commit; after a power
+    loss the last few commits may be lost, but fences still never go back
+    because each fence block is reserved with an fsync (``synchronous=FULL``)
+    before any fence in it is handed out. ``sync="full"`` fsyncs every commit.
+
+    Calls run on the event loop's thread: a WAL commit without fsync takes
+    microseconds, far less than handing it to a worker thread would.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, sync: Literal["normal", "full"] = "normal") -> None:
+        self.path = Path(path)
+        self.sync = sync
+        self._db: sqlite3.Connection | None = None
+        self._cold: set[str] = set()
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The open connection."""
+        if self._db is None:
+            raise RuntimeError("SqliteStore is not open")
+        return self._db
+
+    async def open(self) -> None:
+        """Open (creating with mode 0600) and migrate the database."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.sync.upper()}")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(_SCHEMA)
+        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(f"{self.path} was written by a newer mcp-locks (schema {row[0]})")
+        self._db = db
+        # After a (re)start, a fence above the last committed one may have been
+        # handed out before a power loss: every workspace restarts above its
+        # durable reservation instead.
+        self._cold = {r[0] for r in db.execute("SELECT workspace_id FROM workspaces")}
+
+    async def close(self) -> None:
+        """Close the connection (checkpointing the WAL)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def create_workspace(self, workspace_id: str, description: str | None, now: float) -> WorkspaceRecord:
+        """Create a workspace or raise ALREADY_EXISTS."""
+        try:
+            self.db.execute(
+                "INSERT INTO workspaces (workspace_id, description, created_at) VALUES (?, ?, ?)",
+                (workspace_id, description, now),
+            )
+        except sqlite3.IntegrityError:
+            raise AlreadyExists(
+                f"workspace '{workspace_id}' already exists.", hint="Use it as it is, or pick another id."
+            ) from None
+        return WorkspaceRecord(workspace_id, description, now)
+
+    async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
+        """The workspace, or None."""
+        row = self.db.execute(
+            "SELECT workspace_id, description, created_at FROM workspaces WHERE workspace_id=?", (workspace_id,)
+        ).fetchone()
+        return WorkspaceRecord(*row) if row else None
+
+    async def list_workspaces(self) -> list[WorkspaceRecord]:
+        """Every workspace, by id."""
+        rows = self.db.execute("SELECT workspace_id, description, created_at FROM workspaces ORDER BY workspace_id")
+        return [WorkspaceRecord(*r) for r in rows]
+
+    async def load(self, workspace_id: str) -> Snapshot:
+        """Read the workspace's state."""
+        db = self.db
+        leases = [
+            _lease_from(r)
+            for r in db.execute(f"SELECT {_LEASE_COLS} FROM locks WHERE workspace_id=?", (workspace_id,))
+        ]
+        ended = [
+            Ended(*r)
+            for r in db.execute(
+                "SELECT lock_id, token_hash, node_id, owner, reason, at FROM ended WHERE workspace_id=?",
+                (workspace_id,),
+            )
+        ]
+        requests = [
+            RequestRecord(owner, rid, fp, tuple(Lease(*x) for x in json.loads(les)), created)
+            for owner, rid, fp, les, created in db.execute(
+                "SELECT owner, request_id, fingerprint, leases, created_at FROM requests WHERE workspace_id=?",
+                (workspace_id,),
+            )
+        ]
+        fence_last, reserved = db.execute(
+            "SELECT fence_last, fence_reserved FROM workspaces WHERE workspace_id=?", (workspace_id,)
+        ).fetchone()
+        if workspace_id in self._cold:
+            self._cold.discard(workspace_id)
+            fence_last = max(fence_last, reserved)
+        return Snapshot(leases, ended, requests, fence_last + 1, reserved)
+
+    async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
+        """Apply a batch as one transaction (fsynced when it reserves fences)."""
+        final: dict[str, Lease | None] = {}
+        ended: list[tuple[Any, ...]] = []
+        requests: list[tuple[Any, ...]] = []
+        reserve = 0
+        prune: float | None = None
+        fence_last = 0
+        for ch in changes:
+            if isinstance(ch, PutLease):
+                final[ch.lease.lock_id] = ch.lease
+                fence_last = max(fence_last, ch.lease.fence)
+            elif isinstance(ch, EndLease):
+                final[ch.lease.lock_id] = None
+                e = ch.ended
+                ended.append((workspace_id, e.token_hash, e.lock_id, e.node_id, e.owner, e.reason, e.at))
+            elif isinstance(ch, PutRequest):
+                r = ch.record
+                les = json.dumps([_lease_json(le) for le in r.leases])
+                requests.append((workspace_id, r.owner, r.request_id, r.fingerprint, les, r.created_at))
+            elif isinstance(ch, ReserveFences):
+                reserve = max(reserve, ch.upto)
+            elif isinstance(ch, Prune):
+                prune = ch.before
+        db = self.db
+        durable = reserve and self.sync != "full"
+        if durable:
+            db.execute("PRAGMA synchronous=FULL")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                puts = [_lease_row(workspace_id, le) for le in final.values() if le is not None]
+                if puts:
+                    db.executemany(
+                        f"INSERT OR REPLACE INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 14)})", puts
+                    )
+                dels = [(workspace_id, k) for k, le in final.items() if le is None]
+                if dels:
+                    db.executemany("DELETE FROM locks WHERE workspace_id=? AND lock_id=?", dels)
+                if ended:
+                    db.executemany("INSERT OR REPLACE INTO ended VALUES (?, ?, ?, ?, ?, ?, ?)", ended)
+                if requests:
+                    db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)", requests)
+                if prune is not None:
+                    db.execute("DELETE FROM ended WHERE workspace_id=? AND at<?", (workspace_id, prune))
+                    db.execute("DELETE FROM requests WHERE workspace_id=? AND created_at<?", (workspace_id, prune))
+                if fence_last or reserve:
+                    db.execute(
+                        "UPDATE workspaces SET fence_last=max(fence_last, ?), fence_reserved=max(fence_reserved, ?)"
+                        " WHERE workspace_id=?",
+                        (fence_last, reserve, workspace_id),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        finally:
+            if durable:
+                db.execute("PRAGMA synchronous=NORMAL")
+
+    async def deadlines(self) -> dict[str, float]:
+        """Earliest expiry per workspace."""
+        rows = self.db.execute("SELECT workspace_id, min(expires_at) FROM locks GROUP BY workspace_id")
+        return {ws: t for ws, t in rows}

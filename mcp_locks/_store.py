@@ -1,0 +1,153 @@
+"""Where workspace state is kept. Stores hold state; they make no lock decision."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ._errors import AlreadyExists
+from ._table import Change, Ended, EndLease, Lease, Prune, PutLease, PutRequest, RequestRecord, ReserveFences
+
+__all__ = ["MemoryStore", "Snapshot", "Store", "WorkspaceRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkspaceRecord:
+    """A workspace as the store keeps it."""
+
+    workspace_id: str
+    description: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """All a workspace actor needs to rebuild its table."""
+
+    leases: list[Lease]
+    ended: list[Ended]
+    requests: list[RequestRecord]
+    fence_next: int
+    fence_reserved: int
+
+
+class Store(Protocol):
+    """The persistence seam: an actor commits each batch of :class:`Change` as one transaction.
+
+    ``commit`` must be atomic (all of a batch or none) and durable before it
+    returns, and a batch holding :class:`ReserveFences` must survive power
+    loss, not only a crash of the process. A store shared by several server
+    processes (PostgreSQL) serialises commits per workspace itself.
+    """
+
+    async def open(self) -> None:
+        """Create or migrate the schema; called once before anything else."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def create_workspace(self, workspace_id: str, description: str | None, now: float) -> WorkspaceRecord:
+        """Create a workspace or raise ALREADY_EXISTS."""
+        ...
+
+    async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
+        """The workspace, or None."""
+        ...
+
+    async def list_workspaces(self) -> list[WorkspaceRecord]:
+        """Every workspace, by id."""
+        ...
+
+    async def load(self, workspace_id: str) -> Snapshot:
+        """The workspace's held leases, remembered endings and requests, and its fence counters."""
+        ...
+
+    async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
+        """Apply ``changes`` as one transaction."""
+
+    async def deadlines(self) -> dict[str, float]:
+        """For each workspace holding leases, its earliest expiry (so alarms fire after a restart)."""
+        ...
+
+
+@dataclass
+class _MemWorkspace:
+    record: WorkspaceRecord
+    leases: dict[str, Lease] = field(default_factory=dict)
+    ended: dict[bytes, Ended] = field(default_factory=dict)
+    requests: dict[tuple[str, str], RequestRecord] = field(default_factory=dict)
+    fence_last: int = 0
+    fence_reserved: int = 0
+
+
+class MemoryStore:
+    """A store in process memory, for tests and throwaway servers: it forgets everything on exit."""
+
+    def __init__(self) -> None:
+        self._ws: dict[str, _MemWorkspace] = {}
+        self.commits = 0
+
+    async def open(self) -> None:
+        """Nothing to open."""
+
+    async def close(self) -> None:
+        """Nothing to close."""
+
+    async def create_workspace(self, workspace_id: str, description: str | None, now: float) -> WorkspaceRecord:
+        """Create a workspace or raise ALREADY_EXISTS."""
+        if workspace_id in self._ws:
+            raise AlreadyExists(
+                f"workspace '{workspace_id}' already exists.", hint="Use it as it is, or pick another id."
+            )
+        rec = WorkspaceRecord(workspace_id, description, now)
+        self._ws[workspace_id] = _MemWorkspace(rec)
+        return rec
+
+    async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
+        """The workspace, or None."""
+        ws = self._ws.get(workspace_id)
+        return ws.record if ws else None
+
+    async def list_workspaces(self) -> list[WorkspaceRecord]:
+        """Every workspace, by id."""
+        return [self._ws[k].record for k in sorted(self._ws)]
+
+    async def load(self, workspace_id: str) -> Snapshot:
+        """A copy of the workspace's state."""
+        ws = self._ws[workspace_id]
+        return Snapshot(
+            list(ws.leases.values()),
+            list(ws.ended.values()),
+            list(ws.requests.values()),
+            ws.fence_last + 1,
+            ws.fence_reserved,
+        )
+
+    async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
+        """Apply ``changes``."""
+        ws = self._ws[workspace_id]
+        apply_changes_to_memory(ws, changes)
+        self.commits += 1
+
+    async def deadlines(self) -> dict[str, float]:
+        """Earliest expiry per workspace."""
+        return {k: min(le.expires_at for le in ws.leases.values()) for k, ws in self._ws.items() if ws.leases}
+
+
+def apply_changes_to_memory(ws: _MemWorkspace, changes: Sequence[Change]) -> None:
+    """Apply a batch to in-memory dicts (used by :class:`MemoryStore`)."""
+    for ch in changes:
+        if isinstance(ch, PutLease):
+            ws.leases[ch.lease.lock_id] = ch.lease
+            ws.fence_last = max(ws.fence_last, ch.lease.fence)
+        elif isinstance(ch, EndLease):
+            ws.leases.pop(ch.lease.lock_id, None)
+            ws.ended[ch.ended.token_hash] = ch.ended
+        elif isinstance(ch, PutRequest):
+            ws.requests[(ch.record.owner, ch.record.request_id)] = ch.record
+        elif isinstance(ch, ReserveFences):
+            ws.fence_reserved = max(ws.fence_reserved, ch.upto)
+        elif isinstance(ch, Prune):
+            ws.ended = {k: e for k, e in ws.ended.items() if e.at >= ch.before}
+            ws.requests = {k: r for k, r in ws.requests.items() if r.created_at >= ch.before}

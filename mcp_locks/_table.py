@@ -1,0 +1,956 @@
+"""The pure lock table of one workspace: every lock rule, no I/O, no clock of its own."""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import secrets
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+from ._errors import Deadlock, InvalidArgument, LimitExceeded, LockError, LockExpired, LockNotFound, Locked, WaitTimeout
+from ._index import Claim, ClaimIndex, Depth, Mode
+
+__all__ = [
+    "ANONYMOUS",
+    "Change",
+    "Ended",
+    "EndLease",
+    "Granted",
+    "Lease",
+    "Limits",
+    "LockTable",
+    "NodeStatus",
+    "Prune",
+    "PutLease",
+    "PutRequest",
+    "Queued",
+    "RequestRecord",
+    "ReserveFences",
+    "WaiterView",
+    "hash_token",
+    "new_lock_id",
+    "new_token",
+]
+
+ANONYMOUS = "anonymous"
+TOKEN_PREFIX = "mlt_"
+
+
+def new_token() -> str:
+    """A lock token: 256 random bits from :mod:`secrets`, with a recognisable prefix."""
+    return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def new_lock_id() -> str:
+    """A public lock id: 96 random bits (unique, unguessable, but not a secret)."""
+    return "lk_" + secrets.token_hex(12)
+
+
+def hash_token(token: str) -> bytes:
+    """The digest under which a token is indexed and remembered after its lock ends."""
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """A granted lock. Times are seconds since the epoch (UTC); ``expires_at`` is absolute."""
+
+    lock_id: str
+    token: str
+    node_id: str
+    mode: Mode
+    depth: Depth
+    owner: str
+    note: str | None
+    fence: int
+    acquired_at: float
+    expires_at: float
+    timeout: float
+    waited_ms: int = 0
+    request_id: str | None = None
+
+    @property
+    def claim(self) -> Claim:
+        """The part of the tree this lease claims."""
+        return Claim(self.node_id, self.mode, self.depth)
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What is remembered of a lock after it ends, so its token gets a precise answer."""
+
+    lock_id: str
+    token_hash: bytes
+    node_id: str
+    owner: str
+    reason: Literal["released", "expired"]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """The result of a request sent with a request_id, replayed to retries of it."""
+
+    owner: str
+    request_id: str
+    fingerprint: str
+    leases: tuple[Lease, ...]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class PutLease:
+    """Store change: insert or replace a held lease."""
+
+    lease: Lease
+
+
+@dataclass(frozen=True, slots=True)
+class EndLease:
+    """Store change: delete a lease and remember how it ended."""
+
+    lease: Lease
+    ended: Ended
+
+
+@dataclass(frozen=True, slots=True)
+class PutRequest:
+    """Store change: remember a request_id's result."""
+
+    record: RequestRecord
+
+
+@dataclass(frozen=True, slots=True)
+class ReserveFences:
+    """Store change: fences up to ``upto`` may be handed out. Must be durable before any is acknowledged."""
+
+    upto: int
+
+
+@dataclass(frozen=True, slots=True)
+class Prune:
+    """Store change: forget ended locks and request records older than ``before``."""
+
+    before: float
+
+
+Change = PutLease | EndLease | PutRequest | ReserveFences | Prune
+
+
+@dataclass(frozen=True, slots=True)
+class Granted:
+    """Outcome of an acquire: the leases (one per item), and whether this was a replay of a request_id."""
+
+    leases: tuple[Lease, ...]
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """Outcome of an acquire that waits in line; ``joined`` when a retry joined an existing waiter."""
+
+    waiter_id: int
+    joined: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Per-workspace limits and retention."""
+
+    max_locks: int = 1_000_000
+    max_waiters: int = 10_000
+    retention: float = 86_400.0
+    fence_block: int = 10_000
+
+
+@dataclass(slots=True)
+class _Waiter:
+    waiter_id: int
+    owner: str
+    items: tuple[Claim, ...]
+    timeout: float
+    note: str | None
+    request_id: str | None
+    fingerprint: str | None
+    enqueued_at: float
+    deadline: float
+    upgrade_of: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WaiterView:
+    """A waiter as shown by status: never its request's secrets."""
+
+    position: int
+    owner: str
+    node_id: str
+    mode: Mode
+    depth: Depth
+    waiting_since: float
+    upgrade: bool
+
+
+@dataclass(frozen=True, slots=True)
+class NodeStatus:
+    """What covers a node now: its own holders, tree locks on ancestors, and the line of waiters."""
+
+    node_id: str
+    holders: tuple[Lease, ...]
+    covering: tuple[Lease, ...]
+    waiters: tuple[WaiterView, ...]
+    locks_below: int
+
+    @property
+    def locked(self) -> bool:
+        """Whether any lock covers the node."""
+        return bool(self.holders or self.covering)
+
+    @property
+    def mode(self) -> Mode | None:
+        """The strongest mode covering the node, or None."""
+        leases = self.holders + self.covering
+        if not leases:
+            return None
+        return "write" if any(le.mode == "write" for le in leases) else "read"
+
+
+def _fmt_time(t: float) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class _Heap:
+    items: list[tuple[float, str | int]] = field(default_factory=list)
+
+    def push(self, when: float, key: str | int) -> None:
+        heapq.heappush(self.items, (when, key))
+
+
+class LockTable:
+    """All the lock rules of one workspace, as a data structure with no I/O and no clock.
+
+    Every method takes ``now`` (seconds since the epoch) and first expires the
+    leases whose deadline is at or before it, so a lease never outlives its
+    deadline however late the caller's timer fires.
+
+    Modes: ``read`` locks are shared, ``write`` locks are exclusive. A lock
+    with depth ``tree`` covers its node and everything below it; two locks
+    conflict when what they cover overlaps and either is a write. Locks are
+    not re-entrant: a second request conflicts with a held lock whoever asks.
+
+    Fairness: one FIFO line per workspace. A request is granted at once only
+    if it conflicts with no holder *and* no waiting request, so a stream of
+    readers cannot starve a queued writer. When anything is released the line
+    is walked in order and each waiter is granted if it conflicts with no
+    holder and with no waiter still ahead of it. ``lock_files`` requests wait
+    as one unit and are granted all at once or not at all, so two of them
+    can never each hold part of what the other needs.
+
+    Upgrade and downgrade: presenting a read lock's token with mode ``write``
+    upgrades it in place (same lock id and token, a new fence). It is granted
+    at once when no other holder conflicts; otherwise it waits ahead of every
+    ordinary waiter, keeping its read lock, since an upgrade queued behind a
+    writer that waits for that very read lock would never be served. Two
+    readers of one node that both ask to upgrade form a cycle, and the second
+    gets DEADLOCK. Presenting a write lock's token with mode ``read``
+    downgrades it at once. Presenting a token with the mode it already has
+    restarts its lease.
+
+    Tokens and fences: a token is a 256-bit secret that names one lease and
+    authorises releasing, renewing and upgrading it. A token does not by
+    itself make the holder safe: a holder paused past its lease still has the
+    token after the lease is gone. That is what the fence is for: an integer
+    that grows with every grant (and upgrade) in the workspace and never goes
+    backwards, across restarts and crashes too. A resource that remembers the
+    highest fence it has accepted and refuses older ones rejects the late
+    writer. Fences are reserved from the store in blocks (``ReserveFences``)
+    that are made durable before any fence in them is handed out.
+
+    Deadlock: before a request waits, the owners it would wait for (holders
+    and earlier conflicting waiters) are followed through the owners they
+    wait for; if the path returns to the requester it fails with DEADLOCK.
+    Owners are compared by name; anonymous requests never form a cycle.
+
+    The table records what must be persisted in :attr:`changes` and what
+    waiters learnt in :attr:`outcomes`; the owner of the table drains both.
+    """
+
+    def __init__(
+        self,
+        workspace_id: str,
+        *,
+        limits: Limits | None = None,
+        fence_next: int = 1,
+        fence_reserved: int = 0,
+        token_factory: Callable[[], str] = new_token,
+        id_factory: Callable[[], str] = new_lock_id,
+    ) -> None:
+        self.workspace_id = workspace_id
+        self.limits = limits or Limits()
+        self._new_token = token_factory
+        self._new_id = id_factory
+        self._fence_next = fence_next
+        self._fence_reserved = fence_reserved
+        self._leases: dict[str, Lease] = {}
+        self._by_token: dict[bytes, str] = {}
+        self._holders: ClaimIndex[str] = ClaimIndex()
+        self._waiting: ClaimIndex[tuple[int, int]] = ClaimIndex()
+        self._queue: dict[int, _Waiter] = {}
+        self._upgrades: dict[int, _Waiter] = {}
+        self._upgrade_of: dict[str, int] = {}
+        self._waiters_of: dict[str, set[int]] = {}
+        self._pending: dict[tuple[str, str], int] = {}
+        self._next_waiter = 1
+        self._ended: dict[bytes, Ended] = {}
+        self._ended_order: deque[tuple[float, bytes]] = deque()
+        self._requests: dict[tuple[str, str], RequestRecord] = {}
+        self._request_order: deque[tuple[float, tuple[str, str]]] = deque()
+        self._lease_heap = _Heap()
+        self._wait_heap = _Heap()
+        self.changes: list[Change] = []
+        self.outcomes: list[tuple[int, Granted | LockError]] = []
+
+    # ------------------------------------------------------------------ restore
+
+    def restore(
+        self, leases: Iterable[Lease], ended: Iterable[Ended] = (), requests: Iterable[RequestRecord] = ()
+    ) -> None:
+        """Load persisted state into an empty table (records nothing in :attr:`changes`)."""
+        for lease in leases:
+            self._install(lease, record=False)
+            self._fence_next = max(self._fence_next, lease.fence + 1)
+        for e in sorted(ended, key=lambda e: e.at):
+            self._remember_end(e)
+        for r in sorted(requests, key=lambda r: r.created_at):
+            self._remember_request(r)
+
+    # ------------------------------------------------------------------ queries
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    @property
+    def waiter_count(self) -> int:
+        """How many requests wait in line."""
+        return len(self._queue) + len(self._upgrades)
+
+    @property
+    def fence_next(self) -> int:
+        """The fence the next grant will get."""
+        return self._fence_next
+
+    def leases(self) -> list[Lease]:
+        """Every held lease (a copy)."""
+        return list(self._leases.values())
+
+    def lease(self, lock_id: str) -> Lease | None:
+        """The held lease with this id, if any."""
+        return self._leases.get(lock_id)
+
+    def has_waiter(self, waiter_id: int) -> bool:
+        """Whether ``waiter_id`` still waits in line."""
+        return waiter_id in self._queue or waiter_id in self._upgrades
+
+    def next_deadline(self) -> float | None:
+        """The earliest lease expiry or wait deadline still pending, for the owner's timer."""
+        for heap, live in ((self._lease_heap, self._lease_live), (self._wait_heap, self._wait_live)):
+            while heap.items and not live(heap.items[0]):
+                heapq.heappop(heap.items)
+        times = [h.items[0][0] for h in (self._lease_heap, self._wait_heap) if h.items]
+        return min(times) if times else None
+
+    def _lease_live(self, item: tuple[float, str | int]) -> bool:
+        lease = self._leases.get(item[1])  # type: ignore[call-overload]
+        return lease is not None and lease.expires_at == item[0]
+
+    def _wait_live(self, item: tuple[float, str | int]) -> bool:
+        w = self._waiter(item[1])  # type: ignore[arg-type]
+        return w is not None and w.deadline == item[0]
+
+    def _waiter(self, waiter_id: int) -> _Waiter | None:
+        return self._queue.get(waiter_id) or self._upgrades.get(waiter_id)
+
+    def status(self, now: float, node_id: str) -> NodeStatus:
+        """Who holds ``node_id``, which tree locks cover it, and who waits for it."""
+        self.expire(now)
+        holders = tuple(self._leases[k] for k in self._holders.at(node_id))
+        covering = tuple(
+            self._leases[k] for k, c in self._holders.covering(node_id) if c.node_id != node_id
+        )
+        wanted = {wid for (wid, _), _ in self._waiting.covering(node_id)}
+        views: list[WaiterView] = []
+        for pos, w in enumerate(self._line(), start=1):
+            if w.waiter_id in wanted:
+                c = next(c for c in w.items if c.node_id == node_id or c.depth == "tree")
+                views.append(
+                    WaiterView(pos, w.owner, c.node_id, c.mode, c.depth, w.enqueued_at, w.upgrade_of is not None)
+                )
+        below = self._holders.count_below(node_id)
+        return NodeStatus(node_id, holders, covering, tuple(views), below)
+
+    def page(
+        self, now: float, prefix: str = "", owner: str | None = None, limit: int = 100, after: tuple[str, str] | None = None
+    ) -> tuple[list[Lease], tuple[str, str] | None]:
+        """Held leases whose node starts with ``prefix``, ordered by (node_id, lock_id), after ``after``."""
+        self.expire(now)
+        out: list[Lease] = []
+        start_node = after[0] if after else None
+        paths = self._holders.paths_from(prefix)
+        if start_node is not None:
+            paths = (p for p in self._holders.paths_from(prefix) if p >= start_node)
+        for path in paths:
+            for lock_id in sorted(self._holders.at(path)):
+                if after is not None and (path, lock_id) <= after:
+                    continue
+                lease = self._leases[lock_id]
+                if owner is not None and lease.owner != owner:
+                    continue
+                if len(out) == limit:
+                    last = out[-1]
+                    return out, (last.node_id, last.lock_id)
+                out.append(lease)
+        return out, None
+
+    # ------------------------------------------------------------------ acquire
+
+    def acquire(
+        self,
+        now: float,
+        items: Sequence[Claim],
+        *,
+        owner: str,
+        timeout: float,
+        wait: float = 0.0,
+        note: str | None = None,
+        request_id: str | None = None,
+        token: str | None = None,
+    ) -> Granted | Queued:
+        """Grant ``items`` all together, queue the request, or raise (LOCKED, DEADLOCK, ...)."""
+        self.expire(now)
+        items = tuple(items)
+        if not items:
+            raise InvalidArgument("items must hold at least one lock request.", details={"field": "items"})
+        fingerprint = None
+        if request_id is not None:
+            fingerprint = repr((items, token is not None))
+            replay = self._replay(owner, request_id, fingerprint)
+            if replay is not None:
+                return replay
+        if token is not None:
+            if len(items) != 1:
+                raise InvalidArgument(
+                    "token (to upgrade or downgrade) works with one lock at a time.",
+                    hint="Call lock_file with the token instead of lock_files.",
+                    details={"field": "token"},
+                )
+            return self._change_mode(now, token, items[0], owner, timeout, wait, note, request_id, fingerprint)
+        self._check_disjoint(items)
+        if len(self._leases) + len(items) > self.limits.max_locks:
+            raise LimitExceeded(
+                f"workspace '{self.workspace_id}' holds {len(self._leases)} locks; the limit is {self.limits.max_locks}.",
+                hint="Release locks you no longer need, or use a tree lock on a common folder.",
+                details={"limit": self.limits.max_locks},
+            )
+        if not any(self._holders.conflicts(c) or self._waiting.conflicts(c) for c in items):
+            leases = self._grant(now, items, owner, timeout, note, request_id, waited_ms=0)
+            self._record_request(now, owner, request_id, fingerprint, leases)
+            return Granted(leases)
+        if wait <= 0:
+            raise self._locked(items)
+        waiter = _Waiter(0, owner, items, timeout, note, request_id, fingerprint, now, now + wait)
+        self._check_deadlock(waiter)
+        return Queued(self._enqueue(waiter))
+
+    def _replay(self, owner: str, request_id: str, fingerprint: str) -> Granted | Queued | None:
+        key = (owner, request_id)
+        record = self._requests.get(key)
+        wid = self._pending.get(key)
+        seen = record.fingerprint if record else (self._waiter(wid).fingerprint if wid is not None else None)  # type: ignore[union-attr]
+        if seen is not None and seen != fingerprint:
+            raise InvalidArgument(
+                f"request_id '{request_id}' was already used for a different request.",
+                hint="Use a new request_id for a new request; reuse one only to retry the same call.",
+                details={"field": "request_id"},
+            )
+        if record is not None:
+            return Granted(self._current(record.leases), replayed=True)
+        if wid is not None:
+            return Queued(wid, joined=True)
+        return None
+
+    def _current(self, leases: tuple[Lease, ...]) -> tuple[Lease, ...]:
+        # A replay shows each lease as it is now when still held (renewed, upgraded).
+        return tuple(self._leases.get(le.lock_id, le) for le in leases)
+
+    def _check_disjoint(self, items: tuple[Claim, ...]) -> None:
+        if len(items) == 1:
+            return
+        seen: ClaimIndex[int] = ClaimIndex()
+        for i, c in enumerate(items):
+            overlap = next(iter(seen.conflicting(Claim(c.node_id, "write", c.depth))), None)
+            if overlap is not None:
+                raise InvalidArgument(
+                    f"items overlap: '{overlap[1].node_id}' ({overlap[1].depth}) and '{c.node_id}' ({c.depth}).",
+                    hint="List each node once; a tree item already covers the nodes below it.",
+                    details={"field": f"items[{i}]"},
+                )
+            seen.add(i, c)
+
+    def _change_mode(
+        self,
+        now: float,
+        token: str,
+        item: Claim,
+        owner: str,
+        timeout: float,
+        wait: float,
+        note: str | None,
+        request_id: str | None,
+        fingerprint: str | None,
+    ) -> Granted | Queued:
+        lease = self._lease_for(token)
+        if item.node_id != lease.node_id or item.depth != lease.depth:
+            raise InvalidArgument(
+                f"the token belongs to a {lease.depth} lock on '{lease.node_id}', not a {item.depth} lock on '{item.node_id}'.",
+                hint="Pass the node_id and depth of the lock the token came from, or omit token to take a new lock.",
+                details={"field": "token", "node_id": lease.node_id, "depth": lease.depth},
+            )
+        note = note if note is not None else lease.note
+        if item.mode == lease.mode:
+            new = replace(lease, expires_at=now + timeout, timeout=timeout, note=note)
+            self._update(lease, new)
+            return self._granted(now, owner, request_id, fingerprint, (new,))
+        if item.mode == "read":
+            new = replace(lease, mode="read", expires_at=now + timeout, timeout=timeout, note=note)
+            self._update(lease, new)
+            self._promote(now)
+            return self._granted(now, owner, request_id, fingerprint, (new,))
+        if lease.lock_id in self._upgrade_of:
+            raise InvalidArgument(
+                f"an upgrade of lock {lease.lock_id} is already waiting.",
+                hint="Wait for that call to finish; its result carries the upgraded lock.",
+                details={"field": "token"},
+            )
+        want = Claim(lease.node_id, "write", lease.depth)
+        if not self._holders.conflicts(want, exclude=lease.lock_id):
+            return self._granted(now, owner, request_id, fingerprint, (self._upgrade(now, lease, timeout, note, 0),))
+        if wait <= 0:
+            raise self._locked((want,), exclude=lease.lock_id, upgrade=True)
+        waiter = _Waiter(0, lease.owner, (want,), timeout, note, request_id, fingerprint, now, now + wait, lease.lock_id)
+        self._check_deadlock(waiter)
+        return Queued(self._enqueue(waiter))
+
+    def _granted(
+        self, now: float, owner: str, request_id: str | None, fingerprint: str | None, leases: tuple[Lease, ...]
+    ) -> Granted:
+        self._record_request(now, owner, request_id, fingerprint, leases)
+        return Granted(leases)
+
+    def _upgrade(self, now: float, lease: Lease, timeout: float, note: str | None, waited_ms: int) -> Lease:
+        new = replace(
+            lease,
+            mode="write",
+            fence=self._take_fence(),
+            acquired_at=now,
+            expires_at=now + timeout,
+            timeout=timeout,
+            note=note,
+            waited_ms=waited_ms,
+        )
+        self._update(lease, new)
+        return new
+
+    # ------------------------------------------------------------------ release, renew, cancel
+
+    def release(self, now: float, token: str, node_id: str | None = None) -> tuple[Lease, int]:
+        """Release the lease named by ``token``; returns it and how long it was held (ms)."""
+        self.expire(now)
+        lease = self._lease_for(token)
+        if node_id is not None and node_id != lease.node_id:
+            raise InvalidArgument(
+                f"the token belongs to a lock on '{lease.node_id}', not '{node_id}'.",
+                hint="Omit node_id, or pass the node the lock was taken on.",
+                details={"field": "node_id", "node_id": lease.node_id},
+            )
+        self._end(lease, "released", now)
+        self._promote(now)
+        return lease, max(0, round((now - lease.acquired_at) * 1000))
+
+    def renew(self, now: float, token: str, timeout: float | None = None) -> Lease:
+        """Restart the lease named by ``token`` for ``timeout`` seconds (default: its previous timeout)."""
+        self.expire(now)
+        lease = self._lease_for(token)
+        t = lease.timeout if timeout is None else timeout
+        new = replace(lease, expires_at=now + t, timeout=t)
+        self._update(lease, new)
+        return new
+
+    def cancel(self, now: float, waiter_id: int) -> bool:
+        """Take ``waiter_id`` out of the line; False if it is no longer waiting."""
+        w = self._waiter(waiter_id)
+        if w is None:
+            return False
+        self._drop_waiter(w)
+        self._promote(now)
+        return True
+
+    def lookup(self, token: str) -> Lease:
+        """The live lease named by ``token`` (raises LOCK_EXPIRED / LOCK_NOT_FOUND)."""
+        return self._lease_for(token)
+
+    # ------------------------------------------------------------------ time
+
+    def expire(self, now: float) -> int:
+        """End every lease due at ``now``, grant the waiters that frees, time out due waiters."""
+        n = 0
+        heap = self._lease_heap.items
+        while heap and heap[0][0] <= now:
+            when, lock_id = heapq.heappop(heap)
+            lease = self._leases.get(lock_id)  # type: ignore[call-overload]
+            if lease is not None and lease.expires_at == when:
+                self._end(lease, "expired", lease.expires_at)
+                n += 1
+        if n:
+            self._promote(now)
+        wheap = self._wait_heap.items
+        timed_out = False
+        while wheap and wheap[0][0] <= now:
+            when, wid = heapq.heappop(wheap)
+            w = self._waiter(wid)  # type: ignore[arg-type]
+            if w is not None and w.deadline == when:
+                self._drop_waiter(w)
+                self.outcomes.append((w.waiter_id, self._wait_timeout(w, now)))
+                timed_out = True
+        if timed_out:
+            self._promote(now)
+        self._prune(now)
+        return n
+
+    def _prune(self, now: float) -> None:
+        before = now - self.limits.retention
+        pruned = False
+        while self._ended_order and self._ended_order[0][0] < before:
+            _, h = self._ended_order.popleft()
+            e = self._ended.get(h)
+            if e is not None and e.at < before:
+                del self._ended[h]
+                pruned = True
+        while self._request_order and self._request_order[0][0] < before:
+            _, key = self._request_order.popleft()
+            r = self._requests.get(key)
+            if r is not None and r.created_at < before:
+                del self._requests[key]
+                pruned = True
+        if pruned:
+            self.changes.append(Prune(before))
+
+    # ------------------------------------------------------------------ internals
+
+    def _take_fence(self) -> int:
+        fence = self._fence_next
+        self._fence_next += 1
+        if fence > self._fence_reserved:
+            self._fence_reserved = fence - 1 + self.limits.fence_block
+            self.changes.append(ReserveFences(self._fence_reserved))
+        return fence
+
+    def _grant(
+        self,
+        now: float,
+        items: tuple[Claim, ...],
+        owner: str,
+        timeout: float,
+        note: str | None,
+        request_id: str | None,
+        waited_ms: int,
+    ) -> tuple[Lease, ...]:
+        leases = tuple(
+            Lease(
+                lock_id=self._new_id(),
+                token=self._new_token(),
+                node_id=c.node_id,
+                mode=c.mode,
+                depth=c.depth,
+                owner=owner,
+                note=note,
+                fence=self._take_fence(),
+                acquired_at=now,
+                expires_at=now + timeout,
+                timeout=timeout,
+                waited_ms=waited_ms,
+                request_id=request_id,
+            )
+            for c in items
+        )
+        for lease in leases:
+            self._install(lease)
+        return leases
+
+    def _record_request(
+        self, now: float, owner: str, request_id: str | None, fingerprint: str | None, leases: tuple[Lease, ...]
+    ) -> None:
+        if request_id is None or fingerprint is None:
+            return
+        record = RequestRecord(owner, request_id, fingerprint, leases, now)
+        self._remember_request(record)
+        self.changes.append(PutRequest(record))
+
+    def _remember_request(self, record: RequestRecord) -> None:
+        key = (record.owner, record.request_id)
+        self._requests[key] = record
+        self._request_order.append((record.created_at, key))
+
+    def _install(self, lease: Lease, record: bool = True) -> None:
+        self._leases[lease.lock_id] = lease
+        self._by_token[hash_token(lease.token)] = lease.lock_id
+        self._holders.add(lease.lock_id, lease.claim)
+        self._lease_heap.push(lease.expires_at, lease.lock_id)
+        if record:
+            self.changes.append(PutLease(lease))
+
+    def _update(self, old: Lease, new: Lease) -> None:
+        self._leases[new.lock_id] = new
+        if old.claim != new.claim:
+            self._holders.remove(old.lock_id)
+            self._holders.add(new.lock_id, new.claim)
+        if old.expires_at != new.expires_at:
+            self._lease_heap.push(new.expires_at, new.lock_id)
+        self.changes.append(PutLease(new))
+
+    def _end(self, lease: Lease, reason: Literal["released", "expired"], at: float) -> None:
+        del self._leases[lease.lock_id]
+        h = hash_token(lease.token)
+        del self._by_token[h]
+        self._holders.remove(lease.lock_id)
+        ended = Ended(lease.lock_id, h, lease.node_id, lease.owner, reason, at)
+        self._remember_end(ended)
+        self.changes.append(EndLease(lease, ended))
+        wid = self._upgrade_of.get(lease.lock_id)
+        if wid is not None:
+            w = self._upgrades[wid]
+            self._drop_waiter(w)
+            self.outcomes.append((wid, self._ended_error(ended)))
+
+    def _remember_end(self, ended: Ended) -> None:
+        self._ended[ended.token_hash] = ended
+        self._ended_order.append((ended.at, ended.token_hash))
+
+    def _lease_for(self, token: str) -> Lease:
+        if not isinstance(token, str) or not token:
+            raise InvalidArgument("token must be the token string a lock grant returned.", details={"field": "token"})
+        h = hash_token(token)
+        lock_id = self._by_token.get(h)
+        if lock_id is not None:
+            return self._leases[lock_id]
+        ended = self._ended.get(h)
+        if ended is not None:
+            raise self._ended_error(ended)
+        raise LockNotFound(
+            f"no lock in workspace '{self.workspace_id}' has this token.",
+            hint="Check the workspace_id; if the lock ended long ago it is forgotten. Take a new lock with lock_file.",
+        )
+
+    def _ended_error(self, ended: Ended) -> LockError:
+        details = {"lock_id": ended.lock_id, "node_id": ended.node_id, "ended_at": _fmt_time(ended.at)}
+        if ended.reason == "expired":
+            return LockExpired(
+                f"lock {ended.lock_id} on '{ended.node_id}' expired at {_fmt_time(ended.at)}; its lease was not renewed in time.",
+                hint="Anything written since then was unprotected. Take the lock again with lock_file, re-read the file, and redo the change; renew_lock sooner next time.",
+                details={**details, "expired_at": details["ended_at"]},
+            )
+        return LockNotFound(
+            f"lock {ended.lock_id} on '{ended.node_id}' was already released at {_fmt_time(ended.at)}.",
+            hint="Nothing to do if you released it; take a new lock with lock_file to work on the node again.",
+            details=details,
+        )
+
+    # ------------------------------------------------------------------ the line
+
+    def _line(self) -> list[_Waiter]:
+        return [*self._upgrades.values(), *self._queue.values()]
+
+    def _enqueue(self, w: _Waiter) -> int:
+        if self.waiter_count >= self.limits.max_waiters:
+            raise LimitExceeded(
+                f"{self.waiter_count} requests already wait in workspace '{self.workspace_id}'; the limit is {self.limits.max_waiters}.",
+                hint="Retry later with wait=0, or work on other files meanwhile.",
+                details={"limit": self.limits.max_waiters},
+            )
+        w.waiter_id = self._next_waiter
+        self._next_waiter += 1
+        (self._upgrades if w.upgrade_of else self._queue)[w.waiter_id] = w
+        if w.upgrade_of:
+            self._upgrade_of[w.upgrade_of] = w.waiter_id
+        for i, c in enumerate(w.items):
+            self._waiting.add((w.waiter_id, i), c)
+        self._waiters_of.setdefault(self._identity_of_waiter(w), set()).add(w.waiter_id)
+        if w.request_id is not None:
+            self._pending[(w.owner, w.request_id)] = w.waiter_id
+        self._wait_heap.push(w.deadline, w.waiter_id)
+        return w.waiter_id
+
+    def _drop_waiter(self, w: _Waiter) -> None:
+        if w.upgrade_of:
+            del self._upgrades[w.waiter_id]
+            del self._upgrade_of[w.upgrade_of]
+        else:
+            del self._queue[w.waiter_id]
+        for i in range(len(w.items)):
+            self._waiting.remove((w.waiter_id, i))
+        ident = self._identity_of_waiter(w)
+        ids = self._waiters_of[ident]
+        ids.discard(w.waiter_id)
+        if not ids:
+            del self._waiters_of[ident]
+        if w.request_id is not None:
+            self._pending.pop((w.owner, w.request_id), None)
+
+    def _promote(self, now: float) -> None:
+        if not self._queue and not self._upgrades:
+            return
+        ahead: ClaimIndex[tuple[int, int]] = ClaimIndex()
+        for w in self._line():
+            if all(
+                not self._holders.conflicts(c, exclude=w.upgrade_of) and not ahead.conflicts(c) for c in w.items
+            ):
+                self._drop_waiter(w)
+                waited = max(0, round((now - w.enqueued_at) * 1000))
+                if w.upgrade_of:
+                    leases: tuple[Lease, ...] = (self._upgrade(now, self._leases[w.upgrade_of], w.timeout, w.note, waited),)
+                else:
+                    leases = self._grant(now, w.items, w.owner, w.timeout, w.note, w.request_id, waited)
+                self._record_request(now, w.owner, w.request_id, w.fingerprint, leases)
+                self.outcomes.append((w.waiter_id, Granted(leases)))
+            else:
+                for i, c in enumerate(w.items):
+                    ahead.add((w.waiter_id, i), c)
+
+    # ------------------------------------------------------------------ deadlock
+
+    @staticmethod
+    def _identity_of_lease(lease: Lease) -> str:
+        return lease.owner if lease.owner != ANONYMOUS else "~" + lease.lock_id
+
+    def _identity_of_waiter(self, w: _Waiter) -> str:
+        if w.owner != ANONYMOUS:
+            return w.owner
+        return "~" + w.upgrade_of if w.upgrade_of else f"~w{w.waiter_id}"
+
+    def _blockers(self, w: _Waiter) -> set[str]:
+        """Identities ``w`` waits for: conflicting holders, and conflicting waiters served before it."""
+        out: set[str] = set()
+        for c in w.items:
+            for lock_id, _ in self._holders.conflicting(c, exclude=w.upgrade_of):
+                out.add(self._identity_of_lease(self._leases[lock_id]))
+            for (wid, _), _ in self._waiting.conflicting(c):
+                other = self._waiter(wid)
+                if other is None or other is w:
+                    continue
+                new = w.waiter_id == 0
+                ahead = (other.upgrade_of is not None and (w.upgrade_of is None or new or wid < w.waiter_id)) or (
+                    w.upgrade_of is None and other.upgrade_of is None and (new or wid < w.waiter_id)
+                )
+                if ahead:
+                    out.add(self._identity_of_waiter(other))
+        return out
+
+    def _check_deadlock(self, w: _Waiter) -> None:
+        me = self._identity_of_waiter(w) if w.owner != ANONYMOUS or w.upgrade_of else None
+        if me is None:
+            return  # an anonymous new request is nobody's blocker yet
+        first = self._blockers(w)
+        parent: dict[str, str] = {b: me for b in first}
+        stack = list(first)
+        seen: set[str] = set()
+        while stack:
+            ident = stack.pop()
+            if ident == me:
+                chain = [me]
+                cur = parent[me]
+                while cur != me:
+                    chain.append(cur)
+                    cur = parent[cur]
+                chain.append(me)
+                chain.reverse()
+                raise self._deadlock(w, chain)
+            if ident in seen:
+                continue
+            seen.add(ident)
+            for wid in self._waiters_of.get(ident, ()):
+                other = self._waiter(wid)
+                if other is None:
+                    continue
+                for b in self._blockers(other):
+                    if b not in seen:
+                        parent.setdefault(b, ident)
+                        stack.append(b)
+
+    def _deadlock(self, w: _Waiter, chain: list[str]) -> Deadlock:
+        names = [c if not c.startswith("~") else "an anonymous agent" for c in chain]
+        nodes = ", ".join(f"'{c.node_id}'" for c in w.items)
+        if len(chain) == 2:
+            msg = f"{names[0]} already holds or waits for a lock that conflicts with this request for {nodes}; waiting would never end."
+            hint = "Use the token of the lock you hold (to upgrade or downgrade it), or release it first. If another agent uses the same name, give each agent its own agent name."
+        else:
+            msg = f"waiting for {nodes} would close a cycle: " + " -> ".join(names) + "."
+            hint = "Release the locks you hold and retry, or take all the locks you need at once with lock_files (which never deadlocks)."
+        return Deadlock(msg, hint=hint, details={"cycle": names})
+
+    # ------------------------------------------------------------------ messages
+
+    def _locked(self, items: tuple[Claim, ...], exclude: str | None = None, upgrade: bool = False) -> Locked:
+        for c in items:
+            holders = [self._leases[k] for k, _ in self._holders.conflicting(c, exclude=exclude)]
+            if holders:
+                h = holders[0]
+                more = f" (and {len(holders) - 1} more)" if len(holders) > 1 else ""
+                waiting = self.waiter_count
+                if h.node_id == c.node_id:
+                    where = f"'{c.node_id}' is {h.mode}-locked by {h.owner}{more}"
+                elif c.node_id.startswith(h.node_id + "/"):
+                    where = f"'{c.node_id}' is covered by a {h.mode} tree lock on '{h.node_id}' held by {h.owner}{more}"
+                else:
+                    where = f"'{c.node_id}' has a {h.mode} lock below it on '{h.node_id}' held by {h.owner}{more}"
+                msg = f"{where} until {_fmt_time(h.expires_at)}" + (f" ({waiting} waiting)." if waiting else ".")
+                if upgrade:
+                    msg += " Your read lock is kept."
+                return Locked(
+                    msg,
+                    hint="Retry with wait=30 to wait in line, or work on another file.",
+                    details={
+                        "node_id": c.node_id,
+                        "holders": [
+                            {"owner": x.owner, "mode": x.mode, "node_id": x.node_id, "expires_at": _fmt_time(x.expires_at)}
+                            for x in holders[:10]
+                        ],
+                        "waiting": waiting,
+                    },
+                )
+        for c in items:
+            for (wid, _), _ in self._waiting.conflicting(c):
+                w = self._waiter(wid)
+                if w is not None:
+                    return Locked(
+                        f"'{c.node_id}' is free but {w.owner} is already waiting for it (first come, first served).",
+                        hint="Retry with wait=30 to join the line, or work on another file.",
+                        details={"node_id": c.node_id, "holders": [], "waiting": self.waiter_count},
+                    )
+        return Locked("the request conflicts with another request.", hint="Retry with wait=30.")
+
+    def _wait_timeout(self, w: _Waiter, now: float) -> WaitTimeout:
+        nodes = ", ".join(f"'{c.node_id}'" for c in w.items)
+        try:
+            base = self._locked(w.items, exclude=w.upgrade_of)
+            why = " " + base.message
+        except Exception:  # pragma: no cover - message building must never mask the outcome
+            why = ""
+        return WaitTimeout(
+            f"waited {now - w.enqueued_at:.1f} s for {nodes} without being granted.{why}",
+            hint="Retry with a longer wait, or work on something else and come back.",
+            details={"waited_ms": round((now - w.enqueued_at) * 1000)},
+        )
