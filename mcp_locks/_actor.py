@@ -12,9 +12,9 @@ import anyio
 
 from ._clock import Clock
 from ._errors import LockError, Unavailable
-from ._store import Store
 from ._index import Claim
-from ._table import Granted, Lease, Limits, LockTable, Queued
+from ._store import Store
+from ._table import Event, Granted, Lease, Limits, LockTable, Queued
 
 __all__ = ["Waiting", "WorkspaceActor"]
 
@@ -72,12 +72,14 @@ class WorkspaceActor:
         *,
         limits: Limits,
         idle_timeout: float = 60.0,
+        publish: Callable[[str, list[Event]], None] | None = None,
     ) -> None:
         self.workspace_id = workspace_id
         self.store = store
         self.clock = clock
         self.limits = limits
         self.idle_timeout = idle_timeout
+        self._publish = publish
         self.table: LockTable | None = None
         self._mailbox: deque[_Call[Any]] = deque()
         self._wake = anyio.Event()
@@ -162,13 +164,16 @@ class WorkspaceActor:
                 continue
             if upgrade:
                 # The caller still believes it holds the read lock it asked to upgrade.
-                table.acquire(now, [Claim(le.node_id, "read", le.depth)], owner=le.owner, timeout=le.timeout, token=le.token)
+                table.acquire(
+                    now, [Claim(le.node_id, "read", le.depth)], owner=le.owner, timeout=le.timeout, token=le.token
+                )
             else:
                 table.release(now, le.token)
 
     async def _call_shielded(self, fn: Callable[[LockTable, float], T]) -> T:
         with anyio.CancelScope(shield=True):
-            return await self.call(fn)
+            result = await self.call(fn)
+        return result
 
     # ------------------------------------------------------------------ loop
 
@@ -260,6 +265,7 @@ class WorkspaceActor:
                 broken = True
             self._take_outcomes(table, now)
         changes, table.changes = table.changes, []
+        events, table.events = table.events, []
         if not broken and changes:
             try:
                 await self.store.commit(self.workspace_id, changes)
@@ -269,6 +275,8 @@ class WorkspaceActor:
         if broken:
             await self._recover(batch)
             return
+        if events and self._publish is not None:
+            self._publish(self.workspace_id, events)
         for c in batch:
             c.done.set()
         for w in list(self._waiting.values()):

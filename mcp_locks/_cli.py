@@ -35,6 +35,18 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _server_class() -> type[Any]:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            # uvicorn re-raises a caught SIGTERM after shutting down; a requested stop is a clean exit (status 0).
+            self._captured_signals.clear()
+
+    return Server
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mcp-locks")
 def main() -> None:
@@ -74,6 +86,7 @@ def serve(**flags: Any) -> None:
     """
     import uvicorn
 
+    _Server = _server_class()
     settings = _settings(**flags)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
@@ -96,5 +109,5 @@ def serve(**flags: Any) -> None:
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    _Server(config).run(sockets=[sock])
     click.echo("mcp-locks stopped", err=True)

@@ -118,7 +118,9 @@ class _LockMCPServer(MCPServer[Any]):
                     InvalidArgument(f"there is no tool named '{name[:64]}'.", hint=f"Available tools: {names}.")
                 )
             log.error("tool %s failed", name, exc_info=cause or exc)
-            return error_result(Internal("the server failed to handle this call.", hint="Retry; if it persists, report it."))
+            return error_result(
+                Internal("the server failed to handle this call.", hint="Retry; if it persists, report it.")
+            )
 
 
 def build_mcp(service: LockService, *, name: str = "mcp-locks", version: str = "") -> MCPServer[Any]:
@@ -179,12 +181,12 @@ Errors and what to do:
             Field(description="Only to upgrade/downgrade a lock you hold: its token. Omit to take a new lock."),
         ] = None,
     ) -> LockGrant:
-        return await service.lock(
-            workspace_id, node_id, mode, timeout, wait, depth, note, agent, request_id, token
-        )
+        return await service.lock(workspace_id, node_id, mode, timeout, wait, depth, note, agent, request_id, token)
 
     @mcp.tool(
-        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False),
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
         description="""Release a lock you hold, as soon as you are done with the file.
 
 Pass the token from lock_file. Returns the released lock and how long it was held.
@@ -250,9 +252,7 @@ Each item is {{node_id, mode, depth}}. Returns one grant (with its own token and
 Errors as for lock_file; on any error nothing is locked.""",
     )
     async def lock_files(
-        items: Annotated[
-            list[LockItem], Field(description="The nodes to lock.", min_length=1, max_length=MAX_ITEMS)
-        ],
+        items: Annotated[list[LockItem], Field(description="The nodes to lock.", min_length=1, max_length=MAX_ITEMS)],
         workspace_id: WorkspaceArg = None,
         timeout: TimeoutArg = 300,
         wait: WaitArg = 0,
@@ -263,7 +263,9 @@ Errors as for lock_file; on any error nothing is locked.""",
         return await service.lock_many(workspace_id, items, timeout, wait, note, agent, request_id)
 
     @mcp.tool(
-        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False),
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
         description="""Release several locks at once (for example everything lock_files gave you).
 
 Each token is released on its own: results[i] says whether tokens[i] was released, or why not
@@ -276,7 +278,9 @@ Each token is released on its own: results[i] says whether tokens[i] was release
         return await service.unlock_many(workspace_id, tokens)
 
     @mcp.tool(
-        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False),
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        ),
         description="""Create a workspace: a separate set of locks, e.g. one per project or repository.
 
 ALREADY_EXISTS means it is there already: just use it. The workspace 'default' always exists.""",

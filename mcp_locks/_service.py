@@ -8,14 +8,15 @@ import json
 import logging
 import math
 import re
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
 import anyio
 import anyio.abc
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._actor import Waiting, WorkspaceActor
 from ._clock import Clock
@@ -37,7 +38,7 @@ from ._models import (
 )
 from ._names import DEFAULT_WORKSPACE, check_node_id, check_workspace_id
 from ._store import Store, WorkspaceRecord
-from ._table import ANONYMOUS, Granted, Lease, Limits, LockTable
+from ._table import ANONYMOUS, Event, Granted, Lease, Limits, LockTable
 
 __all__ = ["LockService", "ServiceLimits"]
 
@@ -55,7 +56,7 @@ class ServiceLimits:
     max_timeout: float = 86_400.0
     max_wait: float = 3_600.0
     idle_timeout: float = 60.0
-    table: Limits = Limits()
+    table: Limits = field(default_factory=Limits)
 
 
 def _mode(value: object, field: str = "mode") -> Mode:
@@ -70,7 +71,7 @@ def _mode(value: object, field: str = "mode") -> Mode:
 
 def _depth(value: object, field: str = "depth") -> Depth:
     if value == "node" or value == "tree":
-        return value  # type: ignore[return-value]
+        return value
     raise InvalidArgument(
         f"{field} must be 'node' or 'tree'.",
         hint="'tree' locks a folder and everything below it.",
@@ -152,6 +153,7 @@ class LockService:
         self._alarms: list[tuple[float, str]] = []
         self._alarm_wake = anyio.Event()
         self._create_lock = anyio.Lock()
+        self._subscribers: set[MemoryObjectSendStream[tuple[str, Event]]] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -211,6 +213,7 @@ class LockService:
                 self.clock,
                 limits=self.limits.table,
                 idle_timeout=self.limits.idle_timeout,
+                publish=self._publish,
             )
             self._actors[workspace_id] = actor
             self._tg.start_soon(self._run_actor, actor)
@@ -227,12 +230,38 @@ class LockService:
             if actor.next_deadline is not None:
                 self._set_alarm(actor.workspace_id, actor.next_deadline)
 
+    def _publish(self, workspace_id: str, events: list[Event]) -> None:
+        for send in list(self._subscribers):
+            for ev in events:
+                try:
+                    send.send_nowait((workspace_id, ev))
+                except anyio.WouldBlock:
+                    # A subscriber that cannot keep up loses events; it never slows the lock path.
+                    log.warning("event subscriber fell behind; dropping events")
+                    break
+                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    self._subscribers.discard(send)
+                    break
+
+    @asynccontextmanager
+    async def subscribe(self, buffer: int = 10_000) -> AsyncIterator[MemoryObjectReceiveStream[tuple[str, Event]]]:
+        """Receive ``(workspace_id, Event)`` for every committed change from now on, until the block exits."""
+        send, recv = anyio.create_memory_object_stream[tuple[str, Event]](buffer)
+        self._subscribers.add(send)
+        try:
+            with recv:
+                yield recv
+        finally:
+            self._subscribers.discard(send)
+            send.close()
+
     def _known(self, workspace_id: object) -> str:
         ws = check_workspace_id(workspace_id)
         if ws not in self._workspaces:
             raise NotFound(
                 f"workspace '{ws}' does not exist.",
-                hint=f"Create it with create_workspace(workspace_id='{ws}'), or omit workspace_id to use '{DEFAULT_WORKSPACE}'.",
+                hint=f"Create it with create_workspace(workspace_id='{ws}'),"
+                f" or omit workspace_id to use '{DEFAULT_WORKSPACE}'.",
                 details={"workspace_id": ws},
             )
         return ws
@@ -323,9 +352,7 @@ class LockService:
         claim = Claim(check_node_id(node_id), _mode(mode), _depth(depth))
         t, w, n, owner, rid = self._lock_args(timeout, wait, note, agent, request_id)
         tok = _text(token, "token", 256) if token is not None else None
-        granted = await self._acquire(
-            ws, (claim,), owner=owner, timeout=t, wait=w, note=n, request_id=rid, token=tok
-        )
+        granted = await self._acquire(ws, (claim,), owner=owner, timeout=t, wait=w, note=n, request_id=rid, token=tok)
         return LockGrant.of(ws, granted.leases[0], granted.replayed)
 
     async def lock_many(
@@ -414,7 +441,9 @@ class LockService:
                     out.append(UnlockOutcome(index=i, released=False, error_code=e.code, error=e.text()))
                 else:
                     out.append(
-                        UnlockOutcome(index=i, released=True, lock_id=lease.lock_id, node_id=lease.node_id, held_ms=held)
+                        UnlockOutcome(
+                            index=i, released=True, lock_id=lease.lock_id, node_id=lease.node_id, held_ms=held
+                        )
                     )
             return out
 

@@ -26,7 +26,9 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8765, ge=0, le=65535, description="Port to listen on (0 = any free port).")
     data_dir: Path = Field(default_factory=default_data_dir, description="Where the SQLite database is kept.")
-    store: Literal["sqlite", "memory"] = Field("sqlite", description="'sqlite' (durable) or 'memory' (forgets on exit).")
+    store: Literal["sqlite", "memory"] = Field(
+        "sqlite", description="'sqlite' (durable) or 'memory' (forgets on exit)."
+    )
     sync: Literal["normal", "full"] = Field(
         "normal", description="SQLite durability: 'normal' survives a process crash, 'full' also a power loss."
     )

@@ -181,8 +181,7 @@ class SqliteStore:
         """Read the workspace's state."""
         db = self.db
         leases = [
-            _lease_from(r)
-            for r in db.execute(f"SELECT {_LEASE_COLS} FROM locks WHERE workspace_id=?", (workspace_id,))
+            _lease_from(r) for r in db.execute(f"SELECT {_LEASE_COLS} FROM locks WHERE workspace_id=?", (workspace_id,))
         ]
         ended = [
             Ended(*r)
@@ -240,7 +239,8 @@ class SqliteStore:
                 puts = [_lease_row(workspace_id, le) for le in final.values() if le is not None]
                 if puts:
                     db.executemany(
-                        f"INSERT OR REPLACE INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 14)})", puts
+                        f"INSERT OR REPLACE INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 14)})",
+                        puts,
                     )
                 dels = [(workspace_id, k) for k, le in final.items() if le is None]
                 if dels:

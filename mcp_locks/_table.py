@@ -7,17 +7,17 @@ import heapq
 import secrets
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Literal
 
-from ._errors import Deadlock, InvalidArgument, LimitExceeded, LockError, LockExpired, LockNotFound, Locked, WaitTimeout
+from ._errors import Deadlock, InvalidArgument, LimitExceeded, Locked, LockError, LockExpired, LockNotFound, WaitTimeout
 from ._index import Claim, ClaimIndex, Depth, Mode
 
 __all__ = [
     "ANONYMOUS",
     "Change",
-    "Ended",
     "EndLease",
+    "Ended",
     "Granted",
     "Lease",
     "Limits",
@@ -139,6 +139,31 @@ class Prune:
 
 Change = PutLease | EndLease | PutRequest | ReserveFences | Prune
 
+EventKind = Literal["granted", "released", "expired", "renewed", "upgraded", "downgraded", "queued", "left", "denied"]
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened to a lock or a waiter, for audit, metrics and live feeds (never a token)."""
+
+    kind: EventKind
+    at: float
+    node_id: str
+    owner: str
+    lock_id: str | None = None
+    mode: Mode | None = None
+    depth: Depth | None = None
+    fence: int | None = None
+    waiter_id: int | None = None
+    waited_ms: int | None = None
+    held_ms: int | None = None
+    code: str | None = None
+
+    @classmethod
+    def of(cls, kind: EventKind, at: float, le: Lease, **extra: int | str | None) -> Event:
+        """An event about a lease."""
+        return cls(kind, at, le.node_id, le.owner, le.lock_id, le.mode, le.depth, le.fence, **extra)  # type: ignore[arg-type]
+
 
 @dataclass(frozen=True, slots=True)
 class Granted:
@@ -223,14 +248,6 @@ def _fmt_time(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-@dataclass(slots=True)
-class _Heap:
-    items: list[tuple[float, str | int]] = field(default_factory=list)
-
-    def push(self, when: float, key: str | int) -> None:
-        heapq.heappush(self.items, (when, key))
-
-
 class LockTable:
     """All the lock rules of one workspace, as a data structure with no I/O and no clock.
 
@@ -310,9 +327,10 @@ class LockTable:
         self._ended_order: deque[tuple[float, bytes]] = deque()
         self._requests: dict[tuple[str, str], RequestRecord] = {}
         self._request_order: deque[tuple[float, tuple[str, str]]] = deque()
-        self._lease_heap = _Heap()
-        self._wait_heap = _Heap()
+        self._lease_heap: list[tuple[float, str]] = []
+        self._wait_heap: list[tuple[float, int]] = []
         self.changes: list[Change] = []
+        self.events: list[Event] = []
         self.outcomes: list[tuple[int, Granted | LockError]] = []
 
     # ------------------------------------------------------------------ restore
@@ -358,19 +376,19 @@ class LockTable:
 
     def next_deadline(self) -> float | None:
         """The earliest lease expiry or wait deadline still pending, for the owner's timer."""
-        for heap, live in ((self._lease_heap, self._lease_live), (self._wait_heap, self._wait_live)):
-            while heap.items and not live(heap.items[0]):
-                heapq.heappop(heap.items)
-        times = [h.items[0][0] for h in (self._lease_heap, self._wait_heap) if h.items]
+        lh, wh = self._lease_heap, self._wait_heap
+        while lh:
+            lease = self._leases.get(lh[0][1])
+            if lease is not None and lease.expires_at == lh[0][0]:
+                break
+            heapq.heappop(lh)  # stale: renewed or ended since it was pushed
+        while wh:
+            w = self._waiter(wh[0][1])
+            if w is not None and w.deadline == wh[0][0]:
+                break
+            heapq.heappop(wh)
+        times = [h[0][0] for h in (lh, wh) if h]
         return min(times) if times else None
-
-    def _lease_live(self, item: tuple[float, str | int]) -> bool:
-        lease = self._leases.get(item[1])  # type: ignore[call-overload]
-        return lease is not None and lease.expires_at == item[0]
-
-    def _wait_live(self, item: tuple[float, str | int]) -> bool:
-        w = self._waiter(item[1])  # type: ignore[arg-type]
-        return w is not None and w.deadline == item[0]
 
     def _waiter(self, waiter_id: int) -> _Waiter | None:
         return self._queue.get(waiter_id) or self._upgrades.get(waiter_id)
@@ -379,9 +397,7 @@ class LockTable:
         """Who holds ``node_id``, which tree locks cover it, and who waits for it."""
         self.expire(now)
         holders = tuple(self._leases[k] for k in self._holders.at(node_id))
-        covering = tuple(
-            self._leases[k] for k, c in self._holders.covering(node_id) if c.node_id != node_id
-        )
+        covering = tuple(self._leases[k] for k, c in self._holders.covering(node_id) if c.node_id != node_id)
         wanted = {wid for (wid, _), _ in self._waiting.covering(node_id)}
         views: list[WaiterView] = []
         for pos, w in enumerate(self._line(), start=1):
@@ -394,7 +410,12 @@ class LockTable:
         return NodeStatus(node_id, holders, covering, tuple(views), below)
 
     def page(
-        self, now: float, prefix: str = "", owner: str | None = None, limit: int = 100, after: tuple[str, str] | None = None
+        self,
+        now: float,
+        prefix: str = "",
+        owner: str | None = None,
+        limit: int = 100,
+        after: tuple[str, str] | None = None,
     ) -> tuple[list[Lease], tuple[str, str] | None]:
         """Held leases whose node starts with ``prefix``, ordered by (node_id, lock_id), after ``after``."""
         self.expire(now)
@@ -431,6 +452,27 @@ class LockTable:
         token: str | None = None,
     ) -> Granted | Queued:
         """Grant ``items`` all together, queue the request, or raise (LOCKED, DEADLOCK, ...)."""
+        try:
+            return self._acquire(
+                now, items, owner=owner, timeout=timeout, wait=wait, note=note, request_id=request_id, token=token
+            )
+        except LockError as e:
+            node = items[0].node_id if items else ""
+            self.events.append(Event("denied", now, node, owner, code=e.code))
+            raise
+
+    def _acquire(
+        self,
+        now: float,
+        items: Sequence[Claim],
+        *,
+        owner: str,
+        timeout: float,
+        wait: float = 0.0,
+        note: str | None = None,
+        request_id: str | None = None,
+        token: str | None = None,
+    ) -> Granted | Queued:
         self.expire(now)
         items = tuple(items)
         if not items:
@@ -452,7 +494,8 @@ class LockTable:
         self._check_disjoint(items)
         if len(self._leases) + len(items) > self.limits.max_locks:
             raise LimitExceeded(
-                f"workspace '{self.workspace_id}' holds {len(self._leases)} locks; the limit is {self.limits.max_locks}.",
+                f"workspace '{self.workspace_id}' holds {len(self._leases)} locks;"
+                f" the limit is {self.limits.max_locks}.",
                 hint="Release locks you no longer need, or use a tree lock on a common folder.",
                 details={"limit": self.limits.max_locks},
             )
@@ -516,18 +559,19 @@ class LockTable:
         lease = self._lease_for(token)
         if item.node_id != lease.node_id or item.depth != lease.depth:
             raise InvalidArgument(
-                f"the token belongs to a {lease.depth} lock on '{lease.node_id}', not a {item.depth} lock on '{item.node_id}'.",
+                f"the token belongs to a {lease.depth} lock on '{lease.node_id}',"
+                f" not a {item.depth} lock on '{item.node_id}'.",
                 hint="Pass the node_id and depth of the lock the token came from, or omit token to take a new lock.",
                 details={"field": "token", "node_id": lease.node_id, "depth": lease.depth},
             )
         note = note if note is not None else lease.note
         if item.mode == lease.mode:
             new = replace(lease, expires_at=now + timeout, timeout=timeout, note=note)
-            self._update(lease, new)
+            self._update(lease, new, now)
             return self._granted(now, owner, request_id, fingerprint, (new,))
         if item.mode == "read":
             new = replace(lease, mode="read", expires_at=now + timeout, timeout=timeout, note=note)
-            self._update(lease, new)
+            self._update(lease, new, now)
             self._promote(now)
             return self._granted(now, owner, request_id, fingerprint, (new,))
         if lease.lock_id in self._upgrade_of:
@@ -541,7 +585,9 @@ class LockTable:
             return self._granted(now, owner, request_id, fingerprint, (self._upgrade(now, lease, timeout, note, 0),))
         if wait <= 0:
             raise self._locked((want,), exclude=lease.lock_id, upgrade=True)
-        waiter = _Waiter(0, lease.owner, (want,), timeout, note, request_id, fingerprint, now, now + wait, lease.lock_id)
+        waiter = _Waiter(
+            0, lease.owner, (want,), timeout, note, request_id, fingerprint, now, now + wait, lease.lock_id
+        )
         self._check_deadlock(waiter)
         return Queued(self._enqueue(waiter))
 
@@ -562,7 +608,7 @@ class LockTable:
             note=note,
             waited_ms=waited_ms,
         )
-        self._update(lease, new)
+        self._update(lease, new, now)
         return new
 
     # ------------------------------------------------------------------ release, renew, cancel
@@ -587,7 +633,7 @@ class LockTable:
         lease = self._lease_for(token)
         t = lease.timeout if timeout is None else timeout
         new = replace(lease, expires_at=now + t, timeout=t)
-        self._update(lease, new)
+        self._update(lease, new, now)
         return new
 
     def cancel(self, now: float, waiter_id: int) -> bool:
@@ -596,8 +642,15 @@ class LockTable:
         if w is None:
             return False
         self._drop_waiter(w)
+        self._left(w, now, "CANCELLED")
         self._promote(now)
         return True
+
+    def _left(self, w: _Waiter, now: float, code: str) -> None:
+        for c in w.items:
+            self.events.append(
+                Event("left", now, c.node_id, w.owner, w.upgrade_of, c.mode, c.depth, waiter_id=w.waiter_id, code=code)
+            )
 
     def lookup(self, token: str) -> Lease:
         """The live lease named by ``token`` (raises LOCK_EXPIRED / LOCK_NOT_FOUND)."""
@@ -608,22 +661,23 @@ class LockTable:
     def expire(self, now: float) -> int:
         """End every lease due at ``now``, grant the waiters that frees, time out due waiters."""
         n = 0
-        heap = self._lease_heap.items
+        heap = self._lease_heap
         while heap and heap[0][0] <= now:
             when, lock_id = heapq.heappop(heap)
-            lease = self._leases.get(lock_id)  # type: ignore[call-overload]
+            lease = self._leases.get(lock_id)
             if lease is not None and lease.expires_at == when:
                 self._end(lease, "expired", lease.expires_at)
                 n += 1
         if n:
             self._promote(now)
-        wheap = self._wait_heap.items
+        wheap = self._wait_heap
         timed_out = False
         while wheap and wheap[0][0] <= now:
             when, wid = heapq.heappop(wheap)
-            w = self._waiter(wid)  # type: ignore[arg-type]
+            w = self._waiter(wid)
             if w is not None and w.deadline == when:
                 self._drop_waiter(w)
+                self._left(w, now, "WAIT_TIMEOUT")
                 self.outcomes.append((w.waiter_id, self._wait_timeout(w, now)))
                 timed_out = True
         if timed_out:
@@ -689,6 +743,7 @@ class LockTable:
         )
         for lease in leases:
             self._install(lease)
+            self.events.append(Event.of("granted", now, lease, waited_ms=waited_ms))
         return leases
 
     def _record_request(
@@ -709,17 +764,21 @@ class LockTable:
         self._leases[lease.lock_id] = lease
         self._by_token[hash_token(lease.token)] = lease.lock_id
         self._holders.add(lease.lock_id, lease.claim)
-        self._lease_heap.push(lease.expires_at, lease.lock_id)
+        heapq.heappush(self._lease_heap, (lease.expires_at, lease.lock_id))
         if record:
             self.changes.append(PutLease(lease))
 
-    def _update(self, old: Lease, new: Lease) -> None:
+    def _update(self, old: Lease, new: Lease, at: float) -> None:
         self._leases[new.lock_id] = new
+        kind: EventKind = "renewed"
+        if new.mode != old.mode:
+            kind = "upgraded" if new.mode == "write" else "downgraded"
+        self.events.append(Event.of(kind, at, new, waited_ms=new.waited_ms if kind == "upgraded" else None))
         if old.claim != new.claim:
             self._holders.remove(old.lock_id)
             self._holders.add(new.lock_id, new.claim)
         if old.expires_at != new.expires_at:
-            self._lease_heap.push(new.expires_at, new.lock_id)
+            heapq.heappush(self._lease_heap, (new.expires_at, new.lock_id))
         self.changes.append(PutLease(new))
 
     def _end(self, lease: Lease, reason: Literal["released", "expired"], at: float) -> None:
@@ -728,13 +787,17 @@ class LockTable:
         del self._by_token[h]
         self._holders.remove(lease.lock_id)
         ended = Ended(lease.lock_id, h, lease.node_id, lease.owner, reason, at)
+        held = max(0, round((at - lease.acquired_at) * 1000))
+        self.events.append(Event.of(reason, at, lease, held_ms=held))
         self._remember_end(ended)
         self.changes.append(EndLease(lease, ended))
         wid = self._upgrade_of.get(lease.lock_id)
         if wid is not None:
             w = self._upgrades[wid]
             self._drop_waiter(w)
-            self.outcomes.append((wid, self._ended_error(ended)))
+            err = self._ended_error(ended)
+            self.events.append(Event("left", at, lease.node_id, w.owner, lease.lock_id, waiter_id=wid, code=err.code))
+            self.outcomes.append((wid, err))
 
     def _remember_end(self, ended: Ended) -> None:
         self._ended[ended.token_hash] = ended
@@ -759,8 +822,10 @@ class LockTable:
         details = {"lock_id": ended.lock_id, "node_id": ended.node_id, "ended_at": _fmt_time(ended.at)}
         if ended.reason == "expired":
             return LockExpired(
-                f"lock {ended.lock_id} on '{ended.node_id}' expired at {_fmt_time(ended.at)}; its lease was not renewed in time.",
-                hint="Anything written since then was unprotected. Take the lock again with lock_file, re-read the file, and redo the change; renew_lock sooner next time.",
+                f"lock {ended.lock_id} on '{ended.node_id}' expired at {_fmt_time(ended.at)};"
+                " its lease was not renewed in time.",
+                hint="Anything written since then was unprotected. Take the lock again with lock_file, re-read the"
+                " file, and redo the change; renew_lock sooner next time.",
                 details={**details, "expired_at": details["ended_at"]},
             )
         return LockNotFound(
@@ -777,7 +842,8 @@ class LockTable:
     def _enqueue(self, w: _Waiter) -> int:
         if self.waiter_count >= self.limits.max_waiters:
             raise LimitExceeded(
-                f"{self.waiter_count} requests already wait in workspace '{self.workspace_id}'; the limit is {self.limits.max_waiters}.",
+                f"{self.waiter_count} requests already wait in workspace '{self.workspace_id}';"
+                f" the limit is {self.limits.max_waiters}.",
                 hint="Retry later with wait=0, or work on other files meanwhile.",
                 details={"limit": self.limits.max_waiters},
             )
@@ -791,7 +857,11 @@ class LockTable:
         self._waiters_of.setdefault(self._identity_of_waiter(w), set()).add(w.waiter_id)
         if w.request_id is not None:
             self._pending[(w.owner, w.request_id)] = w.waiter_id
-        self._wait_heap.push(w.deadline, w.waiter_id)
+        heapq.heappush(self._wait_heap, (w.deadline, w.waiter_id))
+        for c in w.items:
+            self.events.append(
+                Event("queued", w.enqueued_at, c.node_id, w.owner, w.upgrade_of, c.mode, c.depth, waiter_id=w.waiter_id)
+            )
         return w.waiter_id
 
     def _drop_waiter(self, w: _Waiter) -> None:
@@ -815,13 +885,13 @@ class LockTable:
             return
         ahead: ClaimIndex[tuple[int, int]] = ClaimIndex()
         for w in self._line():
-            if all(
-                not self._holders.conflicts(c, exclude=w.upgrade_of) and not ahead.conflicts(c) for c in w.items
-            ):
+            if all(not self._holders.conflicts(c, exclude=w.upgrade_of) and not ahead.conflicts(c) for c in w.items):
                 self._drop_waiter(w)
                 waited = max(0, round((now - w.enqueued_at) * 1000))
                 if w.upgrade_of:
-                    leases: tuple[Lease, ...] = (self._upgrade(now, self._leases[w.upgrade_of], w.timeout, w.note, waited),)
+                    leases: tuple[Lease, ...] = (
+                        self._upgrade(now, self._leases[w.upgrade_of], w.timeout, w.note, waited),
+                    )
                 else:
                     leases = self._grant(now, w.items, w.owner, w.timeout, w.note, w.request_id, waited)
                 self._record_request(now, w.owner, w.request_id, w.fingerprint, leases)
@@ -894,11 +964,20 @@ class LockTable:
         names = [c if not c.startswith("~") else "an anonymous agent" for c in chain]
         nodes = ", ".join(f"'{c.node_id}'" for c in w.items)
         if len(chain) == 2:
-            msg = f"{names[0]} already holds or waits for a lock that conflicts with this request for {nodes}; waiting would never end."
-            hint = "Use the token of the lock you hold (to upgrade or downgrade it), or release it first. If another agent uses the same name, give each agent its own agent name."
+            msg = (
+                f"{names[0]} already holds or waits for a lock that conflicts with this request for {nodes};"
+                " waiting would never end."
+            )
+            hint = (
+                "Use the token of the lock you hold (to upgrade or downgrade it), or release it first."
+                " If another agent uses the same name, give each agent its own agent name."
+            )
         else:
             msg = f"waiting for {nodes} would close a cycle: " + " -> ".join(names) + "."
-            hint = "Release the locks you hold and retry, or take all the locks you need at once with lock_files (which never deadlocks)."
+            hint = (
+                "Release the locks you hold and retry, or take all the locks you need at once with lock_files"
+                " (which never deadlocks)."
+            )
         return Deadlock(msg, hint=hint, details={"cycle": names})
 
     # ------------------------------------------------------------------ messages
@@ -925,7 +1004,12 @@ class LockTable:
                     details={
                         "node_id": c.node_id,
                         "holders": [
-                            {"owner": x.owner, "mode": x.mode, "node_id": x.node_id, "expires_at": _fmt_time(x.expires_at)}
+                            {
+                                "owner": x.owner,
+                                "mode": x.mode,
+                                "node_id": x.node_id,
+                                "expires_at": _fmt_time(x.expires_at),
+                            }
                             for x in holders[:10]
                         ],
                         "waiting": waiting,

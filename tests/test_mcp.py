@@ -1,0 +1,311 @@
+"""The MCP tools through real clients: in memory, and over streamable HTTP in both protocol eras."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp import Client
+from mcp_types import CallToolResult, TextContent
+
+from mcp_locks import LockService, MemoryStore, Settings, build_app, build_mcp
+
+from .helpers import until_event
+from .servers import serve_app
+
+pytestmark = pytest.mark.anyio
+
+TRANSPORTS = ["memory", "http-modern", "http-legacy"]
+TOOLS = {
+    "lock_file",
+    "unlock_file",
+    "renew_lock",
+    "check_lock_status",
+    "list_locks",
+    "lock_files",
+    "unlock_files",
+    "create_workspace",
+}
+CODES = {
+    "INVALID_ARGUMENT",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "LOCKED",
+    "WAIT_TIMEOUT",
+    "DEADLOCK",
+    "LOCK_EXPIRED",
+    "LOCK_NOT_FOUND",
+    "LIMIT_EXCEEDED",
+}
+STEP = 10
+
+
+class Server:
+    """One service with a way to open more clients to it."""
+
+    def __init__(self, transport: str, service: LockService, url: str | None) -> None:
+        self.transport = transport
+        self.service = service
+        self.url = url
+        self.mcp = build_mcp(service)
+
+    def client(self) -> Client:
+        if self.transport == "memory":
+            return Client(self.mcp)
+        mode = "legacy" if self.transport == "http-legacy" else "auto"
+        return Client(f"{self.url}/mcp", mode=mode)
+
+
+@pytest.fixture(params=TRANSPORTS)
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    service = LockService(MemoryStore())
+    if request.param == "memory":
+        async with service:
+            yield Server("memory", service, None)
+        return
+    app = build_app(Settings(store="memory"), service)
+    async with serve_app(app) as url:
+        srv = Server(request.param, service, url)
+        srv.mcp = app.state.mcp
+        yield srv
+
+
+@pytest.fixture
+async def client(server: Server) -> AsyncIterator[Client]:
+    async with server.client() as c:
+        yield c
+
+
+def text(r: CallToolResult) -> str:
+    assert isinstance(r.content[0], TextContent)
+    return r.content[0].text
+
+
+def ok(r: CallToolResult) -> dict[str, Any]:
+    assert not r.is_error, text(r)
+    assert r.structured_content is not None
+    return r.structured_content
+
+
+def err(r: CallToolResult, code: str) -> dict[str, Any]:
+    assert r.is_error, r.structured_content
+    assert text(r).startswith(f"{code}: "), text(r)
+    assert r.structured_content is not None
+    body: dict[str, Any] = r.structured_content["error"]
+    assert body["code"] == code
+    return body
+
+
+async def test_tools_list_shows_every_tool_with_input_and_output_schemas(client: Client) -> None:
+    tools = {t.name: t for t in (await client.list_tools()).tools}
+    assert set(tools) == TOOLS
+    for tool in tools.values():
+        assert len(tool.description or "") > 80
+        assert tool.input_schema["type"] == "object"
+        assert tool.output_schema is not None
+    lock = tools["lock_file"].input_schema["properties"]
+    assert lock["mode"]["enum"] == ["read", "write", "shared", "exclusive"]
+    assert lock["timeout"]["minimum"] == 1
+    assert tools["lock_file"].input_schema["required"] == ["node_id"]
+
+
+async def test_lock_then_unlock_round_trips_with_structured_content(client: Client) -> None:
+    grant = ok(await client.call_tool("lock_file", {"node_id": "reports/q3.md", "agent": "alice", "note": "edit"}))
+    assert grant["token"].startswith("mlt_")
+    assert grant["expires_at"].endswith("Z")
+    assert grant["owner"] == "alice"
+    status = ok(await client.call_tool("check_lock_status", {"node_id": "reports/q3.md"}))
+    assert status["locked"] is True
+    assert "token" not in json.dumps(status)
+    released = ok(await client.call_tool("unlock_file", {"token": grant["token"]}))
+    assert released["released"]["lock_id"] == grant["lock_id"]
+
+
+async def test_a_conflict_is_locked_naming_the_holder_and_what_to_do(client: Client) -> None:
+    ok(await client.call_tool("lock_file", {"node_id": "a.md", "agent": "alice"}))
+    body = err(await client.call_tool("lock_file", {"node_id": "a.md", "agent": "bob"}), "LOCKED")
+    assert "alice" in body["message"]
+    assert "wait=" in body["hint"]
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        ({"node_id": "../etc/passwd"}, "node_id"),
+        ({"node_id": "a//b"}, "node_id"),
+        ({"node_id": "/abs"}, "node_id"),
+        ({"node_id": "x\x00y"}, "node_id"),
+        ({"node_id": "é" * 600}, "node_id"),
+        ({"node_id": 5}, "node_id"),
+        ({}, "node_id"),
+        ({"node_id": "a", "timeout": 0}, "timeout"),
+        ({"node_id": "a", "timeout": 10**9}, "timeout"),
+        ({"node_id": "a", "wait": -1}, "wait"),
+        ({"node_id": "a", "mode": "rw"}, "mode"),
+        ({"node_id": "a", "depth": "deep"}, "depth"),
+        ({"node_id": "a", "workspace_id": "Bad Id"}, "workspace_id"),
+        ({"node_id": "a", "agent": "x" * 65}, "agent"),
+    ],
+)
+async def test_malformed_arguments_are_invalid_argument_naming_the_field(
+    client: Client, args: dict[str, Any], field: str
+) -> None:
+    body = err(await client.call_tool("lock_file", args), "INVALID_ARGUMENT")
+    assert body["details"]["field"] == field
+    assert "Traceback" not in body["message"]
+    assert "pydantic" not in body["message"]
+
+
+async def test_an_unknown_workspace_is_not_found_with_a_hint_to_create_it(client: Client) -> None:
+    body = err(await client.call_tool("lock_file", {"node_id": "a", "workspace_id": "ghost"}), "NOT_FOUND")
+    assert "create_workspace" in body["hint"]
+    ok(await client.call_tool("create_workspace", {"workspace_id": "ghost"}))
+    ok(await client.call_tool("lock_file", {"node_id": "a", "workspace_id": "ghost"}))
+    err(await client.call_tool("create_workspace", {"workspace_id": "ghost"}), "ALREADY_EXISTS")
+
+
+async def test_a_waiting_lock_file_is_granted_when_another_client_unlocks(server: Server, client: Client) -> None:
+    holder = ok(await client.call_tool("lock_file", {"node_id": "doc.md", "agent": "alice"}))
+    got: list[dict[str, Any]] = []
+    async with server.client() as other, server.service.subscribe() as events:
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+
+                async def wait_for_it() -> None:
+                    got.append(
+                        ok(await other.call_tool("lock_file", {"node_id": "doc.md", "agent": "bob", "wait": 60}))
+                    )
+
+                tg.start_soon(wait_for_it)
+                await until_event(events, "queued", "doc.md")
+                ok(await client.call_tool("unlock_file", {"token": holder["token"]}))
+    assert got[0]["owner"] == "bob"
+    assert got[0]["fence"] > holder["fence"]
+
+
+async def test_cancelling_a_waiting_call_removes_the_waiter(server: Server, client: Client) -> None:
+    ok(await client.call_tool("lock_file", {"node_id": "doc.md", "agent": "alice"}))
+    async with server.client() as other, server.service.subscribe() as events:
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+
+                async def wait_for_it() -> None:
+                    await other.call_tool("lock_file", {"node_id": "doc.md", "agent": "bob", "wait": 600})
+
+                tg.start_soon(wait_for_it)
+                await until_event(events, "queued", "doc.md")
+                tg.cancel_scope.cancel()
+        left = await until_event(events, "left", "doc.md")
+        assert left.code == "CANCELLED"
+        assert (await server.service.status(None, "doc.md")).waiters == []
+
+
+async def test_lock_files_is_all_or_none_over_mcp(client: Client) -> None:
+    ok(await client.call_tool("lock_file", {"node_id": "b", "agent": "bob"}))
+    items = [{"node_id": "a"}, {"node_id": "b", "mode": "read"}, {"node_id": "src", "depth": "tree"}]
+    err(await client.call_tool("lock_files", {"items": items, "agent": "alice"}), "LOCKED")
+    page = ok(await client.call_tool("list_locks", {}))
+    assert [x["node_id"] for x in page["locks"]] == ["b"]
+    got = ok(await client.call_tool("lock_files", {"items": [items[0], items[2]], "agent": "alice"}))
+    tokens = [g["token"] for g in got["locks"]]
+    assert [g["node_id"] for g in got["locks"]] == ["a", "src"]
+    out = ok(await client.call_tool("unlock_files", {"tokens": tokens}))
+    assert out["released"] == 2
+
+
+async def test_upgrade_and_downgrade_keep_the_same_lock(client: Client) -> None:
+    read = ok(await client.call_tool("lock_file", {"node_id": "a", "mode": "read"}))
+    up = ok(await client.call_tool("lock_file", {"node_id": "a", "mode": "write", "token": read["token"]}))
+    assert (up["lock_id"], up["mode"]) == (read["lock_id"], "write")
+    assert up["fence"] > read["fence"]
+    down = ok(await client.call_tool("lock_file", {"node_id": "a", "mode": "read", "token": read["token"]}))
+    assert down["mode"] == "read"
+
+
+async def test_renew_restarts_the_lease(client: Client) -> None:
+    g = ok(await client.call_tool("lock_file", {"node_id": "a", "timeout": 60}))
+    r = ok(await client.call_tool("renew_lock", {"token": g["token"], "timeout": 600}))
+    assert r["expires_at"] > g["expires_at"]
+    assert r["timeout"] == 600
+
+
+async def test_unlocking_twice_says_it_was_already_released(client: Client) -> None:
+    g = ok(await client.call_tool("lock_file", {"node_id": "a"}))
+    ok(await client.call_tool("unlock_file", {"token": g["token"]}))
+    body = err(await client.call_tool("unlock_file", {"token": g["token"]}), "LOCK_NOT_FOUND")
+    assert "already released" in body["message"]
+    assert g["token"] not in json.dumps(body)
+
+
+async def test_a_retried_request_id_returns_the_first_grant(client: Client) -> None:
+    args = {"node_id": "a", "agent": "alice", "request_id": "r-1"}
+    first = ok(await client.call_tool("lock_file", args))
+    again = ok(await client.call_tool("lock_file", args))
+    assert again["token"] == first["token"]
+    assert again["replayed"] is True
+
+
+async def test_an_unknown_tool_is_an_invalid_argument_listing_the_tools(client: Client) -> None:
+    body = err(await client.call_tool("lock_everything", {}), "INVALID_ARGUMENT")
+    assert "lock_file" in body["hint"]
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    tool=st.sampled_from(sorted(TOOLS)),
+    args=st.dictionaries(
+        st.sampled_from(
+            [
+                "node_id",
+                "workspace_id",
+                "mode",
+                "timeout",
+                "wait",
+                "depth",
+                "token",
+                "items",
+                "tokens",
+                "prefix",
+                "limit",
+                "cursor",
+                "request_id",
+                "agent",
+                "note",
+                "junk",
+            ]
+        ),
+        json_values,
+        max_size=6,
+    ),
+)
+def test_junk_arguments_never_crash_a_tool(tool: str, args: dict[str, Any]) -> None:
+    async def run() -> None:
+        async with LockService(MemoryStore()) as service, Client(build_mcp(service)) as c:
+            r = await c.call_tool(tool, {**args, "wait": 0} if "wait" in args else args)
+            if r.is_error:
+                code = text(r).split(":", 1)[0]
+                assert code in CODES, text(r)
+                assert "Traceback" not in text(r)
+            else:
+                assert r.structured_content is not None
+
+    anyio.run(run)
+
+
+async def test_healthz_answers_ok() -> None:
+    async with serve_app(build_app(Settings(store="memory"))) as url, httpx.AsyncClient() as h:
+        r = await h.get(f"{url}/healthz")
+    assert r.json()["status"] == "ok"

@@ -1,0 +1,93 @@
+"""The real ``mcp-locks serve`` process: start-up, kill -9 and restart, clean shutdown."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from mcp import Client
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+# The shortest lease the API allows: this test is about real time passing while the server is down.
+SHORT_LEASE = 1
+
+
+@contextmanager
+def server_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+    """Start ``mcp-locks serve`` on a free port; yield the process, its /mcp URL and its log file."""
+    log = data_dir / f"server-{time.monotonic_ns()}.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mcp_locks", "serve", "--port", "0", "--data-dir", str(data_dir)],
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        url = None
+        deadline = time.monotonic() + 20
+        while url is None and time.monotonic() < deadline and proc.poll() is None:
+            m = re.search(r"listening on (http://\S+/mcp)", log.read_text())
+            if m:
+                url = m.group(1)
+            else:
+                time.sleep(0.02)
+        assert url is not None, f"server did not announce its URL: {log.read_text()}"
+        yield proc, url, log
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+
+
+async def call(url: str, tool: str, args: dict[str, Any]) -> Any:
+    async with Client(url) as c:
+        r = await c.call_tool(tool, args)
+    return r
+
+
+async def test_locks_survive_kill_9_and_expired_ones_are_expired_at_restart(tmp_path: Path) -> None:
+    with server_process(tmp_path) as (proc, url, _log):
+        long = (await call(url, "lock_file", {"node_id": "long.md", "timeout": 600})).structured_content
+        short = (await call(url, "lock_file", {"node_id": "short.md", "timeout": SHORT_LEASE})).structured_content
+        rid = {"node_id": "retry.md", "agent": "alice", "request_id": "req-42"}
+        retried = (await call(url, "lock_file", rid)).structured_content
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    # Let the short lease's deadline pass while the server is down.
+    remaining = datetime.fromisoformat(short["expires_at"]).timestamp() - time.time()
+    await anyio.sleep(max(0.0, remaining) + 0.05)
+    with server_process(tmp_path) as (_proc, url, _log):
+        status = (await call(url, "check_lock_status", {"node_id": "long.md"})).structured_content
+        assert status["holders"][0]["lock_id"] == long["lock_id"]
+        assert status["holders"][0]["expires_at"] == long["expires_at"]
+        gone = await call(url, "renew_lock", {"token": short["token"]})
+        assert gone.is_error
+        assert gone.content[0].text.startswith("LOCK_EXPIRED")
+        again = (await call(url, "lock_file", rid)).structured_content
+        assert (again["token"], again["replayed"]) == (retried["token"], True)
+        fresh = (await call(url, "lock_file", {"node_id": "new.md"})).structured_content
+        assert fresh["fence"] > max(long["fence"], short["fence"], retried["fence"])
+
+
+async def test_sigterm_shuts_the_server_down_cleanly(tmp_path: Path) -> None:
+    with server_process(tmp_path) as (proc, url, log):
+        async with httpx.AsyncClient() as h:
+            r = await h.get(url.removesuffix("/mcp") + "/healthz")
+        assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        assert "mcp-locks stopped" in log.read_text()
+        assert "Traceback" not in log.read_text()

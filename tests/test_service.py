@@ -1,0 +1,372 @@
+"""The actor and service: waiting, timers, cancellation, durability, group commit, recovery."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import pytest
+from anyio import wait_all_tasks_blocked
+
+from mcp_locks import (
+    AlreadyExists,
+    Deadlock,
+    InvalidArgument,
+    Locked,
+    LockExpired,
+    LockGrant,
+    LockService,
+    ManualClock,
+    MemoryStore,
+    NotFound,
+    SqliteStore,
+    Unavailable,
+    WaitTimeout,
+)
+from mcp_locks._service import ServiceLimits
+from mcp_locks._table import Change
+
+from .helpers import STEP, Events, until_event
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def events(service: LockService) -> AsyncIterator[Events]:
+    async with service.subscribe() as stream:
+        yield stream
+
+
+async def test_default_workspace_exists_on_first_start(service: LockService) -> None:
+    assert [w.workspace_id for w in await service.list_workspaces()] == ["default"]
+
+
+async def test_unknown_workspace_is_not_found_with_a_hint(service: LockService) -> None:
+    with pytest.raises(NotFound, match="create_workspace"):
+        await service.lock("nope", "a.txt")
+
+
+async def test_creating_an_existing_workspace_is_already_exists(service: LockService) -> None:
+    await service.create_workspace("team-a", "the A team")
+    with pytest.raises(AlreadyExists):
+        await service.create_workspace("team-a")
+    grant = await service.lock("team-a", "a.txt")
+    assert grant.workspace_id == "team-a"
+
+
+@pytest.mark.parametrize("bad", ["", "UPPER", "a" * 64, "sp ace", "dot.ted", 7])
+async def test_bad_workspace_ids_are_invalid_arguments(service: LockService, bad: object) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        await service.create_workspace(bad)
+    assert e.value.details["field"] == "workspace_id"
+
+
+async def test_workspaces_are_separate_lock_tables(service: LockService) -> None:
+    await service.create_workspace("other")
+    await service.lock(None, "a.txt", agent="alice")
+    grant = await service.lock("other", "a.txt", agent="bob")
+    assert grant.owner == "bob"
+
+
+async def test_mode_aliases_shared_and_exclusive_are_accepted(service: LockService) -> None:
+    r1 = await service.lock(None, "a", mode="shared")
+    r2 = await service.lock(None, "a", mode="shared")
+    assert (r1.mode, r2.mode) == ("read", "read")
+    with pytest.raises(Locked):
+        await service.lock(None, "a", mode="exclusive")
+
+
+async def test_a_waiter_is_granted_when_the_holder_unlocks(service: LockService, events: Events) -> None:
+    holder = await service.lock(None, "doc.md", agent="alice")
+    got: list[LockGrant] = []
+
+    async def wait_for_it() -> None:
+        got.append(await service.lock(None, "doc.md", agent="bob", wait=60))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_it)
+            await until_event(events, "queued", "doc.md")
+            await service.unlock(None, holder.token)
+    assert got[0].owner == "bob"
+    assert got[0].fence > holder.fence
+
+
+async def test_an_expired_lease_frees_its_waiter_without_any_other_call(
+    service: LockService, clock: ManualClock, events: Events
+) -> None:
+    await service.lock(None, "doc.md", agent="alice", timeout=30)
+    got: list[LockGrant] = []
+
+    async def wait_for_it() -> None:
+        got.append(await service.lock(None, "doc.md", agent="bob", wait=600))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_it)
+            await until_event(events, "queued", "doc.md")
+            clock.advance(29.9)
+            await wait_all_tasks_blocked()
+            assert not got
+            clock.advance(0.1)  # exactly the deadline: the actor's timer ends the lease and grants bob
+    assert got[0].owner == "bob"
+
+
+async def test_the_holder_of_an_expired_lease_is_told_when_it_expired(service: LockService, clock: ManualClock) -> None:
+    grant = await service.lock(None, "doc.md", timeout=10)
+    clock.advance(10)
+    with pytest.raises(LockExpired) as e:
+        await service.renew(None, grant.token)
+    assert e.value.details["expired_at"] == grant.expires_at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def test_a_wait_that_runs_out_is_wait_timeout(service: LockService, clock: ManualClock, events: Events) -> None:
+    await service.lock(None, "doc.md", agent="alice", timeout=300)
+    errors: list[Exception] = []
+
+    async def wait_for_it() -> None:
+        try:
+            await service.lock(None, "doc.md", agent="bob", wait=5)
+        except WaitTimeout as e:
+            errors.append(e)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_for_it)
+            await until_event(events, "queued", "doc.md")
+            clock.advance(5)
+    assert "alice" in str(errors[0])
+    assert (await service.status(None, "doc.md")).waiters == []
+
+
+async def test_a_cancelled_waiter_leaves_the_line(service: LockService, events: Events) -> None:
+    holder = await service.lock(None, "doc.md", agent="alice")
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+
+            async def wait_for_it() -> None:
+                await service.lock(None, "doc.md", agent="bob", wait=600)
+
+            tg.start_soon(wait_for_it)
+            await until_event(events, "queued", "doc.md")
+            tg.cancel_scope.cancel()
+    await until_event(events, "left", "doc.md")
+    status = await service.status(None, "doc.md")
+    assert status.waiters == []
+    await service.unlock(None, holder.token)
+    assert not (await service.status(None, "doc.md")).locked
+
+
+async def test_a_grant_that_crosses_the_cancellation_is_released_not_leaked(
+    service: LockService, events: Events
+) -> None:
+    holder = await service.lock(None, "doc.md", agent="alice")
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+
+            async def wait_for_it() -> None:
+                await service.lock(None, "doc.md", agent="bob", wait=600)
+
+            tg.start_soon(wait_for_it)
+            await until_event(events, "queued", "doc.md")
+
+            async def unlock() -> None:
+                await service.unlock(None, holder.token)
+
+            # The release (which grants bob) is queued to the actor before bob's cancellation lands.
+            tg.start_soon(unlock)
+            await anyio.lowlevel.checkpoint()
+            tg.cancel_scope.cancel()
+    granted = await until_event(events, "granted", "doc.md", owner="bob")
+    released = await until_event(events, "released", "doc.md", owner="bob")
+    assert released.lock_id == granted.lock_id
+    page = await service.list_locks()
+    assert page.locks == []
+
+
+async def test_readers_never_starve_a_queued_writer(service: LockService, events: Events) -> None:
+    first = await service.lock(None, "doc.md", mode="read", agent="r0")
+    order: list[str] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+
+            async def take(agent: str, mode: str) -> None:
+                g = await service.lock(None, "doc.md", mode=mode, agent=agent, wait=60)
+                order.append(agent)
+                await service.unlock(None, g.token)
+
+            tg.start_soon(take, "writer", "write")
+            await until_event(events, "queued", "doc.md")
+            for i in range(3):
+                tg.start_soon(take, f"r{i + 1}", "read")
+            await until_event(events, "queued", "doc.md", count=3)
+            await service.unlock(None, first.token)
+    assert order[0] == "writer"
+
+
+async def test_a_cycle_of_waits_fails_at_once_with_deadlock(service: LockService, events: Events) -> None:
+    await service.lock(None, "x", agent="alice")
+    await service.lock(None, "y", agent="bob")
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+
+            async def alice_waits() -> None:
+                with pytest.raises(WaitTimeout):
+                    await service.lock(None, "y", agent="alice", wait=1000)
+
+            tg.start_soon(alice_waits)
+            await until_event(events, "queued", "y")
+            with pytest.raises(Deadlock, match="alice"):
+                await service.lock(None, "x", agent="bob", wait=1000)
+            tg.cancel_scope.cancel()
+
+
+async def test_lock_files_grants_all_or_nothing(service: LockService) -> None:
+    await service.lock(None, "b", agent="bob")
+    with pytest.raises(Locked):
+        await service.lock_many(None, [{"node_id": "a"}, {"node_id": "b"}, {"node_id": "c"}], agent="alice")
+    page = await service.list_locks()
+    assert [le.node_id for le in page.locks] == ["b"]
+
+
+async def test_lock_files_rejects_more_than_100_items(service: LockService) -> None:
+    from mcp_locks import LimitExceeded
+
+    with pytest.raises(LimitExceeded):
+        await service.lock_many(None, [{"node_id": f"f{i}"} for i in range(101)])
+
+
+async def test_unlock_files_reports_each_token_and_releases_the_good_ones(service: LockService) -> None:
+    a = await service.lock(None, "a")
+    result = await service.unlock_many(None, [a.token, "mlt_nope"])
+    assert result.released == 1
+    assert result.results[1].error_code == "LOCK_NOT_FOUND"
+    assert not (await service.status(None, "a")).locked
+
+
+async def test_list_locks_pages_through_every_lock_once(service: LockService) -> None:
+    for i in range(25):
+        await service.lock(None, f"dir/f{i:02}")
+    await service.lock(None, "other")
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = await service.list_locks(None, prefix="dir/", limit=10, cursor=cursor)
+        seen += [le.node_id for le in page.locks]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [f"dir/f{i:02}" for i in range(25)]
+
+
+async def test_a_forged_cursor_is_an_invalid_argument(service: LockService) -> None:
+    with pytest.raises(InvalidArgument, match="cursor"):
+        await service.list_locks(None, cursor="!!not-ours!!")
+
+
+async def test_concurrent_commands_share_group_commits(clock: ManualClock) -> None:
+    store = MemoryStore()
+    async with LockService(store, clock=clock) as service:
+        before = store.commits
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+                for i in range(64):
+                    tg.start_soon(service.lock, None, f"n{i}")
+        assert len((await service.list_locks(limit=1000)).locks) == 64
+        assert store.commits - before < 64
+
+
+# ---------------------------------------------------------------------- durability
+
+
+def sqlite(tmp_path: Path) -> SqliteStore:
+    return SqliteStore(tmp_path / "locks.db")
+
+
+async def test_locks_survive_a_restart_with_their_absolute_expiry(tmp_path: Path, clock: ManualClock) -> None:
+    async with LockService(sqlite(tmp_path), clock=clock) as s1:
+        grant = await s1.lock(None, "doc.md", agent="alice", timeout=600)
+    async with LockService(sqlite(tmp_path), clock=clock) as s2:
+        status = await s2.status(None, "doc.md")
+        assert status.holders[0].lock_id == grant.lock_id
+        assert status.holders[0].expires_at == grant.expires_at
+        renewed = await s2.renew(None, grant.token)
+        assert renewed.lock_id == grant.lock_id
+
+
+async def test_a_lock_that_expired_while_the_server_was_down_is_expired_at_start(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with LockService(sqlite(tmp_path), clock=clock) as s1:
+        grant = await s1.lock(None, "doc.md", timeout=10)
+    clock.advance(60)
+    store = sqlite(tmp_path)
+    async with LockService(store, clock=clock) as s2, s2.subscribe() as events:
+        # No call touches the workspace: the start-up alarm alone must expire it.
+        expired = await until_event(events, "expired", "doc.md")
+        assert expired.lock_id == grant.lock_id
+        assert not (await store.load("default")).leases
+    async with LockService(sqlite(tmp_path), clock=clock) as s3:
+        with pytest.raises(LockExpired):
+            await s3.unlock(None, grant.token)
+
+
+async def test_fences_never_go_backwards_across_restarts(tmp_path: Path, clock: ManualClock) -> None:
+    fences = []
+    for _ in range(3):
+        async with LockService(sqlite(tmp_path), clock=clock) as s:
+            g = await s.lock(None, "doc.md")
+            fences.append(g.fence)
+            await s.unlock(None, g.token)
+    assert fences == sorted(set(fences))
+
+
+async def test_a_request_id_retry_after_a_restart_returns_the_original_grant(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    async with LockService(sqlite(tmp_path), clock=clock) as s1:
+        first = await s1.lock(None, "doc.md", agent="alice", request_id="req-1")
+    async with LockService(sqlite(tmp_path), clock=clock) as s2:
+        again = await s2.lock(None, "doc.md", agent="alice", request_id="req-1")
+        assert (again.lock_id, again.token, again.replayed) == (first.lock_id, first.token, True)
+        assert len((await s2.list_locks()).locks) == 1
+
+
+async def test_an_idle_actor_is_evicted_and_its_alarm_still_expires_leases(clock: ManualClock) -> None:
+    store = MemoryStore()
+    limits = ServiceLimits(idle_timeout=60)
+    async with LockService(store, clock=clock, limits=limits) as service, service.subscribe() as events:
+        await service.lock(None, "doc.md", timeout=300)
+        clock.advance(61)
+        await wait_all_tasks_blocked()
+        assert service.active_actors == 0
+        assert (await store.load("default")).leases  # evicted, lease still held
+        clock.advance(240)
+        await until_event(events, "expired", "doc.md")  # the alarm woke the workspace on time
+        assert not (await store.load("default")).leases
+
+
+class FlakyStore(MemoryStore):
+    """A memory store whose next commit can be made to fail."""
+
+    fail_next = False
+
+    async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError("disk on fire")
+        await super().commit(workspace_id, changes)
+
+
+async def test_a_failed_commit_is_unavailable_and_loses_nothing_granted_before(clock: ManualClock) -> None:
+    store = FlakyStore()
+    async with LockService(store, clock=clock) as service:
+        kept = await service.lock(None, "kept.md")
+        store.fail_next = True
+        with pytest.raises(Unavailable):
+            await service.lock(None, "lost.md")
+        assert not (await service.status(None, "lost.md")).locked
+        assert (await service.status(None, "kept.md")).holders[0].lock_id == kept.lock_id
+        await service.unlock(None, kept.token)
