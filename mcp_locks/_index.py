@@ -4,15 +4,14 @@ A claim is ``(node_id, mode, depth)`` under a key. A claim with depth
 ``"tree"`` covers its node and every node below it (WebDAV depth-infinity).
 Two claims conflict when their covered sets overlap and at least one is a
 write. Counters per path (claims at it, tree claims at it, claims strictly
-below it) make the yes/no question independent of how many claims exist;
-sorted path lists make listing the claims below a path a range scan.
+below it) make the yes/no question independent of how many claims exist; a
+sorted list of paths makes listing the claims below a path a range scan.
 """
 
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterator
-from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from sortedcontainers import SortedList
 
@@ -28,13 +27,25 @@ K = TypeVar("K", bound=Hashable)
 _AFTER_SLASH = chr(ord("/") + 1)
 
 
-@dataclass(frozen=True, slots=True)
-class Claim:
+class Claim(NamedTuple):
     """What a holder or waiter claims: one node, or a whole subtree."""
 
     node_id: str
     mode: Mode
     depth: Depth
+
+
+class _Path:
+    """Everything the index keeps for one path that has claims."""
+
+    __slots__ = ("ancestors", "claims", "tree", "tree_w", "writes")
+
+    def __init__(self, path: str) -> None:
+        self.claims: dict[Any, Claim] = {}
+        self.writes = 0
+        self.tree = 0
+        self.tree_w = 0
+        self.ancestors = ancestors(path)
 
 
 def _bump(counter: dict[str, int], path: str, by: int) -> None:
@@ -50,14 +61,15 @@ class ClaimIndex(Generic[K]):
 
     def __init__(self) -> None:
         self._claims: dict[K, Claim] = {}
-        self._at: dict[str, dict[K, Claim]] = {}
-        self._at_w: dict[str, int] = {}
-        self._tree: dict[str, int] = {}
-        self._tree_w: dict[str, int] = {}
+        self._paths: dict[str, _Path] = {}
+        self._tree_paths = 0  # how many paths hold a tree claim: ancestors are checked only when > 0
         self._below: dict[str, int] = {}
         self._below_w: dict[str, int] = {}
-        self._paths: SortedList = SortedList()
-        self._wpaths: SortedList = SortedList()
+        # Sorted paths for range scans. A path that loses its last claim stays listed
+        # (skipped on reads) until dead entries outnumber live ones, so a path that is
+        # locked and unlocked over and over costs no sorted-list work.
+        self._sorted: SortedList = SortedList()
+        self._listed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._claims)
@@ -75,20 +87,22 @@ class ClaimIndex(Generic[K]):
             raise KeyError(f"duplicate claim key {key!r}")
         path, write = claim.node_id, claim.mode == "write"
         self._claims[key] = claim
-        at = self._at.get(path)
-        if at is None:
-            at = self._at[path] = {}
-            self._paths.add(path)
-        at[key] = claim
+        p = self._paths.get(path)
+        if p is None:
+            p = self._paths[path] = _Path(path)
+            if path not in self._listed:
+                self._listed.add(path)
+                self._sorted.add(path)
+        p.claims[key] = claim
         if write:
-            if not self._at_w.get(path):
-                self._wpaths.add(path)
-            _bump(self._at_w, path, 1)
+            p.writes += 1
         if claim.depth == "tree":
-            _bump(self._tree, path, 1)
+            if not p.tree:
+                self._tree_paths += 1
+            p.tree += 1
             if write:
-                _bump(self._tree_w, path, 1)
-        for anc in ancestors(path):
+                p.tree_w += 1
+        for anc in p.ancestors:
             _bump(self._below, anc, 1)
             if write:
                 _bump(self._below_w, anc, 1)
@@ -97,40 +111,45 @@ class ClaimIndex(Generic[K]):
         """Remove and return the claim under ``key``."""
         claim = self._claims.pop(key)
         path, write = claim.node_id, claim.mode == "write"
-        at = self._at[path]
-        del at[key]
-        if not at:
-            del self._at[path]
-            self._paths.remove(path)
+        p = self._paths[path]
+        del p.claims[key]
         if write:
-            _bump(self._at_w, path, -1)
-            if not self._at_w.get(path):
-                self._wpaths.remove(path)
+            p.writes -= 1
         if claim.depth == "tree":
-            _bump(self._tree, path, -1)
+            p.tree -= 1
+            if not p.tree:
+                self._tree_paths -= 1
             if write:
-                _bump(self._tree_w, path, -1)
-        for anc in ancestors(path):
+                p.tree_w -= 1
+        for anc in p.ancestors:
             _bump(self._below, anc, -1)
             if write:
                 _bump(self._below_w, anc, -1)
+        if not p.claims:
+            del self._paths[path]
+            if len(self._listed) > 2 * len(self._paths) + 1024:
+                self._listed = set(self._paths)
+                self._sorted = SortedList(self._listed)
         return claim
 
     def conflicts(self, claim: Claim, exclude: K | None = None) -> bool:
         """Whether any claim (other than ``exclude``) conflicts with ``claim``; O(depth + 1)."""
         path, write = claim.node_id, claim.mode == "write"
-        skip_all = skip_w = 0
-        if exclude is not None:
-            ex = self._claims.get(exclude)
-            if ex is not None and ex.node_id == path:
-                skip_all, skip_w = 1, int(ex.mode == "write")
-        here = len(self._at.get(path, ())) - skip_all if write else self._at_w.get(path, 0) - skip_w
-        if here > 0:
-            return True
-        tree = self._tree if write else self._tree_w
-        if tree:
-            for anc in ancestors(path):
-                if tree.get(anc):
+        p = self._paths.get(path)
+        if p is not None:
+            here_all, here_w = len(p.claims), p.writes
+            if exclude is not None:
+                ex = p.claims.get(exclude)
+                if ex is not None:
+                    here_all -= 1
+                    here_w -= ex.mode == "write"
+            if (here_all if write else here_w) > 0:
+                return True
+        if self._tree_paths:
+            paths = self._paths
+            for anc in p.ancestors if p is not None else ancestors(path):
+                a = paths.get(anc)
+                if a is not None and (a.tree if write else a.tree_w):
                     return True
         if claim.depth == "tree":
             below = self._below if write else self._below_w
@@ -141,40 +160,42 @@ class ClaimIndex(Generic[K]):
     def conflicting(self, claim: Claim, exclude: K | None = None) -> Iterator[tuple[K, Claim]]:
         """Yield the claims that conflict with ``claim``: at its node, on ancestors, then below it."""
         path, write = claim.node_id, claim.mode == "write"
-        for key, other in self._at.get(path, {}).items():
+        for key, other in self.at(path).items():
             if key != exclude and (write or other.mode == "write"):
                 yield key, other
         for anc in ancestors(path):
-            if self._tree.get(anc):
-                for key, other in self._at[anc].items():
+            a = self._paths.get(anc)
+            if a is not None and a.tree:
+                for key, other in a.claims.items():
                     if other.depth == "tree" and key != exclude and (write or other.mode == "write"):
                         yield key, other
         if claim.depth == "tree" and (self._below if write else self._below_w).get(path):
-            paths = self._paths if write else self._wpaths
-            for below in paths.irange(path + "/", path + _AFTER_SLASH, inclusive=(True, False)):
-                for key, other in self._at[below].items():
+            for below in self._sorted.irange(path + "/", path + _AFTER_SLASH, inclusive=(True, False)):
+                for key, other in self.at(below).items():
                     if key != exclude and (write or other.mode == "write"):
                         yield key, other
 
     def covering(self, node_id: str) -> Iterator[tuple[K, Claim]]:
         """Yield every claim that covers ``node_id``: at it, then tree claims on its ancestors."""
-        yield from self._at.get(node_id, {}).items()
+        yield from self.at(node_id).items()
         for anc in ancestors(node_id):
-            if self._tree.get(anc):
-                for key, other in self._at[anc].items():
+            a = self._paths.get(anc)
+            if a is not None and a.tree:
+                for key, other in a.claims.items():
                     if other.depth == "tree":
                         yield key, other
 
     def paths_from(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
         """Yield, in order, the paths holding claims that start with the string ``prefix`` ('' = all)."""
         if start_after is not None and start_after >= prefix:
-            it = self._paths.irange(start_after, None, inclusive=(False, False))
+            it = self._sorted.irange(start_after, None, inclusive=(False, False))
         else:
-            it = self._paths.irange(prefix, None)
+            it = self._sorted.irange(prefix, None)
         for path in it:
             if not path.startswith(prefix):
                 return
-            yield path
+            if path in self._paths:
+                yield path
 
     def count_below(self, node_id: str) -> int:
         """How many claims lie strictly below ``node_id``."""
@@ -182,4 +203,5 @@ class ClaimIndex(Generic[K]):
 
     def at(self, node_id: str) -> dict[K, Claim]:
         """The claims on exactly ``node_id`` (a live view: do not mutate)."""
-        return self._at.get(node_id, {})
+        p = self._paths.get(node_id)
+        return p.claims if p is not None else {}

@@ -11,7 +11,18 @@ from typing import Any, Literal
 
 from ._errors import AlreadyExists
 from ._store import Snapshot, WorkspaceRecord
-from ._table import Change, Ended, EndLease, Lease, Prune, PutLease, PutRequest, RequestRecord, ReserveFences
+from ._table import (
+    Change,
+    Ended,
+    EndLease,
+    Lease,
+    Prune,
+    PutLease,
+    PutRequest,
+    RequestRecord,
+    ReserveFences,
+    hash_token,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -41,20 +52,13 @@ CREATE TABLE IF NOT EXISTS locks (
     timeout REAL NOT NULL,
     waited_ms INTEGER NOT NULL,
     request_id TEXT,
+    -- An ended lock stays as a row with ended_at set (one UPDATE, no delete + insert),
+    -- so its token still gets "expired at ..." / "already released" until pruned.
+    ended_at REAL,
+    end_reason TEXT,
     PRIMARY KEY (workspace_id, lock_id)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS locks_expiry ON locks (workspace_id, expires_at);
-CREATE TABLE IF NOT EXISTS ended (
-    workspace_id TEXT NOT NULL,
-    token_hash BLOB NOT NULL,
-    lock_id TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    at REAL NOT NULL,
-    PRIMARY KEY (workspace_id, token_hash)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS ended_at ON ended (workspace_id, at);
+CREATE INDEX IF NOT EXISTS locks_ended ON locks (workspace_id, ended_at) WHERE ended_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS requests (
     workspace_id TEXT NOT NULL,
     owner TEXT NOT NULL,
@@ -111,9 +115,12 @@ class SqliteStore:
     microseconds, far less than handing it to a worker thread would.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, sync: Literal["normal", "full"] = "normal") -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, sync: Literal["normal", "full"] = "normal", max_ended: int = 100_000
+    ) -> None:
         self.path = Path(path)
         self.sync = sync
+        self.max_ended = max_ended
         self._db: sqlite3.Connection | None = None
         self._cold: set[str] = set()
 
@@ -181,13 +188,17 @@ class SqliteStore:
         """Read the workspace's state."""
         db = self.db
         leases = [
-            _lease_from(r) for r in db.execute(f"SELECT {_LEASE_COLS} FROM locks WHERE workspace_id=?", (workspace_id,))
+            _lease_from(r)
+            for r in db.execute(
+                f"SELECT {_LEASE_COLS} FROM locks WHERE workspace_id=? AND ended_at IS NULL", (workspace_id,)
+            )
         ]
         ended = [
-            Ended(*r)
-            for r in db.execute(
-                "SELECT lock_id, token_hash, node_id, owner, reason, at FROM ended WHERE workspace_id=?",
-                (workspace_id,),
+            Ended(lock_id, hash_token(token), node_id, owner, reason, at)
+            for lock_id, token, node_id, owner, reason, at in db.execute(
+                "SELECT lock_id, token, node_id, owner, end_reason, ended_at FROM locks"
+                " WHERE workspace_id=? AND ended_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?",
+                (workspace_id, self.max_ended),
             )
         ]
         requests = [
@@ -207,20 +218,21 @@ class SqliteStore:
 
     async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
         """Apply a batch as one transaction (fsynced when it reserves fences)."""
-        final: dict[str, Lease | None] = {}
-        ended: list[tuple[Any, ...]] = []
+        puts: dict[str, Lease] = {}
+        ends: dict[str, tuple[Any, ...]] = {}
         requests: list[tuple[Any, ...]] = []
         reserve = 0
-        prune: float | None = None
+        prune: Prune | None = None
         fence_last = 0
         for ch in changes:
             if isinstance(ch, PutLease):
-                final[ch.lease.lock_id] = ch.lease
+                puts[ch.lease.lock_id] = ch.lease
                 fence_last = max(fence_last, ch.lease.fence)
             elif isinstance(ch, EndLease):
-                final[ch.lease.lock_id] = None
                 e = ch.ended
-                ended.append((workspace_id, e.token_hash, e.lock_id, e.node_id, e.owner, e.reason, e.at))
+                if e.lock_id in puts:  # granted and ended in one batch: write the row once
+                    puts[e.lock_id] = ch.lease
+                ends[e.lock_id] = (e.at, e.reason, workspace_id, e.lock_id)
             elif isinstance(ch, PutRequest):
                 r = ch.record
                 les = json.dumps([_lease_json(le) for le in r.leases])
@@ -228,7 +240,7 @@ class SqliteStore:
             elif isinstance(ch, ReserveFences):
                 reserve = max(reserve, ch.upto)
             elif isinstance(ch, Prune):
-                prune = ch.before
+                prune = ch
         db = self.db
         durable = reserve and self.sync != "full"
         if durable:
@@ -236,22 +248,26 @@ class SqliteStore:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                puts = [_lease_row(workspace_id, le) for le in final.values() if le is not None]
                 if puts:
                     db.executemany(
                         f"INSERT OR REPLACE INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 14)})",
-                        puts,
+                        [_lease_row(workspace_id, le) for le in puts.values()],
                     )
-                dels = [(workspace_id, k) for k, le in final.items() if le is None]
-                if dels:
-                    db.executemany("DELETE FROM locks WHERE workspace_id=? AND lock_id=?", dels)
-                if ended:
-                    db.executemany("INSERT OR REPLACE INTO ended VALUES (?, ?, ?, ?, ?, ?, ?)", ended)
+                if ends:
+                    db.executemany(
+                        "UPDATE locks SET ended_at=?, end_reason=? WHERE workspace_id=? AND lock_id=?", ends.values()
+                    )
                 if requests:
                     db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)", requests)
                 if prune is not None:
-                    db.execute("DELETE FROM ended WHERE workspace_id=? AND at<?", (workspace_id, prune))
-                    db.execute("DELETE FROM requests WHERE workspace_id=? AND created_at<?", (workspace_id, prune))
+                    db.execute(
+                        "DELETE FROM locks WHERE workspace_id=? AND ended_at IS NOT NULL AND ended_at<?",
+                        (workspace_id, prune.ended_before),
+                    )
+                    db.execute(
+                        "DELETE FROM requests WHERE workspace_id=? AND created_at<?",
+                        (workspace_id, prune.requests_before),
+                    )
                 if fence_last or reserve:
                     db.execute(
                         "UPDATE workspaces SET fence_last=max(fence_last, ?), fence_reserved=max(fence_reserved, ?)"
@@ -269,5 +285,7 @@ class SqliteStore:
 
     async def deadlines(self) -> dict[str, float]:
         """Earliest expiry per workspace."""
-        rows = self.db.execute("SELECT workspace_id, min(expires_at) FROM locks GROUP BY workspace_id")
+        rows = self.db.execute(
+            "SELECT workspace_id, min(expires_at) FROM locks WHERE ended_at IS NULL GROUP BY workspace_id"
+        )
         return {ws: t for ws, t in rows}

@@ -149,5 +149,5 @@ def apply_changes_to_memory(ws: _MemWorkspace, changes: Sequence[Change]) -> Non
         elif isinstance(ch, ReserveFences):
             ws.fence_reserved = max(ws.fence_reserved, ch.upto)
         elif isinstance(ch, Prune):
-            ws.ended = {k: e for k, e in ws.ended.items() if e.at >= ch.before}
-            ws.requests = {k: r for k, r in ws.requests.items() if r.created_at >= ch.before}
+            ws.ended = {k: e for k, e in ws.ended.items() if e.at >= ch.ended_before}
+            ws.requests = {k: r for k, r in ws.requests.items() if r.created_at >= ch.requests_before}

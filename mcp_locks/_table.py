@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import heapq
 import secrets
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from typing import Literal
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
 
 from ._errors import Deadlock, InvalidArgument, LimitExceeded, Locked, LockError, LockExpired, LockNotFound, WaitTimeout
 from ._index import Claim, ClaimIndex, Depth, Mode
@@ -49,13 +49,18 @@ def new_lock_id() -> str:
     return "lk_" + secrets.token_hex(12)
 
 
+def new_id_and_token() -> tuple[str, str]:
+    """A lock id and a token from one draw of :mod:`secrets` (independent bits; one system call)."""
+    raw = secrets.token_bytes(44)
+    return "lk_" + raw[:12].hex(), TOKEN_PREFIX + base64.urlsafe_b64encode(raw[12:]).decode().rstrip("=")
+
+
 def hash_token(token: str) -> bytes:
     """The digest under which a token is indexed and remembered after its lock ends."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
-@dataclass(frozen=True, slots=True)
-class Lease:
+class Lease(NamedTuple):
     """A granted lock. Times are seconds since the epoch (UTC); ``expires_at`` is absolute."""
 
     lock_id: str
@@ -78,8 +83,7 @@ class Lease:
         return Claim(self.node_id, self.mode, self.depth)
 
 
-@dataclass(frozen=True, slots=True)
-class Ended:
+class Ended(NamedTuple):
     """What is remembered of a lock after it ends, so its token gets a precise answer."""
 
     lock_id: str
@@ -90,8 +94,7 @@ class Ended:
     at: float
 
 
-@dataclass(frozen=True, slots=True)
-class RequestRecord:
+class RequestRecord(NamedTuple):
     """The result of a request sent with a request_id, replayed to retries of it."""
 
     owner: str
@@ -101,40 +104,36 @@ class RequestRecord:
     created_at: float
 
 
-@dataclass(frozen=True, slots=True)
-class PutLease:
+class PutLease(NamedTuple):
     """Store change: insert or replace a held lease."""
 
     lease: Lease
 
 
-@dataclass(frozen=True, slots=True)
-class EndLease:
+class EndLease(NamedTuple):
     """Store change: delete a lease and remember how it ended."""
 
     lease: Lease
     ended: Ended
 
 
-@dataclass(frozen=True, slots=True)
-class PutRequest:
+class PutRequest(NamedTuple):
     """Store change: remember a request_id's result."""
 
     record: RequestRecord
 
 
-@dataclass(frozen=True, slots=True)
-class ReserveFences:
+class ReserveFences(NamedTuple):
     """Store change: fences up to ``upto`` may be handed out. Must be durable before any is acknowledged."""
 
     upto: int
 
 
-@dataclass(frozen=True, slots=True)
-class Prune:
-    """Store change: forget ended locks and request records older than ``before``."""
+class Prune(NamedTuple):
+    """Store change: forget ended locks older than ``ended_before`` and requests older than ``requests_before``."""
 
-    before: float
+    ended_before: float
+    requests_before: float
 
 
 Change = PutLease | EndLease | PutRequest | ReserveFences | Prune
@@ -142,8 +141,7 @@ Change = PutLease | EndLease | PutRequest | ReserveFences | Prune
 EventKind = Literal["granted", "released", "expired", "renewed", "upgraded", "downgraded", "queued", "left", "denied"]
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """Something that happened to a lock or a waiter, for audit, metrics and live feeds (never a token)."""
 
     kind: EventKind
@@ -165,16 +163,14 @@ class Event:
         return cls(kind, at, le.node_id, le.owner, le.lock_id, le.mode, le.depth, le.fence, **extra)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True, slots=True)
-class Granted:
+class Granted(NamedTuple):
     """Outcome of an acquire: the leases (one per item), and whether this was a replay of a request_id."""
 
     leases: tuple[Lease, ...]
     replayed: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Queued:
+class Queued(NamedTuple):
     """Outcome of an acquire that waits in line; ``joined`` when a retry joined an existing waiter."""
 
     waiter_id: int
@@ -188,6 +184,7 @@ class Limits:
     max_locks: int = 1_000_000
     max_waiters: int = 10_000
     retention: float = 86_400.0
+    max_ended: int = 100_000
     fence_block: int = 10_000
 
 
@@ -304,17 +301,16 @@ class LockTable:
         limits: Limits | None = None,
         fence_next: int = 1,
         fence_reserved: int = 0,
-        token_factory: Callable[[], str] = new_token,
-        id_factory: Callable[[], str] = new_lock_id,
+        ids: Callable[[], tuple[str, str]] = new_id_and_token,
     ) -> None:
         self.workspace_id = workspace_id
         self.limits = limits or Limits()
-        self._new_token = token_factory
-        self._new_id = id_factory
+        self._ids = ids
         self._fence_next = fence_next
         self._fence_reserved = fence_reserved
         self._leases: dict[str, Lease] = {}
         self._by_token: dict[bytes, str] = {}
+        self._hash_of: dict[str, bytes] = {}
         self._holders: ClaimIndex[str] = ClaimIndex()
         self._waiting: ClaimIndex[tuple[int, int]] = ClaimIndex()
         self._queue: dict[int, _Waiter] = {}
@@ -323,10 +319,11 @@ class LockTable:
         self._waiters_of: dict[str, set[int]] = {}
         self._pending: dict[tuple[str, str], int] = {}
         self._next_waiter = 1
+        # Both kept in insertion (= time) order, so the oldest is first to go.
         self._ended: dict[bytes, Ended] = {}
-        self._ended_order: deque[tuple[float, bytes]] = deque()
         self._requests: dict[tuple[str, str], RequestRecord] = {}
-        self._request_order: deque[tuple[float, tuple[str, str]]] = deque()
+        self._forgot = False
+        self._next_prune = 0.0
         self._lease_heap: list[tuple[float, str]] = []
         self._wait_heap: list[tuple[float, int]] = []
         self.changes: list[Change] = []
@@ -566,11 +563,11 @@ class LockTable:
             )
         note = note if note is not None else lease.note
         if item.mode == lease.mode:
-            new = replace(lease, expires_at=now + timeout, timeout=timeout, note=note)
+            new = lease._replace(expires_at=now + timeout, timeout=timeout, note=note)
             self._update(lease, new, now)
             return self._granted(now, owner, request_id, fingerprint, (new,))
         if item.mode == "read":
-            new = replace(lease, mode="read", expires_at=now + timeout, timeout=timeout, note=note)
+            new = lease._replace(mode="read", expires_at=now + timeout, timeout=timeout, note=note)
             self._update(lease, new, now)
             self._promote(now)
             return self._granted(now, owner, request_id, fingerprint, (new,))
@@ -598,8 +595,7 @@ class LockTable:
         return Granted(leases)
 
     def _upgrade(self, now: float, lease: Lease, timeout: float, note: str | None, waited_ms: int) -> Lease:
-        new = replace(
-            lease,
+        new = lease._replace(
             mode="write",
             fence=self._take_fence(),
             acquired_at=now,
@@ -632,7 +628,7 @@ class LockTable:
         self.expire(now)
         lease = self._lease_for(token)
         t = lease.timeout if timeout is None else timeout
-        new = replace(lease, expires_at=now + t, timeout=t)
+        new = lease._replace(expires_at=now + t, timeout=t)
         self._update(lease, new, now)
         return new
 
@@ -687,21 +683,26 @@ class LockTable:
 
     def _prune(self, now: float) -> None:
         before = now - self.limits.retention
-        pruned = False
-        while self._ended_order and self._ended_order[0][0] < before:
-            _, h = self._ended_order.popleft()
-            e = self._ended.get(h)
-            if e is not None and e.at < before:
-                del self._ended[h]
-                pruned = True
-        while self._request_order and self._request_order[0][0] < before:
-            _, key = self._request_order.popleft()
-            r = self._requests.get(key)
-            if r is not None and r.created_at < before:
-                del self._requests[key]
-                pruned = True
-        if pruned:
-            self.changes.append(Prune(before))
+        ended, requests = self._ended, self._requests
+        while ended:
+            h, e = next(iter(ended.items()))
+            if e.at >= before and len(ended) <= self.limits.max_ended:
+                break
+            del ended[h]
+            self._forgot = True
+        while requests:
+            key, r = next(iter(requests.items()))
+            if r.created_at >= before and len(requests) <= self.limits.max_ended:
+                break
+            del requests[key]
+            self._forgot = True
+        if self._forgot and now >= self._next_prune:
+            # Tell the store at most once a minute: each prune is a range delete there.
+            oldest_end = next(iter(ended.values())).at if ended else now
+            oldest_req = next(iter(requests.values())).created_at if requests else now
+            self.changes.append(Prune(oldest_end, oldest_req))
+            self._forgot = False
+            self._next_prune = now + 60.0
 
     # ------------------------------------------------------------------ internals
 
@@ -723,28 +724,28 @@ class LockTable:
         request_id: str | None,
         waited_ms: int,
     ) -> tuple[Lease, ...]:
-        leases = tuple(
-            Lease(
-                lock_id=self._new_id(),
-                token=self._new_token(),
-                node_id=c.node_id,
-                mode=c.mode,
-                depth=c.depth,
-                owner=owner,
-                note=note,
-                fence=self._take_fence(),
-                acquired_at=now,
-                expires_at=now + timeout,
-                timeout=timeout,
-                waited_ms=waited_ms,
-                request_id=request_id,
+        leases = []
+        for c in items:
+            lock_id, token = self._ids()
+            lease = Lease(
+                lock_id,
+                token,
+                c.node_id,
+                c.mode,
+                c.depth,
+                owner,
+                note,
+                self._take_fence(),
+                now,
+                now + timeout,
+                timeout,
+                waited_ms,
+                request_id,
             )
-            for c in items
-        )
-        for lease in leases:
-            self._install(lease)
+            self._install(lease, c)
             self.events.append(Event.of("granted", now, lease, waited_ms=waited_ms))
-        return leases
+            leases.append(lease)
+        return tuple(leases)
 
     def _record_request(
         self, now: float, owner: str, request_id: str | None, fingerprint: str | None, leases: tuple[Lease, ...]
@@ -757,16 +758,27 @@ class LockTable:
 
     def _remember_request(self, record: RequestRecord) -> None:
         key = (record.owner, record.request_id)
+        self._requests.pop(key, None)  # re-insert at the end: the dict stays in time order
         self._requests[key] = record
-        self._request_order.append((record.created_at, key))
 
-    def _install(self, lease: Lease, record: bool = True) -> None:
-        self._leases[lease.lock_id] = lease
-        self._by_token[hash_token(lease.token)] = lease.lock_id
-        self._holders.add(lease.lock_id, lease.claim)
-        heapq.heappush(self._lease_heap, (lease.expires_at, lease.lock_id))
+    def _install(self, lease: Lease, claim: Claim | None = None, record: bool = True) -> None:
+        lock_id = lease.lock_id
+        self._leases[lock_id] = lease
+        h = hash_token(lease.token)
+        self._by_token[h] = lock_id
+        self._hash_of[lock_id] = h
+        self._holders.add(lock_id, claim or lease.claim)
+        self._push_expiry(lease)
         if record:
             self.changes.append(PutLease(lease))
+
+    def _push_expiry(self, lease: Lease) -> None:
+        heap = self._lease_heap
+        heapq.heappush(heap, (lease.expires_at, lease.lock_id))
+        # Entries of renewed or released leases stay until popped; rebuild before they outnumber the live ones.
+        if len(heap) > 2 * len(self._leases) + 1024:
+            heap[:] = [(le.expires_at, le.lock_id) for le in self._leases.values()]
+            heapq.heapify(heap)
 
     def _update(self, old: Lease, new: Lease, at: float) -> None:
         self._leases[new.lock_id] = new
@@ -778,12 +790,12 @@ class LockTable:
             self._holders.remove(old.lock_id)
             self._holders.add(new.lock_id, new.claim)
         if old.expires_at != new.expires_at:
-            heapq.heappush(self._lease_heap, (new.expires_at, new.lock_id))
+            self._push_expiry(new)
         self.changes.append(PutLease(new))
 
     def _end(self, lease: Lease, reason: Literal["released", "expired"], at: float) -> None:
         del self._leases[lease.lock_id]
-        h = hash_token(lease.token)
+        h = self._hash_of.pop(lease.lock_id)
         del self._by_token[h]
         self._holders.remove(lease.lock_id)
         ended = Ended(lease.lock_id, h, lease.node_id, lease.owner, reason, at)
@@ -801,7 +813,6 @@ class LockTable:
 
     def _remember_end(self, ended: Ended) -> None:
         self._ended[ended.token_hash] = ended
-        self._ended_order.append((ended.at, ended.token_hash))
 
     def _lease_for(self, token: str) -> Lease:
         if not isinstance(token, str) or not token:
@@ -858,6 +869,9 @@ class LockTable:
         if w.request_id is not None:
             self._pending[(w.owner, w.request_id)] = w.waiter_id
         heapq.heappush(self._wait_heap, (w.deadline, w.waiter_id))
+        if len(self._wait_heap) > 2 * self.waiter_count + 1024:
+            self._wait_heap[:] = [(x.deadline, x.waiter_id) for x in self._line()]
+            heapq.heapify(self._wait_heap)
         for c in w.items:
             self.events.append(
                 Event("queued", w.enqueued_at, c.node_id, w.owner, w.upgrade_of, c.mode, c.depth, waiter_id=w.waiter_id)
