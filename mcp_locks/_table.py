@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import heapq
+import math
 import secrets
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -324,6 +325,7 @@ class LockTable:
         self._requests: dict[tuple[str, str], RequestRecord] = {}
         self._forgot = False
         self._next_prune = 0.0
+        self._prune_check = 0.0
         self._lease_heap: list[tuple[float, str]] = []
         self._wait_heap: list[tuple[float, int]] = []
         self.changes: list[Change] = []
@@ -395,11 +397,11 @@ class LockTable:
         self.expire(now)
         holders = tuple(self._leases[k] for k in self._holders.at(node_id))
         covering = tuple(self._leases[k] for k, c in self._holders.covering(node_id) if c.node_id != node_id)
-        wanted = {wid for (wid, _), _ in self._waiting.covering(node_id)}
+        wanted = {wid: c for (wid, _), c in self._waiting.covering(node_id)}
         views: list[WaiterView] = []
         for pos, w in enumerate(self._line(), start=1):
-            if w.waiter_id in wanted:
-                c = next(c for c in w.items if c.node_id == node_id or c.depth == "tree")
+            c = wanted.get(w.waiter_id)
+            if c is not None:
                 views.append(
                     WaiterView(pos, w.owner, c.node_id, c.mode, c.depth, w.enqueued_at, w.upgrade_of is not None)
                 )
@@ -489,7 +491,8 @@ class LockTable:
                 )
             return self._change_mode(now, token, items[0], owner, timeout, wait, note, request_id, fingerprint)
         self._check_disjoint(items)
-        if len(self._leases) + len(items) > self.limits.max_locks:
+        queued = len(self._waiting) - len(self._upgrades)  # items of ordinary waiters, granted later
+        if len(self._leases) + queued + len(items) > self.limits.max_locks:
             raise LimitExceeded(
                 f"workspace '{self.workspace_id}' holds {len(self._leases)} locks;"
                 f" the limit is {self.limits.max_locks}.",
@@ -648,8 +651,9 @@ class LockTable:
                 Event("left", now, c.node_id, w.owner, w.upgrade_of, c.mode, c.depth, waiter_id=w.waiter_id, code=code)
             )
 
-    def lookup(self, token: str) -> Lease:
+    def lookup(self, now: float, token: str) -> Lease:
         """The live lease named by ``token`` (raises LOCK_EXPIRED / LOCK_NOT_FOUND)."""
+        self.expire(now)
         return self._lease_for(token)
 
     # ------------------------------------------------------------------ time
@@ -657,31 +661,45 @@ class LockTable:
     def expire(self, now: float) -> int:
         """End every lease due at ``now``, grant the waiters that frees, time out due waiters."""
         n = 0
-        heap = self._lease_heap
-        while heap and heap[0][0] <= now:
-            when, lock_id = heapq.heappop(heap)
-            lease = self._leases.get(lock_id)
-            if lease is not None and lease.expires_at == when:
-                self._end(lease, "expired", lease.expires_at)
-                n += 1
-        if n:
-            self._promote(now)
-        wheap = self._wait_heap
-        timed_out = False
-        while wheap and wheap[0][0] <= now:
-            when, wid = heapq.heappop(wheap)
-            w = self._waiter(wid)
-            if w is not None and w.deadline == when:
+        lh, wh = self._lease_heap, self._wait_heap
+        dirty = False  # something ended since the last grant pass
+        # Handle deadlines in the order they fell, even when called late: a wait that ran
+        # out before a lease ended is a timeout, not a grant.
+        while True:
+            tl = lh[0][0] if lh else math.inf
+            tw = wh[0][0] if wh else math.inf
+            if min(tl, tw) > now:
+                break
+            if tw < tl:
+                when, wid = heapq.heappop(wh)
+                w = self._waiter(wid)
+                if w is None or w.deadline != when:
+                    continue
+                if dirty:  # first grant what earlier expiries freed
+                    self._promote(now)
+                    dirty = False
+                    if not self.has_waiter(wid):
+                        continue
                 self._drop_waiter(w)
                 self._left(w, now, "WAIT_TIMEOUT")
                 self.outcomes.append((w.waiter_id, self._wait_timeout(w, now)))
-                timed_out = True
-        if timed_out:
+                dirty = True
+            else:
+                when, lock_id = heapq.heappop(lh)
+                lease = self._leases.get(lock_id)
+                if lease is not None and lease.expires_at == when:
+                    self._end(lease, "expired", lease.expires_at)
+                    n += 1
+                    dirty = True
+        if dirty:
             self._promote(now)
         self._prune(now)
         return n
 
     def _prune(self, now: float) -> None:
+        if now < self._prune_check:
+            return
+        self._prune_check = now + 1.0  # retention is coarse: look once a second, not on every call
         before = now - self.limits.retention
         ended, requests = self._ended, self._requests
         while ended:
@@ -760,6 +778,9 @@ class LockTable:
         key = (record.owner, record.request_id)
         self._requests.pop(key, None)  # re-insert at the end: the dict stays in time order
         self._requests[key] = record
+        if len(self._requests) > self.limits.max_ended:
+            del self._requests[next(iter(self._requests))]
+            self._forgot = True
 
     def _install(self, lease: Lease, claim: Claim | None = None, record: bool = True) -> None:
         lock_id = lease.lock_id
@@ -813,6 +834,9 @@ class LockTable:
 
     def _remember_end(self, ended: Ended) -> None:
         self._ended[ended.token_hash] = ended
+        if len(self._ended) > self.limits.max_ended:
+            del self._ended[next(iter(self._ended))]
+            self._forgot = True
 
     def _lease_for(self, token: str) -> Lease:
         if not isinstance(token, str) or not token:
