@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -21,16 +20,24 @@ __all__ = ["Waiting", "WorkspaceActor"]
 log = logging.getLogger("mcp_locks.actor")
 T = TypeVar("T")
 
-#: How many mailbox entries one group commit takes at most, so one batch never stalls the loop for long.
-MAX_BATCH = 512
 
-
-@dataclass(eq=False, slots=True)
 class _Call(Generic[T]):
-    fn: Callable[[LockTable, float], T]
-    done: anyio.Event = field(default_factory=anyio.Event)
-    result: Any = None
-    error: LockError | None = None
+    __slots__ = ("error", "fn", "result")
+
+    def __init__(self, fn: Callable[[LockTable, float], T]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: LockError | None = None
+
+
+class _Batch:
+    """The calls that will be applied and committed together; their callers share one event."""
+
+    __slots__ = ("calls", "done")
+
+    def __init__(self) -> None:
+        self.calls: list[_Call[Any]] = []
+        self.done = anyio.Event()
 
 
 @dataclass(eq=False, slots=True)
@@ -81,7 +88,7 @@ class WorkspaceActor:
         self.idle_timeout = idle_timeout
         self._publish = publish
         self.table: LockTable | None = None
-        self._mailbox: deque[_Call[Any]] = deque()
+        self._mailbox = _Batch()
         self._wake = anyio.Event()
         self._waiting: dict[int, Waiting] = {}
         self.stopped = False
@@ -101,13 +108,14 @@ class WorkspaceActor:
         ever receive (a grant whose token would be lost, a place in line).
         """
         c: _Call[T] = _Call(fn)
-        self._mailbox.append(c)
+        batch = self._mailbox
+        batch.calls.append(c)
         self._wake.set()
         try:
-            await c.done.wait()
+            await batch.done.wait()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await c.done.wait()
+                await batch.done.wait()
                 if c.error is None and undo is not None:
                     await undo(c.result)
             raise
@@ -180,7 +188,7 @@ class WorkspaceActor:
     @property
     def busy(self) -> bool:
         """Whether commands are queued or callers wait in line."""
-        return bool(self._mailbox or self._waiting)
+        return bool(self._mailbox.calls or self._waiting)
 
     async def _load(self) -> LockTable:
         snap = await self.store.load(self.workspace_id)
@@ -208,10 +216,10 @@ class WorkspaceActor:
             self._fail_all(Unavailable("the server is shutting down.", hint="Retry against the restarted server."))
 
     def _fail_all(self, err: LockError) -> None:
-        while self._mailbox:
-            c = self._mailbox.popleft()
+        batch, self._mailbox = self._mailbox, _Batch()
+        for c in batch.calls:
             c.error = err
-            c.done.set()
+        batch.done.set()
         for w in self._waiting.values():
             if w.outcome is None:
                 w.outcome = err
@@ -225,7 +233,7 @@ class WorkspaceActor:
             table = self.table
             assert table is not None
             deadline = table.next_deadline()
-            if not self._mailbox and (deadline is None or deadline > now):
+            if not self._mailbox.calls and (deadline is None or deadline > now):
                 if not self._waiting and now - idle_since >= self.idle_timeout:
                     # No await between this check and returning: nothing can slip into the mailbox.
                     self.next_deadline = deadline
@@ -244,7 +252,8 @@ class WorkspaceActor:
     async def _step(self) -> None:
         table = self.table
         assert table is not None
-        batch = [self._mailbox.popleft() for _ in range(min(len(self._mailbox), MAX_BATCH))]
+        pending, self._mailbox = self._mailbox, _Batch()
+        batch = pending.calls
         now = self.clock.now()
         broken = False
         try:
@@ -273,12 +282,11 @@ class WorkspaceActor:
                 log.exception("commit failed in %s", self.workspace_id)
                 broken = True
         if broken:
-            await self._recover(batch)
+            await self._recover(pending)
             return
         if events and self._publish is not None:
             self._publish(self.workspace_id, events)
-        for c in batch:
-            c.done.set()
+        pending.done.set()
         for w in list(self._waiting.values()):
             if w.outcome is not None:
                 del self._waiting[w.waiter_id]
@@ -294,14 +302,14 @@ class WorkspaceActor:
                 elif isinstance(outcome, Granted):  # pragma: no cover - every waiter has a listener
                     self._give_back(table, now, outcome.leases, False)
 
-    async def _recover(self, batch: list[_Call[Any]]) -> None:
+    async def _recover(self, batch: _Batch) -> None:
         err = Unavailable(
             "the lock store could not commit this change; nothing in it took effect.",
             hint="Retry in a few seconds; locks committed before are unchanged.",
         )
-        for c in batch:
+        for c in batch.calls:
             c.result, c.error = None, err
-            c.done.set()
+        batch.done.set()
         for w in self._waiting.values():
             w.outcome = err
             w.done.set()

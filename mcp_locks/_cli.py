@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ._app import __version__, build_app
+from ._runtime import tune_gc
 from ._settings import Settings, default_data_dir
 
 __all__ = ["main"]
@@ -100,6 +101,7 @@ def serve(**flags: Any) -> None:
     click.echo(f"mcp-locks {__version__} listening on http://{shown}:{port}/mcp", err=True)
     click.echo(f"data: {where}", err=True)
     app = build_app(settings)
+    tune_gc()
     config = uvicorn.Config(
         app,
         log_level="warning",

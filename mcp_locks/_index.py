@@ -70,6 +70,7 @@ class ClaimIndex(Generic[K]):
         # locked and unlocked over and over costs no sorted-list work.
         self._sorted: SortedList = SortedList()
         self._listed: set[str] = set()
+        self._idle: dict[str, _Path] = {}  # emptied paths, reused if claimed again before the next compaction
 
     def __len__(self) -> int:
         return len(self._claims)
@@ -89,7 +90,8 @@ class ClaimIndex(Generic[K]):
         self._claims[key] = claim
         p = self._paths.get(path)
         if p is None:
-            p = self._paths[path] = _Path(path)
+            p = self._idle.pop(path, None) or _Path(path)
+            self._paths[path] = p
             if path not in self._listed:
                 self._listed.add(path)
                 self._sorted.add(path)
@@ -127,9 +129,11 @@ class ClaimIndex(Generic[K]):
                 _bump(self._below_w, anc, -1)
         if not p.claims:
             del self._paths[path]
+            self._idle[path] = p
             if len(self._listed) > 2 * len(self._paths) + 1024:
                 self._listed = set(self._paths)
                 self._sorted = SortedList(self._listed)
+                self._idle.clear()
         return claim
 
     def conflicts(self, claim: Claim, exclude: K | None = None) -> bool:

@@ -56,7 +56,7 @@ class LockInfo(_Out):
     @classmethod
     def of(cls, le: Lease) -> LockInfo:
         """The public view of a lease."""
-        return cls.model_construct(
+        return cls(
             lock_id=le.lock_id,
             node_id=le.node_id,
             mode=le.mode,
@@ -94,7 +94,7 @@ class LockGrant(_Out):
     @classmethod
     def of(cls, workspace_id: str, le: Lease, replayed: bool = False) -> LockGrant:
         """The holder's view of a lease."""
-        return cls.model_construct(
+        return cls(
             lock_id=le.lock_id,
             token=le.token,
             workspace_id=workspace_id,
@@ -183,7 +183,7 @@ class WaiterInfo(_Out):
     @classmethod
     def of(cls, w: WaiterView) -> WaiterInfo:
         """The public view of a waiter."""
-        return cls.model_construct(
+        return cls(
             position=w.position,
             owner=w.owner,
             node_id=w.node_id,
@@ -209,7 +209,7 @@ class LockStatus(_Out):
     @classmethod
     def of(cls, workspace_id: str, st: NodeStatus) -> LockStatus:
         """The public view of a node's status."""
-        return cls.model_construct(
+        return cls(
             workspace_id=workspace_id,
             node_id=st.node_id,
             locked=st.locked,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 
 from ._errors import InvalidArgument
@@ -29,6 +30,18 @@ def check_workspace_id(value: object, field: str = "workspace_id") -> str:
 
 def check_node_id(value: object, field: str = "node_id") -> str:
     """Return ``value`` if it is a clean workspace-relative path, else raise INVALID_ARGUMENT naming the rule."""
+    if not isinstance(value, str):
+        raise InvalidArgument(
+            f"{field} must be a string.",
+            hint="Use a workspace-relative path such as 'reports/q3.md'.",
+            details={"field": field, "rule": "must be a string"},
+        )
+    return _check_path(value, field)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _check_path(value: str, field: str) -> str:
+    # Cached: agents lock the same few paths over and over; only valid ones are cached.
 
     def bad(rule: str) -> InvalidArgument:
         return InvalidArgument(
@@ -37,8 +50,6 @@ def check_node_id(value: object, field: str = "node_id") -> str:
             details={"field": field, "rule": rule},
         )
 
-    if not isinstance(value, str):
-        raise bad("must be a string")
     if not value:
         raise bad("must not be empty")
     if _CONTROL_RE.search(value):

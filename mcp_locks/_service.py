@@ -256,6 +256,10 @@ class LockService:
             send.close()
 
     def _known(self, workspace_id: object) -> str:
+        if workspace_id is None:
+            return DEFAULT_WORKSPACE
+        if isinstance(workspace_id, str) and workspace_id in self._workspaces:
+            return workspace_id  # known ids were checked when they were created
         ws = check_workspace_id(workspace_id)
         if ws not in self._workspaces:
             raise NotFound(

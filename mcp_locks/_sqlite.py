@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -21,10 +23,11 @@ from ._table import (
     PutRequest,
     RequestRecord,
     ReserveFences,
-    hash_token,
 )
 
 __all__ = ["SqliteStore"]
+
+log = logging.getLogger("mcp_locks.sqlite")
 
 SCHEMA_VERSION = 1
 
@@ -125,6 +128,9 @@ class SqliteStore:
         self.max_ended = max_ended
         self._db: sqlite3.Connection | None = None
         self._cold: set[str] = set()
+        self._fence_last: dict[str, int] = {}
+        self._checkpointer: threading.Thread | None = None
+        self._checkpoint_stop = threading.Event()
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -143,6 +149,8 @@ class SqliteStore:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self.sync.upper()}")
         db.execute("PRAGMA busy_timeout=5000")
+        # Checkpoints (which fsync) run on a thread of their own, not inside a commit on the event loop.
+        db.execute("PRAGMA wal_autocheckpoint=0")
         db.executescript(_SCHEMA)
         row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if row is None:
@@ -150,13 +158,34 @@ class SqliteStore:
         elif int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} was written by a newer mcp-locks (schema {row[0]})")
         self._db = db
-        # After a (re)start, a fence above the last committed one may have been
-        # handed out before a power loss: every workspace restarts above its
-        # durable reservation instead.
+        self._start_checkpointer()
         self._cold = {r[0] for r in db.execute("SELECT workspace_id FROM workspaces")}
 
+    def _start_checkpointer(self, interval: float = 1.0) -> None:
+        stop = self._checkpoint_stop = threading.Event()
+        path = self.path
+
+        def run() -> None:
+            conn = sqlite3.connect(path, check_same_thread=False)
+            try:
+                while not stop.wait(interval):
+                    try:
+                        # PASSIVE never blocks the writer; it copies what it can.
+                        conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+                    except sqlite3.Error as e:  # pragma: no cover - retried next tick
+                        log.warning("WAL checkpoint failed: %s", e)
+            finally:
+                conn.close()
+
+        self._checkpointer = threading.Thread(target=run, name="mcp-locks-checkpoint", daemon=True)
+        self._checkpointer.start()
+
     async def close(self) -> None:
-        """Close the connection (checkpointing the WAL)."""
+        """Stop the checkpointer and close the connection (which checkpoints the WAL)."""
+        if self._checkpointer is not None:
+            self._checkpoint_stop.set()
+            self._checkpointer.join()
+            self._checkpointer = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -196,7 +225,7 @@ class SqliteStore:
             )
         ]
         ended = [
-            Ended(lock_id, hash_token(token), node_id, owner, reason, at)
+            Ended(lock_id, token, node_id, owner, reason, at)
             for lock_id, token, node_id, owner, reason, at in db.execute(
                 "SELECT lock_id, token, node_id, owner, end_reason, ended_at FROM locks"
                 " WHERE workspace_id=? AND ended_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?",
@@ -214,8 +243,12 @@ class SqliteStore:
             "SELECT fence_last, fence_reserved FROM workspaces WHERE workspace_id=?", (workspace_id,)
         ).fetchone()
         if workspace_id in self._cold:
+            # After a (re)start a fence above the last committed one may have been handed out
+            # before a power loss: restart above the durable reservation instead.
             self._cold.discard(workspace_id)
             fence_last = max(fence_last, reserved)
+        else:
+            fence_last = max(fence_last, self._fence_last.get(workspace_id, 0))
         return Snapshot(leases, ended, requests, fence_last + 1, reserved)
 
     async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
@@ -270,13 +303,17 @@ class SqliteStore:
                         "DELETE FROM requests WHERE workspace_id=? AND created_at<?",
                         (workspace_id, prune.requests_before),
                     )
-                if fence_last or reserve:
+                if reserve:
+                    # Only reservations touch the workspace row; within one process the last
+                    # fence is kept in memory (self._fence_last), after a restart the reservation rules.
                     db.execute(
                         "UPDATE workspaces SET fence_last=max(fence_last, ?), fence_reserved=max(fence_reserved, ?)"
                         " WHERE workspace_id=?",
                         (fence_last, reserve, workspace_id),
                     )
                 db.execute("COMMIT")
+                if fence_last > self._fence_last.get(workspace_id, 0):
+                    self._fence_last[workspace_id] = fence_last
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")

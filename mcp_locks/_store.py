@@ -75,7 +75,7 @@ class Store(Protocol):
 class _MemWorkspace:
     record: WorkspaceRecord
     leases: dict[str, Lease] = field(default_factory=dict)
-    ended: dict[bytes, Ended] = field(default_factory=dict)
+    ended: dict[str, Ended] = field(default_factory=dict)
     requests: dict[tuple[str, str], RequestRecord] = field(default_factory=dict)
     fence_last: int = 0
     fence_reserved: int = 0
@@ -143,7 +143,7 @@ def apply_changes_to_memory(ws: _MemWorkspace, changes: Sequence[Change]) -> Non
             ws.fence_last = max(ws.fence_last, ch.lease.fence)
         elif isinstance(ch, EndLease):
             ws.leases.pop(ch.lease.lock_id, None)
-            ws.ended[ch.ended.token_hash] = ch.ended
+            ws.ended[ch.ended.token] = ch.ended
         elif isinstance(ch, PutRequest):
             ws.requests[(ch.record.owner, ch.record.request_id)] = ch.record
         elif isinstance(ch, ReserveFences):
