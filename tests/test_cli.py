@@ -1,0 +1,54 @@
+"""The command line: help, version, bad flags, and the benchmark scripts still run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mcp_locks import __version__
+from mcp_locks._cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version_prints_the_package_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert __version__ in result.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["serve", "--help"]])
+def test_help_says_what_it_does_with_an_example(args: list[str]) -> None:
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0
+    assert "Example:" in result.output
+
+
+def test_serve_refuses_a_port_in_use_with_a_clear_message(tmp_path: Path) -> None:
+    from tests.servers import free_socket
+
+    taken = free_socket()
+    try:
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["serve", "--port", str(port), "--data-dir", str(tmp_path)])
+    finally:
+        taken.close()
+    assert result.exit_code != 0
+    assert "Pick another --port" in result.output
+
+
+@pytest.mark.slow
+def test_the_engine_benchmark_runs_end_to_end() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.engine", "--runs", "1", "--seconds", "0.2", "--seq", "50", "--callers", "4"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "ops_per_s" in out.stdout
