@@ -39,7 +39,7 @@ async def ours(url: str, rounds: int) -> list[float]:
             got = anyio.Event()
             granted_at = 0.0
 
-            async def wait_turn() -> None:
+            async def wait_turn(node: str = node, got: anyio.Event = got) -> None:
                 nonlocal granted_at
                 r = await waiter.call_tool("lock_file", {"node_id": node, "agent": "waiter", "wait": 30})
                 granted_at = time.perf_counter()
@@ -77,7 +77,7 @@ def redis_py(url: str, rounds: int) -> list[float]:
         granted_at = 0.0
         started = threading.Event()
 
-        def wait_turn(name: str = name) -> None:
+        def wait_turn(name: str = name, started: threading.Event = started) -> None:
             nonlocal granted_at
             lk = r.lock(name, timeout=30, blocking_timeout=10)  # polls every 0.1 s (redis-py default)
             started.set()
