@@ -109,6 +109,8 @@ class WorkspaceActor:
         commit; ``undo`` then gets its result, to give back what nobody will
         ever receive (a grant whose token would be lost, a place in line).
         """
+        if self.stopped:
+            raise Unavailable("this workspace is shutting down.", hint="Retry in a moment.")
         c: _Call[T] = _Call(fn)
         batch = self._mailbox
         batch.calls.append(c)
@@ -119,7 +121,10 @@ class WorkspaceActor:
             with anyio.CancelScope(shield=True):
                 await batch.done.wait()
                 if c.error is None and undo is not None:
-                    await undo(c.result)
+                    try:
+                        await undo(c.result)
+                    except LockError as e:  # shutting down: the lease will expire on its own
+                        log.warning("could not give back an abandoned result in %s: %s", self.workspace_id, e.code)
             raise
         if c.error is not None:
             raise c.error
@@ -141,7 +146,10 @@ class WorkspaceActor:
             await w.done.wait()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self.abandon(w)
+                try:
+                    await self.abandon(w)
+                except LockError as e:  # shutting down: nothing left to leave
+                    log.warning("could not leave the line in %s: %s", self.workspace_id, e.code)
             raise
         if isinstance(w.outcome, LockError):
             raise w.outcome
@@ -301,7 +309,9 @@ class WorkspaceActor:
         events, table.events = table.events, []
         if not broken and changes:
             try:
-                await self.store.commit(self.workspace_id, changes)
+                # Shielded: a shutdown must not cut a commit in half and leave its outcome unknown.
+                with anyio.CancelScope(shield=True):
+                    await self.store.commit(self.workspace_id, changes)
             except Exception:
                 log.exception("commit failed in %s", self.workspace_id)
                 broken = True
