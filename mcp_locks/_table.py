@@ -479,9 +479,7 @@ class LockTable:
     ) -> Granted | Queued:
         """Grant ``items`` all together, queue the request, or raise (LOCKED, DEADLOCK, ...)."""
         try:
-            return self._acquire(
-                now, items, owner=owner, timeout=timeout, wait=wait, note=note, request_id=request_id, token=token
-            )
+            return self._acquire(now, tuple(items), owner, timeout, wait, note, request_id, token)
         except LockError as e:
             node = items[0].node_id if items else ""
             self.events.append(Event("denied", now, node, owner, code=e.code))
@@ -490,17 +488,15 @@ class LockTable:
     def _acquire(
         self,
         now: float,
-        items: Sequence[Claim],
-        *,
+        items: tuple[Claim, ...],
         owner: str,
         timeout: float,
-        wait: float = 0.0,
-        note: str | None = None,
-        request_id: str | None = None,
-        token: str | None = None,
+        wait: float,
+        note: str | None,
+        request_id: str | None,
+        token: str | None,
     ) -> Granted | Queued:
         self.expire(now)
-        items = tuple(items)
         if not items:
             raise InvalidArgument("items must hold at least one lock request.", details={"field": "items"})
         fingerprint = None
