@@ -375,16 +375,20 @@ async def test_a_failed_commit_is_unavailable_and_loses_nothing_granted_before(c
 async def test_shutting_down_answers_a_waiter_with_unavailable_instead_of_hanging(clock: ManualClock) -> None:
     errors: list[Unavailable] = []
     with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            async with LockService(MemoryStore(), clock=clock) as service, service.subscribe() as events:
-                await service.lock(None, "a", agent="alice")
+        # Exits run inner-first: the service shuts down while bob still waits in the task group.
+        async with (
+            anyio.create_task_group() as tg,
+            LockService(MemoryStore(), clock=clock) as service,
+            service.subscribe() as events,
+        ):
+            await service.lock(None, "a", agent="alice")
 
-                async def wait_for_it() -> None:
-                    try:
-                        await service.lock(None, "a", agent="bob", wait=600)
-                    except Unavailable as e:
-                        errors.append(e)
+            async def wait_for_it() -> None:
+                try:
+                    await service.lock(None, "a", agent="bob", wait=600)
+                except Unavailable as e:
+                    errors.append(e)
 
-                tg.start_soon(wait_for_it)
-                await until_event(events, "queued", "a")
+            tg.start_soon(wait_for_it)
+            await until_event(events, "queued", "a")
     assert errors[0].code == "UNAVAILABLE"
