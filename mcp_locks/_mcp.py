@@ -3,7 +3,7 @@
 # No "from __future__ import annotations": tool signatures use local Annotated types the SDK must evaluate.
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 from mcp.server.mcpserver import Context, MCPServer
@@ -26,7 +26,7 @@ from ._models import (
 )
 from ._service import MAX_ITEMS, LockService
 
-__all__ = ["INSTRUCTIONS", "build_mcp", "error_result"]
+__all__ = ["INSTRUCTIONS", "build_mcp", "build_tools", "error_result", "flat_schema"]
 
 log = logging.getLogger("mcp_locks.mcp")
 _F = TypeVar("_F", bound=Callable[..., Any])
@@ -126,8 +126,16 @@ class _LockMCPServer(MCPServer[Any]):
             )
 
 
-def build_mcp(service: LockService, *, name: str = "mcp-locks", version: str = "") -> MCPServer[Any]:
-    """An MCP server whose tools call ``service``."""
+def build_mcp(
+    service: LockService, *, name: str = "mcp-locks", version: str = "", extra_tools: Sequence[Tool] = ()
+) -> MCPServer[Any]:
+    """An MCP server whose tools call ``service`` (plus ``extra_tools``, e.g. a benchmark's baseline)."""
+    tools = [*build_tools(service), *extra_tools]
+    return _LockMCPServer(name, version=version, instructions=INSTRUCTIONS, tools=tools)
+
+
+def build_tools(service: LockService) -> list[Tool]:
+    """The lock tools, bound to ``service``."""
     lim = service.limits
     tools: list[Tool] = []
 
@@ -307,7 +315,7 @@ ALREADY_EXISTS means it is there already: just use it. The workspace 'default' a
     ) -> WorkspaceInfo:
         return await service.create_workspace(workspace_id, description)
 
-    return _LockMCPServer(name, version=version, instructions=INSTRUCTIONS, tools=tools)
+    return tools
 
 
 def flat_schema(schema: dict[str, Any]) -> dict[str, Any]:
