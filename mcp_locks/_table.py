@@ -72,6 +72,17 @@ def new_id_and_token() -> tuple[str, str]:
     return "lk_" + raw[:12].hex(), TOKEN_PREFIX + base64.urlsafe_b64encode(raw[12:]).decode().rstrip("=")
 
 
+def _overlap(a: Claim, b: Claim) -> bool:
+    """Whether two claims conflict: what they cover overlaps and at least one is a write."""
+    if a.mode == "read" and b.mode == "read":
+        return False
+    if a.node_id == b.node_id:
+        return True
+    if a.depth == "tree" and b.node_id.startswith(a.node_id + "/"):
+        return True
+    return b.depth == "tree" and a.node_id.startswith(b.node_id + "/")
+
+
 def _masked(record: tuple[object, ...]) -> str:
     """A repr that never shows a token, so a logged record cannot leak one."""
     fields = ", ".join(
@@ -529,7 +540,7 @@ class LockTable:
         if wait <= 0:
             raise self._locked(items)
         waiter = _Waiter(0, owner, items, timeout, note, request_id, fingerprint, now, now + wait)
-        self._check_deadlock(waiter)
+        self._check_deadlock(owner if owner != ANONYMOUS else None, waiter)
         return Queued(self._enqueue(waiter))
 
     def _replay(self, owner: str, request_id: str, fingerprint: str) -> Granted | Queued | None:
@@ -604,14 +615,17 @@ class LockTable:
                 details={"field": "token"},
             )
         want = Claim(lease.node_id, "write", lease.depth)
+        me = self._identity_of_lease(lease)
         if not self._holders.conflicts(want, exclude=lease.lock_id):
+            if self._waiting.conflicts(want):  # waiters that share with the read lock would wait for the write
+                self._check_deadlock(me, granted=want)
             return self._granted(now, owner, request_id, fingerprint, (self._upgrade(now, lease, timeout, note, 0),))
         if wait <= 0:
             raise self._locked((want,), exclude=lease.lock_id, upgrade=True)
         waiter = _Waiter(
             0, lease.owner, (want,), timeout, note, request_id, fingerprint, now, now + wait, lease.lock_id
         )
-        self._check_deadlock(waiter)
+        self._check_deadlock(me, waiter)
         return Queued(self._enqueue(waiter))
 
     def _granted(
@@ -659,7 +673,8 @@ class LockTable:
         return new
 
     def cancel(self, now: float, waiter_id: int) -> bool:
-        """Take ``waiter_id`` out of the line; False if it is no longer waiting."""
+        """Take ``waiter_id`` out of the line; False if it is no longer waiting (granted or failed first)."""
+        self.expire(now)
         w = self._waiter(waiter_id)
         if w is None:
             return False
@@ -686,33 +701,36 @@ class LockTable:
         n = 0
         lh, wh = self._lease_heap, self._wait_heap
         dirty = False  # something ended since the last grant pass
-        # Handle deadlines in the order they fell, even when called late: a wait that ran
-        # out before a lease ended is a timeout, not a grant.
+        last = -math.inf
+        # Handle deadlines one instant at a time, in the order they fell, even when told
+        # late: what an earlier expiry freed is granted before a later deadline is looked
+        # at (a wait that ran out first is a timeout; an upgrade freed first is granted
+        # before its read lock would have ended). At one instant, leases end first.
         while True:
             tl = lh[0][0] if lh else math.inf
             tw = wh[0][0] if wh else math.inf
-            if min(tl, tw) > now:
+            t = min(tl, tw)
+            if t > now:
                 break
-            if tw < tl:
-                when, wid = heapq.heappop(wh)
-                w = self._waiter(wid)
-                if w is None or w.deadline != when:
-                    continue
-                if dirty:  # first grant what earlier expiries freed
-                    self._promote(now)
-                    dirty = False
-                    if not self.has_waiter(wid):
-                        continue
-                self._drop_waiter(w)
-                self._left(w, now, "WAIT_TIMEOUT")
-                self.outcomes.append((w.waiter_id, self._wait_timeout(w, now)))
-                dirty = True
-            else:
+            if dirty and t > last:
+                self._promote(now)
+                dirty = False
+                continue  # the grant pass may have renewed or ended what is at the heads
+            last = t
+            if tl <= tw:
                 when, lock_id = heapq.heappop(lh)
                 lease = self._leases.get(lock_id)
                 if lease is not None and lease.expires_at == when:
                     self._end(lease, "expired", lease.expires_at)
                     n += 1
+                    dirty = True
+            else:
+                when, wid = heapq.heappop(wh)
+                w = self._waiter(wid)
+                if w is not None and w.deadline == when:
+                    self._drop_waiter(w)
+                    self._left(w, now, "WAIT_TIMEOUT")
+                    self.outcomes.append((w.waiter_id, self._wait_timeout(w, now)))
                     dirty = True
         if dirty:
             self._promote(now)
@@ -986,13 +1004,42 @@ class LockTable:
                     out.add(self._identity_of_waiter(other))
         return out
 
-    def _check_deadlock(self, w: _Waiter) -> None:
-        me = self._identity_of_waiter(w) if w.owner != ANONYMOUS or w.upgrade_of else None
+    def _check_deadlock(self, me: str | None, waiter: _Waiter | None = None, granted: Claim | None = None) -> None:
+        """Raise DEADLOCK if letting ``waiter`` wait, or granting the upgrade ``granted``, would close a cycle.
+
+        Every change that adds a wait-for edge passes through here, so before it the
+        graph has no cycle, and a new one must run through ``me``: search from what
+        ``me`` would wait for, in the graph as it would be after the change. Besides
+        ``waiter``'s own edges, an upgrade adds edges *into* ``me``: ordinary waiters
+        that conflict with it wait behind it (upgrades go first), and once granted,
+        every waiter that conflicts with the new write lock waits for it.
+        """
         if me is None:
             return  # an anonymous new request is nobody's blocker yet
-        first = self._blockers(w)
-        parent: dict[str, str] = {b: me for b in first}
-        stack = list(first)
+        pivot = granted if granted is not None else (waiter.items[0] if waiter and waiter.upgrade_of else None)
+
+        def waits_for(ident: str) -> set[str]:
+            out: set[str] = set()
+            for wid in self._waiters_of.get(ident, ()):
+                other = self._waiter(wid)
+                if other is None:
+                    continue
+                out |= self._blockers(other)
+                if (
+                    pivot is not None
+                    and (granted is not None or other.upgrade_of is None)
+                    and any(_overlap(pivot, c) for c in other.items)
+                ):
+                    out.add(me)
+            if ident == me and waiter is not None:
+                out |= self._blockers(waiter)
+            return out
+
+        parent: dict[str, str] = {}
+        stack: list[str] = []
+        for b in waits_for(me):
+            parent.setdefault(b, me)
+            stack.append(b)
         seen: set[str] = set()
         while stack:
             ident = stack.pop()
@@ -1004,22 +1051,19 @@ class LockTable:
                     cur = parent[cur]
                 chain.append(me)
                 chain.reverse()
-                raise self._deadlock(w, chain)
+                items = waiter.items if waiter is not None else (granted,) if granted is not None else ()
+                raise self._deadlock(items, chain)
             if ident in seen:
                 continue
             seen.add(ident)
-            for wid in self._waiters_of.get(ident, ()):
-                other = self._waiter(wid)
-                if other is None:
-                    continue
-                for b in self._blockers(other):
-                    if b not in seen:
-                        parent.setdefault(b, ident)
-                        stack.append(b)
+            for b in waits_for(ident):
+                if b not in seen:
+                    parent.setdefault(b, ident)
+                    stack.append(b)
 
-    def _deadlock(self, w: _Waiter, chain: list[str]) -> Deadlock:
+    def _deadlock(self, items: tuple[Claim, ...], chain: list[str]) -> Deadlock:
         names = [c if not c.startswith("~") else "an anonymous agent" for c in chain]
-        nodes = ", ".join(f"'{c.node_id}'" for c in w.items)
+        nodes = ", ".join(f"'{c.node_id}'" for c in items)
         if len(chain) == 2:
             msg = (
                 f"{names[0]} already holds or waits for a lock that conflicts with this request for {nodes};"
