@@ -705,19 +705,22 @@ class LockTable:
         # Handle deadlines one instant at a time, in the order they fell, even when told
         # late: what an earlier expiry freed is granted before a later deadline is looked
         # at (a wait that ran out first is a timeout; an upgrade freed first is granted
-        # before its read lock would have ended). At one instant, leases end first.
+        # before its read lock would have ended). At one instant, leases end first and
+        # their waiters are granted before any wait that ends then runs out.
         while True:
             tl = lh[0][0] if lh else math.inf
             tw = wh[0][0] if wh else math.inf
             t = min(tl, tw)
             if t > now:
                 break
-            if dirty and t > last:
+            lease_next = tl <= tw
+            if dirty and (t > last or not lease_next):
+                # A waiter whose wait ends at the very instant a lease frees it is granted, not timed out.
                 self._promote(now)
                 dirty = False
                 continue  # the grant pass may have renewed or ended what is at the heads
             last = t
-            if tl <= tw:
+            if lease_next:
                 when, lock_id = heapq.heappop(lh)
                 lease = self._leases.get(lock_id)
                 if lease is not None and lease.expires_at == when:

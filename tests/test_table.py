@@ -1321,3 +1321,14 @@ def test_bad_workspace_ids_are_rejected_naming_the_field_and_the_rule(value: obj
     with pytest.raises(InvalidArgument) as ei:
         check_workspace_id(value)
     assert ei.value.details == {"field": "workspace_id", "rule": "[a-z0-9_-]{1,63}"}
+
+
+def test_a_waiter_whose_wait_ends_at_the_instant_the_lease_ends_is_granted(table: LockTable) -> None:
+    held = lock(table, "a", "bob", timeout=20)
+    wid = enqueue(table, "a", "alice", wait=20)  # both deadlines fall at T0 + 20
+    table.expire(T0 + 25)
+    [(got_wid, outcome)] = drain(table)
+    assert got_wid == wid
+    assert isinstance(outcome, Granted)
+    assert outcome.leases[0].owner == "alice"
+    assert table.lease(held.lock_id) is None
