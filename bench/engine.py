@@ -1,9 +1,13 @@
 """Engine throughput and latency with the durable SQLite store (no network).
 
-    python -m bench.engine [--callers 64] [--seconds 3] [--runs 5]
+    python -m bench.engine [--callers 64] [--seconds 3] [--runs 5] [--layer service|actor]
 
-Prints, per run, lock+release operations/s for N concurrent callers on distinct
-nodes, and the p50/p99 of one sequential caller's single durable operation.
+Prints, per run, lock+release operations/s (a lock and a release count as two)
+for N concurrent callers on distinct nodes, the CPU time per operation, and the
+p50/p99 of one sequential caller's single durable operation. ``--layer actor``
+drives the engine (table + actor + SQLite) directly; ``service`` (the default)
+adds LockService's argument checks and pydantic results, as in-process callers
+and the MCP tools see it.
 """
 
 from __future__ import annotations
@@ -18,10 +22,41 @@ from pathlib import Path
 import anyio
 
 from mcp_locks import LockService, SqliteStore
+from mcp_locks._index import Claim
 from mcp_locks._runtime import tune_gc
+from mcp_locks._table import Granted
 
 
-async def concurrent(service: LockService, callers: int, seconds: float) -> tuple[float, float]:
+class ActorFace:
+    """Lock and release through the workspace actor (table + actor + store), without the service's models."""
+
+    def __init__(self, service: LockService) -> None:
+        self.actor = service._actor("default")  # the engine itself, under the service layer
+
+    async def lock(self, node: str) -> str:
+        claim = (Claim(node, "write", "node"),)
+        g = await self.actor.call(lambda t, now: t.acquire(now, claim, owner="bench", timeout=60))
+        assert isinstance(g, Granted)
+        return g.leases[0].token
+
+    async def unlock(self, token: str) -> None:
+        await self.actor.call(lambda t, now: t.release(now, token))
+
+
+class ServiceFace:
+    """Lock and release through LockService, as in-process callers and the MCP tools do."""
+
+    def __init__(self, service: LockService) -> None:
+        self.service = service
+
+    async def lock(self, node: str) -> str:
+        return (await self.service.lock(None, node, timeout=60)).token
+
+    async def unlock(self, token: str) -> None:
+        await self.service.unlock(None, token)
+
+
+async def concurrent(face: ActorFace | ServiceFace, callers: int, seconds: float) -> tuple[float, float]:
     """Lock+release on distinct nodes from ``callers`` tasks; returns (operations/s, CPU µs per operation)."""
     ops = 0
     stop = time.perf_counter() + seconds
@@ -31,8 +66,8 @@ async def concurrent(service: LockService, callers: int, seconds: float) -> tupl
         node = f"bench/c{i}"
         n = 0
         while time.perf_counter() < stop and n < 10_000_000:
-            g = await service.lock(None, node, timeout=60)
-            await service.unlock(None, g.token)
+            token = await face.lock(node)
+            await face.unlock(token)
             n += 2
         ops += n
 
@@ -44,25 +79,26 @@ async def concurrent(service: LockService, callers: int, seconds: float) -> tupl
     return ops / wall, cpu / max(ops, 1) * 1e6
 
 
-async def sequential(service: LockService, count: int) -> tuple[float, float]:
+async def sequential(face: ActorFace | ServiceFace, count: int) -> tuple[float, float]:
     lat: list[float] = []
     for _ in range(count):
         t = time.perf_counter()
-        g = await service.lock(None, "bench/seq", timeout=60)
+        token = await face.lock("bench/seq")
         lat.append(time.perf_counter() - t)
         t = time.perf_counter()
-        await service.unlock(None, g.token)
+        await face.unlock(token)
         lat.append(time.perf_counter() - t)
     lat.sort()
     return lat[len(lat) // 2] * 1e6, lat[int(len(lat) * 0.99)] * 1e6
 
 
-async def one_run(callers: int, seconds: float, seq: int) -> dict[str, float]:
+async def one_run(callers: int, seconds: float, seq: int, layer: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         async with LockService(SqliteStore(Path(d) / "locks.db")) as service:
-            await sequential(service, 200)  # warm up
-            rate, cpu_us = await concurrent(service, callers, seconds)
-            p50, p99 = await sequential(service, seq)
+            face = ActorFace(service) if layer == "actor" else ServiceFace(service)
+            await sequential(face, 200)  # warm up
+            rate, cpu_us = await concurrent(face, callers, seconds)
+            p50, p99 = await sequential(face, seq)
     return {"ops_per_s": rate, "cpu_us_per_op": cpu_us, "seq_p50_us": p50, "seq_p99_us": p99}
 
 
@@ -73,12 +109,24 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
+    ap.add_argument(
+        "--layer",
+        choices=["service", "actor"],
+        default="service",
+        help="service: LockService with its pydantic results; actor: the engine (table + actor + store) alone",
+    )
     a = ap.parse_args()
     tune_gc()  # as `mcp-locks serve` does
     runs = []
     for _ in range(a.runs):
         r = anyio.run(
-            one_run, a.callers, a.seconds, a.seq, backend="asyncio", backend_options={"use_uvloop": a.loop == "uvloop"}
+            one_run,
+            a.callers,
+            a.seconds,
+            a.seq,
+            a.layer,
+            backend="asyncio",
+            backend_options={"use_uvloop": a.loop == "uvloop"},
         )
         runs.append(r)
         print(json.dumps({k: round(v, 1) for k, v in r.items()}))

@@ -309,9 +309,7 @@ class WorkspaceActor:
         events, table.events = table.events, []
         if not broken and changes:
             try:
-                # Shielded: a shutdown must not cut a commit in half and leave its outcome unknown.
-                with anyio.CancelScope(shield=True):
-                    await self.store.commit(self.workspace_id, changes)
+                await self.store.commit(self.workspace_id, changes)
             except Exception:
                 log.exception("commit failed in %s", self.workspace_id)
                 broken = True

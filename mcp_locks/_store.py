@@ -64,7 +64,11 @@ class Store(Protocol):
         ...
 
     async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
-        """Apply ``changes`` as one transaction."""
+        """Apply ``changes`` as one transaction.
+
+        A store whose commit awaits (a network database) must shield it from
+        cancellation, so a shutdown never leaves a batch's outcome unknown.
+        """
 
     async def deadlines(self) -> dict[str, float]:
         """For each workspace holding leases, its earliest expiry (so alarms fire after a restart)."""
