@@ -22,6 +22,30 @@ def _settings(**flags: Any) -> Settings:
     return Settings(**{k: v for k, v in flags.items() if v is not None})
 
 
+def _check_store(settings: Settings) -> None:
+    """Open the database once before listening, so a bad data dir is a clear message, not a traceback."""
+    import sqlite3
+
+    import anyio
+
+    from ._sqlite import SqliteStore
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = SqliteStore(settings.db_path, sync=settings.sync)
+
+        async def probe() -> None:
+            await store.open()
+            await store.close()
+
+        anyio.run(probe)
+    except (OSError, sqlite3.Error, RuntimeError) as e:
+        raise click.ClickException(
+            f"cannot use the lock database {settings.db_path}: {e}. "
+            "Fix its permissions, move it aside, or pass another --data-dir."
+        ) from None
+
+
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -93,7 +117,7 @@ def serve(**flags: Any) -> None:
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     if settings.store == "sqlite":
-        settings.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _check_store(settings)
     sock = _bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

@@ -41,6 +41,14 @@ def test_serve_refuses_a_port_in_use_with_a_clear_message(tmp_path: Path) -> Non
     assert "Pick another --port" in result.output
 
 
+def test_serve_refuses_a_data_dir_that_holds_no_lock_database(tmp_path: Path) -> None:
+    (tmp_path / "locks.db").write_bytes(b"this is not an SQLite database, and it is long enough to tell" * 4)
+    result = CliRunner().invoke(main, ["serve", "--port", "0", "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "cannot use the lock database" in result.output
+    assert "Traceback" not in result.output
+
+
 @pytest.mark.slow
 def test_the_engine_benchmark_runs_end_to_end() -> None:
     out = subprocess.run(
