@@ -47,6 +47,7 @@ class Waiting:
     waiter_id: int
     listeners: int = 0
     upgrade: bool = False
+    request: tuple[str, str | None] = ("", None)  # (owner, request_id), forgotten if the grant is given back
     outcome: Granted | LockError | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
 
@@ -89,6 +90,8 @@ class WorkspaceActor:
         self._publish = publish
         self.table: LockTable | None = None
         self._mailbox = _Batch()
+        self._inflight: _Batch | None = None
+        self.failed = False
         self._wake = anyio.Event()
         self._rearm = anyio.Event()
         self._timer_at: float | None = None
@@ -130,13 +133,15 @@ class WorkspaceActor:
             raise c.error
         return c.result  # type: ignore[no-any-return]
 
-    def queued(self, outcome: Granted | Queued, upgrade: bool = False) -> Granted | Waiting:
+    def queued(
+        self, outcome: Granted | Queued, upgrade: bool = False, request: tuple[str, str | None] = ("", None)
+    ) -> Granted | Waiting:
         """Inside a command: turn a Queued outcome into the place in line the caller will listen on."""
         if isinstance(outcome, Granted):
             return outcome
         w = self._waiting.get(outcome.waiter_id)
         if w is None:
-            w = self._waiting[outcome.waiter_id] = Waiting(outcome.waiter_id, upgrade=upgrade)
+            w = self._waiting[outcome.waiter_id] = Waiting(outcome.waiter_id, upgrade=upgrade, request=request)
         w.listeners += 1
         return w
 
@@ -163,20 +168,28 @@ class WorkspaceActor:
             w.listeners -= 1
             if w.listeners > 0:
                 return
-            self._waiting.pop(w.waiter_id, None)
-            if table.has_waiter(w.waiter_id):
-                table.cancel(now, w.waiter_id)
-            elif isinstance(w.outcome, Granted):
-                self._give_back(table, now, w.outcome.leases, w.upgrade)
+            if self._waiting.get(w.waiter_id) is w:
+                # Still ours and still in line (a stale Waiting from before a rebuilt table is not).
+                del self._waiting[w.waiter_id]
+                if table.has_waiter(w.waiter_id):
+                    table.cancel(now, w.waiter_id)
+                    return
+            if isinstance(w.outcome, Granted):
+                self._give_back(table, now, w.outcome.leases, w.upgrade, w.request)
 
         await self._call_shielded(step)
 
-    async def give_back(self, leases: tuple[Lease, ...]) -> None:
-        """Release new grants that their caller never received."""
-        await self._call_shielded(lambda table, now: self._give_back(table, now, leases, False))
+    async def give_back(
+        self, leases: tuple[Lease, ...], upgrade: bool = False, request: tuple[str, str | None] = ("", None)
+    ) -> None:
+        """Give back grants their caller never received (release them; undo an upgrade)."""
+        await self._call_shielded(lambda table, now: self._give_back(table, now, leases, upgrade, request))
 
     @staticmethod
-    def _give_back(table: LockTable, now: float, leases: tuple[Lease, ...], upgrade: bool) -> None:
+    def _give_back(
+        table: LockTable, now: float, leases: tuple[Lease, ...], upgrade: bool, request: tuple[str, str | None]
+    ) -> None:
+        table.forget_request(*request)  # a retry of this request_id is a new request, not a replay
         for le in leases:
             if table.lease(le.lock_id) is None:
                 continue
@@ -200,10 +213,14 @@ class WorkspaceActor:
         """Whether commands are queued or callers wait in line."""
         return bool(self._mailbox.calls or self._waiting)
 
-    async def _load(self) -> LockTable:
+    async def _load(self, first_waiter_id: int = 1) -> LockTable:
         snap = await self.store.load(self.workspace_id)
         table = LockTable(
-            self.workspace_id, limits=self.limits, fence_next=snap.fence_next, fence_reserved=snap.fence_reserved
+            self.workspace_id,
+            limits=self.limits,
+            fence_next=snap.fence_next,
+            fence_reserved=snap.fence_reserved,
+            first_waiter_id=first_waiter_id,
         )
         table.restore(snap.leases, snap.ended, snap.requests)
         return table
@@ -214,6 +231,7 @@ class WorkspaceActor:
             self.table = await self._load()
         except Exception:
             log.exception("could not load workspace %s", self.workspace_id)
+            self.failed = True
             self.stopped = True
             self._fail_all(Unavailable("the lock store could not be read.", hint="Retry in a few seconds."))
             task_status.started()
@@ -230,9 +248,12 @@ class WorkspaceActor:
 
     def _fail_all(self, err: LockError) -> None:
         batch, self._mailbox = self._mailbox, _Batch()
-        for c in batch.calls:
-            c.error = err
-        batch.done.set()
+        for b in (self._inflight, batch):  # a batch cut short (cancelled mid-commit) is answered too
+            if b is not None and not b.done.is_set():
+                for c in b.calls:
+                    c.result, c.error = None, err
+                b.done.set()
+        self._inflight = None
         for w in self._waiting.values():
             if w.outcome is None:
                 w.outcome = err
@@ -285,6 +306,7 @@ class WorkspaceActor:
         table = self.table
         assert table is not None
         pending, self._mailbox = self._mailbox, _Batch()
+        self._inflight = pending
         batch = pending.calls
         now = self.clock.now()
         broken = False
@@ -304,7 +326,12 @@ class WorkspaceActor:
             except Exception:
                 log.exception("command failed in %s", self.workspace_id)
                 broken = True
-            self._take_outcomes(table, now)
+                break
+            try:
+                self._take_outcomes(table, now)
+            except Exception:
+                log.exception("delivering outcomes failed in %s", self.workspace_id)
+                broken = True
         changes, table.changes = table.changes, []
         events, table.events = table.events, []
         if not broken and changes:
@@ -319,6 +346,7 @@ class WorkspaceActor:
         if events and self._publish is not None:
             self._publish(self.workspace_id, events)
         pending.done.set()
+        self._inflight = None
         for w in list(self._waiting.values()):
             if w.outcome is not None:
                 del self._waiting[w.waiter_id]
@@ -332,7 +360,7 @@ class WorkspaceActor:
                 if w is not None:
                     w.outcome = outcome
                 elif isinstance(outcome, Granted):  # pragma: no cover - every waiter has a listener
-                    self._give_back(table, now, outcome.leases, False)
+                    self._give_back(table, now, outcome.leases, False, ("", None))
 
     async def _recover(self, batch: _Batch) -> None:
         err = Unavailable(
@@ -346,4 +374,9 @@ class WorkspaceActor:
             w.outcome = err
             w.done.set()
         self._waiting.clear()
-        self.table = await self._load()
+        old = self.table
+        try:
+            self.table = await self._load(first_waiter_id=old.next_waiter_id if old is not None else 1)
+        except Exception:
+            self.failed = True
+            raise

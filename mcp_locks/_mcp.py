@@ -2,6 +2,7 @@
 
 # No "from __future__ import annotations": tool signatures use local Annotated types the SDK must evaluate.
 
+import difflib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
@@ -107,6 +108,21 @@ class _LockMCPServer(MCPServer[Any]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
+        tool = self._tool_manager.get_tool(name)
+        if tool is not None and isinstance(arguments, dict):
+            known = tool.parameters.get("properties", {})
+            unknown = [k for k in arguments if k not in known]
+            if unknown:
+                # A misspelt argument would otherwise be dropped silently (timout=600 -> a 300 s lease).
+                guess = difflib.get_close_matches(str(unknown[0]), list(known), n=1)
+                return error_result(
+                    InvalidArgument(
+                        f"{name} has no argument '{str(unknown[0])[:64]}'"
+                        + (f"; did you mean '{guess[0]}'?" if guess else "."),
+                        hint=f"Its arguments are: {', '.join(known)}.",
+                        details={"field": str(unknown[0])[:64]},
+                    )
+                )
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:

@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._actor import Waiting, WorkspaceActor
 from ._clock import Clock
-from ._errors import InvalidArgument, LimitExceeded, LockError, NotFound, Unavailable
+from ._errors import InvalidArgument, LockError, NotFound, Unavailable
 from ._index import Claim, Depth, Mode
 from ._models import (
     LockFilesResult,
@@ -45,6 +45,8 @@ __all__ = ["LockService", "ServiceLimits"]
 log = logging.getLogger("mcp_locks.service")
 
 MAX_ITEMS = 100
+#: Seconds before a workspace whose store failed is woken again to catch up on expiries.
+RETRY_AFTER_FAILURE = 5.0
 _MODES: dict[str, Mode] = {"read": "read", "shared": "read", "write": "write", "exclusive": "write"}
 _TEXT_RE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
@@ -103,6 +105,10 @@ def _text(value: object, field: str, max_len: int, *, allow_newlines: bool = Fal
     bad = _TEXT_RE.search(value) if allow_newlines else re.search(r"[\x00-\x1f\x7f]", value)
     if bad:
         raise InvalidArgument(f"{field} must not contain control characters.", details={"field": field})
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"{field} must be valid UTF-8 (no lone surrogates).", details={"field": field}) from None
     return value
 
 
@@ -229,6 +235,9 @@ class LockService:
                 del self._actors[actor.workspace_id]
             if actor.next_deadline is not None:
                 self._set_alarm(actor.workspace_id, actor.next_deadline)
+            elif actor.failed:
+                # The store failed under it: try again soon so expiries are not left waiting for a call.
+                self._set_alarm(actor.workspace_id, self.clock.now() + RETRY_AFTER_FAILURE)
 
     def _publish(self, workspace_id: str, events: list[Event]) -> None:
         for send in list(self._subscribers):
@@ -320,18 +329,21 @@ class LockService:
         token: str | None,
     ) -> Granted:
         actor = self._actor(ws)
+        upgrade = token is not None and items[0].mode == "write"
+        request = (owner, request_id)
 
         def step(table: LockTable, now: float) -> Granted | Waiting:
             outcome = table.acquire(
                 now, items, owner=owner, timeout=timeout, wait=wait, note=note, request_id=request_id, token=token
             )
-            return actor.queued(outcome, upgrade=token is not None)
+            return actor.queued(outcome, upgrade=upgrade, request=request)
 
         async def undo(result: Granted | Waiting) -> None:
+            # The caller was cancelled before it saw the answer: give back what it would not know it has.
             if isinstance(result, Waiting):
                 await actor.abandon(result)
-            elif token is None and not result.replayed:
-                await actor.give_back(result.leases)
+            elif not result.replayed and (token is None or upgrade):
+                await actor.give_back(result.leases, upgrade=upgrade, request=request)
 
         result = await actor.call(step, undo)
         if isinstance(result, Waiting):
@@ -376,7 +388,7 @@ class LockService:
                 "items must be a list of 1 to 100 {node_id, mode, depth} objects.", details={"field": "items"}
             )
         if len(items) > MAX_ITEMS:
-            raise LimitExceeded(
+            raise InvalidArgument(
                 f"lock_files takes at most {MAX_ITEMS} items (got {len(items)}).",
                 hint="Lock a common folder with depth='tree' instead, or split the work.",
                 details={"field": "items", "limit": MAX_ITEMS},
@@ -430,7 +442,7 @@ class LockService:
         if not isinstance(tokens, Sequence) or isinstance(tokens, str) or not tokens:
             raise InvalidArgument("tokens must be a list of 1 to 100 tokens.", details={"field": "tokens"})
         if len(tokens) > MAX_ITEMS:
-            raise LimitExceeded(
+            raise InvalidArgument(
                 f"unlock_files takes at most {MAX_ITEMS} tokens (got {len(tokens)}).",
                 details={"field": "tokens", "limit": MAX_ITEMS},
             )

@@ -15,6 +15,7 @@ from ._errors import AlreadyExists
 from ._store import Snapshot, WorkspaceRecord
 from ._table import (
     Change,
+    DropRequest,
     Ended,
     EndLease,
     Lease,
@@ -251,6 +252,7 @@ class SqliteStore:
             # before a power loss: restart above the durable reservation instead.
             self._cold.discard(workspace_id)
             fence_last = max(fence_last, reserved)
+            self._fence_last[workspace_id] = fence_last  # later loads in this process start from here
         else:
             fence_last = max(fence_last, self._fence_last.get(workspace_id, 0))
         return Snapshot(leases, ended, requests, fence_last + 1, reserved)
@@ -269,6 +271,7 @@ class SqliteStore:
         puts: dict[str, Lease] = {}
         ends: dict[str, tuple[Any, ...]] = {}
         requests: list[tuple[Any, ...]] = []
+        drops: list[tuple[str, str, str]] = []
         reserve = 0
         prune: Prune | None = None
         fence_last = 0
@@ -285,6 +288,8 @@ class SqliteStore:
                 r = ch.record
                 les = json.dumps([_lease_json(le) for le in r.leases])
                 requests.append((workspace_id, r.owner, r.request_id, r.fingerprint, les, r.created_at))
+            elif isinstance(ch, DropRequest):
+                drops.append((workspace_id, ch.owner, ch.request_id))
             elif isinstance(ch, ReserveFences):
                 reserve = max(reserve, ch.upto)
             elif isinstance(ch, Prune):
@@ -307,6 +312,8 @@ class SqliteStore:
                     )
                 if requests:
                     db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)", requests)
+                if drops:
+                    db.executemany("DELETE FROM requests WHERE workspace_id=? AND owner=? AND request_id=?", drops)
                 if prune is not None:
                     db.execute(
                         "DELETE FROM locks WHERE workspace_id=? AND ended_at IS NOT NULL AND ended_at<?",

@@ -7,7 +7,18 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._errors import AlreadyExists
-from ._table import Change, Ended, EndLease, Lease, Prune, PutLease, PutRequest, RequestRecord, ReserveFences
+from ._table import (
+    Change,
+    DropRequest,
+    Ended,
+    EndLease,
+    Lease,
+    Prune,
+    PutLease,
+    PutRequest,
+    RequestRecord,
+    ReserveFences,
+)
 
 __all__ = ["MemoryStore", "Snapshot", "Store", "WorkspaceRecord"]
 
@@ -150,6 +161,8 @@ def apply_changes_to_memory(ws: _MemWorkspace, changes: Sequence[Change]) -> Non
             ws.ended[ch.ended.token] = ch.ended
         elif isinstance(ch, PutRequest):
             ws.requests[(ch.record.owner, ch.record.request_id)] = ch.record
+        elif isinstance(ch, DropRequest):
+            ws.requests.pop((ch.owner, ch.request_id), None)
         elif isinstance(ch, ReserveFences):
             ws.fence_reserved = max(ws.fence_reserved, ch.upto)
         elif isinstance(ch, Prune):

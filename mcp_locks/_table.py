@@ -16,6 +16,7 @@ from ._index import Claim, ClaimIndex, Depth, Mode
 __all__ = [
     "ANONYMOUS",
     "Change",
+    "DropRequest",
     "EndLease",
     "Ended",
     "Granted",
@@ -161,6 +162,13 @@ class PutRequest(NamedTuple):
     record: RequestRecord
 
 
+class DropRequest(NamedTuple):
+    """Store change: forget a request_id's result (its grant was given back unseen)."""
+
+    owner: str
+    request_id: str
+
+
 class ReserveFences(NamedTuple):
     """Store change: fences up to ``upto`` may be handed out. Must be durable before any is acknowledged."""
 
@@ -174,7 +182,7 @@ class Prune(NamedTuple):
     requests_before: float
 
 
-Change = PutLease | EndLease | PutRequest | ReserveFences | Prune
+Change = PutLease | EndLease | PutRequest | DropRequest | ReserveFences | Prune
 
 EventKind = Literal["granted", "released", "expired", "renewed", "upgraded", "downgraded", "queued", "left", "denied"]
 
@@ -340,6 +348,7 @@ class LockTable:
         fence_next: int = 1,
         fence_reserved: int = 0,
         ids: Callable[[], tuple[str, str]] = new_id_and_token,
+        first_waiter_id: int = 1,
     ) -> None:
         self.workspace_id = workspace_id
         self.limits = limits or Limits()
@@ -357,7 +366,7 @@ class LockTable:
         self._upgrade_of: dict[str, int] = {}
         self._waiters_of: dict[str, set[int]] = {}
         self._pending: dict[tuple[str, str], int] = {}
-        self._next_waiter = 1
+        self._next_waiter = first_waiter_id
         # Both kept in insertion (= time) order, so the oldest is first to go.
         self._ended: dict[str, Ended] = {}
         self._requests: dict[tuple[str, str], RequestRecord] = {}
@@ -393,6 +402,11 @@ class LockTable:
     def waiter_count(self) -> int:
         """How many requests wait in line."""
         return len(self._queue) + len(self._upgrades)
+
+    @property
+    def next_waiter_id(self) -> int:
+        """The id the next waiter will get (a rebuilt table continues from here, so ids never repeat)."""
+        return self._next_waiter
 
     @property
     def fence_next(self) -> int:
@@ -555,14 +569,29 @@ class LockTable:
                 details={"field": "request_id"},
             )
         if record is not None:
-            return Granted(self._current(record.leases), replayed=True)
+            current = []
+            for le in record.leases:
+                held = self._leases.get(le.lock_id)
+                if held is None:
+                    # The grant this id answered has ended since: say so, never hand back a dead token.
+                    ended = self._ended.get(le.token)
+                    err = (
+                        self._ended_error(ended)
+                        if ended is not None
+                        else LockNotFound(f"the lock request_id '{request_id}' was granted has ended.")
+                    )
+                    err.hint = "Use a new request_id to take the lock again."
+                    raise err
+                current.append(held)  # as it is now: renewed, upgraded
+            return Granted(tuple(current), replayed=True)
         if wid is not None:
             return Queued(wid, joined=True)
         return None
 
-    def _current(self, leases: tuple[Lease, ...]) -> tuple[Lease, ...]:
-        # A replay shows each lease as it is now when still held (renewed, upgraded).
-        return tuple(self._leases.get(le.lock_id, le) for le in leases)
+    def forget_request(self, owner: str, request_id: str | None) -> None:
+        """Forget a request_id whose grant was given back unseen, so a retry is a new request."""
+        if request_id is not None and self._requests.pop((owner, request_id), None) is not None:
+            self.changes.append(DropRequest(owner, request_id))
 
     def _check_disjoint(self, items: tuple[Claim, ...]) -> None:
         if len(items) == 1:
@@ -1092,7 +1121,7 @@ class LockTable:
             if holders:
                 h = holders[0]
                 more = f" (and {len(holders) - 1} more)" if len(holders) > 1 else ""
-                waiting = self.waiter_count
+                waiting = self._waiting_for(c)
                 if h.node_id == c.node_id:
                     where = f"'{c.node_id}' is {h.mode}-locked by {h.owner}{more}"
                 elif c.node_id.startswith(h.node_id + "/"):
@@ -1126,9 +1155,13 @@ class LockTable:
                     return Locked(
                         f"'{c.node_id}' is free but {w.owner} is already waiting for it (first come, first served).",
                         hint="Retry with wait=30 to join the line, or work on another file.",
-                        details={"node_id": c.node_id, "holders": [], "waiting": self.waiter_count},
+                        details={"node_id": c.node_id, "holders": [], "waiting": self._waiting_for(c)},
                     )
         return Locked("the request conflicts with another request.", hint="Retry with wait=30.")
+
+    def _waiting_for(self, c: Claim) -> int:
+        """How many requests in line want something that conflicts with ``c``."""
+        return len({wid for (wid, _), _ in self._waiting.conflicting(Claim(c.node_id, "write", c.depth))})
 
     def _wait_timeout(self, w: _Waiter, now: float) -> WaitTimeout:
         nodes = ", ".join(f"'{c.node_id}'" for c in w.items)

@@ -251,6 +251,12 @@ async def test_a_retried_request_id_returns_the_first_grant(client: Client) -> N
     assert again["replayed"] is True
 
 
+async def test_a_misspelt_argument_is_refused_with_a_suggestion(client: Client) -> None:
+    body = err(await client.call_tool("lock_file", {"node_id": "a", "timout": 600}), "INVALID_ARGUMENT")
+    assert "did you mean 'timeout'" in body["message"]
+    assert body["details"]["field"] == "timout"
+
+
 async def test_an_unknown_tool_is_an_invalid_argument_listing_the_tools(client: Client) -> None:
     body = err(await client.call_tool("lock_everything", {}), "INVALID_ARGUMENT")
     assert "lock_file" in body["hint"]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import anyio
@@ -232,9 +233,7 @@ async def test_lock_files_grants_all_or_nothing(service: LockService) -> None:
 
 
 async def test_lock_files_rejects_more_than_100_items(service: LockService) -> None:
-    from mcp_locks import LimitExceeded
-
-    with pytest.raises(LimitExceeded):
+    with pytest.raises(InvalidArgument, match="at most 100"):
         await service.lock_many(None, [{"node_id": f"f{i}"} for i in range(101)])
 
 
@@ -392,3 +391,87 @@ async def test_shutting_down_answers_a_waiter_with_unavailable_instead_of_hangin
             tg.start_soon(wait_for_it)
             await until_event(events, "queued", "a")
     assert errors[0].code == "UNAVAILABLE"
+
+
+async def test_a_retry_of_a_grant_given_back_unseen_takes_a_live_lock(service: LockService) -> None:
+    with anyio.fail_after(STEP), anyio.CancelScope() as scope:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: service.lock(None, "f", agent="alice", request_id="r1"))
+            await anyio.lowlevel.checkpoint()  # alice's call is in the mailbox; her client goes away
+            scope.cancel()
+    assert not (await service.status(None, "f")).locked  # the grant nobody saw was given back
+    again = await service.lock(None, "f", agent="alice", request_id="r1")
+    assert not again.replayed
+    assert (await service.status(None, "f")).holders[0].lock_id == again.lock_id
+    with pytest.raises(Locked):
+        await service.lock(None, "f", agent="bob")
+
+
+async def test_fences_keep_rising_after_a_restart_and_an_idle_eviction(tmp_path: Path, clock: ManualClock) -> None:
+    before = []
+    async with LockService(sqlite(tmp_path), clock=clock) as s1:
+        for i in range(5):
+            g = await s1.lock(None, f"n{i}")
+            before.append(g.fence)
+            await s1.unlock(None, g.token)  # nothing stays held to carry the fence over
+    limits = ServiceLimits(idle_timeout=60)
+    async with LockService(sqlite(tmp_path), clock=clock, limits=limits) as s2:
+        await s2.status(None, "n0")  # first (cold) load after the restart
+        clock.advance(61)
+        await wait_all_tasks_blocked()
+        assert s2.active_actors == 0  # evicted; the next call loads the workspace again
+        after = await s2.lock(None, "fresh")
+    assert after.fence > max(before)
+
+
+class FailingCommit(MemoryStore):
+    """A memory store whose next commit fails, running a hook at that moment."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_next = False
+        self.on_fail: Callable[[], None] = lambda: None
+
+    async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            self.on_fail()
+            raise OSError("disk full")
+        await super().commit(workspace_id, changes)
+
+
+async def test_a_stale_waiter_cancelled_after_a_failed_commit_never_removes_a_new_one(clock: ManualClock) -> None:
+    store = FailingCommit()
+    outcomes: list[str] = []
+    async with LockService(store, clock=clock) as service, service.subscribe() as events:
+        holder = await service.lock(None, "x", agent="holder")
+        second = anyio.Event()
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+                x_scope = anyio.CancelScope()
+
+                async def xavier() -> None:
+                    with x_scope, contextlib.suppress(Unavailable):
+                        await service.lock(None, "x", agent="xavier", wait=100)
+
+                async def yvonne() -> None:
+                    await second.wait()
+                    try:
+                        await service.lock(None, "x", agent="yvonne", wait=2)
+                    except WaitTimeout as e:
+                        outcomes.append(e.code)
+
+                tg.start_soon(xavier)
+                tg.start_soon(yvonne)
+                await until_event(events, "queued", "x", owner="xavier")
+
+                def at_failure() -> None:  # the commit fails and xavier's client goes away at that moment
+                    second.set()
+                    x_scope.cancel()
+
+                store.on_fail, store.fail_next = at_failure, True
+                with pytest.raises(Unavailable):
+                    await service.renew(None, holder.token)
+                await until_event(events, "queued", "x", owner="yvonne")
+                clock.advance(2)
+    assert outcomes == ["WAIT_TIMEOUT"]  # yvonne got an answer: she was never dropped from the line

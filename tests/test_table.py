@@ -891,13 +891,25 @@ def test_retry_with_the_same_request_id_replays_the_grant_and_takes_no_second_lo
     assert table.changes == []
 
 
-def test_retry_after_release_returns_the_original_grant(table: LockTable) -> None:
+def test_a_retry_after_the_grant_ended_says_so_instead_of_replaying_a_dead_token(table: LockTable) -> None:
     first = acquire(table, "a", "alice", request_id="r1")
     assert isinstance(first, Granted)
     table.release(T0 + 1, first.leases[0].token)
-    again = acquire(table, "a", "alice", request_id="r1", now=T0 + 2)
-    assert again == Granted(first.leases, replayed=True)
+    with pytest.raises(LockNotFound, match="already released") as e:
+        acquire(table, "a", "alice", request_id="r1", now=T0 + 2)
+    assert "new request_id" in e.value.hint
     assert len(table) == 0
+
+
+def test_a_forgotten_request_id_makes_the_retry_a_new_request(table: LockTable) -> None:
+    first = acquire(table, "a", "alice", request_id="r1")
+    assert isinstance(first, Granted)
+    table.release(T0 + 1, first.leases[0].token)
+    table.forget_request("alice", "r1")  # the grant was given back before its caller saw it
+    again = acquire(table, "a", "alice", request_id="r1", now=T0 + 2)
+    assert isinstance(again, Granted)
+    assert not again.replayed
+    assert again.leases[0].lock_id != first.leases[0].lock_id
 
 
 def test_replay_shows_the_lease_as_it_is_now(table: LockTable) -> None:
