@@ -4,9 +4,10 @@
 
 import difflib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
+import anyio
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
@@ -220,8 +221,17 @@ Errors and what to do:
             str | None,
             Field(description="Only to upgrade/downgrade a lock you hold: its token. Omit to take a new lock."),
         ] = None,
+        ctx: Context[Any, Any] | None = None,
     ) -> LockGrant:
-        return await service.lock(workspace_id, node_id, mode, timeout, wait, depth, note, agent, request_id, token)
+        return await with_progress(
+            service,
+            ctx,
+            workspace_id,
+            node_id,
+            agent,
+            wait,
+            lambda: service.lock(workspace_id, node_id, mode, timeout, wait, depth, note, agent, request_id, token),
+        )
 
     @tool(
         annotations=ToolAnnotations(
@@ -299,8 +309,18 @@ Errors as for lock_file; on any error nothing is locked.""",
         note: NoteArg = None,
         agent: AgentArg = None,
         request_id: RequestIdArg = None,
+        ctx: Context[Any, Any] | None = None,
     ) -> LockFilesResult:
-        return await service.lock_many(workspace_id, items, timeout, wait, note, agent, request_id)
+        first = items[0].node_id if items else ""
+        return await with_progress(
+            service,
+            ctx,
+            workspace_id,
+            first,
+            agent,
+            wait,
+            lambda: service.lock_many(workspace_id, items, timeout, wait, note, agent, request_id),
+        )
 
     @tool(
         annotations=ToolAnnotations(
@@ -332,6 +352,61 @@ ALREADY_EXISTS means it is there already: just use it. The workspace 'default' a
         return await service.create_workspace(workspace_id, description)
 
     return tools
+
+
+#: Seconds between progress notifications while a lock call waits in line (the clients' idle timeouts are longer).
+PROGRESS_EVERY = 5.0
+
+_R = TypeVar("_R")
+
+
+async def with_progress(
+    service: LockService,
+    ctx: Context[Any, Any] | None,
+    workspace_id: str | None,
+    node_id: str,
+    agent: str | None,
+    wait: float,
+    call: Callable[[], Awaitable[_R]],
+) -> _R:
+    """Run a lock call; while it waits, tell a client that asked for progress where it stands, every 5 s.
+
+    The message gives the place in line, the current holders and the seconds waited;
+    ``progress`` is the seconds waited and ``total`` the ``wait`` asked for. Clients
+    that did not ask for progress get nothing (the SDK drops it).
+    """
+    if ctx is None or wait <= 0:
+        return await call()
+    clock = service.clock
+    start = clock.now()
+
+    async def report() -> None:
+        while True:
+            await clock.wait(anyio.Event(), clock.now() + PROGRESS_EVERY)
+            waited = clock.now() - start
+            try:
+                st = await service.status(workspace_id, node_id)
+            except LockError:
+                continue
+            mine = [w.position for w in st.waiters if agent is not None and w.owner == agent]
+            place = f"position {mine[0]} in line" if mine else f"{len(st.waiters)} waiting"
+            holders = ", ".join(f"{h.owner} until {h.expires_at:%H:%M:%SZ}" for h in (st.holders + st.covering)[:3])
+            msg = f"waiting for '{node_id}': {place}; held by {holders or 'nobody'}; waited {waited:.0f} s of {wait:g}"
+            await ctx.report_progress(waited, wait, msg)
+
+    outcome: list[_R] = []
+    failure: list[Exception] = []
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(report)
+        try:
+            outcome.append(await call())
+        except Exception as e:  # raised below, outside the task group, so it is not wrapped in a group
+            failure.append(e)
+        finally:
+            tg.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 def flat_schema(schema: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from mcp import Client
 from mcp_types import CallToolResult, TextContent
 
-from mcp_locks import LockService, MemoryStore, Settings, build_app, build_mcp
+from mcp_locks import LockService, ManualClock, MemoryStore, Settings, build_app, build_mcp
+from mcp_locks._mcp import PROGRESS_EVERY
 
 from .helpers import until_event
 from .servers import serve_app
@@ -52,6 +53,8 @@ class Server:
     def __init__(self, transport: str, service: LockService, url: str | None) -> None:
         self.transport = transport
         self.service = service
+        assert isinstance(service.clock, ManualClock)
+        self.clock: ManualClock = service.clock
         self.url = url
         self.mcp = build_mcp(service)
 
@@ -64,7 +67,8 @@ class Server:
 
 @pytest.fixture(params=TRANSPORTS)
 async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
-    service = LockService(MemoryStore())
+    # A manual clock: leases and waits end when a test says so, whatever the transport.
+    service = LockService(MemoryStore(), clock=ManualClock())
     if request.param == "memory":
         async with service:
             yield Server("memory", service, None)
@@ -315,3 +319,73 @@ async def test_healthz_answers_ok() -> None:
     async with serve_app(build_app(Settings(store="memory"))) as url, httpx.AsyncClient() as h:
         r = await h.get(f"{url}/healthz")
     assert r.json()["status"] == "ok"
+
+
+async def test_a_waiting_call_reports_its_place_in_line_as_progress(server: Server, client: Client) -> None:
+    holder = ok(await client.call_tool("lock_file", {"node_id": "doc.md", "agent": "alice"}))
+    messages: list[str] = []
+    reported = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+        reported.set()
+
+    got: list[dict[str, Any]] = []
+    async with server.client() as other, server.service.subscribe() as events:
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+
+                async def wait_for_it() -> None:
+                    args = {"node_id": "doc.md", "agent": "bob", "wait": 60}
+                    got.append(ok(await other.call_tool("lock_file", args, progress_callback=on_progress)))
+
+                tg.start_soon(wait_for_it)
+                await until_event(events, "queued", "doc.md")
+                server.clock.advance(PROGRESS_EVERY)
+                await reported.wait()
+                ok(await client.call_tool("unlock_file", {"token": holder["token"]}))
+    assert "position 1 in line" in messages[0]
+    assert "alice" in messages[0]
+    assert got[0]["owner"] == "bob"
+
+
+@pytest.mark.parametrize("items", [False, True], ids=["lock_file", "lock_files"])
+async def test_a_wait_that_runs_out_is_wait_timeout_over_mcp(server: Server, client: Client, items: bool) -> None:
+    ok(await client.call_tool("lock_file", {"node_id": "doc.md", "agent": "alice"}))
+    results: list[CallToolResult] = []
+    async with server.client() as other, server.service.subscribe() as events:
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+
+                async def wait_for_it() -> None:
+                    args: dict[str, Any] = {"agent": "bob", "wait": 30}
+                    if items:
+                        args["items"] = [{"node_id": "doc.md"}, {"node_id": "other.md"}]
+                    else:
+                        args["node_id"] = "doc.md"
+                    results.append(await other.call_tool("lock_files" if items else "lock_file", args))
+
+                tg.start_soon(wait_for_it)
+                await until_event(events, "queued", "doc.md")
+                server.clock.advance(30)
+    body = err(results[0], "WAIT_TIMEOUT")
+    assert "alice" in body["message"]
+
+
+async def test_a_cycle_is_deadlock_over_mcp_while_the_other_call_waits(server: Server, client: Client) -> None:
+    ok(await client.call_tool("lock_file", {"node_id": "x", "agent": "alice"}))
+    ok(await client.call_tool("lock_file", {"node_id": "y", "agent": "bob"}))
+    async with server.client() as other, server.service.subscribe() as events:
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+
+                async def alice_waits() -> None:
+                    await other.call_tool("lock_file", {"node_id": "y", "agent": "alice", "wait": 600})
+
+                tg.start_soon(alice_waits)
+                await until_event(events, "queued", "y")
+                body = err(
+                    await client.call_tool("lock_file", {"node_id": "x", "agent": "bob", "wait": 600}), "DEADLOCK"
+                )
+                assert "alice" in body["message"]
+                tg.cancel_scope.cancel()
