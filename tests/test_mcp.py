@@ -304,7 +304,7 @@ json_values = st.recursive(
 def test_junk_arguments_never_crash_a_tool(tool: str, args: dict[str, Any]) -> None:
     async def run() -> None:
         async with LockService(MemoryStore()) as service, Client(build_mcp(service)) as c:
-            r = await c.call_tool(tool, {**args, "wait": 0} if "wait" in args else args)
+            r = await c.call_tool(tool, args)  # one call on a fresh service: nothing can make it wait
             if r.is_error:
                 code = text(r).split(":", 1)[0]
                 assert code in CODES, text(r)
