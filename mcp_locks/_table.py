@@ -1120,7 +1120,7 @@ class LockTable:
             holders = [self._leases[k] for k, _ in self._holders.conflicting(c, exclude=exclude)]
             if holders:
                 h = holders[0]
-                more = f" (and {len(holders) - 1} more)" if len(holders) > 1 else ""
+                more = f" (and {len(holders) - 1} more conflicting locks)" if len(holders) > 1 else ""
                 waiting = self._waiting_for(c)
                 if h.node_id == c.node_id:
                     where = f"'{c.node_id}' is {h.mode}-locked by {h.owner}{more}"
