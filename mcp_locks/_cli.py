@@ -5,14 +5,20 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import click
 
 from ._app import __version__, build_app
+from ._errors import LockError
+from ._names import check_workspace_id
 from ._runtime import tune_gc
 from ._settings import Settings, default_data_dir
+from ._sqlite import SqliteStore
 
 __all__ = ["main"]
 
@@ -137,3 +143,82 @@ def serve(**flags: Any) -> None:
     )
     _Server(config).run(sockets=[sock])
     click.echo("mcp-locks stopped", err=True)
+
+
+_data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help=f"The server's data directory [default: {default_data_dir()}; env MCP_LOCKS_DATA_DIR].",
+)
+
+
+def _with_store(data_dir: Path | None, action: Callable[[SqliteStore], Awaitable[None]]) -> None:
+    """Run ``action`` on the SQLite store of a data dir (a running server on it sees the result)."""
+    import sqlite3
+
+    import anyio
+
+    settings = _settings(data_dir=data_dir)
+    if not settings.db_path.exists():
+        raise click.ClickException(
+            f"no lock database at {settings.db_path}. Start the server once (mcp-locks serve), or pass --data-dir."
+        )
+    store = SqliteStore(settings.db_path, sync=settings.sync)
+
+    async def run() -> None:
+        await store.open()
+        try:
+            await action(store)
+        finally:
+            await store.close()
+
+    try:
+        anyio.run(run)
+    except (OSError, sqlite3.Error) as e:
+        raise click.ClickException(f"cannot use the lock database {settings.db_path}: {e}.") from None
+
+
+@main.group()
+def workspaces() -> None:
+    """Create and list workspaces in a server's data directory.
+
+    Example: mcp-locks workspaces create team-a --description "the A team"
+    """
+
+
+@workspaces.command("create")
+@click.argument("workspace_id")
+@click.option("--description", default=None, help="What the workspace is for.")
+@_data_dir_option
+def workspaces_create(workspace_id: str, description: str | None, data_dir: Path | None) -> None:
+    """Create a workspace (a running server on the same data dir sees it at once).
+
+    Example: mcp-locks workspaces create team-a
+    """
+
+    async def action(store: SqliteStore) -> None:
+        ws = check_workspace_id(workspace_id)
+        await store.create_workspace(ws, description, time.time())
+        click.echo(f"created workspace {ws}")
+
+    try:
+        _with_store(data_dir, action)
+    except LockError as e:
+        raise click.ClickException(e.text()) from None
+
+
+@workspaces.command("list")
+@_data_dir_option
+def workspaces_list(data_dir: Path | None) -> None:
+    """List the workspaces.
+
+    Example: mcp-locks workspaces list --data-dir ./locks-data
+    """
+
+    async def action(store: SqliteStore) -> None:
+        for rec in await store.list_workspaces():
+            created = datetime.fromtimestamp(rec.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            click.echo(f"{rec.workspace_id}\t{created}\t{rec.description or ''}")
+
+    _with_store(data_dir, action)

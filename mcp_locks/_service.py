@@ -264,13 +264,18 @@ class LockService:
             self._subscribers.discard(send)
             send.close()
 
-    def _known(self, workspace_id: object) -> str:
+    async def _known(self, workspace_id: object) -> str:
         if workspace_id is None:
             return DEFAULT_WORKSPACE
         if isinstance(workspace_id, str) and workspace_id in self._workspaces:
             return workspace_id  # known ids were checked when they were created
         ws = check_workspace_id(workspace_id)
         if ws not in self._workspaces:
+            # Created by another process on the same store (`mcp-locks workspaces create`)?
+            rec = await self.store.get_workspace(ws)
+            if rec is not None:
+                self._workspaces[ws] = rec
+                return ws
             raise NotFound(
                 f"workspace '{ws}' does not exist.",
                 hint=f"Create it with create_workspace(workspace_id='{ws}'),"
@@ -296,7 +301,9 @@ class LockService:
         return WorkspaceInfo(workspace_id=ws, description=desc, created_at=utc(rec.created_at))
 
     async def list_workspaces(self) -> list[WorkspaceInfo]:
-        """Every workspace."""
+        """Every workspace (read from the store: other processes may have created some)."""
+        for rec in await self.store.list_workspaces():
+            self._workspaces.setdefault(rec.workspace_id, rec)
         return [
             WorkspaceInfo(workspace_id=r.workspace_id, description=r.description, created_at=utc(r.created_at))
             for r in sorted(self._workspaces.values(), key=lambda r: r.workspace_id)
@@ -364,7 +371,7 @@ class LockService:
         token: object = None,
     ) -> LockGrant:
         """Take one lock (or upgrade / downgrade / re-lease the one ``token`` names)."""
-        ws = self._known(workspace_id)
+        ws = await self._known(workspace_id)
         claim = Claim(check_node_id(node_id), _mode(mode), _depth(depth))
         t, w, n, owner, rid = self._lock_args(timeout, wait, note, agent, request_id)
         tok = _text(token, "token", 256) if token is not None else None
@@ -382,7 +389,7 @@ class LockService:
         request_id: object = None,
     ) -> LockFilesResult:
         """Take every lock in ``items`` together, or none."""
-        ws = self._known(workspace_id)
+        ws = await self._known(workspace_id)
         if not isinstance(items, Sequence) or isinstance(items, str) or not items:
             raise InvalidArgument(
                 "items must be a list of 1 to 100 {node_id, mode, depth} objects.", details={"field": "items"}
@@ -430,7 +437,7 @@ class LockService:
 
     async def unlock(self, workspace_id: object = None, token: object = None, node_id: object = None) -> UnlockResult:
         """Release the lock ``token`` names."""
-        ws = self._known(workspace_id)
+        ws = await self._known(workspace_id)
         tok = self._token(token)
         node = check_node_id(node_id) if node_id is not None else None
         lease, held_ms = await self._actor(ws).call(lambda table, now: table.release(now, tok, node))
@@ -438,7 +445,7 @@ class LockService:
 
     async def unlock_many(self, workspace_id: object = None, tokens: object = None) -> UnlockFilesResult:
         """Release each token's lock; a bad token is reported in its place and does not stop the others."""
-        ws = self._known(workspace_id)
+        ws = await self._known(workspace_id)
         if not isinstance(tokens, Sequence) or isinstance(tokens, str) or not tokens:
             raise InvalidArgument("tokens must be a list of 1 to 100 tokens.", details={"field": "tokens"})
         if len(tokens) > MAX_ITEMS:
@@ -468,7 +475,7 @@ class LockService:
 
     async def renew(self, workspace_id: object = None, token: object = None, timeout: object = None) -> RenewResult:
         """Restart the lease ``token`` names."""
-        ws = self._known(workspace_id)
+        ws = await self._known(workspace_id)
         tok = self._token(token)
         t = (
             None
@@ -487,7 +494,7 @@ class LockService:
 
     async def status(self, workspace_id: object = None, node_id: object = None) -> LockStatus:
         """Who holds ``node_id`` and who waits for it."""
-        ws = self._known(workspace_id)
+        ws = await self._known(workspace_id)
         node = check_node_id(node_id)
         st = await self._actor(ws).call(lambda table, now: table.status(now, node))
         return LockStatus.of(ws, st)
@@ -501,7 +508,7 @@ class LockService:
         cursor: object = None,
     ) -> LockPage:
         """A page of held locks whose node_id starts with ``prefix``."""
-        ws = self._known(workspace_id)
+        ws = await self._known(workspace_id)
         pre = _text(prefix, "prefix", 1024) or ""
         own = _text(owner, "owner", 64)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:

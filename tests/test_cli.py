@@ -60,3 +60,29 @@ def test_the_engine_benchmark_runs_end_to_end() -> None:
         check=True,
     )
     assert "ops_per_s" in out.stdout
+
+
+def test_workspaces_create_and_list_work_on_a_data_dir(tmp_path: Path) -> None:
+    import anyio
+
+    from mcp_locks import LockService, SqliteStore
+
+    async def first_start() -> None:
+        async with LockService(SqliteStore(tmp_path / "locks.db")):
+            pass
+
+    anyio.run(first_start)
+    runner = CliRunner()
+    created = runner.invoke(main, ["workspaces", "create", "team-a", "--description", "A", "--data-dir", str(tmp_path)])
+    assert created.exit_code == 0, created.output
+    again = runner.invoke(main, ["workspaces", "create", "team-a", "--data-dir", str(tmp_path)])
+    assert again.exit_code != 0
+    assert "ALREADY_EXISTS" in again.output
+    listed = runner.invoke(main, ["workspaces", "list", "--data-dir", str(tmp_path)])
+    assert [line.split("\t")[0] for line in listed.output.splitlines()] == ["default", "team-a"]
+
+
+def test_workspaces_list_without_a_database_says_how_to_make_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["workspaces", "list", "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "mcp-locks serve" in result.output

@@ -475,3 +475,14 @@ async def test_a_stale_waiter_cancelled_after_a_failed_commit_never_removes_a_ne
                 await until_event(events, "queued", "x", owner="yvonne")
                 clock.advance(2)
     assert outcomes == ["WAIT_TIMEOUT"]  # yvonne got an answer: she was never dropped from the line
+
+
+async def test_a_workspace_created_by_another_process_is_found(tmp_path: Path, clock: ManualClock) -> None:
+    async with LockService(sqlite(tmp_path), clock=clock) as running:
+        other = sqlite(tmp_path)  # e.g. `mcp-locks workspaces create` on the same data dir
+        await other.open()
+        await other.create_workspace("late", None, clock.now())
+        await other.close()
+        grant = await running.lock("late", "a.txt")
+        assert grant.workspace_id == "late"
+        assert "late" in [w.workspace_id for w in await running.list_workspaces()]
