@@ -189,6 +189,8 @@ class WorkspaceActor:
     def _give_back(
         table: LockTable, now: float, leases: tuple[Lease, ...], upgrade: bool, request: tuple[str, str | None]
     ) -> None:
+        if table.seen_by_retry(*request):
+            return  # a retry with the same request_id received this grant: it is not unseen
         table.forget_request(*request)  # a retry of this request_id is a new request, not a replay
         for le in leases:
             if table.lease(le.lock_id) is None:

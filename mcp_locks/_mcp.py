@@ -394,19 +394,14 @@ async def with_progress(
             msg = f"waiting for '{node_id}': {place}; held by {holders or 'nobody'}; waited {waited:.0f} s of {wait:g}"
             await ctx.report_progress(waited, wait, msg)
 
-    outcome: list[_R] = []
-    failure: list[Exception] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(report)
-        try:
-            outcome.append(await call())
-        except Exception as e:  # raised below, outside the task group, so it is not wrapped in a group
-            failure.append(e)
-        finally:
-            tg.cancel_scope.cancel()
-    if failure:
-        raise failure[0]
-    return outcome[0]
+    # The reporter runs in the service's task group, not a local one: leaving a local group is
+    # a point where a cancellation could land after the grant came back (and lose it), and a
+    # failing report must never cut the wait short. Cancelling its scope does not wait.
+    scope = service.background(report, "progress report")
+    try:
+        return await call()
+    finally:
+        scope.cancel()
 
 
 def flat_schema(schema: dict[str, Any]) -> dict[str, Any]:

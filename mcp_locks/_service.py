@@ -8,7 +8,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -194,6 +194,25 @@ class LockService:
             stack, self._stack = self._stack, None
             await stack.aclose()
 
+    def background(self, fn: Callable[[], Awaitable[None]], what: str) -> anyio.CancelScope:
+        """Run ``fn`` in the service's task group until it ends or the returned scope is cancelled.
+
+        A failure is logged, never raised: background work is best effort.
+        """
+        if self._tg is None:
+            raise Unavailable("the lock service is not running.", hint="Retry once the server has started.")
+        scope = anyio.CancelScope()
+
+        async def run() -> None:
+            with scope:
+                try:
+                    await fn()
+                except Exception:
+                    log.warning("%s failed", what, exc_info=True)
+
+        self._tg.start_soon(run)
+        return scope
+
     def _set_alarm(self, workspace_id: str, when: float) -> None:
         heapq.heappush(self._alarms, (when, workspace_id))
         self._alarm_wake.set()
@@ -336,17 +355,20 @@ class LockService:
         token: str | None,
     ) -> Granted:
         actor = self._actor(ws)
-        upgrade = token is not None and items[0].mode == "write"
         request = (owner, request_id)
+        upgrade = False  # decided in the actor: only a read lease asked for "write" is upgraded
 
         def step(table: LockTable, now: float) -> Granted | Waiting:
+            nonlocal upgrade
+            upgrade = token is not None and items[0].mode == "write" and table.mode_of(token) == "read"
             outcome = table.acquire(
                 now, items, owner=owner, timeout=timeout, wait=wait, note=note, request_id=request_id, token=token
             )
             return actor.queued(outcome, upgrade=upgrade, request=request)
 
         async def undo(result: Granted | Waiting) -> None:
-            # The caller was cancelled before it saw the answer: give back what it would not know it has.
+            # The caller was cancelled before it saw the answer: give back what it would not know it has
+            # (a new lock, or an upgrade); a renewal or downgrade stands.
             if isinstance(result, Waiting):
                 await actor.abandon(result)
             elif not result.replayed and (token is None or upgrade):

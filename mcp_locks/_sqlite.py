@@ -270,8 +270,7 @@ class SqliteStore:
     def _commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
         puts: dict[str, Lease] = {}
         ends: dict[str, tuple[Any, ...]] = {}
-        requests: list[tuple[Any, ...]] = []
-        drops: list[tuple[str, str, str]] = []
+        request_ops: dict[tuple[str, str], tuple[Any, ...] | None] = {}
         reserve = 0
         prune: Prune | None = None
         fence_last = 0
@@ -287,9 +286,16 @@ class SqliteStore:
             elif isinstance(ch, PutRequest):
                 r = ch.record
                 les = json.dumps([_lease_json(le) for le in r.leases])
-                requests.append((workspace_id, r.owner, r.request_id, r.fingerprint, les, r.created_at))
+                request_ops[(r.owner, r.request_id)] = (
+                    workspace_id,
+                    r.owner,
+                    r.request_id,
+                    r.fingerprint,
+                    les,
+                    r.created_at,
+                )
             elif isinstance(ch, DropRequest):
-                drops.append((workspace_id, ch.owner, ch.request_id))
+                request_ops[(ch.owner, ch.request_id)] = None  # the last change to a request_id wins
             elif isinstance(ch, ReserveFences):
                 reserve = max(reserve, ch.upto)
             elif isinstance(ch, Prune):
@@ -310,10 +316,15 @@ class SqliteStore:
                     db.executemany(
                         "UPDATE locks SET ended_at=?, end_reason=? WHERE workspace_id=? AND lock_id=?", ends.values()
                     )
-                if requests:
-                    db.executemany("INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)", requests)
-                if drops:
-                    db.executemany("DELETE FROM requests WHERE workspace_id=? AND owner=? AND request_id=?", drops)
+                if request_ops:
+                    db.executemany(
+                        "DELETE FROM requests WHERE workspace_id=? AND owner=? AND request_id=?",
+                        [(workspace_id, o, r) for (o, r), row in request_ops.items() if row is None],
+                    )
+                    db.executemany(
+                        "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)",
+                        [row for row in request_ops.values() if row is not None],
+                    )
                 if prune is not None:
                     db.execute(
                         "DELETE FROM locks WHERE workspace_id=? AND ended_at IS NOT NULL AND ended_at<?",

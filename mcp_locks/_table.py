@@ -370,6 +370,7 @@ class LockTable:
         # Both kept in insertion (= time) order, so the oldest is first to go.
         self._ended: dict[str, Ended] = {}
         self._requests: dict[tuple[str, str], RequestRecord] = {}
+        self._handed_out: set[tuple[str, str]] = set()  # request_ids whose grant a retry received
         self._forgot = False
         self._next_prune = 0.0
         self._prune_check = 0.0
@@ -583,15 +584,25 @@ class LockTable:
                     err.hint = "Use a new request_id to take the lock again."
                     raise err
                 current.append(held)  # as it is now: renewed, upgraded
+            self._handed_out.add(key)  # a retry has it now: it must never be given back
             return Granted(tuple(current), replayed=True)
         if wid is not None:
             return Queued(wid, joined=True)
         return None
 
+    def seen_by_retry(self, owner: str, request_id: str | None) -> bool:
+        """Whether a retry of this request_id was already handed its grant."""
+        return request_id is not None and (owner, request_id) in self._handed_out
+
     def forget_request(self, owner: str, request_id: str | None) -> None:
         """Forget a request_id whose grant was given back unseen, so a retry is a new request."""
         if request_id is not None and self._requests.pop((owner, request_id), None) is not None:
             self.changes.append(DropRequest(owner, request_id))
+
+    def mode_of(self, token: str) -> Mode | None:
+        """The mode of the lease ``token`` names, or None (no expiry check: a peek for the caller)."""
+        lock_id = self._by_token.get(token)
+        return self._leases[lock_id].mode if lock_id is not None else None
 
     def _check_disjoint(self, items: tuple[Claim, ...]) -> None:
         if len(items) == 1:
@@ -786,6 +797,7 @@ class LockTable:
             if r.created_at >= before and len(requests) <= self.limits.max_ended:
                 break
             del requests[key]
+            self._handed_out.discard(key)
             self._forgot = True
         if self._forgot and now >= self._next_prune:
             # Tell the store at most once a minute: each prune is a range delete there.
@@ -852,7 +864,9 @@ class LockTable:
         self._requests.pop(key, None)  # re-insert at the end: the dict stays in time order
         self._requests[key] = record
         if len(self._requests) > self.limits.max_ended:
-            del self._requests[next(iter(self._requests))]
+            oldest = next(iter(self._requests))
+            del self._requests[oldest]
+            self._handed_out.discard(oldest)
             self._forgot = True
 
     def _install(self, lease: Lease, claim: Claim | None = None, record: bool = True) -> None:

@@ -15,7 +15,7 @@ from mcp import Client
 from mcp_types import CallToolResult, TextContent
 
 from mcp_locks import LockService, ManualClock, MemoryStore, Settings, build_app, build_mcp
-from mcp_locks._mcp import PROGRESS_EVERY
+from mcp_locks._mcp import PROGRESS_EVERY, with_progress
 
 from .helpers import until_event
 from .servers import serve_app
@@ -389,3 +389,35 @@ async def test_a_cycle_is_deadlock_over_mcp_while_the_other_call_waits(server: S
                 )
                 assert "alice" in body["message"]
                 tg.cancel_scope.cancel()
+
+
+async def test_a_failing_progress_report_never_cuts_a_wait_short() -> None:
+    clock = ManualClock()
+
+    class BrokenContext:
+        async def report_progress(self, *args: object) -> None:
+            raise anyio.BrokenResourceError("the client went away")
+
+    async with LockService(MemoryStore(), clock=clock) as service, service.subscribe() as events:
+        holder = await service.lock(None, "f", agent="alice")
+        got: list[str] = []
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+
+                async def wait_for_it() -> None:
+                    g = await with_progress(
+                        service,
+                        BrokenContext(),  # type: ignore[arg-type]
+                        None,
+                        "f",
+                        "bob",
+                        60,
+                        lambda: service.lock(None, "f", agent="bob", wait=60),
+                    )
+                    got.append(g.owner)
+
+                tg.start_soon(wait_for_it)
+                await until_event(events, "queued", "f")
+                clock.advance(PROGRESS_EVERY)  # the report fails (and is logged)
+                await service.unlock(None, holder.token)
+    assert got == ["bob"]

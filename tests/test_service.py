@@ -486,3 +486,59 @@ async def test_a_workspace_created_by_another_process_is_found(tmp_path: Path, c
         grant = await running.lock("late", "a.txt")
         assert grant.workspace_id == "late"
         assert "late" in [w.workspace_id for w in await running.list_workspaces()]
+
+
+async def test_cancelling_a_re_lease_of_a_write_lock_keeps_it_a_write_lock(service: LockService) -> None:
+    held = await service.lock(None, "f", mode="write", agent="alice")
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: service.lock(None, "f", mode="write", agent="alice", token=held.token, timeout=600))
+            await anyio.lowlevel.checkpoint()  # the re-lease is in the mailbox; the client goes away
+            tg.cancel_scope.cancel()
+    assert [(h.owner, h.mode) for h in (await service.status(None, "f")).holders] == [("alice", "write")]
+    with pytest.raises(Locked):
+        await service.lock(None, "f", mode="read", agent="bob")
+
+
+async def test_a_retry_that_received_the_grant_keeps_it_when_the_first_attempt_goes_away(
+    service: LockService, events: Events
+) -> None:
+    bob = await service.lock(None, "f", agent="bob")
+    got: list[LockGrant] = []
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            first = anyio.CancelScope()
+
+            async def first_attempt() -> None:
+                with first:
+                    await service.lock(None, "f", agent="alice", wait=30, request_id="r1")
+
+            async def retry() -> None:
+                got.append(await service.lock(None, "f", agent="alice", wait=30, request_id="r1"))
+
+            tg.start_soon(first_attempt)
+            await until_event(events, "queued", "f", owner="alice")
+            # In one batch: bob lets go (alice is granted), the retry is answered by replay,
+            # and the first attempt's client goes away.
+            tg.start_soon(lambda: service.unlock(None, bob.token))
+            tg.start_soon(retry)
+            first.cancel()
+    renewed = await service.renew(None, got[0].token)  # the retry's token is alive
+    assert renewed.lock_id == got[0].lock_id
+    assert [h.owner for h in (await service.status(None, "f")).holders] == ["alice"]
+
+
+async def test_a_request_id_dropped_and_recorded_again_in_one_commit_survives_a_restart(tmp_path: Path) -> None:
+    from mcp_locks._table import DropRequest, Lease, PutRequest, RequestRecord
+
+    store = sqlite(tmp_path)
+    await store.open()
+    await store.create_workspace("default", None, 0.0)
+    lease = Lease("lk_1", "mlt_1", "f", "write", "node", "alice", None, 1, 0.0, 60.0, 60.0, 0, "r1")
+    record = RequestRecord("alice", "r1", "fp", (lease,), 0.0)
+    await store.commit("default", [DropRequest("alice", "r1"), PutRequest(record)])
+    await store.close()
+    reopened = sqlite(tmp_path)
+    await reopened.open()
+    assert [(r.owner, r.request_id) for r in (await reopened.load("default")).requests] == [("alice", "r1")]
+    await reopened.close()
