@@ -15,6 +15,7 @@ import click
 
 from ._app import __version__, build_app
 from ._errors import LockError
+from ._keys import new_key
 from ._names import check_workspace_id
 from ._runtime import tune_gc
 from ._settings import Settings, default_data_dir
@@ -220,5 +221,81 @@ def workspaces_list(data_dir: Path | None) -> None:
         for rec in await store.list_workspaces():
             created = datetime.fromtimestamp(rec.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             click.echo(f"{rec.workspace_id}\t{created}\t{rec.description or ''}")
+
+    _with_store(data_dir, action)
+
+
+@main.group()
+def keys() -> None:
+    """Create, list and revoke per-agent API keys in a server's data directory.
+
+    Keys are shown once, at creation; only a digest is stored. (The server checks
+    them from the authentication milestone on.)
+
+    Example: mcp-locks keys create --agent alice --workspace default
+    """
+
+
+@keys.command("create")
+@click.option("--agent", required=True, help="The agent's name: the owner of every lock taken with this key.")
+@click.option("--workspace", "workspace_ids", multiple=True, help="A workspace the key reaches (repeatable).")
+@click.option("--role", type=click.Choice(["agent", "admin"]), default="agent", show_default=True)
+@_data_dir_option
+def keys_create(agent: str, workspace_ids: tuple[str, ...], role: str, data_dir: Path | None) -> None:
+    """Create a key and print it once (store it now: it cannot be shown again).
+
+    Example: mcp-locks keys create --agent alice --workspace default --workspace team-a
+    """
+    name = agent.strip()
+    if not name or len(name) > 64 or any(ord(ch) < 32 for ch in name):
+        raise click.BadParameter("1-64 printable characters", param_hint="--agent")
+    if role == "agent" and not workspace_ids:
+        raise click.BadParameter("an agent key needs at least one --workspace", param_hint="--workspace")
+
+    async def action(store: SqliteStore) -> None:
+        wss = tuple(check_workspace_id(w, "--workspace") for w in workspace_ids)
+        for ws in wss:
+            if await store.get_workspace(ws) is None:
+                raise click.ClickException(f"no workspace '{ws}'. Create it: mcp-locks workspaces create {ws}")
+        key, record = new_key(name, wss, "admin" if role == "admin" else "agent", time.time())
+        await store.put_key(record)
+        click.echo(key)
+        click.echo(f"key {record.key_id} for {name} ({role}); shown once, keep it secret", err=True)
+
+    try:
+        _with_store(data_dir, action)
+    except LockError as e:
+        raise click.ClickException(e.text()) from None
+
+
+@keys.command("list")
+@_data_dir_option
+def keys_list(data_dir: Path | None) -> None:
+    """List keys (ids, agents, roles, workspaces; never the keys).
+
+    Example: mcp-locks keys list
+    """
+
+    async def action(store: SqliteStore) -> None:
+        for r in await store.list_keys():
+            state = "revoked" if r.revoked_at is not None else "active"
+            click.echo(f"{r.key_id}\t{r.agent}\t{r.role}\t{','.join(r.workspaces) or '*'}\t{state}")
+
+    _with_store(data_dir, action)
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+@_data_dir_option
+def keys_revoke(key_id: str, data_dir: Path | None) -> None:
+    """Revoke a key: it stops working at once.
+
+    Example: mcp-locks keys revoke 3f9a1c0b7d2e
+    """
+
+    async def action(store: SqliteStore) -> None:
+        if not await store.revoke_key(key_id, time.time()):
+            raise click.ClickException(f"no active key '{key_id[:32]}'. See: mcp-locks keys list")
+        click.echo(f"revoked {key_id}")
 
     _with_store(data_dir, action)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import AlreadyExists
+from ._keys import KeyRecord
 from ._store import Snapshot, WorkspaceRecord
 from ._table import (
     Change,
@@ -65,6 +66,15 @@ CREATE TABLE IF NOT EXISTS locks (
     PRIMARY KEY (workspace_id, lock_id)
 );
 CREATE INDEX IF NOT EXISTS locks_ended ON locks (workspace_id, ended_at) WHERE ended_at IS NOT NULL;
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    workspaces TEXT NOT NULL,
+    role TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    digest BLOB NOT NULL,
+    revoked_at REAL
+);
 CREATE TABLE IF NOT EXISTS requests (
     workspace_id TEXT NOT NULL,
     owner TEXT NOT NULL,
@@ -359,3 +369,30 @@ class SqliteStore:
             "SELECT workspace_id, min(expires_at) FROM locks WHERE ended_at IS NULL GROUP BY workspace_id"
         )
         return {ws: t for ws, t in rows}
+
+    async def put_key(self, record: KeyRecord) -> None:
+        """Store a new key record (only its digest: never the key)."""
+        r = record
+        self.db.execute(
+            "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (r.key_id, r.agent, json.dumps(list(r.workspaces)), r.role, r.created_at, r.digest, r.revoked_at),
+        )
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        """The key record, or None."""
+        row = self.db.execute("SELECT * FROM keys WHERE key_id=?", (key_id,)).fetchone()
+        return _key_from(row) if row else None
+
+    async def list_keys(self) -> list[KeyRecord]:
+        """Every key record, oldest first."""
+        return [_key_from(r) for r in self.db.execute("SELECT * FROM keys ORDER BY created_at, key_id")]
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        """Mark a key revoked; False if there is no such (unrevoked) key."""
+        cur = self.db.execute("UPDATE keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL", (now, key_id))
+        return cur.rowcount == 1
+
+
+def _key_from(row: Sequence[Any]) -> KeyRecord:
+    key_id, agent, workspaces, role, created_at, digest, revoked_at = row
+    return KeyRecord(key_id, agent, tuple(json.loads(workspaces)), role, created_at, bytes(digest), revoked_at)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._errors import AlreadyExists
+from ._keys import KeyRecord
 from ._table import (
     Change,
     DropRequest,
@@ -85,6 +86,21 @@ class Store(Protocol):
         """For each workspace holding leases, its earliest expiry (so alarms fire after a restart)."""
         ...
 
+    async def put_key(self, record: KeyRecord) -> None:
+        """Store a new API key record (its digest, never the key)."""
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        """The key record, or None."""
+        ...
+
+    async def list_keys(self) -> list[KeyRecord]:
+        """Every key record, oldest first."""
+        ...
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        """Mark a key revoked; False if there is no such unrevoked key."""
+        ...
+
 
 @dataclass
 class _MemWorkspace:
@@ -101,6 +117,7 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._ws: dict[str, _MemWorkspace] = {}
+        self._keys: dict[str, KeyRecord] = {}
         self.commits = 0
 
     async def open(self) -> None:
@@ -148,6 +165,26 @@ class MemoryStore:
     async def deadlines(self) -> dict[str, float]:
         """Earliest expiry per workspace."""
         return {k: min(le.expires_at for le in ws.leases.values()) for k, ws in self._ws.items() if ws.leases}
+
+    async def put_key(self, record: KeyRecord) -> None:
+        """Store a new key record."""
+        self._keys[record.key_id] = record
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        """The key record, or None."""
+        return self._keys.get(key_id)
+
+    async def list_keys(self) -> list[KeyRecord]:
+        """Every key record, oldest first."""
+        return sorted(self._keys.values(), key=lambda r: (r.created_at, r.key_id))
+
+    async def revoke_key(self, key_id: str, now: float) -> bool:
+        """Mark a key revoked; False if there is no such unrevoked key."""
+        r = self._keys.get(key_id)
+        if r is None or r.revoked_at is not None:
+            return False
+        self._keys[key_id] = r._replace(revoked_at=now)
+        return True
 
 
 def apply_changes_to_memory(ws: _MemWorkspace, changes: Sequence[Change]) -> None:

@@ -1,0 +1,82 @@
+"""Per-agent API keys: generation, storage form and verification (no I/O).
+
+A key looks like ``mlk_<key_id>_<secret>``: ``key_id`` (12 hex digits) is public
+and names the record; ``secret`` is 256 random bits from :mod:`secrets`. Only a
+SHA-256 digest of the whole key is stored (keys are high-entropy, so a fast
+hash is enough), and checking compares digests in constant time. A revoked key
+stops working as soon as its record says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from typing import Literal, NamedTuple
+
+__all__ = ["KEY_PREFIX", "Identity", "KeyRecord", "new_key", "parse_key_id", "verify_key"]
+
+KEY_PREFIX = "mlk_"
+_KEY_RE = re.compile(r"mlk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
+
+Role = Literal["agent", "admin"]
+
+
+class KeyRecord(NamedTuple):
+    """A key as the store keeps it: never the key itself."""
+
+    key_id: str
+    agent: str
+    workspaces: tuple[str, ...]
+    role: Role
+    created_at: float
+    digest: bytes
+    revoked_at: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"KeyRecord(key_id={self.key_id!r}, agent={self.agent!r}, workspaces={self.workspaces!r},"
+            f" role={self.role!r}, revoked_at={self.revoked_at!r})"
+        )
+
+
+class Identity(NamedTuple):
+    """Who a verified key speaks for."""
+
+    key_id: str
+    agent: str
+    role: Role
+    workspaces: tuple[str, ...]
+
+    def reaches(self, workspace_id: str) -> bool:
+        """Whether this identity may use ``workspace_id`` (an admin reaches every workspace)."""
+        return self.role == "admin" or workspace_id in self.workspaces
+
+
+def _digest(key: str) -> bytes:
+    return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
+
+
+def new_key(agent: str, workspaces: tuple[str, ...], role: Role, now: float) -> tuple[str, KeyRecord]:
+    """A new key (to show once) and the record to store for it."""
+    key_id = secrets.token_hex(6)
+    key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+    return key, KeyRecord(key_id, agent, tuple(workspaces), role, now, _digest(key))
+
+
+def parse_key_id(key: str) -> str | None:
+    """The public key id inside ``key``, or None if it is not shaped like one of our keys."""
+    m = _KEY_RE.fullmatch(key)
+    return m.group(1) if m else None
+
+
+def verify_key(key: str, record: KeyRecord | None) -> Identity | None:
+    """The identity ``key`` proves, or None (unknown, wrong, or revoked). Compares in constant time."""
+    if record is None:
+        # Compare anyway, so an unknown key id takes as long as a wrong secret.
+        hmac.compare_digest(_digest(key), b"\0" * 32)
+        return None
+    if not hmac.compare_digest(_digest(key), record.digest) or record.revoked_at is not None:
+        return None
+    return Identity(record.key_id, record.agent, record.role, record.workspaces)
