@@ -176,6 +176,8 @@ def _with_store(data_dir: Path | None, action: Callable[[SqliteStore], Awaitable
 
     try:
         anyio.run(run)
+    except LockError as e:
+        raise click.ClickException(e.text()) from None
     except (OSError, sqlite3.Error) as e:
         raise click.ClickException(f"cannot use the lock database {settings.db_path}: {e}.") from None
 
@@ -203,10 +205,7 @@ def workspaces_create(workspace_id: str, description: str | None, data_dir: Path
         await store.create_workspace(ws, description, time.time())
         click.echo(f"created workspace {ws}")
 
-    try:
-        _with_store(data_dir, action)
-    except LockError as e:
-        raise click.ClickException(e.text()) from None
+    _with_store(data_dir, action)
 
 
 @workspaces.command("list")
@@ -262,10 +261,7 @@ def keys_create(agent: str, workspace_ids: tuple[str, ...], role: str, data_dir:
         click.echo(key)
         click.echo(f"key {record.key_id} for {name} ({role}); shown once, keep it secret", err=True)
 
-    try:
-        _with_store(data_dir, action)
-    except LockError as e:
-        raise click.ClickException(e.text()) from None
+    _with_store(data_dir, action)
 
 
 @keys.command("list")

@@ -189,13 +189,10 @@ class ClaimIndex(Generic[K]):
                     if other.depth == "tree":
                         yield key, other
 
-    def paths_from(self, prefix: str, start_after: str | None = None) -> Iterator[str]:
-        """Yield, in order, the paths holding claims that start with the string ``prefix`` ('' = all)."""
-        if start_after is not None and start_after >= prefix:
-            it = self._sorted.irange(start_after, None, inclusive=(False, False))
-        else:
-            it = self._sorted.irange(prefix, None)
-        for path in it:
+    def paths_from(self, prefix: str, start_at: str | None = None) -> Iterator[str]:
+        """Yield, in order, the paths holding claims that start with ``prefix`` ('' = all), from ``start_at`` on."""
+        lo = start_at if start_at is not None and start_at > prefix else prefix
+        for path in self._sorted.irange(lo, None):
             if not path.startswith(prefix):
                 return
             if path in self._paths:

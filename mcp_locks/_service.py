@@ -396,7 +396,7 @@ class LockService:
         ws = await self._known(workspace_id)
         claim = Claim(check_node_id(node_id), _mode(mode), _depth(depth))
         t, w, n, owner, rid = self._lock_args(timeout, wait, note, agent, request_id)
-        tok = _text(token, "token", 256) if token is not None else None
+        tok = self._token(token) if token is not None else None
         granted = await self._acquire(ws, (claim,), owner=owner, timeout=t, wait=w, note=n, request_id=rid, token=tok)
         return LockGrant.of(ws, granted.leases[0], granted.replayed)
 

@@ -472,11 +472,8 @@ class LockTable:
         """Held leases whose node starts with ``prefix``, ordered by (node_id, lock_id), after ``after``."""
         self.expire(now)
         out: list[Lease] = []
-        start_node = after[0] if after else None
-        paths = self._holders.paths_from(prefix)
-        if start_node is not None:
-            paths = (p for p in self._holders.paths_from(prefix) if p >= start_node)
-        for path in paths:
+        # Resume at the cursor's node (it may hold more locks), not at the prefix: O(log n) per page.
+        for path in self._holders.paths_from(prefix, start_at=after[0] if after else None):
             for lock_id in sorted(self._holders.at(path)):
                 if after is not None and (path, lock_id) <= after:
                     continue

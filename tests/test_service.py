@@ -542,3 +542,9 @@ async def test_a_request_id_dropped_and_recorded_again_in_one_commit_survives_a_
     await reopened.open()
     assert [(r.owner, r.request_id) for r in (await reopened.load("default")).requests] == [("alice", "r1")]
     await reopened.close()
+
+
+async def test_a_token_that_is_not_a_string_is_an_invalid_argument_naming_it(service: LockService) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        await service.lock(None, "a", token=123)
+    assert e.value.details["field"] == "token"

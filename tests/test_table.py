@@ -1344,3 +1344,17 @@ def test_a_waiter_whose_wait_ends_at_the_instant_the_lease_ends_is_granted(table
     assert isinstance(outcome, Granted)
     assert outcome.leases[0].owner == "alice"
     assert table.lease(held.lock_id) is None
+
+
+def test_a_page_that_ends_inside_a_node_resumes_at_that_node(table: LockTable) -> None:
+    readers = [lock(table, "shared", owner, mode="read") for owner in ("a", "b", "c")]
+    lock(table, "zzz")
+    seen: list[str] = []
+    after = None
+    while True:
+        page, after = table.page(T0, limit=1, after=after)
+        seen += [le.lock_id for le in page]
+        if after is None:
+            break
+    assert seen[:3] == sorted(le.lock_id for le in readers)
+    assert len(seen) == 4
