@@ -29,7 +29,7 @@ def main() -> None:
     ap.add_argument("--data-dir", type=Path, default=None)
     a = ap.parse_args()
     data_dir = a.data_dir or Path(tempfile.mkdtemp(prefix="mcp-locks-bench-"))
-    settings = Settings(store=a.store, data_dir=data_dir)
+    settings = Settings(store=a.store, data_dir=data_dir, insecure_no_auth=True)
     service = build_service(settings)
 
     async def noop() -> dict[str, bool]:

@@ -14,10 +14,11 @@ from typing import Any
 import click
 
 from ._app import __version__, build_app
+from ._auth import is_loopback
 from ._errors import LockError
-from ._keys import new_key
 from ._names import check_workspace_id
 from ._runtime import tune_gc
+from ._service import issue_key
 from ._settings import Settings, default_data_dir
 from ._sqlite import SqliteStore
 
@@ -111,6 +112,14 @@ def main() -> None:
 )
 @click.option("--max-timeout", type=float, default=None, help="Longest lease a client may ask for, in seconds.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    default=None,
+    help="Serve without API keys: for local experiments only; refused unless --host is a loopback address.",
+)
+@click.option("--rate-limit", default=None, help="Per-key request limit, e.g. '100/second' [default: none].")
+@click.option("--max-body", type=int, default=None, help="Largest request body in bytes [default: 1 MiB].")
 def serve(**flags: Any) -> None:
     """Serve MCP over streamable HTTP at /mcp (and GET /healthz) until Ctrl-C or SIGTERM.
 
@@ -119,7 +128,15 @@ def serve(**flags: Any) -> None:
     import uvicorn
 
     _Server = _server_class()
-    settings = _settings(**flags)
+    try:
+        settings = _settings(**flags)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    if settings.insecure_no_auth and not is_loopback(settings.host):
+        raise click.ClickException(
+            f"--insecure-no-auth is refused on {settings.host}: anyone who can reach it could take or break every"
+            " lock. Bind to 127.0.0.1, or use API keys."
+        )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -131,6 +148,16 @@ def serve(**flags: Any) -> None:
     where = f"{settings.db_path}" if settings.store == "sqlite" else "memory (nothing is kept after exit)"
     click.echo(f"mcp-locks {__version__} listening on http://{shown}:{port}/mcp", err=True)
     click.echo(f"data: {where}", err=True)
+    if settings.insecure_no_auth:
+        click.echo(
+            "WARNING: no authentication (--insecure-no-auth): every local process can take or break locks", err=True
+        )
+    else:
+        click.echo(
+            f"auth: API keys required (admin key: {settings.data_dir / 'admin.key'}"
+            f"{' or MCP_LOCKS_ADMIN_KEY' if settings.admin_key else ''})",
+            err=True,
+        )
     app = build_app(settings)
     tune_gc()
     config = uvicorn.Config(
@@ -245,21 +272,11 @@ def keys_create(agent: str, workspace_ids: tuple[str, ...], role: str, data_dir:
 
     Example: mcp-locks keys create --agent alice --workspace default --workspace team-a
     """
-    name = agent.strip()
-    if not name or len(name) > 64 or any(ord(ch) < 32 for ch in name):
-        raise click.BadParameter("1-64 printable characters", param_hint="--agent")
-    if role == "agent" and not workspace_ids:
-        raise click.BadParameter("an agent key needs at least one --workspace", param_hint="--workspace")
 
     async def action(store: SqliteStore) -> None:
-        wss = tuple(check_workspace_id(w, "--workspace") for w in workspace_ids)
-        for ws in wss:
-            if await store.get_workspace(ws) is None:
-                raise click.ClickException(f"no workspace '{ws}'. Create it: mcp-locks workspaces create {ws}")
-        key, record = new_key(name, wss, "admin" if role == "admin" else "agent", time.time())
-        await store.put_key(record)
+        key, record = await issue_key(store, agent, list(workspace_ids), role, time.time())
         click.echo(key)
-        click.echo(f"key {record.key_id} for {name} ({role}); shown once, keep it secret", err=True)
+        click.echo(f"key {record.key_id} for {record.agent} ({role}); shown once, keep it secret", err=True)
 
     _with_store(data_dir, action)
 

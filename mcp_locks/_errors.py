@@ -12,15 +12,22 @@ from typing import Any, ClassVar
 __all__ = [
     "ERROR_TABLE",
     "AlreadyExists",
+    "BadHost",
     "Deadlock",
+    "Forbidden",
     "Internal",
     "InvalidArgument",
     "LimitExceeded",
+    "LockBroken",
     "LockError",
     "LockExpired",
     "LockNotFound",
     "Locked",
+    "MethodNotAllowed",
     "NotFound",
+    "RateLimited",
+    "TooLarge",
+    "Unauthenticated",
     "Unavailable",
     "WaitTimeout",
 ]
@@ -61,8 +68,32 @@ class InvalidArgument(LockError):
     http_status = 422
 
 
+class Unauthenticated(LockError):
+    """No API key, or one that is unknown, malformed or revoked."""
+
+    code = "UNAUTHENTICATED"
+    http_status = 401
+
+
+class Forbidden(LockError):
+    """The key is valid but may not do this: another workspace, another agent's lock, or an admin-only call.
+
+    A workspace the key does not reach gets this answer whether or not it exists.
+    """
+
+    code = "FORBIDDEN"
+    http_status = 403
+
+
+class BadHost(LockError):
+    """The Host header names no address this server answers for (DNS-rebinding protection)."""
+
+    code = "BAD_HOST"
+    http_status = 421
+
+
 class NotFound(LockError):
-    """The workspace does not exist."""
+    """The workspace (or REST route, or key) does not exist."""
 
     code = "NOT_FOUND"
     http_status = 404
@@ -103,6 +134,13 @@ class LockExpired(LockError):
     http_status = 410
 
 
+class LockBroken(LockError):
+    """An admin force-unlocked the token's lock; ``details`` say who, when and why."""
+
+    code = "LOCK_BROKEN"
+    http_status = 410
+
+
 class LockNotFound(LockError):
     """No lock has this token (never existed, released, or forgotten after the retention period)."""
 
@@ -115,6 +153,27 @@ class LimitExceeded(LockError):
 
     code = "LIMIT_EXCEEDED"
     http_status = 429
+
+
+class RateLimited(LockError):
+    """The key sent more requests than its rate allows; ``details["retry_after"]`` says when to try again."""
+
+    code = "RATE_LIMITED"
+    http_status = 429
+
+
+class TooLarge(LockError):
+    """The request body is larger than the server accepts."""
+
+    code = "PAYLOAD_TOO_LARGE"
+    http_status = 413
+
+
+class MethodNotAllowed(LockError):
+    """The REST route exists but not with this HTTP method."""
+
+    code = "METHOD_NOT_ALLOWED"
+    http_status = 405
 
 
 class Unavailable(LockError):
@@ -136,14 +195,21 @@ ERROR_TABLE: dict[str, type[LockError]] = {
     cls.code: cls
     for cls in (
         InvalidArgument,
+        Unauthenticated,
+        Forbidden,
+        BadHost,
         NotFound,
         AlreadyExists,
         Locked,
         WaitTimeout,
         Deadlock,
         LockExpired,
+        LockBroken,
         LockNotFound,
         LimitExceeded,
+        RateLimited,
+        TooLarge,
+        MethodNotAllowed,
         Unavailable,
         Internal,
     )

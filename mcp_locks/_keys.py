@@ -15,7 +15,7 @@ import re
 import secrets
 from typing import Literal, NamedTuple
 
-__all__ = ["KEY_PREFIX", "Identity", "KeyRecord", "new_key", "parse_key_id", "verify_key"]
+__all__ = ["KEY_PREFIX", "LOCAL", "Identity", "KeyRecord", "new_key", "parse_key_id", "record_for", "verify_key"]
 
 KEY_PREFIX = "mlk_"
 _KEY_RE = re.compile(r"mlk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
@@ -42,7 +42,7 @@ class KeyRecord(NamedTuple):
 
 
 class Identity(NamedTuple):
-    """Who a verified key speaks for."""
+    """Who a call speaks for: the verified key's agent, or :data:`LOCAL` when nothing is checked."""
 
     key_id: str
     agent: str
@@ -53,6 +53,16 @@ class Identity(NamedTuple):
         """Whether this identity may use ``workspace_id`` (an admin reaches every workspace)."""
         return self.role == "admin" or workspace_id in self.workspaces
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether a key proved this identity (False for :data:`LOCAL`)."""
+        return bool(self.key_id)
+
+
+#: The caller in-process, or over a server started with ``--insecure-no-auth``: it may do
+#: everything, and the ``agent`` argument names the owner of what it takes.
+LOCAL = Identity("", "", "admin", ())
+
 
 def _digest(key: str) -> bytes:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
@@ -60,9 +70,16 @@ def _digest(key: str) -> bytes:
 
 def new_key(agent: str, workspaces: tuple[str, ...], role: Role, now: float) -> tuple[str, KeyRecord]:
     """A new key (to show once) and the record to store for it."""
-    key_id = secrets.token_hex(6)
-    key = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
-    return key, KeyRecord(key_id, agent, tuple(workspaces), role, now, _digest(key))
+    key = f"{KEY_PREFIX}{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+    return key, record_for(key, agent, workspaces, role, now)
+
+
+def record_for(key: str, agent: str, workspaces: tuple[str, ...], role: Role, now: float) -> KeyRecord:
+    """The record to store for an existing, well-formed ``key`` (e.g. one an operator set in the environment)."""
+    key_id = parse_key_id(key)
+    if key_id is None:
+        raise ValueError("not an mcp-locks key")
+    return KeyRecord(key_id, agent, tuple(workspaces), role, now, _digest(key))
 
 
 def parse_key_id(key: str) -> str | None:

@@ -2,7 +2,6 @@
 
 # No "from __future__ import annotations": tool signatures use local Annotated types the SDK must evaluate.
 
-import difflib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
@@ -14,7 +13,9 @@ from mcp.server.mcpserver.tools import Tool
 from mcp_types import CallToolResult, InputRequiredResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
+from ._auth import current_caller
 from ._errors import Internal, InvalidArgument, LockError
+from ._keys import LOCAL, Identity
 from ._models import (
     LockFilesResult,
     LockGrant,
@@ -25,6 +26,9 @@ from ._models import (
     UnlockFilesResult,
     UnlockResult,
     WorkspaceInfo,
+    WorkspaceList,
+    invalid_from,
+    unknown_field,
 )
 from ._service import MAX_ITEMS, LockService
 
@@ -89,20 +93,6 @@ def error_result(err: LockError) -> CallToolResult:
     )
 
 
-def _from_validation(tool: str, exc: ValidationError) -> InvalidArgument:
-    errors = exc.errors(include_url=False, include_input=False)
-    parts = []
-    for e in errors[:5]:
-        field = ".".join(str(p) for p in e["loc"]) or "arguments"
-        parts.append(f"{field}: {e['msg']}")
-    first = ".".join(str(p) for p in errors[0]["loc"]) if errors else "arguments"
-    return InvalidArgument(
-        f"bad arguments for {tool}: " + "; ".join(parts) + ".",
-        hint="Fix the argument and call again; the tool's input schema lists every field and its limits.",
-        details={"field": first, "errors": [{"field": ".".join(map(str, e["loc"])), "msg": e["msg"]} for e in errors]},
-    )
-
-
 class _LockMCPServer(MCPServer[Any]):
     """MCPServer whose tool failures are always coded results, never tracebacks or pydantic dumps."""
 
@@ -111,19 +101,9 @@ class _LockMCPServer(MCPServer[Any]):
     ) -> CallToolResult | InputRequiredResult:
         tool = self._tool_manager.get_tool(name)
         if tool is not None and isinstance(arguments, dict):
-            known = tool.parameters.get("properties", {})
-            unknown = [k for k in arguments if k not in known]
-            if unknown:
-                # A misspelt argument would otherwise be dropped silently (timout=600 -> a 300 s lease).
-                guess = difflib.get_close_matches(str(unknown[0]), list(known), n=1)
-                return error_result(
-                    InvalidArgument(
-                        f"{name} has no argument '{str(unknown[0])[:64]}'"
-                        + (f"; did you mean '{guess[0]}'?" if guess else "."),
-                        hint=f"Its arguments are: {', '.join(known)}.",
-                        details={"field": str(unknown[0])[:64]},
-                    )
-                )
+            bad = unknown_field(name, arguments, list(tool.parameters.get("properties", {})))
+            if bad is not None:
+                return error_result(bad)
         try:
             return await super().call_tool(name, arguments, context)
         except ToolError as exc:
@@ -131,7 +111,7 @@ class _LockMCPServer(MCPServer[Any]):
             if isinstance(cause, LockError):
                 return error_result(cause)
             if isinstance(cause, ValidationError):
-                return error_result(_from_validation(name, cause))
+                return error_result(invalid_from(name, cause))
             if self._tool_manager.get_tool(name) is None:
                 names = ", ".join(t.name for t in self._tool_manager.list_tools())
                 return error_result(
@@ -144,17 +124,29 @@ class _LockMCPServer(MCPServer[Any]):
 
 
 def build_mcp(
-    service: LockService, *, name: str = "mcp-locks", version: str = "", extra_tools: Sequence[Tool] = ()
+    service: LockService,
+    *,
+    name: str = "mcp-locks",
+    version: str = "",
+    extra_tools: Sequence[Tool] = (),
+    local: Identity = LOCAL,
 ) -> MCPServer[Any]:
     """An MCP server whose tools call ``service`` (plus ``extra_tools``, e.g. a benchmark's baseline)."""
-    tools = [*build_tools(service), *extra_tools]
+    tools = [*build_tools(service, local=local), *extra_tools]
     return _LockMCPServer(name, version=version, instructions=INSTRUCTIONS, tools=tools)
 
 
-def build_tools(service: LockService) -> list[Tool]:
-    """The lock tools, bound to ``service``."""
+def build_tools(service: LockService, *, local: Identity = LOCAL) -> list[Tool]:
+    """The lock tools, bound to ``service``.
+
+    Each call acts for the key its HTTP request carried (the guard verified it),
+    or for ``local`` on transports without HTTP (in-memory, stdio).
+    """
     lim = service.limits
     tools: list[Tool] = []
+
+    def caller() -> Identity:
+        return current_caller(local)
 
     def tool(description: str, annotations: ToolAnnotations) -> Callable[[_F], _F]:
         def register(fn: _F) -> _F:
@@ -228,9 +220,12 @@ Errors and what to do:
             ctx,
             workspace_id,
             node_id,
+            who := caller(),
             agent,
             wait,
-            lambda: service.lock(workspace_id, node_id, mode, timeout, wait, depth, note, agent, request_id, token),
+            lambda: service.lock(
+                workspace_id, node_id, mode, timeout, wait, depth, note, agent, request_id, token, caller=who
+            ),
         )
 
     @tool(
@@ -248,7 +243,7 @@ out before you released it: another agent may have changed the file since, so re
         workspace_id: WorkspaceArg = None,
         node_id: Annotated[str | None, Field(description="Optional check: the node the lock is on.")] = None,
     ) -> UnlockResult:
-        return await service.unlock(workspace_id, token, node_id)
+        return await service.unlock(workspace_id, token, node_id, caller=caller())
 
     @tool(
         annotations=changes,
@@ -265,7 +260,7 @@ LOCK_EXPIRED means the lease already ran out: the lock is gone; take it again an
             Field(description=f"New lease length in seconds (1-{lim.max_timeout:g}).", ge=1, le=lim.max_timeout),
         ] = None,
     ) -> RenewResult:
-        return await service.renew(workspace_id, token, timeout)
+        return await service.renew(workspace_id, token, timeout, caller=caller())
 
     @tool(
         annotations=readonly,
@@ -275,7 +270,7 @@ Shows the locks on this node, tree locks on folders above it that cover it, the 
 held below it. Never shows tokens. Read-only: it takes no lock.""",
     )
     async def check_lock_status(node_id: NodeArg, workspace_id: WorkspaceArg = None) -> LockStatus:
-        return await service.status(workspace_id, node_id)
+        return await service.status(workspace_id, node_id, caller=caller())
 
     @tool(
         annotations=readonly,
@@ -290,7 +285,7 @@ Returns up to `limit` locks ordered by node_id and next_cursor; pass next_cursor
         limit: Annotated[int, Field(description="Page size, 1-1000.", ge=1, le=1000)] = 100,
         cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
     ) -> LockPage:
-        return await service.list_locks(workspace_id, prefix, owner, limit, cursor)
+        return await service.list_locks(workspace_id, prefix, owner, limit, cursor, caller=caller())
 
     @tool(
         annotations=changes,
@@ -317,9 +312,10 @@ Errors as for lock_file; on any error nothing is locked.""",
             ctx,
             workspace_id,
             first,
+            who := caller(),
             agent,
             wait,
-            lambda: service.lock_many(workspace_id, items, timeout, wait, note, agent, request_id),
+            lambda: service.lock_many(workspace_id, items, timeout, wait, note, agent, request_id, caller=who),
         )
 
     @tool(
@@ -335,7 +331,7 @@ Each token is released on its own: results[i] says whether tokens[i] was release
         tokens: Annotated[list[str], Field(description="Tokens to release.", min_length=1, max_length=MAX_ITEMS)],
         workspace_id: WorkspaceArg = None,
     ) -> UnlockFilesResult:
-        return await service.unlock_many(workspace_id, tokens)
+        return await service.unlock_many(workspace_id, tokens, caller=caller())
 
     @tool(
         annotations=ToolAnnotations(
@@ -349,7 +345,32 @@ ALREADY_EXISTS means it is there already: just use it. The workspace 'default' a
         workspace_id: Annotated[str, Field(description="New workspace id: 1-63 of a-z 0-9 _ -.")],
         description: Annotated[str | None, Field(description="What the workspace is for.", max_length=1024)] = None,
     ) -> WorkspaceInfo:
-        return await service.create_workspace(workspace_id, description)
+        return await service.create_workspace(workspace_id, description, caller=caller())
+
+    @tool(
+        annotations=readonly,
+        description="""List the workspaces your key reaches (every workspace for an admin key), with their descriptions.
+
+Pass one of these ids as workspace_id to the other tools; a key bound to one workspace uses it by default.""",
+    )
+    async def list_workspaces() -> WorkspaceList:
+        return WorkspaceList(workspaces=await service.list_workspaces(caller=caller()))
+
+    @tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
+        description="""Admin only: break another agent's lock, e.g. one held by a crashed or stuck agent.
+
+The lock is released at once and waiters are served; its holder's next call with the token fails with
+LOCK_BROKEN, carrying your reason. Prefer waiting for the lease to run out when you can.""",
+    )
+    async def force_unlock(
+        lock_id: Annotated[str, Field(description="The lock_id shown by list_locks or check_lock_status.")],
+        reason: Annotated[str, Field(description="Why; the holder reads it.", min_length=1, max_length=1024)],
+        workspace_id: WorkspaceArg = None,
+    ) -> UnlockResult:
+        return await service.force_unlock(workspace_id, lock_id, reason, caller=caller())
 
     return tools
 
@@ -365,6 +386,7 @@ async def with_progress(
     ctx: Context[Any, Any] | None,
     workspace_id: str | None,
     node_id: str,
+    caller: Identity,
     agent: str | None,
     wait: float,
     call: Callable[[], Awaitable[_R]],
@@ -379,16 +401,17 @@ async def with_progress(
         return await call()
     clock = service.clock
     start = clock.now()
+    me = caller.agent if caller.authenticated else agent
 
     async def report() -> None:
         while True:
             await clock.wait(anyio.Event(), clock.now() + PROGRESS_EVERY)
             waited = clock.now() - start
             try:
-                st = await service.status(workspace_id, node_id)
+                st = await service.status(workspace_id, node_id, caller=caller)
             except LockError:
                 continue
-            mine = [w.position for w in st.waiters if agent is not None and w.owner == agent]
+            mine = [w.position for w in st.waiters if me is not None and w.owner == me]
             place = f"position {mine[0]} in line" if mine else f"{len(st.waiters)} waiting"
             holders = ", ".join(f"{h.owner} until {h.expires_at:%H:%M:%SZ}" for h in (st.holders + st.covering)[:3])
             msg = f"waiting for '{node_id}': {place}; held by {holders or 'nobody'}; waited {waited:.0f} s of {wait:g}"

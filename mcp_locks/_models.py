@@ -2,26 +2,48 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._errors import InvalidArgument
+from ._keys import KeyRecord
 from ._table import Lease, NodeStatus, WaiterView
 
 __all__ = [
+    "CreateKeyRequest",
+    "CreateWorkspaceRequest",
+    "CreatedKey",
+    "ErrorBody",
+    "ErrorInfo",
+    "ForceUnlockRequest",
+    "KeyInfo",
+    "KeyList",
+    "LockFilesRequest",
     "LockFilesResult",
     "LockGrant",
     "LockInfo",
     "LockItem",
     "LockPage",
+    "LockRequest",
     "LockStatus",
+    "Me",
+    "RenewRequest",
     "RenewResult",
+    "UnlockFilesRequest",
     "UnlockFilesResult",
     "UnlockOutcome",
+    "UnlockRequest",
     "UnlockResult",
     "WaiterInfo",
     "WorkspaceInfo",
+    "WorkspaceList",
+    "invalid_from",
+    "parse_body",
+    "unknown_field",
     "utc",
 ]
 
@@ -46,7 +68,8 @@ class LockInfo(_Out):
     node_id: str
     mode: Mode
     depth: Depth
-    owner: str = Field(description="Who holds it.")
+    owner: str = Field(description="Who holds it: the agent of the key that took it.")
+    label: str | None = Field(None, description="The name the holder gave itself (the agent argument).")
     note: str | None = None
     fence: int = Field(description="Fencing number: grows with every grant in the workspace.")
     acquired_at: datetime
@@ -62,6 +85,7 @@ class LockInfo(_Out):
             mode=le.mode,
             depth=le.depth,
             owner=le.owner,
+            label=le.label,
             note=le.note,
             fence=le.fence,
             acquired_at=utc(le.acquired_at),
@@ -80,6 +104,7 @@ class LockGrant(_Out):
     mode: Mode
     depth: Depth
     owner: str
+    label: str | None = None
     note: str | None = None
     fence: int = Field(
         description="Fencing number: larger than every earlier grant's in this workspace. Send it with writes "
@@ -102,6 +127,7 @@ class LockGrant(_Out):
             mode=le.mode,
             depth=le.depth,
             owner=le.owner,
+            label=le.label,
             note=le.note,
             fence=le.fence,
             acquired_at=utc(le.acquired_at),
@@ -174,6 +200,7 @@ class WaiterInfo(_Out):
 
     position: int = Field(description="1 = next in the workspace's line.")
     owner: str
+    label: str | None = None
     node_id: str
     mode: Mode
     depth: Depth
@@ -186,6 +213,7 @@ class WaiterInfo(_Out):
         return cls(
             position=w.position,
             owner=w.owner,
+            label=w.label,
             node_id=w.node_id,
             mode=w.mode,
             depth=w.depth,
@@ -235,3 +263,192 @@ class WorkspaceInfo(_Out):
     workspace_id: str
     description: str | None
     created_at: datetime
+
+
+class WorkspaceList(_Out):
+    """The workspaces a key reaches."""
+
+    workspaces: list[WorkspaceInfo]
+
+
+class KeyInfo(_Out):
+    """An API key as the admin API lists it: never the key itself."""
+
+    key_id: str = Field(description="Public id of the key (the 12 hex digits after 'mlk_').")
+    agent: str = Field(description="The owner of every lock taken with this key.")
+    role: Literal["agent", "admin"]
+    workspaces: list[str] = Field(description="Workspaces the key reaches (an admin key reaches all).")
+    created_at: datetime
+    revoked_at: datetime | None = None
+
+    @classmethod
+    def of(cls, r: KeyRecord) -> KeyInfo:
+        """The public view of a key record."""
+        return cls(
+            key_id=r.key_id,
+            agent=r.agent,
+            role=r.role,
+            workspaces=list(r.workspaces),
+            created_at=utc(r.created_at),
+            revoked_at=utc(r.revoked_at) if r.revoked_at is not None else None,
+        )
+
+
+class CreatedKey(_Out):
+    """A new API key: ``key`` is shown this once and cannot be read again."""
+
+    key: str = Field(description="The secret key; send it as 'Authorization: Bearer <key>'. Shown once.")
+    key_id: str
+    agent: str
+    role: Literal["agent", "admin"]
+    workspaces: list[str]
+
+
+class KeyList(_Out):
+    """Every key (never the keys themselves)."""
+
+    keys: list[KeyInfo]
+
+
+class Me(_Out):
+    """Who the presented key speaks for."""
+
+    authenticated: bool = Field(description="False when the server runs with --insecure-no-auth.")
+    key_id: str | None
+    agent: str | None
+    role: Literal["agent", "admin"]
+    workspaces: list[str] = Field(description="Workspaces the key reaches; empty for an admin (all).")
+
+
+class ErrorInfo(_Out):
+    """What went wrong, with a stable code and what to do next."""
+
+    code: str = Field(description="Stable error code, e.g. LOCKED, LOCK_EXPIRED, FORBIDDEN.")
+    message: str
+    hint: str = ""
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class ErrorBody(_Out):
+    """The one error body of every route and tool."""
+
+    error: ErrorInfo
+
+
+# ---------------------------------------------------------------------- request bodies (REST)
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LockRequest(_In):
+    """Body of POST .../nodes/{node_id}/lock."""
+
+    mode: ModeIn = Field("write", description="'write' (exclusive) or 'read' (shared).")
+    timeout: float = Field(300, description="Lease length in seconds.")
+    wait: float = Field(0, description="Seconds to wait in line if the node is locked; 0 = fail at once (LOCKED).")
+    depth: Depth = Field("node", description="'tree' locks the node and everything below it.")
+    note: str | None = Field(None, description="Short note shown to others.")
+    agent: str | None = Field(None, description="A label shown beside the owner (the key's agent).")
+    request_id: str | None = Field(None, description="Makes the call safe to retry: a retry gets the same grant.")
+    token: str | None = Field(None, description="Only to upgrade/downgrade/re-lease a lock you hold: its token.")
+
+
+class RenewRequest(_In):
+    """Body of POST .../lock/renew."""
+
+    token: str = Field(description="The lock's token.")
+    timeout: float | None = Field(None, description="New lease length in seconds (default: the previous one).")
+
+
+class UnlockRequest(_In):
+    """Body of DELETE .../lock, when the token is not in the Lock-Token header."""
+
+    token: str | None = None
+
+
+class LockFilesRequest(_In):
+    """Body of POST /v1/workspaces/{workspace_id}/locks/batch: all the items or none."""
+
+    items: list[LockItem] = Field(description="1-100 nodes to lock together.")
+    timeout: float = 300
+    wait: float = 0
+    note: str | None = None
+    agent: str | None = None
+    request_id: str | None = None
+
+
+class UnlockFilesRequest(_In):
+    """Body of POST /v1/workspaces/{workspace_id}/locks/unlock."""
+
+    tokens: list[str] = Field(description="1-100 tokens; each is released on its own.")
+
+
+class ForceUnlockRequest(_In):
+    """Body of POST /v1/workspaces/{workspace_id}/locks/{lock_id}/force-unlock (admin)."""
+
+    reason: str = Field(description="Why the lock is broken; its holder reads it in LOCK_BROKEN.")
+
+
+class CreateWorkspaceRequest(_In):
+    """Body of POST /v1/workspaces (admin)."""
+
+    workspace_id: str = Field(description="1-63 of a-z 0-9 _ -.")
+    description: str | None = None
+
+
+class CreateKeyRequest(_In):
+    """Body of POST /v1/admin/keys (admin)."""
+
+    agent: str = Field(description="The agent's name: the owner of every lock taken with the key.")
+    workspaces: list[str] = Field(default_factory=list, description="Workspaces the key reaches.")
+    role: Literal["agent", "admin"] = "agent"
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def unknown_field(what: str, given: Iterable[str], known: Sequence[str]) -> InvalidArgument | None:
+    """INVALID_ARGUMENT naming the first unknown field (with a did-you-mean), or None.
+
+    A misspelt field would otherwise be dropped silently (``timout=600`` -> a 300 s lease).
+    """
+    unknown = [k for k in given if k not in known]
+    if not unknown:
+        return None
+    bad = str(unknown[0])[:64]
+    guess = difflib.get_close_matches(bad, list(known), n=1)
+    return InvalidArgument(
+        f"{what} has no argument '{bad}'" + (f"; did you mean '{guess[0]}'?" if guess else "."),
+        hint=f"Its arguments are: {', '.join(known)}.",
+        details={"field": bad},
+    )
+
+
+def invalid_from(what: str, exc: ValidationError) -> InvalidArgument:
+    """A pydantic validation failure as INVALID_ARGUMENT naming the fields (never echoing the input)."""
+    errors = exc.errors(include_url=False, include_input=False)
+    parts = []
+    for e in errors[:5]:
+        field = ".".join(str(p) for p in e["loc"]) or "arguments"
+        parts.append(f"{field}: {e['msg']}")
+    first = ".".join(str(p) for p in errors[0]["loc"]) if errors else "arguments"
+    return InvalidArgument(
+        f"bad arguments for {what}: " + "; ".join(parts) + ".",
+        hint="Fix the argument and call again; the input schema lists every field and its limits.",
+        details={"field": first, "errors": [{"field": ".".join(map(str, e["loc"])), "msg": e["msg"]} for e in errors]},
+    )
+
+
+def parse_body(model: type[_M], data: object, what: str) -> _M:
+    """``data`` (decoded JSON) as ``model``, or INVALID_ARGUMENT saying which field is wrong."""
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"the body of {what} must be a JSON object.", details={"field": "body"})
+    bad = unknown_field(what, data, list(model.model_fields))
+    if bad is not None:
+        raise bad
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise invalid_from(what, e) from None

@@ -7,12 +7,32 @@ import re
 
 from ._errors import InvalidArgument
 
-__all__ = ["DEFAULT_WORKSPACE", "MAX_NODE_ID_BYTES", "ancestors", "check_node_id", "check_workspace_id"]
+__all__ = [
+    "DEFAULT_WORKSPACE",
+    "MAX_NODE_ID_BYTES",
+    "ancestors",
+    "check_agent_name",
+    "check_node_id",
+    "check_workspace_id",
+]
 
 DEFAULT_WORKSPACE = "default"
 MAX_NODE_ID_BYTES = 1024
 _WORKSPACE_RE = re.compile(r"[a-z0-9_-]{1,63}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+
+
+def check_agent_name(value: object, field: str = "agent") -> str:
+    """Return ``value`` if it is a usable agent name (a key's owner), else raise INVALID_ARGUMENT."""
+    if not isinstance(value, str) or not _AGENT_RE.fullmatch(value):
+        raise InvalidArgument(
+            f"{field} must be 1-64 characters of letters, digits, '.', '_', '@', '+' or '-',"
+            " starting with a letter or digit.",
+            hint="Name the agent as people will see it in lock listings, e.g. 'claude-reviewer'.",
+            details={"field": field, "rule": "[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}"},
+        )
+    return value
 
 
 def check_workspace_id(value: object, field: str = "workspace_id") -> str:

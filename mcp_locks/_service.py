@@ -20,8 +20,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._actor import Waiting, WorkspaceActor
 from ._clock import Clock
-from ._errors import InvalidArgument, LockError, NotFound, Unavailable
+from ._errors import Forbidden, InvalidArgument, LockError, NotFound, Unavailable
 from ._index import Claim, Depth, Mode
+from ._keys import LOCAL, Identity, KeyRecord, new_key
 from ._models import (
     LockFilesResult,
     LockGrant,
@@ -36,7 +37,7 @@ from ._models import (
     WorkspaceInfo,
     utc,
 )
-from ._names import DEFAULT_WORKSPACE, check_node_id, check_workspace_id
+from ._names import DEFAULT_WORKSPACE, check_agent_name, check_node_id, check_workspace_id
 from ._store import Store, WorkspaceRecord
 from ._table import ANONYMOUS, Event, Granted, Lease, Limits, LockTable
 
@@ -119,6 +120,27 @@ def _owner(agent: object) -> str:
     return name.strip()
 
 
+def _who(caller: Identity, agent: object) -> tuple[str, str | None, str | None]:
+    """Who owns what a call takes, the label shown beside it, and whose leases its tokens must name.
+
+    ``as_owner`` is None (any lease) for admins and for servers without authentication.
+    """
+    if not caller.authenticated:
+        return _owner(agent), None, None
+    label = _text(agent, "agent", 64)
+    label = label.strip() or None if label is not None else None
+    return caller.agent, label, None if caller.role == "admin" else caller.agent
+
+
+def require_admin(caller: Identity, what: str) -> None:
+    """FORBIDDEN unless ``caller`` holds an admin key (or the server runs without authentication)."""
+    if caller.role != "admin":
+        raise Forbidden(
+            f"{what} needs an admin key; this key (agent '{caller.agent}') is an agent key.",
+            hint="Ask whoever runs the server to do it, or to give you an admin key.",
+        )
+
+
 def encode_cursor(after: tuple[str, str]) -> str:
     """An opaque cursor for the next page."""
     return base64.urlsafe_b64encode(json.dumps(list(after)).encode()).decode().rstrip("=")
@@ -138,6 +160,38 @@ def decode_cursor(cursor: str) -> tuple[str, str]:
         hint="Pass next_cursor from the previous page unchanged, or omit it to start over.",
         details={"field": "cursor"},
     )
+
+
+async def issue_key(store: Store, agent: object, workspaces: object, role: object, now: float) -> tuple[str, KeyRecord]:
+    """Check a key request, store the new key's record, and return the key (to show once) with it.
+
+    Shared by the admin API and ``mcp-locks keys create``: every workspace must exist,
+    and an agent key needs at least one.
+    """
+    name = check_agent_name(agent)
+    if role not in ("agent", "admin"):
+        raise InvalidArgument("role must be 'agent' or 'admin'.", details={"field": "role"})
+    if not isinstance(workspaces, Sequence) or isinstance(workspaces, str):
+        raise InvalidArgument("workspaces must be a list of workspace ids.", details={"field": "workspaces"})
+    if len(workspaces) > MAX_ITEMS:
+        raise InvalidArgument(f"a key reaches at most {MAX_ITEMS} workspaces.", details={"field": "workspaces"})
+    wss = tuple(dict.fromkeys(check_workspace_id(w, "workspaces") for w in workspaces if w is not None))
+    if role == "agent" and not wss:
+        raise InvalidArgument(
+            "an agent key needs at least one workspace.",
+            hint="List the workspaces the agent may use; admin keys reach every workspace.",
+            details={"field": "workspaces"},
+        )
+    for w in wss:
+        if await store.get_workspace(w) is None:
+            raise NotFound(
+                f"workspace '{w}' does not exist.",
+                hint=f"Create it first (POST /v1/workspaces, or `mcp-locks workspaces create {w}`).",
+                details={"workspace_id": w},
+            )
+    key, record = new_key(name, wss, "admin" if role == "admin" else "agent", now)
+    await store.put_key(record)
+    return key, record
 
 
 class LockService:
@@ -283,12 +337,23 @@ class LockService:
             self._subscribers.discard(send)
             send.close()
 
-    async def _known(self, workspace_id: object) -> str:
+    async def _known(self, workspace_id: object, caller: Identity = LOCAL) -> str:
         if workspace_id is None:
-            return DEFAULT_WORKSPACE
-        if isinstance(workspace_id, str) and workspace_id in self._workspaces:
-            return workspace_id  # known ids were checked when they were created
-        ws = check_workspace_id(workspace_id)
+            # A key bound to one workspace uses it by default.
+            ws = caller.workspaces[0] if caller.role != "admin" and len(caller.workspaces) == 1 else DEFAULT_WORKSPACE
+        elif isinstance(workspace_id, str) and workspace_id in self._workspaces:
+            ws = workspace_id  # known ids were checked when they were created
+        else:
+            ws = check_workspace_id(workspace_id)
+        if not caller.reaches(ws):
+            # The same answer whether or not the workspace exists: never reveal existence.
+            raise Forbidden(
+                f"this key does not reach workspace '{ws}'.",
+                hint="Pass a workspace_id your key lists: " + ", ".join(repr(w) for w in caller.workspaces) + "."
+                if caller.workspaces
+                else "Ask an admin for a key that reaches it.",
+                details={"workspace_id": ws, "your_workspaces": list(caller.workspaces)},
+            )
         if ws not in self._workspaces:
             # Created by another process on the same store (`mcp-locks workspaces create`)?
             rec = await self.store.get_workspace(ws)
@@ -310,8 +375,11 @@ class LockService:
 
     # ------------------------------------------------------------------ workspaces
 
-    async def create_workspace(self, workspace_id: object, description: object = None) -> WorkspaceInfo:
-        """Create a workspace (ALREADY_EXISTS if it exists)."""
+    async def create_workspace(
+        self, workspace_id: object, description: object = None, *, caller: Identity = LOCAL
+    ) -> WorkspaceInfo:
+        """Create a workspace (admin only; ALREADY_EXISTS if it exists)."""
+        require_admin(caller, "creating a workspace")
         ws = check_workspace_id(workspace_id)
         desc = _text(description, "description", 1024, allow_newlines=True)
         async with self._create_lock:
@@ -319,20 +387,52 @@ class LockService:
             self._workspaces[ws] = rec
         return WorkspaceInfo(workspace_id=ws, description=desc, created_at=utc(rec.created_at))
 
-    async def list_workspaces(self) -> list[WorkspaceInfo]:
-        """Every workspace (read from the store: other processes may have created some)."""
+    async def list_workspaces(self, *, caller: Identity = LOCAL) -> list[WorkspaceInfo]:
+        """The workspaces ``caller`` reaches (read from the store: other processes may have created some)."""
         for rec in await self.store.list_workspaces():
             self._workspaces.setdefault(rec.workspace_id, rec)
         return [
             WorkspaceInfo(workspace_id=r.workspace_id, description=r.description, created_at=utc(r.created_at))
             for r in sorted(self._workspaces.values(), key=lambda r: r.workspace_id)
+            if caller.reaches(r.workspace_id)
         ]
+
+    # ------------------------------------------------------------------ keys (admin)
+
+    async def create_key(
+        self, agent: object, workspaces: object = (), role: object = "agent", *, caller: Identity = LOCAL
+    ) -> tuple[str, KeyRecord]:
+        """A new API key (shown once) and its stored record. Admin only; every workspace must exist."""
+        require_admin(caller, "creating a key")
+        key, record = await issue_key(self.store, agent, workspaces, role, self.clock.now())
+        log.info("created %s key %s for agent %s", record.role, record.key_id, record.agent)
+        return key, record
+
+    async def list_keys(self, *, caller: Identity = LOCAL) -> list[KeyRecord]:
+        """Every key record (never a key). Admin only."""
+        require_admin(caller, "listing keys")
+        return await self.store.list_keys()
+
+    async def revoke_key(self, key_id: object, *, caller: Identity = LOCAL) -> KeyRecord:
+        """Revoke a key: it stops working at once. Admin only; NOT_FOUND if no such live key."""
+        require_admin(caller, "revoking a key")
+        kid = key_id if isinstance(key_id, str) and len(key_id) <= 64 else ""
+        if not await self.store.revoke_key(kid, self.clock.now()):
+            raise NotFound(
+                f"no live key has the id '{kid[:64]}'.",
+                hint="List the keys (GET /v1/admin/keys or `mcp-locks keys list`) for their ids.",
+                details={"key_id": kid[:64]},
+            )
+        log.info("revoked key %s", kid)
+        record = await self.store.get_key(kid)
+        assert record is not None  # revoked keys are kept
+        return record
 
     # ------------------------------------------------------------------ locks
 
     def _lock_args(
-        self, timeout: object, wait: object, note: object, agent: object, request_id: object
-    ) -> tuple[float, float, str | None, str, str | None]:
+        self, timeout: object, wait: object, note: object, request_id: object
+    ) -> tuple[float, float, str | None, str | None]:
         t = _seconds(
             timeout, "timeout", 1, self.limits.max_timeout, "Pick a lease long enough for the work, then renew_lock."
         )
@@ -340,7 +440,7 @@ class LockService:
         rid = _text(request_id, "request_id", 128)
         if rid is not None and not rid:
             raise InvalidArgument("request_id must not be empty.", details={"field": "request_id"})
-        return t, w, _text(note, "note", 1024, allow_newlines=True), _owner(agent), rid
+        return t, w, _text(note, "note", 1024, allow_newlines=True), rid
 
     async def _acquire(
         self,
@@ -353,6 +453,8 @@ class LockService:
         note: str | None,
         request_id: str | None,
         token: str | None,
+        label: str | None,
+        as_owner: str | None,
     ) -> Granted:
         actor = self._actor(ws)
         request = (owner, request_id)
@@ -362,7 +464,16 @@ class LockService:
             nonlocal upgrade
             upgrade = token is not None and items[0].mode == "write" and table.mode_of(token) == "read"
             outcome = table.acquire(
-                now, items, owner=owner, timeout=timeout, wait=wait, note=note, request_id=request_id, token=token
+                now,
+                items,
+                owner=owner,
+                timeout=timeout,
+                wait=wait,
+                note=note,
+                request_id=request_id,
+                token=token,
+                label=label,
+                as_owner=as_owner,
             )
             return actor.queued(outcome, upgrade=upgrade, request=request)
 
@@ -391,13 +502,27 @@ class LockService:
         agent: object = None,
         request_id: object = None,
         token: object = None,
+        *,
+        caller: Identity = LOCAL,
     ) -> LockGrant:
         """Take one lock (or upgrade / downgrade / re-lease the one ``token`` names)."""
-        ws = await self._known(workspace_id)
+        ws = await self._known(workspace_id, caller)
         claim = Claim(check_node_id(node_id), _mode(mode), _depth(depth))
-        t, w, n, owner, rid = self._lock_args(timeout, wait, note, agent, request_id)
+        t, w, n, rid = self._lock_args(timeout, wait, note, request_id)
+        owner, label, as_owner = _who(caller, agent)
         tok = self._token(token) if token is not None else None
-        granted = await self._acquire(ws, (claim,), owner=owner, timeout=t, wait=w, note=n, request_id=rid, token=tok)
+        granted = await self._acquire(
+            ws,
+            (claim,),
+            owner=owner,
+            timeout=t,
+            wait=w,
+            note=n,
+            request_id=rid,
+            token=tok,
+            label=label,
+            as_owner=as_owner,
+        )
         return LockGrant.of(ws, granted.leases[0], granted.replayed)
 
     async def lock_many(
@@ -409,9 +534,11 @@ class LockService:
         note: object = None,
         agent: object = None,
         request_id: object = None,
+        *,
+        caller: Identity = LOCAL,
     ) -> LockFilesResult:
         """Take every lock in ``items`` together, or none."""
-        ws = await self._known(workspace_id)
+        ws = await self._known(workspace_id, caller)
         if not isinstance(items, Sequence) or isinstance(items, str) or not items:
             raise InvalidArgument(
                 "items must be a list of 1 to 100 {node_id, mode, depth} objects.", details={"field": "items"}
@@ -446,9 +573,19 @@ class LockService:
                         _depth(item.depth, f"items[{i}].depth"),
                     )
                 )
-        t, w, n, owner, rid = self._lock_args(timeout, wait, note, agent, request_id)
+        t, w, n, rid = self._lock_args(timeout, wait, note, request_id)
+        owner, label, _ = _who(caller, agent)
         granted = await self._acquire(
-            ws, tuple(claims), owner=owner, timeout=t, wait=w, note=n, request_id=rid, token=None
+            ws,
+            tuple(claims),
+            owner=owner,
+            timeout=t,
+            wait=w,
+            note=n,
+            request_id=rid,
+            token=None,
+            label=label,
+            as_owner=None,
         )
         leases = granted.leases
         return LockFilesResult(
@@ -457,17 +594,23 @@ class LockService:
             waited_ms=leases[0].waited_ms if leases else 0,
         )
 
-    async def unlock(self, workspace_id: object = None, token: object = None, node_id: object = None) -> UnlockResult:
-        """Release the lock ``token`` names."""
-        ws = await self._known(workspace_id)
+    async def unlock(
+        self, workspace_id: object = None, token: object = None, node_id: object = None, *, caller: Identity = LOCAL
+    ) -> UnlockResult:
+        """Release the lock ``token`` names (with an agent key, only that agent's locks)."""
+        ws = await self._known(workspace_id, caller)
         tok = self._token(token)
         node = check_node_id(node_id) if node_id is not None else None
-        lease, held_ms = await self._actor(ws).call(lambda table, now: table.release(now, tok, node))
+        as_owner = _who(caller, None)[2]
+        lease, held_ms = await self._actor(ws).call(lambda table, now: table.release(now, tok, node, as_owner))
         return UnlockResult(workspace_id=ws, released=LockInfo.of(lease), held_ms=held_ms)
 
-    async def unlock_many(self, workspace_id: object = None, tokens: object = None) -> UnlockFilesResult:
+    async def unlock_many(
+        self, workspace_id: object = None, tokens: object = None, *, caller: Identity = LOCAL
+    ) -> UnlockFilesResult:
         """Release each token's lock; a bad token is reported in its place and does not stop the others."""
-        ws = await self._known(workspace_id)
+        ws = await self._known(workspace_id, caller)
+        as_owner = _who(caller, None)[2]
         if not isinstance(tokens, Sequence) or isinstance(tokens, str) or not tokens:
             raise InvalidArgument("tokens must be a list of 1 to 100 tokens.", details={"field": "tokens"})
         if len(tokens) > MAX_ITEMS:
@@ -481,7 +624,7 @@ class LockService:
             out: list[UnlockOutcome] = []
             for i, tok in enumerate(toks):
                 try:
-                    lease, held = table.release(now, tok)
+                    lease, held = table.release(now, tok, as_owner=as_owner)
                 except LockError as e:
                     out.append(UnlockOutcome(index=i, released=False, error_code=e.code, error=e.text()))
                 else:
@@ -495,16 +638,42 @@ class LockService:
         results = await self._actor(ws).call(step)
         return UnlockFilesResult(workspace_id=ws, released=sum(r.released for r in results), results=results)
 
-    async def renew(self, workspace_id: object = None, token: object = None, timeout: object = None) -> RenewResult:
-        """Restart the lease ``token`` names."""
-        ws = await self._known(workspace_id)
+    async def force_unlock(
+        self, workspace_id: object = None, lock_id: object = None, reason: object = None, *, caller: Identity = LOCAL
+    ) -> UnlockResult:
+        """Break someone's lock (admin only), recording who and why; its token then answers LOCK_BROKEN."""
+        require_admin(caller, "force_unlock")
+        ws = await self._known(workspace_id, caller)
+        if not isinstance(lock_id, str) or not lock_id or len(lock_id) > 64:
+            raise InvalidArgument(
+                "lock_id must be the lock_id of a held lock.",
+                hint="list_locks and check_lock_status show lock ids.",
+                details={"field": "lock_id"},
+            )
+        why = _text(reason, "reason", 1024)
+        if why is None or not why.strip():
+            raise InvalidArgument(
+                "reason must say why the lock is broken; its holder will read it.", details={"field": "reason"}
+            )
+        by = caller.agent or "local"
+        lid = lock_id
+        lease, held_ms = await self._actor(ws).call(lambda table, now: table.force_release(now, lid, by, why))
+        log.warning("lock %s on %s/%s broken by %s: %s", lid, ws, lease.node_id, by, why)
+        return UnlockResult(workspace_id=ws, released=LockInfo.of(lease), held_ms=held_ms)
+
+    async def renew(
+        self, workspace_id: object = None, token: object = None, timeout: object = None, *, caller: Identity = LOCAL
+    ) -> RenewResult:
+        """Restart the lease ``token`` names (with an agent key, only that agent's locks)."""
+        ws = await self._known(workspace_id, caller)
+        as_owner = _who(caller, None)[2]
         tok = self._token(token)
         t = (
             None
             if timeout is None
             else _seconds(timeout, "timeout", 1, self.limits.max_timeout, "Pick a lease long enough for the work.")
         )
-        lease: Lease = await self._actor(ws).call(lambda table, now: table.renew(now, tok, t))
+        lease: Lease = await self._actor(ws).call(lambda table, now: table.renew(now, tok, t, as_owner))
         return RenewResult(
             workspace_id=ws,
             lock_id=lease.lock_id,
@@ -514,9 +683,11 @@ class LockService:
             timeout=lease.timeout,
         )
 
-    async def status(self, workspace_id: object = None, node_id: object = None) -> LockStatus:
+    async def status(
+        self, workspace_id: object = None, node_id: object = None, *, caller: Identity = LOCAL
+    ) -> LockStatus:
         """Who holds ``node_id`` and who waits for it."""
-        ws = await self._known(workspace_id)
+        ws = await self._known(workspace_id, caller)
         node = check_node_id(node_id)
         st = await self._actor(ws).call(lambda table, now: table.status(now, node))
         return LockStatus.of(ws, st)
@@ -528,9 +699,11 @@ class LockService:
         owner: object = None,
         limit: object = 100,
         cursor: object = None,
+        *,
+        caller: Identity = LOCAL,
     ) -> LockPage:
         """A page of held locks whose node_id starts with ``prefix``."""
-        ws = await self._known(workspace_id)
+        ws = await self._known(workspace_id, caller)
         pre = _text(prefix, "prefix", 1024) or ""
         own = _text(owner, "owner", 64)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "default_data_dir"]
@@ -41,6 +41,28 @@ class Settings(BaseSettings):
         86_400, ge=60, description="How long ended locks and request_ids are remembered (seconds)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Server log level.")
+    insecure_no_auth: bool = Field(
+        False, description="Serve without API keys (local experiments only; refused unless bound to loopback)."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="An mcp-locks key to register as the admin key instead of writing <data-dir>/admin.key."
+    )
+    max_body: int = Field(1 << 20, ge=1024, description="Largest request body accepted, in bytes (default 1 MiB).")
+    rate_limit: str | None = Field(
+        None, description="Per-key request limit, e.g. '100/second' or '5000/minute' (default: none)."
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list, description="Extra browser origins allowed when bound to loopback."
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, v: str | None) -> str | None:
+        if v:
+            import limits
+
+            limits.parse(v)  # ValueError names the bad text
+        return v or None
 
     @property
     def db_path(self) -> Path:

@@ -31,7 +31,7 @@ __all__ = ["SqliteStore"]
 
 log = logging.getLogger("mcp_locks.sqlite")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -57,12 +57,15 @@ CREATE TABLE IF NOT EXISTS locks (
     timeout REAL NOT NULL,
     waited_ms INTEGER NOT NULL,
     request_id TEXT,
+    label TEXT,
     -- A rowid table: rows are wide (the token), and appending them is cheaper than
     -- inserting into a clustered (WITHOUT ROWID) b-tree, measured at ~30% of the commit.
     -- An ended lock stays as a row with ended_at set (one UPDATE, no delete + insert),
     -- so its token still gets "expired at ..." / "already released" until pruned.
     ended_at REAL,
     end_reason TEXT,
+    end_by TEXT,
+    end_why TEXT,
     PRIMARY KEY (workspace_id, lock_id)
 );
 CREATE INDEX IF NOT EXISTS locks_ended ON locks (workspace_id, ended_at) WHERE ended_at IS NOT NULL;
@@ -87,8 +90,11 @@ CREATE TABLE IF NOT EXISTS requests (
 """
 
 _LEASE_COLS = (
-    "lock_id, token, node_id, mode, depth, owner, note, fence, acquired_at, expires_at, timeout, waited_ms, request_id"
+    "lock_id, token, node_id, mode, depth, owner, note, fence, acquired_at, expires_at, timeout, waited_ms, request_id,"
+    " label"
 )
+#: Columns added after schema 1, with their types: added in place when an older database is opened.
+_ADDED_COLUMNS = {"label": "TEXT", "end_by": "TEXT", "end_why": "TEXT"}
 
 
 def _lease_row(ws: str, le: Lease) -> tuple[Any, ...]:
@@ -107,6 +113,7 @@ def _lease_row(ws: str, le: Lease) -> tuple[Any, ...]:
         le.timeout,
         le.waited_ms,
         le.request_id,
+        le.label,
     )
 
 
@@ -172,6 +179,12 @@ class SqliteStore:
             db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
         elif int(row[0]) > SCHEMA_VERSION:
             raise RuntimeError(f"{self.path} was written by a newer mcp-locks (schema {row[0]})")
+        elif int(row[0]) < SCHEMA_VERSION:
+            have = {r[1] for r in db.execute("PRAGMA table_info(locks)")}
+            for col, kind in _ADDED_COLUMNS.items():
+                if col not in have:
+                    db.execute(f"ALTER TABLE locks ADD COLUMN {col} {kind}")
+            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
         self._db = db
         self._start_checkpointer()
         self._cold = {r[0] for r in db.execute("SELECT workspace_id FROM workspaces")}
@@ -240,9 +253,9 @@ class SqliteStore:
             )
         ]
         ended = [
-            Ended(lock_id, token, node_id, owner, reason, at)
-            for lock_id, token, node_id, owner, reason, at in db.execute(
-                "SELECT lock_id, token, node_id, owner, end_reason, ended_at FROM locks"
+            Ended(*row)
+            for row in db.execute(
+                "SELECT lock_id, token, node_id, owner, end_reason, ended_at, end_by, end_why FROM locks"
                 " WHERE workspace_id=? AND ended_at IS NOT NULL ORDER BY ended_at DESC LIMIT ?",
                 (workspace_id, self.max_ended),
             )
@@ -292,7 +305,7 @@ class SqliteStore:
                 e = ch.ended
                 if e.lock_id in puts:  # granted and ended in one batch: write the row once
                     puts[e.lock_id] = ch.lease
-                ends[e.lock_id] = (e.at, e.reason, workspace_id, e.lock_id)
+                ends[e.lock_id] = (e.at, e.reason, e.by, e.why, workspace_id, e.lock_id)
             elif isinstance(ch, PutRequest):
                 r = ch.record
                 les = json.dumps([_lease_json(le) for le in r.leases])
@@ -319,12 +332,14 @@ class SqliteStore:
             try:
                 if puts:
                     db.executemany(
-                        f"INSERT OR REPLACE INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 14)})",
+                        f"INSERT OR REPLACE INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 15)})",
                         [_lease_row(workspace_id, le) for le in puts.values()],
                     )
                 if ends:
                     db.executemany(
-                        "UPDATE locks SET ended_at=?, end_reason=? WHERE workspace_id=? AND lock_id=?", ends.values()
+                        "UPDATE locks SET ended_at=?, end_reason=?, end_by=?, end_why=?"
+                        " WHERE workspace_id=? AND lock_id=?",
+                        ends.values(),
                     )
                 if request_ops:
                     db.executemany(

@@ -10,7 +10,18 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from ._errors import Deadlock, InvalidArgument, LimitExceeded, Locked, LockError, LockExpired, LockNotFound, WaitTimeout
+from ._errors import (
+    Deadlock,
+    Forbidden,
+    InvalidArgument,
+    LimitExceeded,
+    LockBroken,
+    Locked,
+    LockError,
+    LockExpired,
+    LockNotFound,
+    WaitTimeout,
+)
 from ._index import Claim, ClaimIndex, Depth, Mode
 
 __all__ = [
@@ -109,6 +120,8 @@ class Lease(NamedTuple):
     timeout: float
     waited_ms: int = 0
     request_id: str | None = None
+    #: What the caller called itself (the ``agent`` argument), shown beside the authenticated owner.
+    label: str | None = None
 
     @property
     def claim(self) -> Claim:
@@ -126,8 +139,11 @@ class Ended(NamedTuple):
     token: str
     node_id: str
     owner: str
-    reason: Literal["released", "expired"]
+    reason: EndReason
     at: float
+    #: For a broken lock: the admin who broke it and the reason they gave.
+    by: str | None = None
+    why: str | None = None
 
     def __repr__(self) -> str:
         return _masked(self)
@@ -184,7 +200,10 @@ class Prune(NamedTuple):
 
 Change = PutLease | EndLease | PutRequest | DropRequest | ReserveFences | Prune
 
-EventKind = Literal["granted", "released", "expired", "renewed", "upgraded", "downgraded", "queued", "left", "denied"]
+EventKind = Literal[
+    "granted", "released", "expired", "broken", "renewed", "upgraded", "downgraded", "queued", "left", "denied"
+]
+EndReason = Literal["released", "expired", "broken"]
 
 
 class Event(NamedTuple):
@@ -202,6 +221,9 @@ class Event(NamedTuple):
     waited_ms: int | None = None
     held_ms: int | None = None
     code: str | None = None
+    #: Who broke the lock and why (``broken`` events only).
+    by: str | None = None
+    reason: str | None = None
 
     @classmethod
     def of(cls, kind: EventKind, at: float, le: Lease, **extra: int | str | None) -> Event:
@@ -246,6 +268,7 @@ class _Waiter:
     enqueued_at: float
     deadline: float
     upgrade_of: str | None = None
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -259,6 +282,7 @@ class WaiterView:
     depth: Depth
     waiting_since: float
     upgrade: bool
+    label: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,7 +480,9 @@ class LockTable:
             c = wanted.get(w.waiter_id)
             if c is not None:
                 views.append(
-                    WaiterView(pos, w.owner, c.node_id, c.mode, c.depth, w.enqueued_at, w.upgrade_of is not None)
+                    WaiterView(
+                        pos, w.owner, c.node_id, c.mode, c.depth, w.enqueued_at, w.upgrade_of is not None, w.label
+                    )
                 )
         below = self._holders.count_below(node_id)
         return NodeStatus(node_id, holders, covering, tuple(views), below)
@@ -499,10 +525,17 @@ class LockTable:
         note: str | None = None,
         request_id: str | None = None,
         token: str | None = None,
+        label: str | None = None,
+        as_owner: str | None = None,
     ) -> Granted | Queued:
-        """Grant ``items`` all together, queue the request, or raise (LOCKED, DEADLOCK, ...)."""
+        """Grant ``items`` all together, queue the request, or raise (LOCKED, DEADLOCK, ...).
+
+        With ``token`` (upgrade, downgrade, re-lease) and ``as_owner``, the token's
+        lease must belong to ``as_owner`` (FORBIDDEN otherwise); ``as_owner=None``
+        skips that check (an admin, or a server without authentication).
+        """
         try:
-            return self._acquire(now, tuple(items), owner, timeout, wait, note, request_id, token)
+            return self._acquire(now, tuple(items), owner, timeout, wait, note, request_id, token, label, as_owner)
         except LockError as e:
             node = items[0].node_id if items else ""
             self.events.append(Event("denied", now, node, owner, code=e.code))
@@ -518,6 +551,8 @@ class LockTable:
         note: str | None,
         request_id: str | None,
         token: str | None,
+        label: str | None,
+        as_owner: str | None,
     ) -> Granted | Queued:
         self.expire(now)
         if not items:
@@ -535,7 +570,9 @@ class LockTable:
                     hint="Call lock_file with the token instead of lock_files.",
                     details={"field": "token"},
                 )
-            return self._change_mode(now, token, items[0], owner, timeout, wait, note, request_id, fingerprint)
+            return self._change_mode(
+                now, token, items[0], owner, timeout, wait, note, request_id, fingerprint, as_owner
+            )
         self._check_disjoint(items)
         queued = len(self._waiting) - len(self._upgrades)  # items of ordinary waiters, granted later
         if len(self._leases) + queued + len(items) > self.limits.max_locks:
@@ -546,12 +583,12 @@ class LockTable:
                 details={"limit": self.limits.max_locks},
             )
         if not any(self._holders.conflicts(c) or self._waiting.conflicts(c) for c in items):
-            leases = self._grant(now, items, owner, timeout, note, request_id, waited_ms=0)
+            leases = self._grant(now, items, owner, timeout, note, request_id, waited_ms=0, label=label)
             self._record_request(now, owner, request_id, fingerprint, leases)
             return Granted(leases)
         if wait <= 0:
             raise self._locked(items)
-        waiter = _Waiter(0, owner, items, timeout, note, request_id, fingerprint, now, now + wait)
+        waiter = _Waiter(0, owner, items, timeout, note, request_id, fingerprint, now, now + wait, label=label)
         self._check_deadlock(owner if owner != ANONYMOUS else None, waiter)
         return Queued(self._enqueue(waiter))
 
@@ -626,8 +663,9 @@ class LockTable:
         note: str | None,
         request_id: str | None,
         fingerprint: str | None,
+        as_owner: str | None,
     ) -> Granted | Queued:
-        lease = self._lease_for(token)
+        lease = self._lease_for(token, as_owner)
         if item.node_id != lease.node_id or item.depth != lease.depth:
             raise InvalidArgument(
                 f"the token belongs to a {lease.depth} lock on '{lease.node_id}',"
@@ -660,7 +698,7 @@ class LockTable:
         if wait <= 0:
             raise self._locked((want,), exclude=lease.lock_id, upgrade=True)
         waiter = _Waiter(
-            0, lease.owner, (want,), timeout, note, request_id, fingerprint, now, now + wait, lease.lock_id
+            0, lease.owner, (want,), timeout, note, request_id, fingerprint, now, now + wait, lease.lock_id, lease.label
         )
         self._check_deadlock(me, waiter)
         return Queued(self._enqueue(waiter))
@@ -686,10 +724,15 @@ class LockTable:
 
     # ------------------------------------------------------------------ release, renew, cancel
 
-    def release(self, now: float, token: str, node_id: str | None = None) -> tuple[Lease, int]:
-        """Release the lease named by ``token``; returns it and how long it was held (ms)."""
+    def release(
+        self, now: float, token: str, node_id: str | None = None, as_owner: str | None = None
+    ) -> tuple[Lease, int]:
+        """Release the lease named by ``token``; returns it and how long it was held (ms).
+
+        With ``as_owner``, the lease must belong to that owner (FORBIDDEN otherwise).
+        """
         self.expire(now)
-        lease = self._lease_for(token)
+        lease = self._lease_for(token, as_owner)
         if node_id is not None and node_id != lease.node_id:
             raise InvalidArgument(
                 f"the token belongs to a lock on '{lease.node_id}', not '{node_id}'.",
@@ -700,14 +743,37 @@ class LockTable:
         self._promote(now)
         return lease, max(0, round((now - lease.acquired_at) * 1000))
 
-    def renew(self, now: float, token: str, timeout: float | None = None) -> Lease:
-        """Restart the lease named by ``token`` for ``timeout`` seconds (default: its previous timeout)."""
+    def renew(self, now: float, token: str, timeout: float | None = None, as_owner: str | None = None) -> Lease:
+        """Restart the lease named by ``token`` for ``timeout`` seconds (default: its previous timeout).
+
+        With ``as_owner``, the lease must belong to that owner (FORBIDDEN otherwise).
+        """
         self.expire(now)
-        lease = self._lease_for(token)
+        lease = self._lease_for(token, as_owner)
         t = lease.timeout if timeout is None else timeout
         new = lease._replace(expires_at=now + t, timeout=t)
         self._update(lease, new, now)
         return new
+
+    def force_release(self, now: float, lock_id: str, by: str, why: str) -> tuple[Lease, int]:
+        """Break the lock ``lock_id`` (an admin's call): end it as ``broken``, recording who and why.
+
+        Its token then answers LOCK_BROKEN with the reason, and waiters it held back are served.
+        """
+        self.expire(now)
+        lease = self._leases.get(lock_id)
+        if lease is None:
+            ended = next((e for e in reversed(self._ended.values()) if e.lock_id == lock_id), None)
+            if ended is not None:
+                raise self._ended_error(ended)
+            raise LockNotFound(
+                f"no lock {lock_id} is held in workspace '{self.workspace_id}'.",
+                hint="List the held locks with list_locks and pass a lock_id from there.",
+                details={"lock_id": lock_id},
+            )
+        self._end(lease, "broken", now, by, why)
+        self._promote(now)
+        return lease, max(0, round((now - lease.acquired_at) * 1000))
 
     def cancel(self, now: float, waiter_id: int) -> bool:
         """Take ``waiter_id`` out of the line; False if it is no longer waiting (granted or failed first)."""
@@ -823,6 +889,7 @@ class LockTable:
         note: str | None,
         request_id: str | None,
         waited_ms: int,
+        label: str | None = None,
     ) -> tuple[Lease, ...]:
         leases = []
         for c in items:
@@ -841,6 +908,7 @@ class LockTable:
                 timeout,
                 waited_ms,
                 request_id,
+                label,
             )
             self._install(lease, c)
             self.events.append(Event.of("granted", now, lease, waited_ms=waited_ms))
@@ -896,13 +964,13 @@ class LockTable:
             self._push_expiry(new)
         self.changes.append(PutLease(new))
 
-    def _end(self, lease: Lease, reason: Literal["released", "expired"], at: float) -> None:
+    def _end(self, lease: Lease, reason: EndReason, at: float, by: str | None = None, why: str | None = None) -> None:
         del self._leases[lease.lock_id]
         del self._by_token[lease.token]
         self._holders.remove(lease.lock_id)
-        ended = Ended(lease.lock_id, lease.token, lease.node_id, lease.owner, reason, at)
+        ended = Ended(lease.lock_id, lease.token, lease.node_id, lease.owner, reason, at, by, why)
         held = max(0, round((at - lease.acquired_at) * 1000))
-        self.events.append(Event.of(reason, at, lease, held_ms=held))
+        self.events.append(Event.of(reason, at, lease, held_ms=held, by=by, reason=why))
         self._remember_end(ended)
         self.changes.append(EndLease(lease, ended))
         wid = self._upgrade_of.get(lease.lock_id)
@@ -919,12 +987,21 @@ class LockTable:
             del self._ended[next(iter(self._ended))]
             self._forgot = True
 
-    def _lease_for(self, token: str) -> Lease:
+    def _lease_for(self, token: str, as_owner: str | None = None) -> Lease:
         if not isinstance(token, str) or not token:
             raise InvalidArgument("token must be the token string a lock grant returned.", details={"field": "token"})
         lock_id = self._by_token.get(token)
         if lock_id is not None:
-            return self._leases[lock_id]
+            lease = self._leases[lock_id]
+            if as_owner is not None and lease.owner != as_owner:
+                # A leaked token alone is not enough: it works only with its owner's key.
+                raise Forbidden(
+                    f"lock {lease.lock_id} on '{lease.node_id}' belongs to agent '{lease.owner}';"
+                    " only that agent's key (or an admin key) can release, renew or change it.",
+                    hint="Use the key that took the lock, or ask an admin to force_unlock it.",
+                    details={"lock_id": lease.lock_id, "node_id": lease.node_id, "owner": lease.owner},
+                )
+            return lease
         ended = self._ended.get(token)
         if ended is not None:
             raise self._ended_error(ended)
@@ -935,6 +1012,14 @@ class LockTable:
 
     def _ended_error(self, ended: Ended) -> LockError:
         details = {"lock_id": ended.lock_id, "node_id": ended.node_id, "ended_at": _fmt_time(ended.at)}
+        if ended.reason == "broken":
+            return LockBroken(
+                f"lock {ended.lock_id} on '{ended.node_id}' was broken by admin '{ended.by}'"
+                f" at {_fmt_time(ended.at)}: {ended.why}",
+                hint="Stop writing under this lock: another agent may hold the node now. Take the lock again with"
+                " lock_file, re-read the file, and redo the change.",
+                details={**details, "broken_by": ended.by, "reason": ended.why},
+            )
         if ended.reason == "expired":
             return LockExpired(
                 f"lock {ended.lock_id} on '{ended.node_id}' expired at {_fmt_time(ended.at)};"
@@ -1011,7 +1096,7 @@ class LockTable:
                         self._upgrade(now, self._leases[w.upgrade_of], w.timeout, w.note, waited),
                     )
                 else:
-                    leases = self._grant(now, w.items, w.owner, w.timeout, w.note, w.request_id, waited)
+                    leases = self._grant(now, w.items, w.owner, w.timeout, w.note, w.request_id, waited, w.label)
                 self._record_request(now, w.owner, w.request_id, w.fingerprint, leases)
                 self.outcomes.append((w.waiter_id, Granted(leases)))
             else:

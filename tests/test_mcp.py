@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mcp import Client
 from mcp_types import CallToolResult, TextContent
 
-from mcp_locks import LockService, ManualClock, MemoryStore, Settings, build_app, build_mcp
+from mcp_locks import LOCAL, LockService, ManualClock, MemoryStore, Settings, build_app, build_mcp
 from mcp_locks._mcp import PROGRESS_EVERY, with_progress
 
 from .helpers import until_event
@@ -32,6 +32,8 @@ TOOLS = {
     "lock_files",
     "unlock_files",
     "create_workspace",
+    "list_workspaces",
+    "force_unlock",
 }
 CODES = {
     "INVALID_ARGUMENT",
@@ -73,7 +75,8 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
         async with service:
             yield Server("memory", service, None)
         return
-    app = build_app(Settings(store="memory"), service)
+    # Keys are not the subject here (test_auth.py covers them): the `agent` argument names the owner.
+    app = build_app(Settings(store="memory", insecure_no_auth=True), service)
     async with serve_app(app) as url:
         srv = Server(request.param, service, url)
         srv.mcp = app.state.mcp
@@ -316,7 +319,7 @@ def test_junk_arguments_never_crash_a_tool(tool: str, args: dict[str, Any]) -> N
 
 
 async def test_healthz_answers_ok() -> None:
-    async with serve_app(build_app(Settings(store="memory"))) as url, httpx.AsyncClient() as h:
+    async with serve_app(build_app(Settings(store="memory", insecure_no_auth=True))) as url, httpx.AsyncClient() as h:
         r = await h.get(f"{url}/healthz")
     assert r.json()["status"] == "ok"
 
@@ -410,6 +413,7 @@ async def test_a_failing_progress_report_never_cuts_a_wait_short() -> None:
                         BrokenContext(),  # type: ignore[arg-type]
                         None,
                         "f",
+                        LOCAL,
                         "bob",
                         60,
                         lambda: service.lock(None, "f", agent="bob", wait=60),

@@ -18,6 +18,7 @@ import anyio
 import httpx
 import pytest
 from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -45,6 +46,13 @@ def server_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], st
             else:
                 time.sleep(0.02)
         assert url is not None, f"server did not announce its URL: {log.read_text()}"
+        health = url.removesuffix("/mcp") + "/healthz"
+        while time.monotonic() < deadline and proc.poll() is None:  # up once its lifespan has run
+            try:
+                if httpx.get(health, timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.02)
         yield proc, url, log
     finally:
         if proc.poll() is None:
@@ -52,33 +60,62 @@ def server_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], st
         proc.wait(10)
 
 
-async def call(url: str, tool: str, args: dict[str, Any]) -> Any:
-    async with Client(url) as c:
+def admin_key(data_dir: Path) -> str:
+    """The admin key the server wrote on first start."""
+    return (data_dir / "admin.key").read_text().strip()
+
+
+async def call(url: str, tool: str, args: dict[str, Any], key: str) -> Any:
+    async with (
+        httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}) as h,
+        Client(streamable_http_client(url, http_client=h)) as c,
+    ):
         r = await c.call_tool(tool, args)
     return r
 
 
+async def test_first_start_writes_an_admin_key_readable_only_by_its_owner_and_never_logs_it(tmp_path: Path) -> None:
+    with server_process(tmp_path) as (_proc, url, log):
+        key = admin_key(tmp_path)
+        assert (tmp_path / "admin.key").stat().st_mode & 0o777 == 0o600
+        r = await call(url, "list_workspaces", {}, key)
+        assert [w["workspace_id"] for w in r.structured_content["workspaces"]] == ["default"]
+        assert str(tmp_path / "admin.key") in log.read_text()
+        assert key not in log.read_text()
+    with server_process(tmp_path) as (_proc, url, _log):
+        assert admin_key(tmp_path) == key  # a restart keeps the admin key
+
+
+async def test_a_request_without_a_key_is_refused_with_401(tmp_path: Path) -> None:
+    with server_process(tmp_path) as (_proc, url, _log):
+        async with httpx.AsyncClient() as h:
+            r = await h.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+        assert r.status_code == 401
+        assert r.json()["error"]["code"] == "UNAUTHENTICATED"
+
+
 async def test_locks_survive_kill_9_and_expired_ones_are_expired_at_restart(tmp_path: Path) -> None:
     with server_process(tmp_path) as (proc, url, _log):
-        long = (await call(url, "lock_file", {"node_id": "long.md", "timeout": 600})).structured_content
-        short = (await call(url, "lock_file", {"node_id": "short.md", "timeout": SHORT_LEASE})).structured_content
+        key = admin_key(tmp_path)
+        long = (await call(url, "lock_file", {"node_id": "long.md", "timeout": 600}, key)).structured_content
+        short = (await call(url, "lock_file", {"node_id": "short.md", "timeout": SHORT_LEASE}, key)).structured_content
         rid = {"node_id": "retry.md", "agent": "alice", "request_id": "req-42"}
-        retried = (await call(url, "lock_file", rid)).structured_content
+        retried = (await call(url, "lock_file", rid, key)).structured_content
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
     # Let the short lease's deadline pass while the server is down.
     remaining = datetime.fromisoformat(short["expires_at"]).timestamp() - time.time()
     await anyio.sleep(max(0.0, remaining) + 0.05)
     with server_process(tmp_path) as (_proc, url, _log):
-        status = (await call(url, "check_lock_status", {"node_id": "long.md"})).structured_content
+        status = (await call(url, "check_lock_status", {"node_id": "long.md"}, key)).structured_content
         assert status["holders"][0]["lock_id"] == long["lock_id"]
         assert status["holders"][0]["expires_at"] == long["expires_at"]
-        gone = await call(url, "renew_lock", {"token": short["token"]})
+        gone = await call(url, "renew_lock", {"token": short["token"]}, key)
         assert gone.is_error
         assert gone.content[0].text.startswith("LOCK_EXPIRED")
-        again = (await call(url, "lock_file", rid)).structured_content
+        again = (await call(url, "lock_file", rid, key)).structured_content
         assert (again["token"], again["replayed"]) == (retried["token"], True)
-        fresh = (await call(url, "lock_file", {"node_id": "new.md"})).structured_content
+        fresh = (await call(url, "lock_file", {"node_id": "new.md"}, key)).structured_content
         assert fresh["fence"] > max(long["fence"], short["fence"], retried["fence"])
 
 

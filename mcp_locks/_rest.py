@@ -1,0 +1,510 @@
+"""The REST face: Starlette routes over the same service calls as the MCP tools, and their OpenAPI 3.1 document.
+
+One table of operations (:data:`Op`) produces both the routes and the
+document, so they cannot drift. Every failure is the one error body
+``{"error": {"code", "message", "hint", "details"}}`` with the status from the
+error table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import anyio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ._auth import identity_of
+from ._errors import ERROR_TABLE, InvalidArgument, LockError, MethodNotAllowed, NotFound
+from ._keys import LOCAL, Identity
+from ._models import (
+    CreatedKey,
+    CreateKeyRequest,
+    CreateWorkspaceRequest,
+    ErrorBody,
+    ForceUnlockRequest,
+    KeyInfo,
+    KeyList,
+    LockFilesRequest,
+    LockFilesResult,
+    LockGrant,
+    LockPage,
+    LockRequest,
+    LockStatus,
+    Me,
+    RenewRequest,
+    RenewResult,
+    UnlockFilesRequest,
+    UnlockFilesResult,
+    UnlockRequest,
+    UnlockResult,
+    WorkspaceInfo,
+    WorkspaceList,
+    parse_body,
+)
+from ._service import LockService
+
+__all__ = ["OPENAPI_PATH", "build_rest", "error_response", "http_error_handler"]
+
+OPENAPI_PATH = "/v1/openapi.json"
+
+
+class _TokenConvertor(Convertor[str]):
+    # Only strings shaped like our tokens are tokens, so DELETE .../a/lock/lock is the node 'a/lock'.
+    regex = "mlt_[A-Za-z0-9_-]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("locktoken", _TokenConvertor())
+
+
+def error_response(err: LockError, headers: dict[str, str] | None = None) -> JSONResponse:
+    """The one error body, with the status from the error table."""
+    return JSONResponse({"error": err.to_dict()}, status_code=err.http_status, headers=headers)
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    """Starlette's own 404/405 as the one error body."""
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    if status == 405:
+        return error_response(
+            MethodNotAllowed(
+                f"{request.method} is not allowed on {request.url.path[:200]}.",
+                hint=f"See {OPENAPI_PATH} for the methods of each route.",
+            )
+        )
+    return error_response(NotFound(f"no route {request.url.path[:200]}.", hint=f"See {OPENAPI_PATH} for the routes."))
+
+
+@dataclass(frozen=True)
+class Call:
+    """What a handler gets: the request, who sent it, its path parameters and its parsed body."""
+
+    request: Request
+    caller: Identity
+    params: dict[str, str]
+    body: Any
+
+
+Handler = Callable[[Call], Awaitable[BaseModel]]
+
+
+@dataclass(frozen=True)
+class Op:
+    """One REST operation: its route, what it takes and returns, and the handler."""
+
+    method: str
+    path: str
+    name: str
+    summary: str
+    handler: Handler
+    result: type[BaseModel]
+    body: type[BaseModel] | None = None
+    status: int = 200
+    query: tuple[tuple[str, str, str], ...] = ()  # (name, JSON type, description)
+    headers: tuple[tuple[str, str], ...] = ()  # (name, description)
+    waits: bool = False  # may wait in line: a client that disconnects leaves the line
+    public: bool = False  # served without a key
+    admin: bool = False
+    tags: tuple[str, ...] = field(default=("locks",))
+
+
+def _caller(request: Request) -> Identity:
+    user = request.scope.get("user")
+    return identity_of(user.access_token) if isinstance(user, AuthenticatedUser) else LOCAL
+
+
+def _check_raw_path(request: Request) -> None:
+    raw = request.scope.get("raw_path")
+    if raw is None:
+        return
+    try:
+        unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(
+            "the path is not valid UTF-8 once percent-decoded.",
+            hint="Percent-encode node ids as UTF-8.",
+            details={"field": "node_id"},
+        ) from None
+
+
+async def _json_body(request: Request) -> object:
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidArgument(
+            "the request body is not valid JSON.",
+            hint="Send a JSON object with Content-Type: application/json.",
+            details={"field": "body"},
+        ) from None
+
+
+async def _or_disconnect(request: Request, call: Callable[[], Awaitable[BaseModel]]) -> BaseModel | None:
+    """Run ``call``; if the client goes away first, cancel it (so it leaves the line) and return None."""
+    result: BaseModel | None = None
+
+    async with anyio.create_task_group() as tg:
+
+        async def watch() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(watch)
+        result = await call()
+        tg.cancel_scope.cancel()
+    return result
+
+
+def _endpoint(op: Op) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        try:
+            _check_raw_path(request)
+            body = parse_body(op.body, await _json_body(request), op.name) if op.body is not None else None
+            call = Call(request, _caller(request), dict(request.path_params), body)
+            if op.waits:
+                result = await _or_disconnect(request, lambda: op.handler(call))
+                if result is None:
+                    return Response(status_code=499)  # nobody is listening any more
+            else:
+                result = await op.handler(call)
+        except LockError as e:
+            return error_response(e)
+        return Response(result.model_dump_json(), status_code=op.status, media_type="application/json")
+
+    endpoint.__name__ = op.name
+    return endpoint
+
+
+def _int(value: str | None, name: str, default: int) -> int:
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidArgument(f"{name} must be an integer.", details={"field": name}) from None
+
+
+def _lock_token(call: Call) -> str | None:
+    header = call.request.headers.get("lock-token")
+    if header is not None:
+        # RFC 4918 writes it as <token>; accept it bare too.
+        return header.strip().removeprefix("<").removesuffix(">")
+    body: UnlockRequest | None = call.body
+    return body.token if body is not None else None
+
+
+def _storage_workspace(caller: Identity) -> str | None:
+    """The workspace of the /v1/storage paths: the key's only workspace (the default one for admins)."""
+    if caller.authenticated and caller.role != "admin":
+        if len(caller.workspaces) != 1:
+            raise InvalidArgument(
+                "/v1/storage/... needs a key bound to exactly one workspace;"
+                f" this key reaches {len(caller.workspaces)}.",
+                hint="Use /v1/workspaces/{workspace_id}/nodes/{node_id}/lock and name the workspace.",
+                details={"your_workspaces": list(caller.workspaces)},
+            )
+        return caller.workspaces[0]
+    return None
+
+
+def build_ops(service: LockService) -> list[Op]:
+    """Every REST operation, bound to ``service``."""
+
+    def ws_of(call: Call) -> str | None:
+        if "workspace_id" in call.params:
+            return call.params["workspace_id"]
+        return _storage_workspace(call.caller)
+
+    async def lock(call: Call) -> BaseModel:
+        b: LockRequest = call.body
+        return await service.lock(
+            ws_of(call),
+            call.params["node_id"],
+            b.mode,
+            b.timeout,
+            b.wait,
+            b.depth,
+            b.note,
+            b.agent,
+            b.request_id,
+            b.token,
+            caller=call.caller,
+        )
+
+    async def status(call: Call) -> BaseModel:
+        return await service.status(ws_of(call), call.params["node_id"], caller=call.caller)
+
+    async def renew(call: Call) -> BaseModel:
+        b: RenewRequest = call.body
+        return await service.renew(ws_of(call), b.token, b.timeout, caller=call.caller)
+
+    async def unlock_path(call: Call) -> BaseModel:
+        return await service.unlock(ws_of(call), call.params["token"], call.params["node_id"], caller=call.caller)
+
+    async def unlock_header(call: Call) -> BaseModel:
+        token = _lock_token(call)
+        if token is None:
+            raise InvalidArgument(
+                'send the lock\'s token in the Lock-Token header (or as {"token": ...} in the body).',
+                details={"field": "token"},
+            )
+        return await service.unlock(ws_of(call), token, call.params["node_id"], caller=call.caller)
+
+    async def list_locks(call: Call) -> BaseModel:
+        q = call.request.query_params
+        return await service.list_locks(
+            call.params["workspace_id"],
+            q.get("prefix", ""),
+            q.get("owner"),
+            _int(q.get("limit"), "limit", 100),
+            q.get("cursor"),
+            caller=call.caller,
+        )
+
+    async def lock_files(call: Call) -> BaseModel:
+        b: LockFilesRequest = call.body
+        return await service.lock_many(
+            call.params["workspace_id"], b.items, b.timeout, b.wait, b.note, b.agent, b.request_id, caller=call.caller
+        )
+
+    async def unlock_files(call: Call) -> BaseModel:
+        b: UnlockFilesRequest = call.body
+        return await service.unlock_many(call.params["workspace_id"], b.tokens, caller=call.caller)
+
+    async def force_unlock(call: Call) -> BaseModel:
+        b: ForceUnlockRequest = call.body
+        return await service.force_unlock(
+            call.params["workspace_id"], call.params["lock_id"], b.reason, caller=call.caller
+        )
+
+    async def list_workspaces(call: Call) -> BaseModel:
+        return WorkspaceList(workspaces=await service.list_workspaces(caller=call.caller))
+
+    async def create_workspace(call: Call) -> BaseModel:
+        b: CreateWorkspaceRequest = call.body
+        return await service.create_workspace(b.workspace_id, b.description, caller=call.caller)
+
+    async def create_key(call: Call) -> BaseModel:
+        b: CreateKeyRequest = call.body
+        key, r = await service.create_key(b.agent, b.workspaces, b.role, caller=call.caller)
+        return CreatedKey(key=key, key_id=r.key_id, agent=r.agent, role=r.role, workspaces=list(r.workspaces))
+
+    async def list_keys(call: Call) -> BaseModel:
+        return KeyList(keys=[KeyInfo.of(r) for r in await service.list_keys(caller=call.caller)])
+
+    async def revoke_key(call: Call) -> BaseModel:
+        return KeyInfo.of(await service.revoke_key(call.params["key_id"], caller=call.caller))
+
+    async def me(call: Call) -> BaseModel:
+        c = call.caller
+        return Me(
+            authenticated=c.authenticated,
+            key_id=c.key_id or None,
+            agent=c.agent or None,
+            role=c.role,
+            workspaces=list(c.workspaces),
+        )
+
+    node_ops: list[Op] = []
+    for base, where in (
+        ("/v1/workspaces/{workspace_id}/nodes/{node_id:path}", ""),
+        ("/v1/storage/nodes/{node_id:path}", "_storage"),
+    ):
+        lock_token_header = (("Lock-Token", "The lock's token (keeps it out of URLs and access logs)."),)
+        node_ops += [
+            Op(
+                "POST",
+                f"{base}/lock",
+                f"lock{where}",
+                "Take a lock on a node (or upgrade/downgrade one you hold).",
+                lock,
+                LockGrant,
+                LockRequest,
+                waits=True,
+            ),
+            Op(
+                "GET",
+                f"{base}/lock",
+                f"status{where}",
+                "Who holds the node, until when, and who waits.",
+                status,
+                LockStatus,
+            ),
+            Op(
+                "POST",
+                f"{base}/lock/renew",
+                f"renew{where}",
+                "Restart a lock's lease.",
+                renew,
+                RenewResult,
+                RenewRequest,
+            ),
+            Op(
+                "DELETE",
+                f"{base}/lock/{{token:locktoken}}",
+                f"unlock{where}",
+                "Release a lock (token in the path).",
+                unlock_path,
+                UnlockResult,
+            ),
+            Op(
+                "DELETE",
+                f"{base}/lock",
+                f"unlock_header{where}",
+                "Release a lock, its token in the Lock-Token header.",
+                unlock_header,
+                UnlockResult,
+                UnlockRequest,
+                headers=lock_token_header,
+            ),
+        ]
+    ws = "/v1/workspaces/{workspace_id}"
+    return [
+        *node_ops,
+        Op("GET", f"{ws}/locks", "list_locks", "A page of held locks, by node_id.", list_locks, LockPage,
+           query=(("prefix", "string", "Only node_ids starting with this."), ("owner", "string", "Only this agent's."),
+                  ("limit", "integer", "Page size, 1-1000."), ("cursor", "string", "next_cursor of the last page."))),
+        Op("POST", f"{ws}/locks/batch", "lock_files", "Take several locks together: all or none.", lock_files,
+           LockFilesResult, LockFilesRequest, waits=True),
+        Op("POST", f"{ws}/locks/unlock", "unlock_files", "Release several locks; each token on its own.",
+           unlock_files, UnlockFilesResult, UnlockFilesRequest),
+        Op("POST", f"{ws}/locks/{{lock_id}}/force-unlock", "force_unlock",
+           "Break someone's lock (admin); its holder's next call gets LOCK_BROKEN with the reason.",
+           force_unlock, UnlockResult, ForceUnlockRequest, admin=True),
+        Op("GET", "/v1/workspaces", "list_workspaces", "The workspaces this key reaches.", list_workspaces,
+           WorkspaceList, tags=("workspaces",)),
+        Op("POST", "/v1/workspaces", "create_workspace", "Create a workspace (admin).", create_workspace,
+           WorkspaceInfo, CreateWorkspaceRequest, status=201, admin=True, tags=("workspaces",)),
+        Op("GET", "/v1/admin/keys", "list_keys", "Every API key (never the keys themselves).", list_keys, KeyList,
+           admin=True, tags=("admin",)),
+        Op("POST", "/v1/admin/keys", "create_key", "Create an API key; the key is in this answer only.",
+           create_key, CreatedKey, CreateKeyRequest, status=201, admin=True, tags=("admin",)),
+        Op("DELETE", "/v1/admin/keys/{key_id}", "revoke_key", "Revoke a key: it stops working at once.",
+           revoke_key, KeyInfo, admin=True, tags=("admin",)),
+        Op("GET", "/v1/me", "me", "Who this key speaks for.", me, Me, tags=("workspaces",)),
+    ]  # fmt: skip
+
+
+def build_rest(service: LockService, *, version: str = "") -> list[Route]:
+    """The REST routes (and the OpenAPI document at :data:`OPENAPI_PATH`), bound to ``service``."""
+    ops = build_ops(service)
+    routes = [Route(op.path, _endpoint(op), methods=[op.method], name=op.name) for op in ops]
+    doc = openapi(ops, version)
+    body = json.dumps(doc).encode()
+
+    async def openapi_json(request: Request) -> Response:
+        return Response(body, media_type="application/json")
+
+    routes.append(Route(OPENAPI_PATH, openapi_json, methods=["GET"], name="openapi"))
+    return routes
+
+
+def _doc_path(path: str) -> str:
+    return path.replace(":path}", "}").replace(":locktoken}", "}")
+
+
+_PARAMS = {
+    "workspace_id": "Workspace id (1-63 of a-z 0-9 _ -).",
+    "node_id": "Workspace-relative path; its '/' are sent as they are (e.g. reports/q3.md).",
+    "token": "The lock's token (prefer the Lock-Token header: URLs end up in logs).",
+    "lock_id": "The lock's public id (lk_...).",
+    "key_id": "The key's public id (12 hex digits).",
+}
+
+
+def openapi(ops: list[Op], version: str) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``ops``, with schemas from the same pydantic models."""
+    models: set[type[BaseModel]] = {ErrorBody}
+    for op in ops:
+        models.add(op.result)
+        if op.body is not None:
+            models.add(op.body)
+    ordered = sorted(models, key=lambda m: m.__name__)
+    _, top = models_json_schema(
+        [(m, "serialization" if m not in {op.body for op in ops} else "validation") for m in ordered],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = top.get("$defs", {})
+    error = {"description": "An error with a stable code.", "content": _json_ref("ErrorBody")}
+    paths: dict[str, dict[str, Any]] = {}
+    for op in ops:
+        path = _doc_path(op.path)
+        params: list[dict[str, Any]] = [
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": _PARAMS[name]}
+            for name in _path_names(path)
+        ]
+        params += [
+            {"name": n, "in": "query", "required": False, "schema": {"type": t}, "description": d}
+            for n, t, d in op.query
+        ]
+        params += [
+            {"name": n, "in": "header", "required": False, "schema": {"type": "string"}, "description": d}
+            for n, d in op.headers
+        ]
+        entry: dict[str, Any] = {
+            "operationId": op.name,
+            "summary": op.summary,
+            "tags": list(op.tags),
+            "parameters": params,
+            "responses": {
+                str(op.status): {"description": "Success.", "content": _json_ref(op.result.__name__)},
+                "4XX": error,
+                "5XX": error,
+            },
+        }
+        if op.body is not None:
+            entry["requestBody"] = {"required": op.method != "DELETE", "content": _json_ref(op.body.__name__)}
+        if op.admin:
+            entry["description"] = "Needs an admin key."
+        paths.setdefault(path, {})[op.method.lower()] = entry
+    paths[OPENAPI_PATH] = {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document.",
+            "security": [],
+            "responses": {"200": {"description": "The OpenAPI document.", "content": {"application/json": {}}}},
+        }
+    }
+    codes = ", ".join(f"{code} ({cls.http_status})" for code, cls in ERROR_TABLE.items())
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mcp-locks",
+            "version": version or "0",
+            "description": "Shared and exclusive file locks with leases and fencing numbers for teams of agents. "
+            f'Every error is {{"error": {{code, message, hint, details}}}}; the codes are: {codes}.',
+        },
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An mcp-locks key."}},
+        },
+        "security": [{"bearer": []}],
+        "paths": paths,
+    }
+
+
+def _json_ref(name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{name}"}}}
+
+
+def _path_names(path: str) -> list[str]:
+    return [part[1:-1] for part in path.split("/") if part.startswith("{") and part.endswith("}")]
