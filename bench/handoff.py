@@ -106,8 +106,8 @@ def main() -> None:
     ap.add_argument("--redis-rounds", type=int, default=50)
     ap.add_argument("--redis", default="redis://127.0.0.1:6379/15")
     a = ap.parse_args()
-    with bench_server("--store", "sqlite") as url:
-        mine = anyio.run(ours, url, a.rounds)
+    with bench_server("--store", "sqlite") as srv:
+        mine = anyio.run(ours, srv.url, a.rounds)
     out = {"mcp_locks": summary(mine)}
     try:
         out["redis_py_lock"] = summary(redis_py(a.redis, a.redis_rounds))

@@ -69,8 +69,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=["auto", "legacy"], default="auto")
     ap.add_argument("--store", choices=["sqlite", "memory"], default="sqlite")
     a = ap.parse_args()
-    with bench_server("--store", a.store) as url:
-        out = anyio.run(run, url, a.calls, a.rounds, a.mode)
+    with bench_server("--store", a.store) as srv:
+        out = anyio.run(run, srv.url, a.calls, a.rounds, a.mode)
     print("median", json.dumps({k: round(v, 3) for k, v in out.items()}))
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
 import socket
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -16,6 +14,7 @@ import click
 from ._app import __version__, build_app
 from ._auth import is_loopback
 from ._errors import LockError
+from ._logging import configure_logging
 from ._names import check_workspace_id
 from ._runtime import tune_gc
 from ._service import issue_key
@@ -137,9 +136,7 @@ def serve(**flags: Any) -> None:
             f"--insecure-no-auth is refused on {settings.host}: anyone who can reach it could take or break every"
             " lock. Bind to 127.0.0.1, or use API keys."
         )
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    configure_logging(settings.log_level)
     if settings.store == "sqlite":
         _check_store(settings)
     sock = _bind(settings.host, settings.port)

@@ -52,7 +52,7 @@ from ._models import (
     WorkspaceList,
     parse_body,
 )
-from ._service import LockService
+from ._service import LockService, require_admin
 
 __all__ = ["OPENAPI_PATH", "build_rest", "error_response", "http_error_handler"]
 
@@ -160,7 +160,7 @@ async def _json_body(request: Request) -> object:
 async def _or_disconnect(request: Request, call: Callable[[], Awaitable[BaseModel]]) -> BaseModel | None:
     """Run ``call``; if the client goes away first, cancel it (so it leaves the line) and return None."""
     result: BaseModel | None = None
-
+    error: LockError | None = None
     async with anyio.create_task_group() as tg:
 
         async def watch() -> None:
@@ -169,8 +169,13 @@ async def _or_disconnect(request: Request, call: Callable[[], Awaitable[BaseMode
             tg.cancel_scope.cancel()
 
         tg.start_soon(watch)
-        result = await call()
+        try:
+            result = await call()
+        except LockError as e:
+            error = e
         tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
     return result
 
 
@@ -178,9 +183,13 @@ def _endpoint(op: Op) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
             _check_raw_path(request)
+            caller = _caller(request)
+            if op.admin:
+                require_admin(caller, op.name.replace("_", " "))
             body = parse_body(op.body, await _json_body(request), op.name) if op.body is not None else None
-            call = Call(request, _caller(request), dict(request.path_params), body)
-            if op.waits:
+            call = Call(request, caller, dict(request.path_params), body)
+            if op.waits and getattr(body, "wait", 0) > 0:
+                # Only a call that may wait needs to notice the client leaving (it then leaves the line).
                 result = await _or_disconnect(request, lambda: op.handler(call))
                 if result is None:
                     return Response(status_code=499)  # nobody is listening any more

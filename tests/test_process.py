@@ -27,12 +27,12 @@ SHORT_LEASE = 1
 
 
 @contextmanager
-def server_process(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
+def server_process(data_dir: Path, *extra: str) -> Iterator[tuple[subprocess.Popen[bytes], str, Path]]:
     """Start ``mcp-locks serve`` on a free port; yield the process, its /mcp URL and its log file."""
     log = data_dir / f"server-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mcp_locks", "serve", "--port", "0", "--data-dir", str(data_dir)],
+            [sys.executable, "-m", "mcp_locks", "serve", "--port", "0", "--data-dir", str(data_dir), *extra],
             stderr=out,
             stdin=subprocess.DEVNULL,
         )
@@ -128,3 +128,31 @@ async def test_sigterm_shuts_the_server_down_cleanly(tmp_path: Path) -> None:
         assert proc.wait(15) == 0
         assert "mcp-locks stopped" in log.read_text()
         assert "Traceback" not in log.read_text()
+
+
+async def test_keys_and_tokens_never_reach_the_servers_log_even_at_debug_level(tmp_path: Path) -> None:
+    with server_process(tmp_path, "--log-level", "debug") as (proc, url, log):
+        admin = admin_key(tmp_path)
+        base = url.removesuffix("/mcp")
+        async with httpx.AsyncClient(headers={"Authorization": f"Bearer {admin}"}) as h:
+            made = (await h.post(f"{base}/v1/admin/keys", json={"agent": "eve", "workspaces": ["default"]})).json()
+            key = made["key"]
+            eve = {"Authorization": f"Bearer {key}"}
+            grant = (await call(url, "lock_file", {"node_id": "secret.md"}, key)).structured_content
+            await call(url, "renew_lock", {"token": grant["token"]}, key)
+            rest = (await h.post(f"{base}/v1/workspaces/default/nodes/other.md/lock", json={}, headers=eve)).json()
+            await h.delete(f"{base}/v1/workspaces/default/nodes/other.md/lock/{rest['token']}", headers=eve)
+            await h.post(f"{base}/v1/workspaces/default/locks/{grant['lock_id']}/force-unlock", json={"reason": "t"})
+            gone = await call(url, "unlock_file", {"token": grant["token"]}, key)
+            assert gone.is_error
+            await h.delete(f"{base}/v1/admin/keys/{made['key_id']}")
+            refused = await h.get(f"{base}/v1/workspaces", headers=eve)
+            assert refused.status_code == 401
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+        text = log.read_text()
+    assert "DEBUG" in text  # it did log at length ...
+    assert made["key_id"] in text  # ... naming keys by their public id
+    for secret in (admin, key, grant["token"], rest["token"]):
+        assert secret not in text
+        assert secret.rsplit("_", 1)[1] not in text

@@ -1,0 +1,140 @@
+"""One way to call every operation over REST or MCP, so a rule is tested once and run on every face."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import jsonschema
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from mcp_locks import ERROR_TABLE
+
+FACES = ["rest", "mcp-modern", "mcp-legacy"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a call answered: its result, or an error code with the message, hint and details."""
+
+    result: dict[str, Any] | None
+    code: str | None = None
+    message: str = ""
+    hint: str = ""
+    details: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> dict[str, Any]:
+        assert self.result is not None, f"{self.code}: {self.message}"
+        return self.result
+
+
+def check_against_openapi(doc: dict[str, Any], operation_id: str, status: int, body: Any) -> None:
+    """Assert ``body`` matches what the OpenAPI document says ``operation_id`` answers with ``status``."""
+    op = next(
+        op for methods in doc["paths"].values() for op in methods.values() if op.get("operationId") == operation_id
+    )
+    responses = op["responses"]
+    response = responses.get(str(status)) or responses[f"{str(status)[0]}XX"]
+    schema = {**response["content"]["application/json"]["schema"], "components": doc["components"]}
+    jsonschema.validate(body, schema, cls=jsonschema.Draft202012Validator)
+
+
+class RestFace:
+    """Operations as REST requests; every answer is checked against /v1/openapi.json."""
+
+    def __init__(self, url: str, http: httpx.AsyncClient, doc: dict[str, Any]) -> None:
+        self.url = url
+        self.http = http
+        self.doc = doc
+        self.single: dict[str | None, bool] = {}
+
+    async def _bound_to_one(self, key: str | None) -> bool:
+        if key not in self.single:
+            headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+            me = (await self.http.get(f"{self.url}/v1/me", headers=headers)).json()
+            self.single[key] = me.get("role") == "agent" and len(me["workspaces"]) == 1
+        return self.single[key]
+
+    async def call(self, key: str | None, op: str, **a: Any) -> Outcome:
+        ws = a.pop("workspace_id", None) if op != "create_workspace" else "-"
+        if ws is None and not await self._bound_to_one(key):
+            ws = "default"  # as the MCP tools do; /v1/storage/... is for keys bound to one workspace
+        base = f"{self.url}/v1/workspaces/{ws}" if ws is not None else None
+        node = quote(a.pop("node_id", ""), safe="/")
+        nodes = f"{base}/nodes/{node}" if base else f"{self.url}/v1/storage/nodes/{node}"
+        suffix = "" if base else "_storage"
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        if op == "lock":
+            method, url, body, opid = "POST", f"{nodes}/lock", a, "lock" + suffix
+        elif op == "status":
+            method, url, body, opid = "GET", f"{nodes}/lock", None, "status" + suffix
+        elif op == "renew":
+            method, url, body, opid = "POST", f"{nodes}/lock/renew", a, "renew" + suffix
+        elif op == "unlock":
+            headers["Lock-Token"] = a.pop("token")
+            method, url, body, opid = "DELETE", f"{nodes}/lock", None, "unlock_header" + suffix
+        elif op == "list_locks":
+            method, url, body, opid = "GET", f"{base or self.url + '/v1/workspaces/default'}/locks", None, op
+        elif op == "force_unlock":
+            lock_id = a.pop("lock_id")
+            method, url, body, opid = "POST", f"{base}/locks/{lock_id}/force-unlock", a, op
+        elif op == "create_workspace":
+            method, url, body, opid = "POST", f"{self.url}/v1/workspaces", a, op
+        elif op == "list_workspaces":
+            method, url, body, opid = "GET", f"{self.url}/v1/workspaces", None, op
+        else:
+            raise AssertionError(op)
+        r = await self.http.request(method, url, json=body, headers=headers)
+        data = r.json()
+        check_against_openapi(self.doc, opid, r.status_code, data)
+        if r.is_success:
+            return Outcome(data)
+        e = data["error"]
+        assert ERROR_TABLE[e["code"]].http_status == r.status_code, (e["code"], r.status_code)
+        return Outcome(None, e["code"], e["message"], e["hint"], e["details"])
+
+
+_TOOLS = {
+    "lock": "lock_file",
+    "status": "check_lock_status",
+    "renew": "renew_lock",
+    "unlock": "unlock_file",
+    "list_locks": "list_locks",
+    "force_unlock": "force_unlock",
+    "create_workspace": "create_workspace",
+    "list_workspaces": "list_workspaces",
+}
+
+
+class McpFace:
+    """Operations as MCP tool calls over streamable HTTP, one session per key."""
+
+    def __init__(self, url: str, mode: str, stack: AsyncExitStack) -> None:
+        self.url = url
+        self.mode = mode
+        self.stack = stack
+        self.clients: dict[str | None, Client] = {}
+
+    async def client(self, key: str | None) -> Client:
+        if key not in self.clients:
+            h = await self.stack.enter_async_context(
+                httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"} if key else {})
+            )
+            transport = streamable_http_client(f"{self.url}/mcp", http_client=h)
+            self.clients[key] = await self.stack.enter_async_context(Client(transport, mode=self.mode))  # type: ignore[arg-type]
+        return self.clients[key]
+
+    async def call(self, key: str | None, op: str, **a: Any) -> Outcome:
+        if op == "renew":
+            a.pop("node_id", None)  # REST puts it in the path; renew_lock needs only the token
+        r = await (await self.client(key)).call_tool(_TOOLS[op], a)
+        assert r.structured_content is not None
+        if not r.is_error:
+            return Outcome(r.structured_content)
+        e = r.structured_content["error"]
+        return Outcome(None, e["code"], e["message"], e["hint"], e["details"])
