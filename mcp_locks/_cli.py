@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -51,6 +52,48 @@ def _check_store(settings: Settings) -> None:
             f"cannot use the lock database {settings.db_path}: {e}. "
             "Fix its permissions, move it aside, or pass another --data-dir."
         ) from None
+
+
+_SERVER_LOCK = "server.lock"
+
+
+def _claim_data_dir(data_dir: Path) -> int:
+    """Hold ``<data-dir>/server.lock`` for the life of this process: one server per data dir.
+
+    Two servers on one SQLite database would each run an actor per workspace and
+    grant the same lock twice; the kernel drops the claim when the process dies, kill -9 included.
+    """
+    import fcntl
+
+    fd = os.open(data_dir / _SERVER_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise click.ClickException(
+            f"another mcp-locks server (pid {pid}) is using {data_dir}. Stop it, or pass another --data-dir."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _server_running(data_dir: Path) -> bool:
+    """Whether a server holds the data dir's claim right now."""
+    import fcntl
+
+    path = data_dir / _SERVER_LOCK
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -137,36 +180,39 @@ def serve(**flags: Any) -> None:
             " lock. Bind to 127.0.0.1, or use API keys."
         )
     configure_logging(settings.log_level)
+    claim: int | None = None
     if settings.store == "sqlite":
         _check_store(settings)
-    sock = _bind(settings.host, settings.port)
-    host, port = sock.getsockname()[:2]
-    shown = f"[{host}]" if ":" in host else host
-    where = f"{settings.db_path}" if settings.store == "sqlite" else "memory (nothing is kept after exit)"
-    click.echo(f"mcp-locks {__version__} listening on http://{shown}:{port}/mcp", err=True)
-    click.echo(f"data: {where}", err=True)
-    if settings.insecure_no_auth:
-        click.echo(
-            "WARNING: no authentication (--insecure-no-auth): every local process can take or break locks", err=True
+        claim = _claim_data_dir(settings.data_dir)  # held until the server stops (or the process dies)
+    try:
+        sock = _bind(settings.host, settings.port)
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        where = f"{settings.db_path}" if settings.store == "sqlite" else "memory (nothing is kept after exit)"
+        click.echo(f"mcp-locks {__version__} listening on http://{shown}:{port}/mcp", err=True)
+        click.echo(f"data: {where}", err=True)
+        if settings.insecure_no_auth:
+            click.echo("WARNING: no authentication (--insecure-no-auth): any local process can take or break locks",
+                       err=True)  # fmt: skip
+        elif settings.admin_key:
+            click.echo("auth: API keys required; the admin key is MCP_LOCKS_ADMIN_KEY", err=True)
+        else:
+            click.echo(f"auth: API keys required; the admin key is in {settings.data_dir / 'admin.key'}", err=True)
+        app = build_app(settings)
+        tune_gc()
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=False,
+            loop="auto",
+            http="auto",
+            timeout_graceful_shutdown=5,
+            lifespan="on",
         )
-    else:
-        click.echo(
-            f"auth: API keys required (admin key: {settings.data_dir / 'admin.key'}"
-            f"{' or MCP_LOCKS_ADMIN_KEY' if settings.admin_key else ''})",
-            err=True,
-        )
-    app = build_app(settings)
-    tune_gc()
-    config = uvicorn.Config(
-        app,
-        log_level="warning",
-        access_log=False,
-        loop="auto",
-        http="auto",
-        timeout_graceful_shutdown=5,
-        lifespan="on",
-    )
-    _Server(config).run(sockets=[sock])
+        _Server(config).run(sockets=[sock])
+    finally:
+        if claim is not None:
+            os.close(claim)
     click.echo("mcp-locks stopped", err=True)
 
 
@@ -232,6 +278,34 @@ def workspaces_create(workspace_id: str, description: str | None, data_dir: Path
     _with_store(data_dir, action)
 
 
+@workspaces.command("delete")
+@click.argument("workspace_id")
+@_data_dir_option
+def workspaces_delete(workspace_id: str, data_dir: Path | None) -> None:
+    """Delete a workspace that holds no live lock; keys lose access to it.
+
+    With a server running on the data dir, use its API instead
+    (DELETE /v1/workspaces/WORKSPACE_ID with an admin key).
+
+    Example: mcp-locks workspaces delete team-a
+    """
+    settings = _settings(data_dir=data_dir)
+    if _server_running(settings.data_dir):
+        raise click.ClickException(
+            f"a server is running on {settings.data_dir}: delete through it"
+            f" (DELETE /v1/workspaces/{workspace_id[:63]} with an admin key), or stop it first."
+        )
+
+    async def action(store: SqliteStore) -> None:
+        ws = check_workspace_id(workspace_id)
+        if ws == "default":
+            raise click.ClickException("the workspace 'default' cannot be deleted.")
+        await store.delete_workspace(ws, time.time())
+        click.echo(f"deleted workspace {ws}")
+
+    _with_store(data_dir, action)
+
+
 @workspaces.command("list")
 @_data_dir_option
 def workspaces_list(data_dir: Path | None) -> None:
@@ -289,7 +363,8 @@ def keys_list(data_dir: Path | None) -> None:
     async def action(store: SqliteStore) -> None:
         for r in await store.list_keys():
             state = "revoked" if r.revoked_at is not None else "active"
-            click.echo(f"{r.key_id}\t{r.agent}\t{r.role}\t{','.join(r.workspaces) or '*'}\t{state}")
+            reach = "*" if r.role == "admin" else ",".join(r.workspaces) or "-"  # "-": reaches none
+            click.echo(f"{r.key_id}\t{r.agent}\t{r.role}\t{reach}\t{state}")
 
     _with_store(data_dir, action)
 

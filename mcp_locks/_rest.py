@@ -312,6 +312,9 @@ def build_ops(service: LockService) -> list[Op]:
         b: CreateWorkspaceRequest = call.body
         return await service.create_workspace(b.workspace_id, b.description, caller=call.caller)
 
+    async def delete_workspace(call: Call) -> BaseModel:
+        return await service.delete_workspace(call.params["workspace_id"], caller=call.caller)
+
     async def create_key(call: Call) -> BaseModel:
         b: CreateKeyRequest = call.body
         key, r = await service.create_key(b.agent, b.workspaces, b.role, caller=call.caller)
@@ -403,6 +406,9 @@ def build_ops(service: LockService) -> list[Op]:
            WorkspaceList, tags=("workspaces",)),
         Op("POST", "/v1/workspaces", "create_workspace", "Create a workspace (admin).", create_workspace,
            WorkspaceInfo, CreateWorkspaceRequest, status=201, admin=True, tags=("workspaces",)),
+        Op("DELETE", ws, "delete_workspace",
+           "Delete a workspace that holds no lock (admin); keys lose access to it.", delete_workspace,
+           WorkspaceInfo, admin=True, tags=("workspaces",)),
         Op("GET", "/v1/admin/keys", "list_keys", "Every API key (never the keys themselves).", list_keys, KeyList,
            admin=True, tags=("admin",)),
         Op("POST", "/v1/admin/keys", "create_key", "Create an API key; the key is in this answer only.",

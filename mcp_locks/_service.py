@@ -38,7 +38,7 @@ from ._models import (
     utc,
 )
 from ._names import DEFAULT_WORKSPACE, check_agent_name, check_node_id, check_workspace_id
-from ._store import Store, WorkspaceRecord
+from ._store import Store, WorkspaceRecord, workspace_in_use
 from ._table import ANONYMOUS, Event, Granted, Lease, Limits, LockTable
 
 __all__ = ["LockService", "ServiceLimits"]
@@ -283,7 +283,7 @@ class LockService:
 
     def _actor(self, workspace_id: str) -> WorkspaceActor:
         actor = self._actors.get(workspace_id)
-        if actor is None or actor.stopped:
+        if actor is None or actor.stopped or (actor.table is not None and actor.table.retired):
             if self._tg is None:
                 raise Unavailable("the lock service is not running.", hint="Retry once the server has started.")
             actor = WorkspaceActor(
@@ -396,6 +396,35 @@ class LockService:
             for r in sorted(self._workspaces.values(), key=lambda r: r.workspace_id)
             if caller.reaches(r.workspace_id)
         ]
+
+    async def delete_workspace(self, workspace_id: object, *, caller: Identity = LOCAL) -> WorkspaceInfo:
+        """Delete a workspace that holds no lock and has nobody waiting (admin only); keys lose it too."""
+        require_admin(caller, "deleting a workspace")
+        ws = check_workspace_id(workspace_id)
+        if ws == DEFAULT_WORKSPACE:
+            raise InvalidArgument(
+                f"the workspace '{DEFAULT_WORKSPACE}' cannot be deleted.", details={"field": "workspace_id"}
+            )
+        await self._known(ws, caller)
+        actor = self._actor(ws)
+
+        def retire(table: LockTable, now: float) -> None:
+            # In the actor, so no grant can slip in between this check and the delete.
+            if len(table) or table.waiter_count:
+                raise workspace_in_use(ws, len(table) + table.waiter_count)
+            table.retired = True
+
+        await actor.call(retire)
+        try:
+            async with self._create_lock:
+                await self.store.delete_workspace(ws, self.clock.now())
+                rec = self._workspaces.pop(ws)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await actor.call(lambda table, now: setattr(table, "retired", False))
+            raise
+        log.info("deleted workspace %s", ws)
+        return WorkspaceInfo(workspace_id=ws, description=rec.description, created_at=utc(rec.created_at))
 
     # ------------------------------------------------------------------ keys (admin)
 

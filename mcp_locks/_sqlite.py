@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from ._errors import AlreadyExists
 from ._keys import KeyRecord
-from ._store import Snapshot, WorkspaceRecord
+from ._store import Snapshot, WorkspaceRecord, workspace_in_use, workspace_not_found
 from ._table import (
     Change,
     DropRequest,
@@ -406,6 +406,33 @@ class SqliteStore:
         """Mark a key revoked; False if there is no such (unrevoked) key."""
         cur = self.db.execute("UPDATE keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL", (now, key_id))
         return cur.rowcount == 1
+
+    async def delete_workspace(self, workspace_id: str, now: float) -> None:
+        """Delete a workspace holding no live lock (its ended locks and request ids too) and take it off every key."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if db.execute("SELECT 1 FROM workspaces WHERE workspace_id=?", (workspace_id,)).fetchone() is None:
+                raise workspace_not_found(workspace_id)
+            (live,) = db.execute(
+                "SELECT count(*) FROM locks WHERE workspace_id=? AND ended_at IS NULL AND expires_at>?",
+                (workspace_id, now),
+            ).fetchone()
+            if live:
+                raise workspace_in_use(workspace_id, live)
+            for table in ("locks", "requests", "workspaces"):
+                db.execute(f"DELETE FROM {table} WHERE workspace_id=?", (workspace_id,))
+            for key_id, wss in db.execute("SELECT key_id, workspaces FROM keys").fetchall():
+                listed = json.loads(wss)
+                if workspace_id in listed:
+                    kept = [w for w in listed if w != workspace_id]
+                    db.execute("UPDATE keys SET workspaces=? WHERE key_id=?", (json.dumps(kept), key_id))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        self._fence_last.pop(workspace_id, None)
+        self._cold.discard(workspace_id)
 
 
 def _key_from(row: Sequence[Any]) -> KeyRecord:

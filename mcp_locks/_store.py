@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ._errors import AlreadyExists
+from ._errors import AlreadyExists, Locked, NotFound
 from ._keys import KeyRecord
 from ._table import (
     Change,
@@ -21,7 +21,7 @@ from ._table import (
     ReserveFences,
 )
 
-__all__ = ["MemoryStore", "Snapshot", "Store", "WorkspaceRecord"]
+__all__ = ["MemoryStore", "Snapshot", "Store", "WorkspaceRecord", "workspace_in_use", "workspace_not_found"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +100,9 @@ class Store(Protocol):
     async def revoke_key(self, key_id: str, now: float) -> bool:
         """Mark a key revoked; False if there is no such unrevoked key."""
         ...
+
+    async def delete_workspace(self, workspace_id: str, now: float) -> None:
+        """Delete a workspace holding no live lock, and take it off every key (LOCKED / NOT_FOUND otherwise)."""
 
 
 @dataclass
@@ -185,6 +188,33 @@ class MemoryStore:
             return False
         self._keys[key_id] = r._replace(revoked_at=now)
         return True
+
+    async def delete_workspace(self, workspace_id: str, now: float) -> None:
+        """Delete a workspace holding no live lock, and take it off every key."""
+        ws = self._ws.get(workspace_id)
+        if ws is None:
+            raise workspace_not_found(workspace_id)
+        live = sum(le.expires_at > now for le in ws.leases.values())
+        if live:
+            raise workspace_in_use(workspace_id, live)
+        del self._ws[workspace_id]
+        for k, r in list(self._keys.items()):
+            if workspace_id in r.workspaces:
+                self._keys[k] = r._replace(workspaces=tuple(w for w in r.workspaces if w != workspace_id))
+
+
+def workspace_not_found(workspace_id: str) -> NotFound:
+    """NOT_FOUND for a workspace a store does not have."""
+    return NotFound(f"workspace '{workspace_id}' does not exist.", details={"workspace_id": workspace_id})
+
+
+def workspace_in_use(workspace_id: str, live: int) -> Locked:
+    """LOCKED for deleting a workspace that still holds live locks."""
+    return Locked(
+        f"workspace '{workspace_id}' still holds {live} live lock(s).",
+        hint="Wait until they are released or expire (or force_unlock them), then delete it.",
+        details={"workspace_id": workspace_id, "locks": live},
+    )
 
 
 def apply_changes_to_memory(ws: _MemWorkspace, changes: Sequence[Change]) -> None:

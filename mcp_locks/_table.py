@@ -20,6 +20,7 @@ from ._errors import (
     LockError,
     LockExpired,
     LockNotFound,
+    NotFound,
     WaitTimeout,
 )
 from ._index import Claim, ClaimIndex, Depth, Mode
@@ -398,6 +399,8 @@ class LockTable:
         self._forgot = False
         self._next_prune = 0.0
         self._prune_check = 0.0
+        #: Set when the workspace is being deleted: no new lock is granted or queued.
+        self.retired = False
         self._lease_heap: list[tuple[float, str]] = []
         self._wait_heap: list[tuple[float, int]] = []
         self.changes: list[Change] = []
@@ -555,6 +558,8 @@ class LockTable:
         as_owner: str | None,
     ) -> Granted | Queued:
         self.expire(now)
+        if self.retired:
+            raise NotFound(f"workspace '{self.workspace_id}' was deleted.", details={"workspace_id": self.workspace_id})
         if not items:
             raise InvalidArgument("items must hold at least one lock request.", details={"field": "items"})
         fingerprint = None

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, nullcontext
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -52,3 +54,45 @@ async def serve_app(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
             server.should_exit = True
             server.force_exit = True
     sock.close()
+
+
+@contextmanager
+def serve_in_thread(app: ASGIApp) -> Iterator[str]:
+    """Run ``app`` under uvicorn in a thread of its own (for synchronous tests such as Hypothesis ones)."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline and thread.is_alive():
+        time.sleep(0.01)
+    assert server.started, "server did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+async def raw_request(
+    url: str, method: str, target: bytes, headers: dict[str, str], body: bytes = b""
+) -> tuple[int, bytes]:
+    """Send one HTTP/1.1 request with ``target`` exactly as given (no client normalises it); return status and body."""
+    host, port = url.removeprefix("http://").split(":")
+    head = [f"{method} ".encode() + target + b" HTTP/1.1", f"Host: {host}:{port}".encode(), b"Connection: close"]
+    head += [f"{k}: {v}".encode() for k, v in headers.items()]
+    head.append(f"Content-Length: {len(body)}".encode())
+    async with await anyio.connect_tcp(host, int(port)) as stream:
+        await stream.send(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        data = b""
+        with anyio.fail_after(10):
+            try:
+                while True:
+                    data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+    status_line, _, rest = data.partition(b"\r\n")
+    _, _, payload = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), payload

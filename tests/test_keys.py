@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 from click.testing import CliRunner
 
@@ -128,3 +130,84 @@ def test_keys_revoke_marks_the_key_and_says_so_twice_over(tmp_path: Path) -> Non
     again = runner.invoke(main, ["keys", "revoke", key_id, "--data-dir", str(tmp_path)])
     assert again.exit_code != 0
     assert "revoked" in runner.invoke(main, ["keys", "list", "--data-dir", str(tmp_path)]).output
+
+
+def test_keys_create_refuses_a_bad_agent_name_with_the_rule(tmp_path: Path) -> None:
+    _first_start(tmp_path)
+    result = CliRunner().invoke(
+        main, ["keys", "create", "--agent", "two words", "--workspace", "default", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code != 0
+    assert "INVALID_ARGUMENT: agent must be 1-64 characters" in result.output
+
+
+def test_a_new_key_works_against_a_running_server_at_once(tmp_path: Path) -> None:
+    from mcp_locks import Settings, build_app
+
+    from .servers import serve_in_thread
+
+    _first_start(tmp_path)
+    app = build_app(Settings(data_dir=tmp_path))
+    with serve_in_thread(app) as url:
+        key = (
+            CliRunner()
+            .invoke(main, ["keys", "create", "--agent", "carol", "--workspace", "default", "--data-dir", str(tmp_path)])
+            .stdout.strip()
+        )
+        me = httpx.get(f"{url}/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
+        key_id = parse_key_id(key)
+        assert key_id is not None
+        assert CliRunner().invoke(main, ["keys", "revoke", key_id, "--data-dir", str(tmp_path)]).exit_code == 0
+        after = httpx.get(f"{url}/v1/me", headers={"Authorization": f"Bearer {key}"})
+    assert (me["agent"], me["workspaces"]) == ("carol", ["default"])
+    assert after.status_code == 401  # revoked by another process, refused on the very next request
+
+
+def test_workspaces_delete_removes_an_idle_workspace_and_keys_lose_it(tmp_path: Path) -> None:
+    _first_start(tmp_path)
+    runner = CliRunner()
+    d = ["--data-dir", str(tmp_path)]
+    assert runner.invoke(main, ["workspaces", "create", "scratch", *d]).exit_code == 0
+    assert runner.invoke(main, ["keys", "create", "--agent", "al", "--workspace", "scratch", *d]).exit_code == 0
+    deleted = runner.invoke(main, ["workspaces", "delete", "scratch", *d])
+    assert deleted.exit_code == 0, deleted.output
+    assert "scratch" not in runner.invoke(main, ["workspaces", "list", *d]).output
+    assert "\tal\tagent\t-\tactive" in runner.invoke(main, ["keys", "list", *d]).output
+    again = runner.invoke(main, ["workspaces", "delete", "scratch", *d])
+    assert "NOT_FOUND" in again.output
+    assert "cannot be deleted" in runner.invoke(main, ["workspaces", "delete", "default", *d]).output
+
+
+def test_workspaces_delete_refuses_a_workspace_with_live_locks(tmp_path: Path) -> None:
+    async def lock_one() -> None:
+        async with LockService(SqliteStore(tmp_path / "locks.db")) as svc:
+            await svc.create_workspace("busy")
+            await svc.lock("busy", "a.md", timeout=600)
+
+    anyio.run(lock_one)
+    result = CliRunner().invoke(main, ["workspaces", "delete", "busy", "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert "LOCKED: workspace 'busy' still holds 1 live lock(s)." in result.output
+
+
+def test_workspaces_delete_refuses_while_a_server_uses_the_data_dir(tmp_path: Path) -> None:
+    from mcp_locks._cli import _claim_data_dir
+
+    _first_start(tmp_path)
+    claim = _claim_data_dir(tmp_path)  # what a running server holds
+    try:
+        result = CliRunner().invoke(main, ["workspaces", "delete", "x", "--data-dir", str(tmp_path)])
+        second = CliRunner().invoke(main, ["serve", "--port", "0", "--data-dir", str(tmp_path)])
+    finally:
+        os.close(claim)
+    assert "a server is running" in result.output
+    assert second.exit_code != 0
+    assert f"another mcp-locks server (pid {os.getpid()})" in second.output
+
+
+def test_serve_refuses_insecure_no_auth_off_loopback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        main, ["serve", "--insecure-no-auth", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code != 0
+    assert "--insecure-no-auth is refused on 0.0.0.0" in result.output

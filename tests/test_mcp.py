@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from mcp import Client
 from mcp_types import CallToolResult, TextContent
 
-from mcp_locks import LOCAL, LockService, ManualClock, MemoryStore, Settings, build_app, build_mcp
+from mcp_locks import LOCAL, Identity, LockService, ManualClock, MemoryStore, Settings, build_app, build_mcp
 from mcp_locks._mcp import PROGRESS_EVERY, with_progress
 
 from .helpers import until_event
@@ -45,6 +45,8 @@ CODES = {
     "LOCK_EXPIRED",
     "LOCK_NOT_FOUND",
     "LIMIT_EXCEEDED",
+    "FORBIDDEN",
+    "LOCK_BROKEN",
 }
 STEP = 10
 
@@ -297,16 +299,20 @@ json_values = st.recursive(
                 "request_id",
                 "agent",
                 "note",
+                "lock_id",
+                "reason",
+                "description",
                 "junk",
             ]
         ),
         json_values,
         max_size=6,
     ),
+    who=st.sampled_from([LOCAL, Identity("k1", "alice", "agent", ("default",)), Identity("k2", "root", "admin", ())]),
 )
-def test_junk_arguments_never_crash_a_tool(tool: str, args: dict[str, Any]) -> None:
+def test_junk_arguments_never_crash_a_tool(tool: str, args: dict[str, Any], who: Identity) -> None:
     async def run() -> None:
-        async with LockService(MemoryStore()) as service, Client(build_mcp(service)) as c:
+        async with LockService(MemoryStore()) as service, Client(build_mcp(service, local=who)) as c:
             r = await c.call_tool(tool, args)  # one call on a fresh service: nothing can make it wait
             if r.is_error:
                 code = text(r).split(":", 1)[0]

@@ -14,7 +14,9 @@ from anyio import wait_all_tasks_blocked
 from mcp_locks import (
     AlreadyExists,
     Deadlock,
+    Identity,
     InvalidArgument,
+    LockBroken,
     Locked,
     LockExpired,
     LockGrant,
@@ -548,3 +550,50 @@ async def test_a_token_that_is_not_a_string_is_an_invalid_argument_naming_it(ser
     with pytest.raises(InvalidArgument) as e:
         await service.lock(None, "a", token=123)
     assert e.value.details["field"] == "token"
+
+
+async def test_a_broken_lock_still_answers_lock_broken_after_a_restart(tmp_path: Path, clock: ManualClock) -> None:
+    async with LockService(sqlite(tmp_path), clock=clock) as s1:
+        grant = await s1.lock(None, "doc.md", agent="alice")
+        await s1.force_unlock(None, grant.lock_id, "disk full")
+    async with LockService(sqlite(tmp_path), clock=clock) as s2:
+        with pytest.raises(LockBroken, match="disk full"):
+            await s2.renew(None, grant.token)
+
+
+async def test_labels_survive_a_restart(tmp_path: Path, clock: ManualClock) -> None:
+    alice = Identity("k1", "alice", "agent", ("default",))
+    async with LockService(sqlite(tmp_path), clock=clock) as s1:
+        grant = await s1.lock(None, "doc.md", agent="helper-1", caller=alice)
+    async with LockService(sqlite(tmp_path), clock=clock) as s2:
+        holder = (await s2.status(None, "doc.md")).holders[0]
+    assert (holder.owner, holder.label, holder.lock_id) == ("alice", "helper-1", grant.lock_id)
+
+
+async def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path, clock: ManualClock) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "locks.db")
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE locks (workspace_id TEXT NOT NULL, lock_id TEXT NOT NULL, token TEXT NOT NULL,
+            node_id TEXT NOT NULL, mode TEXT NOT NULL, depth TEXT NOT NULL, owner TEXT NOT NULL, note TEXT,
+            fence INTEGER NOT NULL, acquired_at REAL NOT NULL, expires_at REAL NOT NULL, timeout REAL NOT NULL,
+            waited_ms INTEGER NOT NULL, request_id TEXT, ended_at REAL, end_reason TEXT,
+            PRIMARY KEY (workspace_id, lock_id));
+        """
+    )
+    db.execute(
+        "INSERT INTO locks VALUES ('default','lk_1','mlt_old','old.md','write','node','alice',NULL,1,?,?,600,0,"
+        "NULL,NULL,NULL)",
+        (clock.now(), clock.now() + 600),
+    )
+    db.commit()
+    db.close()
+    async with LockService(sqlite(tmp_path), clock=clock) as svc:
+        assert (await svc.status(None, "old.md")).holders[0].owner == "alice"
+        await svc.force_unlock(None, "lk_1", "migrated")
+        with pytest.raises(LockBroken):
+            await svc.unlock(None, "mlt_old")

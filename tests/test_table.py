@@ -9,8 +9,10 @@ import pytest
 
 from mcp_locks._errors import (
     Deadlock,
+    Forbidden,
     InvalidArgument,
     LimitExceeded,
+    LockBroken,
     Locked,
     LockError,
     LockExpired,
@@ -1358,3 +1360,60 @@ def test_a_page_that_ends_inside_a_node_resumes_at_that_node(table: LockTable) -
             break
     assert seen[:3] == sorted(le.lock_id for le in readers)
     assert len(seen) == 4
+
+
+# ---------------------------------------------------------------------- owners, labels and breaking
+
+
+@pytest.mark.parametrize("op", ["release", "renew", "upgrade"])
+def test_a_token_works_only_for_its_owner_when_the_owner_is_checked(op: str) -> None:
+    table = LockTable("ws")
+    lease = lock(table, "a", "alice", mode="read")
+    calls = {
+        "release": lambda: table.release(T0, lease.token, as_owner="bob"),
+        "renew": lambda: table.renew(T0, lease.token, as_owner="bob"),
+        "upgrade": lambda: acquire(table, "a", "bob", "write", token=lease.token, as_owner="bob"),
+    }
+    with pytest.raises(Forbidden) as e:
+        calls[op]()
+    assert e.value.details["owner"] == "alice"
+    assert table.lease(lease.lock_id) == lease  # untouched
+    assert table.release(T0, lease.token, as_owner="alice")[0].lock_id == lease.lock_id
+
+
+def test_a_label_rides_along_with_a_grant_and_a_queued_request() -> None:
+    table = LockTable("ws")
+    first = lock(table, "a", "alice", label="helper-1")
+    wid = enqueue(table, "a", "bob", label="reviewer")
+    assert first.label == "helper-1"
+    assert [w.label for w in table.status(T0, "a").waiters] == ["reviewer"]
+    table.release(T0, first.token)
+    (granted,) = [o for w, o in table.outcomes if w == wid]
+    assert isinstance(granted, Granted)
+    assert (granted.leases[0].owner, granted.leases[0].label) == ("bob", "reviewer")
+
+
+def test_breaking_a_lock_frees_its_waiters_and_its_token_then_answers_lock_broken() -> None:
+    table = LockTable("ws")
+    lease = lock(table, "a", "alice")
+    wid = enqueue(table, "a", "bob")
+    broken, _ = table.force_release(T0 + 5, lease.lock_id, "root", "stuck for an hour")
+    assert broken.lock_id == lease.lock_id
+    assert any(w == wid and isinstance(o, Granted) for w, o in table.outcomes)
+    ended = [ch.ended for ch in table.changes if isinstance(ch, EndLease)]
+    assert (ended[0].reason, ended[0].by, ended[0].why) == ("broken", "root", "stuck for an hour")
+    assert [ev.kind for ev in table.events if ev.lock_id == lease.lock_id][-1] == "broken"
+    with pytest.raises(LockBroken) as e:
+        table.renew(T0 + 6, lease.token)
+    assert "stuck for an hour" in e.value.message
+    assert (e.value.details["broken_by"], e.value.details["reason"]) == ("root", "stuck for an hour")
+
+
+def test_breaking_a_lock_that_is_not_held_says_so() -> None:
+    table = LockTable("ws")
+    lease = lock(table, "a")
+    table.release(T0, lease.token)
+    with pytest.raises(LockNotFound, match="already released"):
+        table.force_release(T0, lease.lock_id, "root", "x")
+    with pytest.raises(LockNotFound, match="no lock lk_missing"):
+        table.force_release(T0, "lk_missing", "root", "x")
