@@ -47,12 +47,14 @@ retry with wait=30 to wait in line (first come, first served), or work on someth
 To take several locks, use lock_files (all or none; it never deadlocks). Send request_id to make a
 lock call safe to retry. Every grant carries a `fence` number that grows with every grant; pass it
 along with writes to systems that can reject an older fence.
+Your key decides who you are (the owner of your locks) and which workspaces you reach; list_workspaces
+shows them. A token works only with the key that took its lock.
 Errors start with a stable CODE and say what to do next.
 """
 
 WorkspaceArg = Annotated[
     str | None,
-    Field(description="Workspace id (1-63 of a-z 0-9 _ -). Omit for the workspace 'default'."),
+    Field(description="Workspace id (1-63 of a-z 0-9 _ -). Omit for your key's only workspace, else 'default'."),
 ]
 NodeArg = Annotated[
     str,
@@ -71,7 +73,10 @@ NoteArg = Annotated[
 ]
 AgentArg = Annotated[
     str | None,
-    Field(description="Your agent name, shown as the lock owner; use a distinct name per agent.", max_length=64),
+    Field(
+        description="Optional label shown beside the owner (your key's agent), e.g. which sub-agent or task.",
+        max_length=64,
+    ),
 ]
 RequestIdArg = Annotated[
     str | None,
@@ -197,7 +202,8 @@ Errors and what to do:
 - LOCKED: someone else holds it. Retry with wait=30 to wait your turn, or work on another file.
 - WAIT_TIMEOUT: you waited `wait` seconds without getting it. Retry later or with a longer wait.
 - DEADLOCK: you hold a lock the other holder is waiting for. Release your locks and retry, or use lock_files.
-- INVALID_ARGUMENT: fix the named field. NOT_FOUND: create the workspace first (create_workspace).""",
+- INVALID_ARGUMENT: fix the named field. FORBIDDEN: your key does not reach that workspace (see list_workspaces).
+- NOT_FOUND: the workspace does not exist; an admin can create it.""",
     )
     async def lock_file(
         node_id: NodeArg,
@@ -236,7 +242,8 @@ Errors and what to do:
 
 Pass the token from lock_file. Returns the released lock and how long it was held.
 Errors: LOCK_NOT_FOUND (already released, or a wrong token/workspace: nothing to do), LOCK_EXPIRED (the lease ran
-out before you released it: another agent may have changed the file since, so re-read it before relying on it).""",
+out before you released it: another agent may have changed the file since, so re-read it before relying on it),
+LOCK_BROKEN (an admin broke it, for the reason given), FORBIDDEN (the lock belongs to another agent's key).""",
     )
     async def unlock_file(
         token: TokenArg,
