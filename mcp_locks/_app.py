@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -17,6 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from ._auth import Guard, KeyVerifier, bootstrap_admin_key, is_loopback
 from ._clock import Clock
+from ._keys import LOCAL, NOBODY
 from ._mcp import build_mcp
 from ._rest import OPENAPI_PATH, build_rest, http_error_handler
 from ._service import LockService, ServiceLimits
@@ -67,12 +69,19 @@ def build_app(
             " every lock. Bind to 127.0.0.1, or use API keys."
         )
     svc = service or build_service(settings)
-    server = mcp or build_mcp(svc, version=__version__)
-    # SSE mode (json_response=False) so long waits can stream and be cancelled; stateful for legacy sessions.
-    mcp_app = server.streamable_http_app(
-        streamable_http_path="/mcp", host=settings.host, max_request_body_size=settings.max_body
-    )
     verifier = None if settings.insecure_no_auth else KeyVerifier(svc.store)
+    # With keys checked, a request that somehow reached a tool without one may do nothing at all.
+    fallback = LOCAL if verifier is None else NOBODY
+    server = mcp or build_mcp(svc, version=__version__, local=fallback)
+    # SSE mode (json_response=False) so long waits can stream and be cancelled; stateful for legacy sessions.
+    # The guard checks Host and Origin for every route (with our error body and allowed origins), so the
+    # SDK's own check is off rather than a second, differently configured one.
+    mcp_app = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        host=settings.host,
+        max_request_body_size=settings.max_body,
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
@@ -82,7 +91,9 @@ def build_app(
         async with svc, server.session_manager.run():
             if verifier is not None:
                 env_key = settings.admin_key.get_secret_value() if settings.admin_key else None
-                path = await bootstrap_admin_key(svc.store, settings.data_dir, env_key, svc.clock.now())
+                path = await bootstrap_admin_key(
+                    svc.store, settings.data_dir, env_key, svc.clock.now(), persistent=settings.store == "sqlite"
+                )
                 if path is not None:
                     log.warning("created an admin key; it is in %s (mode 0600; keep it secret)", path)
             else:
@@ -91,7 +102,7 @@ def build_app(
 
     routes: list[BaseRoute] = [
         Route("/healthz", healthz, methods=["GET"]),
-        *build_rest(svc, version=__version__),
+        *build_rest(svc, version=__version__, local=fallback),
         *mcp_app.routes,  # /mcp itself, so our 404/405 answers cover every other path
     ]
     guard = Middleware(

@@ -203,6 +203,7 @@ def serve(**flags: Any) -> None:
         config = uvicorn.Config(
             app,
             log_level="warning",
+            log_config=None,  # uvicorn's records go through our handler, which redacts secrets
             access_log=False,
             loop="auto",
             http="auto",

@@ -29,6 +29,7 @@ __all__ = [
     "TooLarge",
     "Unauthenticated",
     "Unavailable",
+    "UnsupportedMediaType",
     "WaitTimeout",
 ]
 
@@ -169,6 +170,13 @@ class TooLarge(LockError):
     http_status = 413
 
 
+class UnsupportedMediaType(LockError):
+    """A REST request body that is not declared as JSON."""
+
+    code = "UNSUPPORTED_MEDIA_TYPE"
+    http_status = 415
+
+
 class MethodNotAllowed(LockError):
     """The REST route exists but not with this HTTP method."""
 
@@ -210,6 +218,7 @@ ERROR_TABLE: dict[str, type[LockError]] = {
         RateLimited,
         TooLarge,
         MethodNotAllowed,
+        UnsupportedMediaType,
         Unavailable,
         Internal,
     )

@@ -15,7 +15,17 @@ import re
 import secrets
 from typing import Literal, NamedTuple
 
-__all__ = ["KEY_PREFIX", "LOCAL", "Identity", "KeyRecord", "new_key", "parse_key_id", "record_for", "verify_key"]
+__all__ = [
+    "KEY_PREFIX",
+    "LOCAL",
+    "NOBODY",
+    "Identity",
+    "KeyRecord",
+    "new_key",
+    "parse_key_id",
+    "record_for",
+    "verify_key",
+]
 
 KEY_PREFIX = "mlk_"
 _KEY_RE = re.compile(r"mlk_([0-9a-f]{12})_[A-Za-z0-9_-]{43}")
@@ -62,6 +72,8 @@ class Identity(NamedTuple):
 #: The caller in-process, or over a server started with ``--insecure-no-auth``: it may do
 #: everything, and the ``agent`` argument names the owner of what it takes.
 LOCAL = Identity("", "", "admin", ())
+#: The fallback when keys are checked but a call carries none: it reaches nothing and may do nothing.
+NOBODY = Identity("-", "nobody", "agent", ())
 
 
 def _digest(key: str) -> bytes:

@@ -417,7 +417,7 @@ def unknown_field(what: str, given: Iterable[str], known: Sequence[str]) -> Inva
     unknown = [k for k in given if k not in known]
     if not unknown:
         return None
-    bad = str(unknown[0])[:64]
+    bad = _quotable(unknown[0])
     guess = difflib.get_close_matches(bad, list(known), n=1)
     return InvalidArgument(
         f"{what} has no argument '{bad}'" + (f"; did you mean '{guess[0]}'?" if guess else "."),
@@ -428,17 +428,22 @@ def unknown_field(what: str, given: Iterable[str], known: Sequence[str]) -> Inva
 
 def invalid_from(what: str, exc: ValidationError) -> InvalidArgument:
     """A pydantic validation failure as INVALID_ARGUMENT naming the fields (never echoing the input)."""
-    errors = exc.errors(include_url=False, include_input=False)
-    parts = []
-    for e in errors[:5]:
-        field = ".".join(str(p) for p in e["loc"]) or "arguments"
-        parts.append(f"{field}: {e['msg']}")
-    first = ".".join(str(p) for p in errors[0]["loc"]) if errors else "arguments"
+    errors = exc.errors(include_url=False, include_input=False)[:10]
+    fields = [".".join(_quotable(p) for p in e["loc"]) or "arguments" for e in errors]
+    parts = [f"{f}: {e['msg']}" for f, e in zip(fields, errors, strict=True)][:5]
     return InvalidArgument(
         f"bad arguments for {what}: " + "; ".join(parts) + ".",
         hint="Fix the argument and call again; the input schema lists every field and its limits.",
-        details={"field": first, "errors": [{"field": ".".join(map(str, e["loc"])), "msg": e["msg"]} for e in errors]},
+        details={
+            "field": fields[0] if fields else "arguments",
+            "errors": [{"field": f, "msg": e["msg"]} for f, e in zip(fields, errors, strict=True)],
+        },
     )
+
+
+def _quotable(value: object) -> str:
+    """``value`` as short, valid UTF-8 text, safe to quote back in an error (field names come from clients)."""
+    return str(value)[:64].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def parse_body(model: type[_M], data: object, what: str) -> _M:

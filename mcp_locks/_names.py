@@ -20,6 +20,8 @@ DEFAULT_WORKSPACE = "default"
 MAX_NODE_ID_BYTES = 1024
 _WORKSPACE_RE = re.compile(r"[a-z0-9_-]{1,63}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+#: Names with a meaning of their own: unnamed callers without authentication, and the fallback identities.
+RESERVED_AGENTS = frozenset({"anonymous", "local", "nobody"})
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
 
 
@@ -31,6 +33,12 @@ def check_agent_name(value: object, field: str = "agent") -> str:
             " starting with a letter or digit.",
             hint="Name the agent as people will see it in lock listings, e.g. 'claude-reviewer'.",
             details={"field": field, "rule": "[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}"},
+        )
+    if value.lower() in RESERVED_AGENTS:
+        raise InvalidArgument(
+            f"{field} '{value}' is reserved.",
+            hint="Pick a name that says which agent it is, e.g. 'claude-reviewer'.",
+            details={"field": field, "reserved": sorted(RESERVED_AGENTS)},
         )
     return value
 

@@ -20,13 +20,14 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ._auth import identity_of
-from ._errors import ERROR_TABLE, InvalidArgument, LockError, MethodNotAllowed, NotFound
+from ._errors import ERROR_TABLE, InvalidArgument, LockError, MethodNotAllowed, NotFound, UnsupportedMediaType
 from ._keys import LOCAL, Identity
+from ._logging import redact
 from ._models import (
     CreatedKey,
     CreateKeyRequest,
@@ -73,22 +74,27 @@ class _TokenConvertor(Convertor[str]):
 register_url_convertor("locktoken", _TokenConvertor())
 
 
-def error_response(err: LockError, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The one error body, with the status from the error table."""
-    return JSONResponse({"error": err.to_dict()}, status_code=err.http_status, headers=headers)
+def error_response(err: LockError, headers: dict[str, str] | None = None) -> Response:
+    """The one error body, with the status from the error table.
+
+    ASCII-escaped JSON: a message may quote what the client sent, lone surrogates included.
+    """
+    body = json.dumps({"error": err.to_dict()})
+    return Response(body, status_code=err.http_status, headers=headers, media_type="application/json")
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:
     """Starlette's own 404/405 as the one error body."""
     status = exc.status_code if isinstance(exc, HTTPException) else 500
+    path = redact(str(request.scope.get("path", ""))[:200])  # a token may sit in a mistyped path
     if status == 405:
         return error_response(
             MethodNotAllowed(
-                f"{request.method} is not allowed on {request.url.path[:200]}.",
+                f"{request.method} is not allowed on {path}.",
                 hint=f"See {OPENAPI_PATH} for the methods of each route.",
             )
         )
-    return error_response(NotFound(f"no route {request.url.path[:200]}.", hint=f"See {OPENAPI_PATH} for the routes."))
+    return error_response(NotFound(f"no route {path}.", hint=f"See {OPENAPI_PATH} for the routes."))
 
 
 @dataclass(frozen=True)
@@ -119,14 +125,13 @@ class Op:
     query: tuple[tuple[str, str, str], ...] = ()  # (name, JSON type, description)
     headers: tuple[tuple[str, str], ...] = ()  # (name, description)
     waits: bool = False  # may wait in line: a client that disconnects leaves the line
-    public: bool = False  # served without a key
     admin: bool = False
     tags: tuple[str, ...] = field(default=("locks",))
 
 
-def _caller(request: Request) -> Identity:
+def _caller(request: Request, local: Identity) -> Identity:
     user = request.scope.get("user")
-    return identity_of(user.access_token) if isinstance(user, AuthenticatedUser) else LOCAL
+    return identity_of(user.access_token) if isinstance(user, AuthenticatedUser) else local
 
 
 def _check_raw_path(request: Request) -> None:
@@ -147,9 +152,17 @@ async def _json_body(request: Request) -> object:
     raw = await request.body()
     if not raw.strip():
         return {}
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        # Browsers send text/plain cross-origin without asking first; JSON they must ask about (CORS).
+        raise UnsupportedMediaType(
+            f"a request body must be JSON (Content-Type: application/json), not '{kind[:60] or 'none'}'.",
+            hint="Send the body as JSON with that header.",
+            details={"field": "content-type"},
+        )
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise InvalidArgument(
             "the request body is not valid JSON.",
             hint="Send a JSON object with Content-Type: application/json.",
@@ -179,11 +192,11 @@ async def _or_disconnect(request: Request, call: Callable[[], Awaitable[BaseMode
     return result
 
 
-def _endpoint(op: Op) -> Callable[[Request], Awaitable[Response]]:
+def _endpoint(op: Op, local: Identity) -> Callable[[Request], Awaitable[Response]]:
     async def endpoint(request: Request) -> Response:
         try:
             _check_raw_path(request)
-            caller = _caller(request)
+            caller = _caller(request, local)
             if op.admin:
                 require_admin(caller, op.name.replace("_", " "))
             body = parse_body(op.body, await _json_body(request), op.name) if op.body is not None else None
@@ -197,6 +210,8 @@ def _endpoint(op: Op) -> Callable[[Request], Awaitable[Response]]:
                 result = await op.handler(call)
         except LockError as e:
             return error_response(e)
+        except ClientDisconnect:
+            return Response(status_code=499)  # the client left while sending its body
         return Response(result.model_dump_json(), status_code=op.status, media_type="application/json")
 
     endpoint.__name__ = op.name
@@ -264,7 +279,8 @@ def build_ops(service: LockService) -> list[Op]:
 
     async def renew(call: Call) -> BaseModel:
         b: RenewRequest = call.body
-        return await service.renew(ws_of(call), b.token, b.timeout, caller=call.caller)
+        node = call.params["node_id"]
+        return await service.renew(ws_of(call), b.token, b.timeout, caller=call.caller, node_id=node)
 
     async def unlock_path(call: Call) -> BaseModel:
         return await service.unlock(ws_of(call), call.params["token"], call.params["node_id"], caller=call.caller)
@@ -419,10 +435,13 @@ def build_ops(service: LockService) -> list[Op]:
     ]  # fmt: skip
 
 
-def build_rest(service: LockService, *, version: str = "") -> list[Route]:
-    """The REST routes (and the OpenAPI document at :data:`OPENAPI_PATH`), bound to ``service``."""
+def build_rest(service: LockService, *, version: str = "", local: Identity = LOCAL) -> list[Route]:
+    """The REST routes (and the OpenAPI document at :data:`OPENAPI_PATH`), bound to ``service``.
+
+    A request without a verified key acts as ``local`` (:data:`LOCAL` without authentication).
+    """
     ops = build_ops(service)
-    routes = [Route(op.path, _endpoint(op), methods=[op.method], name=op.name) for op in ops]
+    routes = [Route(op.path, _endpoint(op, local), methods=[op.method], name=op.name) for op in ops]
     doc = openapi(ops, version)
     body = json.dumps(doc).encode()
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import anyio
 import anyio.abc
@@ -23,6 +23,7 @@ from ._clock import Clock
 from ._errors import Forbidden, InvalidArgument, LockError, NotFound, Unavailable
 from ._index import Claim, Depth, Mode
 from ._keys import LOCAL, Identity, KeyRecord, new_key
+from ._logging import redact
 from ._models import (
     LockFilesResult,
     LockGrant,
@@ -46,6 +47,8 @@ __all__ = ["LockService", "ServiceLimits"]
 log = logging.getLogger("mcp_locks.service")
 
 MAX_ITEMS = 100
+#: Longest cursor accepted: ours encode a node id (<= 1024 bytes) and a lock id.
+MAX_CURSOR = 4096
 #: Seconds before a workspace whose store failed is woken again to catch up on expiries.
 RETRY_AFTER_FAILURE = 5.0
 _MODES: dict[str, Mode] = {"read": "read", "shared": "read", "write": "write", "exclusive": "write"}
@@ -120,16 +123,26 @@ def _owner(agent: object) -> str:
     return name.strip()
 
 
-def _who(caller: Identity, agent: object) -> tuple[str, str | None, str | None]:
-    """Who owns what a call takes, the label shown beside it, and whose leases its tokens must name.
+class _Who(NamedTuple):
+    """How a call's caller shows up in the table."""
 
-    ``as_owner`` is None (any lease) for admins and for servers without authentication.
+    owner: str  # owns what the call takes (deadlock detection compares owners)
+    label: str | None  # shown beside the owner
+    key_id: str | None  # recorded on new leases
+    as_key: str | None  # the key a token's lease must have been taken with (None: any)
+
+
+def _who(caller: Identity, agent: object) -> _Who:
+    """Owner, label and keys of a call: the key's agent owns, ``agent`` is a label.
+
+    Without authentication (:data:`LOCAL`) ``agent`` names the owner and tokens work for anyone;
+    an admin key skips the token's key check too (it may release anyone's lock).
     """
     if not caller.authenticated:
-        return _owner(agent), None, None
+        return _Who(_owner(agent), None, None, None)
     label = _text(agent, "agent", 64)
     label = label.strip() or None if label is not None else None
-    return caller.agent, label, None if caller.role == "admin" else caller.agent
+    return _Who(caller.agent, label, caller.key_id, None if caller.role == "admin" else caller.key_id)
 
 
 def require_admin(caller: Identity, what: str) -> None:
@@ -149,11 +162,12 @@ def encode_cursor(after: tuple[str, str]) -> str:
 def decode_cursor(cursor: str) -> tuple[str, str]:
     """The position a cursor names (INVALID_ARGUMENT if it is not one of ours)."""
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        node, lock_id = json.loads(raw)
-        if isinstance(node, str) and isinstance(lock_id, str):
-            return node, lock_id
-    except (ValueError, TypeError):
+        if len(cursor) <= MAX_CURSOR:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+            node, lock_id = json.loads(raw)
+            if isinstance(node, str) and isinstance(lock_id, str):
+                return node, lock_id
+    except (ValueError, TypeError, RecursionError):
         pass
     raise InvalidArgument(
         "cursor is not a cursor returned by list_locks.",
@@ -210,6 +224,7 @@ class LockService:
         self.limits = limits or ServiceLimits()
         self._actors: dict[str, WorkspaceActor] = {}
         self._workspaces: dict[str, WorkspaceRecord] = {}
+        self._deleting: set[str] = set()  # retired, about to leave the store: NOT_FOUND meanwhile
         self._alarms: list[tuple[float, str]] = []
         self._alarm_wake = anyio.Event()
         self._create_lock = anyio.Lock()
@@ -283,7 +298,7 @@ class LockService:
 
     def _actor(self, workspace_id: str) -> WorkspaceActor:
         actor = self._actors.get(workspace_id)
-        if actor is None or actor.stopped or (actor.table is not None and actor.table.retired):
+        if actor is None or actor.stopped:
             if self._tg is None:
                 raise Unavailable("the lock service is not running.", hint="Retry once the server has started.")
             actor = WorkspaceActor(
@@ -354,6 +369,8 @@ class LockService:
                 else "Ask an admin for a key that reaches it.",
                 details={"workspace_id": ws, "your_workspaces": list(caller.workspaces)},
             )
+        if ws in self._deleting:
+            raise NotFound(f"workspace '{ws}' is being deleted.", details={"workspace_id": ws})
         if ws not in self._workspaces:
             # Created by another process on the same store (`mcp-locks workspaces create`)?
             rec = await self.store.get_workspace(ws)
@@ -415,14 +432,20 @@ class LockService:
             table.retired = True
 
         await actor.call(retire)
+        self._deleting.add(ws)
         try:
             async with self._create_lock:
                 await self.store.delete_workspace(ws, self.clock.now())
                 rec = self._workspaces.pop(ws)
+                # The retired actor answers NOT_FOUND until here; a re-created workspace gets a new one.
+                if self._actors.get(ws) is actor:
+                    del self._actors[ws]
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await actor.call(lambda table, now: setattr(table, "retired", False))
             raise
+        finally:
+            self._deleting.discard(ws)
         log.info("deleted workspace %s", ws)
         return WorkspaceInfo(workspace_id=ws, description=rec.description, created_at=utc(rec.created_at))
 
@@ -447,10 +470,11 @@ class LockService:
         require_admin(caller, "revoking a key")
         kid = key_id if isinstance(key_id, str) and len(key_id) <= 64 else ""
         if not await self.store.revoke_key(kid, self.clock.now()):
+            shown = redact(kid)  # someone may paste a whole key here
             raise NotFound(
-                f"no live key has the id '{kid[:64]}'.",
+                f"no live key has the id '{shown}'.",
                 hint="List the keys (GET /v1/admin/keys or `mcp-locks keys list`) for their ids.",
-                details={"key_id": kid[:64]},
+                details={"key_id": shown},
             )
         log.info("revoked key %s", kid)
         record = await self.store.get_key(kid)
@@ -482,8 +506,7 @@ class LockService:
         note: str | None,
         request_id: str | None,
         token: str | None,
-        label: str | None,
-        as_owner: str | None,
+        who: _Who,
     ) -> Granted:
         actor = self._actor(ws)
         request = (owner, request_id)
@@ -501,8 +524,9 @@ class LockService:
                 note=note,
                 request_id=request_id,
                 token=token,
-                label=label,
-                as_owner=as_owner,
+                label=who.label,
+                key_id=who.key_id,
+                as_key=who.as_key,
             )
             return actor.queued(outcome, upgrade=upgrade, request=request)
 
@@ -538,19 +562,10 @@ class LockService:
         ws = await self._known(workspace_id, caller)
         claim = Claim(check_node_id(node_id), _mode(mode), _depth(depth))
         t, w, n, rid = self._lock_args(timeout, wait, note, request_id)
-        owner, label, as_owner = _who(caller, agent)
+        who = _who(caller, agent)
         tok = self._token(token) if token is not None else None
         granted = await self._acquire(
-            ws,
-            (claim,),
-            owner=owner,
-            timeout=t,
-            wait=w,
-            note=n,
-            request_id=rid,
-            token=tok,
-            label=label,
-            as_owner=as_owner,
+            ws, (claim,), owner=who.owner, timeout=t, wait=w, note=n, request_id=rid, token=tok, who=who
         )
         return LockGrant.of(ws, granted.leases[0], granted.replayed)
 
@@ -603,18 +618,9 @@ class LockService:
                     )
                 )
         t, w, n, rid = self._lock_args(timeout, wait, note, request_id)
-        owner, label, _ = _who(caller, agent)
+        who = _who(caller, agent)
         granted = await self._acquire(
-            ws,
-            tuple(claims),
-            owner=owner,
-            timeout=t,
-            wait=w,
-            note=n,
-            request_id=rid,
-            token=None,
-            label=label,
-            as_owner=None,
+            ws, tuple(claims), owner=who.owner, timeout=t, wait=w, note=n, request_id=rid, token=None, who=who
         )
         leases = granted.leases
         return LockFilesResult(
@@ -630,8 +636,8 @@ class LockService:
         ws = await self._known(workspace_id, caller)
         tok = self._token(token)
         node = check_node_id(node_id) if node_id is not None else None
-        as_owner = _who(caller, None)[2]
-        lease, held_ms = await self._actor(ws).call(lambda table, now: table.release(now, tok, node, as_owner))
+        as_key = _who(caller, None).as_key
+        lease, held_ms = await self._actor(ws).call(lambda table, now: table.release(now, tok, node, as_key))
         return UnlockResult(workspace_id=ws, released=LockInfo.of(lease), held_ms=held_ms)
 
     async def unlock_many(
@@ -639,7 +645,7 @@ class LockService:
     ) -> UnlockFilesResult:
         """Release each token's lock; a bad token is reported in its place and does not stop the others."""
         ws = await self._known(workspace_id, caller)
-        as_owner = _who(caller, None)[2]
+        as_key = _who(caller, None).as_key
         if not isinstance(tokens, Sequence) or isinstance(tokens, str) or not tokens:
             raise InvalidArgument("tokens must be a list of 1 to 100 tokens.", details={"field": "tokens"})
         if len(tokens) > MAX_ITEMS:
@@ -653,7 +659,7 @@ class LockService:
             out: list[UnlockOutcome] = []
             for i, tok in enumerate(toks):
                 try:
-                    lease, held = table.release(now, tok, as_owner=as_owner)
+                    lease, held = table.release(now, tok, as_key=as_key)
                 except LockError as e:
                     out.append(UnlockOutcome(index=i, released=False, error_code=e.code, error=e.text()))
                 else:
@@ -691,18 +697,28 @@ class LockService:
         return UnlockResult(workspace_id=ws, released=LockInfo.of(lease), held_ms=held_ms)
 
     async def renew(
-        self, workspace_id: object = None, token: object = None, timeout: object = None, *, caller: Identity = LOCAL
+        self,
+        workspace_id: object = None,
+        token: object = None,
+        timeout: object = None,
+        *,
+        caller: Identity = LOCAL,
+        node_id: object = None,
     ) -> RenewResult:
-        """Restart the lease ``token`` names (with an agent key, only that agent's locks)."""
+        """Restart the lease ``token`` names (with an agent key, only leases taken with that key).
+
+        With ``node_id`` (the REST path names one), the lease must be on that node.
+        """
         ws = await self._known(workspace_id, caller)
-        as_owner = _who(caller, None)[2]
+        node = check_node_id(node_id) if node_id is not None else None
+        as_key = _who(caller, None).as_key
         tok = self._token(token)
         t = (
             None
             if timeout is None
             else _seconds(timeout, "timeout", 1, self.limits.max_timeout, "Pick a lease long enough for the work.")
         )
-        lease: Lease = await self._actor(ws).call(lambda table, now: table.renew(now, tok, t, as_owner))
+        lease: Lease = await self._actor(ws).call(lambda table, now: table.renew(now, tok, t, as_key, node))
         return RenewResult(
             workspace_id=ws,
             lock_id=lease.lock_id,

@@ -58,6 +58,7 @@ CREATE TABLE IF NOT EXISTS locks (
     waited_ms INTEGER NOT NULL,
     request_id TEXT,
     label TEXT,
+    key_id TEXT,
     -- A rowid table: rows are wide (the token), and appending them is cheaper than
     -- inserting into a clustered (WITHOUT ROWID) b-tree, measured at ~30% of the commit.
     -- An ended lock stays as a row with ended_at set (one UPDATE, no delete + insert),
@@ -78,6 +79,8 @@ CREATE TABLE IF NOT EXISTS keys (
     digest BLOB NOT NULL,
     revoked_at REAL
 );
+-- Deleted workspaces keep their fence reservation, so a re-created one continues above it.
+CREATE TABLE IF NOT EXISTS retired (workspace_id TEXT PRIMARY KEY, fence_reserved INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS requests (
     workspace_id TEXT NOT NULL,
     owner TEXT NOT NULL,
@@ -91,10 +94,10 @@ CREATE TABLE IF NOT EXISTS requests (
 
 _LEASE_COLS = (
     "lock_id, token, node_id, mode, depth, owner, note, fence, acquired_at, expires_at, timeout, waited_ms, request_id,"
-    " label"
+    " label, key_id"
 )
 #: Columns added after schema 1, with their types: added in place when an older database is opened.
-_ADDED_COLUMNS = {"label": "TEXT", "end_by": "TEXT", "end_why": "TEXT"}
+_ADDED_COLUMNS = {"label": "TEXT", "key_id": "TEXT", "end_by": "TEXT", "end_why": "TEXT"}
 
 
 def _lease_row(ws: str, le: Lease) -> tuple[Any, ...]:
@@ -114,6 +117,7 @@ def _lease_row(ws: str, le: Lease) -> tuple[Any, ...]:
         le.waited_ms,
         le.request_id,
         le.label,
+        le.key_id,
     )
 
 
@@ -173,21 +177,38 @@ class SqliteStore:
         db.execute("PRAGMA busy_timeout=5000")
         # Checkpoints (which fsync) run on a thread of their own, not inside a commit on the event loop.
         db.execute("PRAGMA wal_autocheckpoint=0")
-        db.executescript(_SCHEMA)
-        row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
-            raise RuntimeError(f"{self.path} was written by a newer mcp-locks (schema {row[0]})")
-        elif int(row[0]) < SCHEMA_VERSION:
-            have = {r[1] for r in db.execute("PRAGMA table_info(locks)")}
-            for col, kind in _ADDED_COLUMNS.items():
-                if col not in have:
-                    db.execute(f"ALTER TABLE locks ADD COLUMN {col} {kind}")
-            db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        try:
+            self._migrate(db)
+        except BaseException:
+            db.close()
+            raise
         self._db = db
         self._start_checkpointer()
         self._cold = {r[0] for r in db.execute("SELECT workspace_id FROM workspaces")}
+
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        # One write transaction: a CLI command opening an old database while the server
+        # starts waits for it (busy_timeout) and then sees the migrated schema.
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            elif int(row[0]) > SCHEMA_VERSION:
+                raise RuntimeError(f"{self.path} was written by a newer mcp-locks (schema {row[0]})")
+            elif int(row[0]) < SCHEMA_VERSION:
+                have = {r[1] for r in db.execute("PRAGMA table_info(locks)")}
+                for col, kind in _ADDED_COLUMNS.items():
+                    if col not in have:
+                        db.execute(f"ALTER TABLE locks ADD COLUMN {col} {kind}")
+                db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _start_checkpointer(self, interval: float = 1.0) -> None:
         stop = self._checkpoint_stop = threading.Event()
@@ -222,8 +243,10 @@ class SqliteStore:
         """Create a workspace or raise ALREADY_EXISTS."""
         try:
             self.db.execute(
-                "INSERT INTO workspaces (workspace_id, description, created_at) VALUES (?, ?, ?)",
-                (workspace_id, description, now),
+                "INSERT INTO workspaces (workspace_id, description, created_at, fence_last, fence_reserved)"
+                " SELECT ?, ?, ?, coalesce(max(fence_reserved), 0), coalesce(max(fence_reserved), 0)"
+                " FROM retired WHERE workspace_id=?",
+                (workspace_id, description, now, workspace_id),
             )
         except sqlite3.IntegrityError:
             raise AlreadyExists(
@@ -332,7 +355,7 @@ class SqliteStore:
             try:
                 if puts:
                     db.executemany(
-                        f"INSERT OR REPLACE INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 15)})",
+                        f"INSERT OR REPLACE INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 16)})",
                         [_lease_row(workspace_id, le) for le in puts.values()],
                     )
                 if ends:
@@ -420,6 +443,11 @@ class SqliteStore:
             ).fetchone()
             if live:
                 raise workspace_in_use(workspace_id, live)
+            db.execute(
+                "INSERT OR REPLACE INTO retired"
+                " SELECT workspace_id, fence_reserved FROM workspaces WHERE workspace_id=?",
+                (workspace_id,),
+            )
             for table in ("locks", "requests", "workspaces"):
                 db.execute(f"DELETE FROM {table} WHERE workspace_id=?", (workspace_id,))
             for key_id, wss in db.execute("SELECT key_id, workspaces FROM keys").fetchall():

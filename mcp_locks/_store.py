@@ -121,6 +121,7 @@ class MemoryStore:
     def __init__(self) -> None:
         self._ws: dict[str, _MemWorkspace] = {}
         self._keys: dict[str, KeyRecord] = {}
+        self._retired: dict[str, int] = {}  # deleted workspace -> its fence reservation
         self.commits = 0
 
     async def open(self) -> None:
@@ -136,7 +137,8 @@ class MemoryStore:
                 f"workspace '{workspace_id}' already exists.", hint="Use it as it is, or pick another id."
             )
         rec = WorkspaceRecord(workspace_id, description, now)
-        self._ws[workspace_id] = _MemWorkspace(rec)
+        fence = self._retired.get(workspace_id, 0)  # a re-created workspace continues above the deleted one
+        self._ws[workspace_id] = _MemWorkspace(rec, fence_last=fence, fence_reserved=fence)
         return rec
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
@@ -198,6 +200,7 @@ class MemoryStore:
         if live:
             raise workspace_in_use(workspace_id, live)
         del self._ws[workspace_id]
+        self._retired[workspace_id] = ws.fence_reserved
         for k, r in list(self._keys.items()):
             if workspace_id in r.workspaces:
                 self._keys[k] = r._replace(workspaces=tuple(w for w in r.workspaces if w != workspace_id))

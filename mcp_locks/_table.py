@@ -123,6 +123,8 @@ class Lease(NamedTuple):
     request_id: str | None = None
     #: What the caller called itself (the ``agent`` argument), shown beside the authenticated owner.
     label: str | None = None
+    #: The id of the API key that took the lock: only that key (or an admin) may use its token.
+    key_id: str | None = None
 
     @property
     def claim(self) -> Claim:
@@ -270,6 +272,7 @@ class _Waiter:
     deadline: float
     upgrade_of: str | None = None
     label: str | None = None
+    key_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -529,16 +532,20 @@ class LockTable:
         request_id: str | None = None,
         token: str | None = None,
         label: str | None = None,
-        as_owner: str | None = None,
+        key_id: str | None = None,
+        as_key: str | None = None,
     ) -> Granted | Queued:
         """Grant ``items`` all together, queue the request, or raise (LOCKED, DEADLOCK, ...).
 
-        With ``token`` (upgrade, downgrade, re-lease) and ``as_owner``, the token's
-        lease must belong to ``as_owner`` (FORBIDDEN otherwise); ``as_owner=None``
-        skips that check (an admin, or a server without authentication).
+        New leases record ``key_id``. With ``token`` (upgrade, downgrade, re-lease)
+        and ``as_key``, the token's lease must have been taken with that key
+        (FORBIDDEN otherwise); ``as_key=None`` skips the check (an admin, or a
+        server without authentication).
         """
         try:
-            return self._acquire(now, tuple(items), owner, timeout, wait, note, request_id, token, label, as_owner)
+            return self._acquire(
+                now, tuple(items), owner, timeout, wait, note, request_id, token, label, key_id, as_key
+            )
         except LockError as e:
             node = items[0].node_id if items else ""
             self.events.append(Event("denied", now, node, owner, code=e.code))
@@ -555,7 +562,8 @@ class LockTable:
         request_id: str | None,
         token: str | None,
         label: str | None,
-        as_owner: str | None,
+        key_id: str | None,
+        as_key: str | None,
     ) -> Granted | Queued:
         self.expire(now)
         if self.retired:
@@ -575,9 +583,7 @@ class LockTable:
                     hint="Call lock_file with the token instead of lock_files.",
                     details={"field": "token"},
                 )
-            return self._change_mode(
-                now, token, items[0], owner, timeout, wait, note, request_id, fingerprint, as_owner
-            )
+            return self._change_mode(now, token, items[0], owner, timeout, wait, note, request_id, fingerprint, as_key)
         self._check_disjoint(items)
         queued = len(self._waiting) - len(self._upgrades)  # items of ordinary waiters, granted later
         if len(self._leases) + queued + len(items) > self.limits.max_locks:
@@ -588,12 +594,14 @@ class LockTable:
                 details={"limit": self.limits.max_locks},
             )
         if not any(self._holders.conflicts(c) or self._waiting.conflicts(c) for c in items):
-            leases = self._grant(now, items, owner, timeout, note, request_id, waited_ms=0, label=label)
+            leases = self._grant(now, items, owner, timeout, note, request_id, 0, label, key_id)
             self._record_request(now, owner, request_id, fingerprint, leases)
             return Granted(leases)
         if wait <= 0:
             raise self._locked(items)
-        waiter = _Waiter(0, owner, items, timeout, note, request_id, fingerprint, now, now + wait, label=label)
+        waiter = _Waiter(
+            0, owner, items, timeout, note, request_id, fingerprint, now, now + wait, label=label, key_id=key_id
+        )
         self._check_deadlock(owner if owner != ANONYMOUS else None, waiter)
         return Queued(self._enqueue(waiter))
 
@@ -668,9 +676,9 @@ class LockTable:
         note: str | None,
         request_id: str | None,
         fingerprint: str | None,
-        as_owner: str | None,
+        as_key: str | None,
     ) -> Granted | Queued:
-        lease = self._lease_for(token, as_owner)
+        lease = self._lease_for(token, as_key)
         if item.node_id != lease.node_id or item.depth != lease.depth:
             raise InvalidArgument(
                 f"the token belongs to a {lease.depth} lock on '{lease.node_id}',"
@@ -730,35 +738,47 @@ class LockTable:
     # ------------------------------------------------------------------ release, renew, cancel
 
     def release(
-        self, now: float, token: str, node_id: str | None = None, as_owner: str | None = None
+        self, now: float, token: str, node_id: str | None = None, as_key: str | None = None
     ) -> tuple[Lease, int]:
         """Release the lease named by ``token``; returns it and how long it was held (ms).
 
-        With ``as_owner``, the lease must belong to that owner (FORBIDDEN otherwise).
+        With ``as_key``, the lease must have been taken with that key (FORBIDDEN otherwise).
         """
         self.expire(now)
-        lease = self._lease_for(token, as_owner)
+        lease = self._lease_for(token, as_key)
+        self._check_node(lease, node_id)
+        self._end(lease, "released", now)
+        self._promote(now)
+        return lease, max(0, round((now - lease.acquired_at) * 1000))
+
+    def renew(
+        self,
+        now: float,
+        token: str,
+        timeout: float | None = None,
+        as_key: str | None = None,
+        node_id: str | None = None,
+    ) -> Lease:
+        """Restart the lease named by ``token`` for ``timeout`` seconds (default: its previous timeout).
+
+        With ``as_key``, the lease must have been taken with that key (FORBIDDEN otherwise).
+        """
+        self.expire(now)
+        lease = self._lease_for(token, as_key)
+        self._check_node(lease, node_id)
+        t = lease.timeout if timeout is None else timeout
+        new = lease._replace(expires_at=now + t, timeout=t)
+        self._update(lease, new, now)
+        return new
+
+    @staticmethod
+    def _check_node(lease: Lease, node_id: str | None) -> None:
         if node_id is not None and node_id != lease.node_id:
             raise InvalidArgument(
                 f"the token belongs to a lock on '{lease.node_id}', not '{node_id}'.",
                 hint="Omit node_id, or pass the node the lock was taken on.",
                 details={"field": "node_id", "node_id": lease.node_id},
             )
-        self._end(lease, "released", now)
-        self._promote(now)
-        return lease, max(0, round((now - lease.acquired_at) * 1000))
-
-    def renew(self, now: float, token: str, timeout: float | None = None, as_owner: str | None = None) -> Lease:
-        """Restart the lease named by ``token`` for ``timeout`` seconds (default: its previous timeout).
-
-        With ``as_owner``, the lease must belong to that owner (FORBIDDEN otherwise).
-        """
-        self.expire(now)
-        lease = self._lease_for(token, as_owner)
-        t = lease.timeout if timeout is None else timeout
-        new = lease._replace(expires_at=now + t, timeout=t)
-        self._update(lease, new, now)
-        return new
 
     def force_release(self, now: float, lock_id: str, by: str, why: str) -> tuple[Lease, int]:
         """Break the lock ``lock_id`` (an admin's call): end it as ``broken``, recording who and why.
@@ -895,6 +915,7 @@ class LockTable:
         request_id: str | None,
         waited_ms: int,
         label: str | None = None,
+        key_id: str | None = None,
     ) -> tuple[Lease, ...]:
         leases = []
         for c in items:
@@ -914,6 +935,7 @@ class LockTable:
                 waited_ms,
                 request_id,
                 label,
+                key_id,
             )
             self._install(lease, c)
             self.events.append(Event.of("granted", now, lease, waited_ms=waited_ms))
@@ -992,17 +1014,17 @@ class LockTable:
             del self._ended[next(iter(self._ended))]
             self._forgot = True
 
-    def _lease_for(self, token: str, as_owner: str | None = None) -> Lease:
+    def _lease_for(self, token: str, as_key: str | None = None) -> Lease:
         if not isinstance(token, str) or not token:
             raise InvalidArgument("token must be the token string a lock grant returned.", details={"field": "token"})
         lock_id = self._by_token.get(token)
         if lock_id is not None:
             lease = self._leases[lock_id]
-            if as_owner is not None and lease.owner != as_owner:
-                # A leaked token alone is not enough: it works only with its owner's key.
+            if as_key is not None and lease.key_id != as_key:
+                # A leaked token alone is not enough: it works only with the key that took the lock.
                 raise Forbidden(
-                    f"lock {lease.lock_id} on '{lease.node_id}' belongs to agent '{lease.owner}';"
-                    " only that agent's key (or an admin key) can release, renew or change it.",
+                    f"lock {lease.lock_id} on '{lease.node_id}' was taken by agent '{lease.owner}' with another key;"
+                    " only that key (or an admin key) can release, renew or change it.",
                     hint="Use the key that took the lock, or ask an admin to force_unlock it.",
                     details={"lock_id": lease.lock_id, "node_id": lease.node_id, "owner": lease.owner},
                 )
@@ -1101,7 +1123,9 @@ class LockTable:
                         self._upgrade(now, self._leases[w.upgrade_of], w.timeout, w.note, waited),
                     )
                 else:
-                    leases = self._grant(now, w.items, w.owner, w.timeout, w.note, w.request_id, waited, w.label)
+                    leases = self._grant(
+                        now, w.items, w.owner, w.timeout, w.note, w.request_id, waited, w.label, w.key_id
+                    )
                 self._record_request(now, w.owner, w.request_id, w.fingerprint, leases)
                 self.outcomes.append((w.waiter_id, Granted(leases)))
             else:

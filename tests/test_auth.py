@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from mcp_locks import LockService, ManualClock, MemoryStore, Settings, build_app
+from mcp_locks._auth import bootstrap_admin_key
 
 from .faces import FACES, McpFace, Outcome, RestFace
 from .helpers import until_event
@@ -333,3 +334,32 @@ async def test_an_admin_key_from_the_environment_is_registered_and_no_file_is_wr
         me = (await h.get(f"{url}/v1/me")).json()
     assert (me["role"], me["authenticated"]) == ("admin", True)
     assert not (tmp_path / "admin.key").exists()
+
+
+async def test_another_key_of_the_same_agent_cannot_use_its_tokens(face: Face) -> None:
+    twin, _ = await face.env.service.create_key("alice", ["default"])
+    grant = (await face(face.env.alice, "lock", node_id="a.md")).ok
+    out = await face(twin, "unlock", node_id="a.md", token=grant["token"])
+    assert out.code == "FORBIDDEN"
+    assert (await face(face.env.alice, "status", node_id="a.md")).ok["locked"]
+
+
+def test_a_throwaway_memory_server_never_writes_its_admin_key_into_the_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "admin.key").write_text("the real server's key\n")
+    path = anyio.run(lambda: bootstrap_admin_key(MemoryStore(), tmp_path, None, 0, persistent=False))
+    assert path is not None
+    assert not path.startswith(str(tmp_path))
+    assert Path(path).stat().st_mode & 0o777 == 0o600
+    Path(path).unlink()
+    assert (tmp_path / "admin.key").read_text() == "the real server's key\n"
+
+
+def test_an_existing_admin_key_file_is_never_replaced(tmp_path: Path) -> None:
+    (tmp_path / "admin.key").write_text("an older key\n")
+    store = MemoryStore()
+    path = anyio.run(lambda: bootstrap_admin_key(store, tmp_path, None, 0))
+    assert path == str(tmp_path / "admin-2.key")
+    assert (tmp_path / "admin.key").read_text() == "an older key\n"
+    assert [r.role for r in anyio.run(store.list_keys)] == ["admin"]
+    assert anyio.run(lambda: bootstrap_admin_key(store, tmp_path, None, 0)) is None  # an admin exists: nothing more
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-2.key", "admin.key"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -195,7 +196,8 @@ async def test_a_client_that_hangs_up_while_waiting_leaves_the_line(api: Api) ->
     ids=["dotdot", "empty-segment", "encoded-dotdot", "nul", "too-long", "not-utf8", "absolute", "bad-workspace"],
 )
 async def test_hostile_paths_are_refused_with_a_code_and_lock_nothing(api: Api, target: bytes) -> None:
-    status, body = await raw_request(api.url, "POST", target, {"Authorization": f"Bearer {api.key}"}, b"{}")
+    headers = {"Authorization": f"Bearer {api.key}", "Content-Type": "application/json"}
+    status, body = await raw_request(api.url, "POST", target, headers, b"{}")
     assert 400 <= status < 500, body
     error = json.loads(body)["error"]
     assert error["code"] in ("INVALID_ARGUMENT", "NOT_FOUND")
@@ -225,6 +227,12 @@ async def test_wrong_types_and_unknown_fields_are_invalid_argument_naming_the_fi
 async def test_a_misspelt_field_gets_a_suggestion(api: Api) -> None:
     r = await api.call("lock", "POST", NODE, json={"timout": 60})
     assert "did you mean 'timeout'?" in r.json()["error"]["message"]
+
+
+async def test_a_body_not_declared_as_json_is_refused_so_browsers_must_ask_first(api: Api) -> None:
+    r = await api.call("lock", "POST", NODE, content=b'{"mode": "write"}', headers={"Content-Type": "text/plain"})
+    assert (r.status_code, code_of(r)) == (415, "UNSUPPORTED_MEDIA_TYPE")
+    assert (await api.call("status", "GET", NODE)).json()["locked"] is False
 
 
 async def test_a_body_that_is_not_json_is_invalid_argument(api: Api) -> None:
@@ -356,4 +364,24 @@ async def test_a_workspace_is_deleted_only_when_idle_and_its_keys_lose_it(api: A
 async def test_the_default_workspace_cannot_be_deleted(api: Api) -> None:
     r = await api.call("delete_workspace", "DELETE", "/v1/workspaces/default",
                        headers={"Authorization": f"Bearer {api.admin}"})  # fmt: skip
+    assert code_of(r) == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (NODE, b"[" * 5000),
+        (NODE, b'{"\\udc80": 1}'),
+        ("/v1/workspaces/default/locks/batch", b'{"items": [{"node_id": "a", "\\udc80": 1}]}'),
+    ],
+    ids=["deep-nesting", "lone-surrogate-key", "lone-surrogate-nested-key"],
+)
+async def test_pathological_json_is_invalid_argument_not_a_crash(api: Api, path: str, body: bytes) -> None:
+    r = await api.http.post(f"{api.url}{path}", content=body, headers={"Content-Type": "application/json"})
+    assert (r.status_code, code_of(r)) == (422, "INVALID_ARGUMENT")
+
+
+async def test_a_deeply_nested_cursor_is_invalid_argument(api: Api) -> None:
+    cursor = base64.urlsafe_b64encode(b"[" * 3000).decode()
+    r = await api.call("list_locks", "GET", "/v1/workspaces/default/locks", params={"cursor": cursor})
     assert code_of(r) == "INVALID_ARGUMENT"

@@ -14,6 +14,7 @@ from anyio import wait_all_tasks_blocked
 from mcp_locks import (
     AlreadyExists,
     Deadlock,
+    Forbidden,
     Identity,
     InvalidArgument,
     LockBroken,
@@ -28,6 +29,7 @@ from mcp_locks import (
     Unavailable,
     WaitTimeout,
 )
+from mcp_locks._keys import NOBODY
 from mcp_locks._service import ServiceLimits
 from mcp_locks._table import Change
 
@@ -597,3 +599,67 @@ async def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path, clock: M
         await svc.force_unlock(None, "lk_1", "migrated")
         with pytest.raises(LockBroken):
             await svc.unlock(None, "mlt_old")
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_re_created_workspace_continues_above_the_deleted_ones_fences(
+    tmp_path: Path, clock: ManualClock, kind: str
+) -> None:
+    store = MemoryStore() if kind == "memory" else sqlite(tmp_path)
+    async with LockService(store, clock=clock) as svc:
+        await svc.create_workspace("w")
+        old = await svc.lock("w", "a")
+        await svc.unlock("w", old.token)
+        await svc.delete_workspace("w")
+        await svc.create_workspace("w")
+        new = await svc.lock("w", "a")
+    assert new.fence > old.fence
+
+
+async def test_nothing_is_granted_in_a_workspace_while_it_is_being_deleted(clock: ManualClock) -> None:
+    release = anyio.Event()
+    reached = anyio.Event()
+
+    class SlowDelete(MemoryStore):
+        async def delete_workspace(self, workspace_id: str, now: float) -> None:
+            reached.set()
+            await release.wait()  # a store whose delete awaits (a network database would)
+            await super().delete_workspace(workspace_id, now)
+
+    async with LockService(SlowDelete(), clock=clock) as svc:
+        await svc.create_workspace("w")
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(svc.delete_workspace, "w")
+                await reached.wait()
+                with pytest.raises(NotFound):
+                    await svc.lock("w", "a")
+                release.set()
+        with pytest.raises(NotFound):
+            await svc.status("w", "a")
+        await svc.create_workspace("w")
+        assert (await svc.lock("w", "a")).workspace_id == "w"  # a new actor for the new workspace
+
+
+async def test_a_failed_delete_leaves_the_workspace_usable(clock: ManualClock) -> None:
+    class FailingDelete(MemoryStore):
+        async def delete_workspace(self, workspace_id: str, now: float) -> None:
+            raise Unavailable("disk gone")
+
+    async with LockService(FailingDelete(), clock=clock) as svc:
+        await svc.create_workspace("w")
+        with pytest.raises(Unavailable):
+            await svc.delete_workspace("w")
+        assert (await svc.lock("w", "a")).workspace_id == "w"
+
+
+async def test_reserved_agent_names_are_refused_for_keys(service: LockService) -> None:
+    for name in ("anonymous", "Local", "nobody"):
+        with pytest.raises(InvalidArgument, match="reserved"):
+            await service.create_key(name, ["default"])
+
+
+async def test_without_a_verified_key_the_fallback_identity_reaches_nothing(service: LockService) -> None:
+    with pytest.raises(Forbidden):
+        await service.lock(None, "a", caller=NOBODY)
+    assert await service.list_workspaces(caller=NOBODY) == []

@@ -1366,19 +1366,20 @@ def test_a_page_that_ends_inside_a_node_resumes_at_that_node(table: LockTable) -
 
 
 @pytest.mark.parametrize("op", ["release", "renew", "upgrade"])
-def test_a_token_works_only_for_its_owner_when_the_owner_is_checked(op: str) -> None:
+def test_a_token_works_only_with_the_key_that_took_the_lock_when_keys_are_checked(op: str) -> None:
     table = LockTable("ws")
-    lease = lock(table, "a", "alice", mode="read")
+    lease = lock(table, "a", "alice", mode="read", key_id="k-alice")
     calls = {
-        "release": lambda: table.release(T0, lease.token, as_owner="bob"),
-        "renew": lambda: table.renew(T0, lease.token, as_owner="bob"),
-        "upgrade": lambda: acquire(table, "a", "bob", "write", token=lease.token, as_owner="bob"),
+        # the same agent name with another key is refused too: the key, not the name, took the lock
+        "release": lambda: table.release(T0, lease.token, as_key="k-alice-2"),
+        "renew": lambda: table.renew(T0, lease.token, as_key="k-bob"),
+        "upgrade": lambda: acquire(table, "a", "alice", "write", token=lease.token, as_key="k-bob"),
     }
     with pytest.raises(Forbidden) as e:
         calls[op]()
     assert e.value.details["owner"] == "alice"
     assert table.lease(lease.lock_id) == lease  # untouched
-    assert table.release(T0, lease.token, as_owner="alice")[0].lock_id == lease.lock_id
+    assert table.release(T0, lease.token, as_key="k-alice")[0].lock_id == lease.lock_id
 
 
 def test_a_label_rides_along_with_a_grant_and_a_queued_request() -> None:
