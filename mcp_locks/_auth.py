@@ -17,6 +17,7 @@ and MCP sessions stay bound to the key that opened them.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import logging
@@ -41,7 +42,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ._errors import BadHost, Forbidden, Internal, LockError, RateLimited, TooLarge, Unauthenticated, Unavailable
-from ._keys import LOCAL, Identity, KeyRecord, new_key, parse_key_id, record_for, verify_key
+from ._keys import LOCAL, Identity, KeyRecord, key_digest, new_key, parse_key_id, record_for, verify_key
 from ._store import Store
 
 __all__ = [
@@ -59,6 +60,7 @@ log = logging.getLogger("mcp_locks.auth")
 _LOOPBACK_NAMES = ("localhost", "localhost.")
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback(host: str) -> bool:
     """Whether ``host`` (a name or an address, IPv6 with or without brackets) is a loopback address."""
     h = host.strip("[]").lower()
@@ -73,32 +75,52 @@ def is_loopback(host: str) -> bool:
 class KeyVerifier:
     """The SDK's ``TokenVerifier`` over mcp-locks API keys; MCP and REST share this one instance.
 
-    Each check reads the key's record from the store (a point lookup), so a key
-    revoked over REST or by ``mcp-locks keys revoke`` in another process stops
-    working on the very next request.
+    A key proven once is remembered (by its digest) until the store's key version
+    changes: any key or workspace change, by this process or another one on the
+    same store (``mcp-locks keys revoke``), empties the memory before the next
+    check. So a revoked key stops working on the very next request, and a known
+    key costs one version read instead of a record lookup and a digest compare.
     """
+
+    #: Most remembered keys; the memory is emptied when full (only proven keys go in).
+    MAX_REMEMBERED = 10_000
 
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._version: object = None
+        self._proven: dict[bytes, AccessToken] = {}
 
     async def identify(self, key: str) -> Identity | None:
         """The identity ``key`` proves, or None (malformed, unknown, wrong or revoked)."""
-        key_id = parse_key_id(key)
-        record: KeyRecord | None = await self.store.get_key(key_id) if key_id is not None else None
-        return verify_key(key, record)
+        token = await self.verify_token(key)
+        return identity_of(token) if token is not None else None
 
     async def verify_token(self, token: str) -> AccessToken | None:
-        """The SDK's form of :meth:`identify`: role as the scope, agent as the subject, workspaces as a claim."""
-        ident = await self.identify(token)
+        """The key's identity in the SDK's form: role as the scope, agent as the subject, workspaces as a claim."""
+        version = await self.store.keys_version()
+        if version != self._version:
+            self._proven.clear()
+            self._version = version
+        digest = key_digest(token)
+        known = self._proven.get(digest)
+        if known is not None:
+            return known
+        key_id = parse_key_id(token)
+        record: KeyRecord | None = await self.store.get_key(key_id) if key_id is not None else None
+        ident = verify_key(token, record)
         if ident is None:
             return None
-        return AccessToken(
+        access = AccessToken(
             token=ident.key_id,  # the public id: the secret never travels further than this check
             client_id=ident.key_id,
             scopes=[ident.role],
             subject=ident.agent,
             claims={"workspaces": list(ident.workspaces)},
         )
+        if len(self._proven) >= self.MAX_REMEMBERED:
+            self._proven.clear()
+        self._proven[digest] = access
+        return access
 
 
 def identity_of(token: AccessToken) -> Identity:
@@ -160,8 +182,11 @@ class Guard:
         self.limiter = limits.strategies.MovingWindowRateLimiter(limits.storage.MemoryStorage())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] == "lifespan":
             await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websocket routes: refuse rather than pass anything unchecked
+            await send({"type": "websocket.close", "code": 1008})
             return
         headers = Headers(scope=scope)
         refusal = self._check_origin(headers) or self._check_length(headers)

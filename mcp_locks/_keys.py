@@ -21,6 +21,7 @@ __all__ = [
     "NOBODY",
     "Identity",
     "KeyRecord",
+    "key_digest",
     "new_key",
     "parse_key_id",
     "record_for",
@@ -76,7 +77,8 @@ LOCAL = Identity("", "", "admin", ())
 NOBODY = Identity("-", "nobody", "agent", ())
 
 
-def _digest(key: str) -> bytes:
+def key_digest(key: str) -> bytes:
+    """The SHA-256 digest stored for ``key`` (keys are 256-bit random: a fast hash is enough)."""
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).digest()
 
 
@@ -91,7 +93,7 @@ def record_for(key: str, agent: str, workspaces: tuple[str, ...], role: Role, no
     key_id = parse_key_id(key)
     if key_id is None:
         raise ValueError("not an mcp-locks key")
-    return KeyRecord(key_id, agent, tuple(workspaces), role, now, _digest(key))
+    return KeyRecord(key_id, agent, tuple(workspaces), role, now, key_digest(key))
 
 
 def parse_key_id(key: str) -> str | None:
@@ -104,8 +106,8 @@ def verify_key(key: str, record: KeyRecord | None) -> Identity | None:
     """The identity ``key`` proves, or None (unknown, wrong, or revoked). Compares in constant time."""
     if record is None:
         # Compare anyway, so an unknown key id takes as long as a wrong secret.
-        hmac.compare_digest(_digest(key), b"\0" * 32)
+        hmac.compare_digest(key_digest(key), b"\0" * 32)
         return None
-    if not hmac.compare_digest(_digest(key), record.digest) or record.revoked_at is not None:
+    if not hmac.compare_digest(key_digest(key), record.digest) or record.revoked_at is not None:
         return None
     return Identity(record.key_id, record.agent, record.role, record.workspaces)

@@ -446,14 +446,24 @@ def _quotable(value: object) -> str:
     return str(value)[:64].encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def parse_body(model: type[_M], data: object, what: str) -> _M:
-    """``data`` (decoded JSON) as ``model``, or INVALID_ARGUMENT saying which field is wrong."""
-    if not isinstance(data, dict):
-        raise InvalidArgument(f"the body of {what} must be a JSON object.", details={"field": "body"})
-    bad = unknown_field(what, data, list(model.model_fields))
-    if bad is not None:
-        raise bad
+def parse_body(model: type[_M], raw: bytes, what: str) -> _M:
+    """The JSON body ``raw`` as ``model``, or INVALID_ARGUMENT saying which field is wrong (and why)."""
     try:
-        return model.model_validate(data)
+        return model.model_validate_json(raw or b"{}")
     except ValidationError as e:
+        errors = e.errors(include_url=False, include_input=False)
+        for err in errors:
+            loc = err["loc"]
+            if err["type"] == "json_invalid":
+                raise InvalidArgument(
+                    "the request body is not valid JSON.",
+                    hint="Send a JSON object with Content-Type: application/json.",
+                    details={"field": "body"},
+                ) from None
+            if not loc and err["type"] in ("model_type", "model_attributes_type"):
+                raise InvalidArgument(f"the body of {what} must be a JSON object.", details={"field": "body"}) from None
+            if len(loc) == 1 and err["type"] == "extra_forbidden":
+                bad = unknown_field(what, [str(loc[0])], list(model.model_fields))
+                if bad is not None:
+                    raise bad from None
         raise invalid_from(what, e) from None

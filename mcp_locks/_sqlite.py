@@ -155,6 +155,7 @@ class SqliteStore:
         self._db: sqlite3.Connection | None = None
         self._cold: set[str] = set()
         self._fence_last: dict[str, int] = {}
+        self._key_writes = 0  # bumped on every key change made here (other processes show in data_version)
         self._checkpointer: threading.Thread | None = None
         self._checkpoint_stop = threading.Event()
 
@@ -408,8 +409,14 @@ class SqliteStore:
         )
         return {ws: t for ws, t in rows}
 
+    async def keys_version(self) -> object:
+        """Changes when this store changed a key, or another connection (a CLI command) committed anything."""
+        (other,) = self.db.execute("PRAGMA data_version").fetchone()
+        return (other, self._key_writes)
+
     async def put_key(self, record: KeyRecord) -> None:
         """Store a new key record (only its digest: never the key)."""
+        self._key_writes += 1
         r = record
         self.db.execute(
             "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -428,6 +435,7 @@ class SqliteStore:
     async def revoke_key(self, key_id: str, now: float) -> bool:
         """Mark a key revoked; False if there is no such (unrevoked) key."""
         cur = self.db.execute("UPDATE keys SET revoked_at=? WHERE key_id=? AND revoked_at IS NULL", (now, key_id))
+        self._key_writes += 1
         return cur.rowcount == 1
 
     async def delete_workspace(self, workspace_id: str, now: float) -> None:
@@ -461,6 +469,7 @@ class SqliteStore:
             raise
         self._fence_last.pop(workspace_id, None)
         self._cold.discard(workspace_id)
+        self._key_writes += 1
 
 
 def _key_from(row: Sequence[Any]) -> KeyRecord:

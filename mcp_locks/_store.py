@@ -104,6 +104,10 @@ class Store(Protocol):
     async def delete_workspace(self, workspace_id: str, now: float) -> None:
         """Delete a workspace holding no live lock, and take it off every key (LOCKED / NOT_FOUND otherwise)."""
 
+    async def keys_version(self) -> object:
+        """A value that changes whenever a key record may have changed, in this process or another one."""
+        ...
+
 
 @dataclass
 class _MemWorkspace:
@@ -122,6 +126,7 @@ class MemoryStore:
         self._ws: dict[str, _MemWorkspace] = {}
         self._keys: dict[str, KeyRecord] = {}
         self._retired: dict[str, int] = {}  # deleted workspace -> its fence reservation
+        self._key_writes = 0
         self.commits = 0
 
     async def open(self) -> None:
@@ -174,6 +179,7 @@ class MemoryStore:
     async def put_key(self, record: KeyRecord) -> None:
         """Store a new key record."""
         self._keys[record.key_id] = record
+        self._key_writes += 1
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         """The key record, or None."""
@@ -189,6 +195,7 @@ class MemoryStore:
         if r is None or r.revoked_at is not None:
             return False
         self._keys[key_id] = r._replace(revoked_at=now)
+        self._key_writes += 1
         return True
 
     async def delete_workspace(self, workspace_id: str, now: float) -> None:
@@ -201,9 +208,14 @@ class MemoryStore:
             raise workspace_in_use(workspace_id, live)
         del self._ws[workspace_id]
         self._retired[workspace_id] = ws.fence_reserved
+        self._key_writes += 1
         for k, r in list(self._keys.items()):
             if workspace_id in r.workspaces:
                 self._keys[k] = r._replace(workspaces=tuple(w for w in r.workspaces if w != workspace_id))
+
+    async def keys_version(self) -> object:
+        """Counts key changes (only this process uses a memory store)."""
+        return self._key_writes
 
 
 def workspace_not_found(workspace_id: str) -> NotFound:
