@@ -379,6 +379,7 @@ class WorkspaceActor:
         old = self.table
         try:
             self.table = await self._load(first_waiter_id=old.next_waiter_id if old is not None else 1)
+            self.table.retired = old is not None and old.retired  # a workspace being deleted stays so
         except Exception:
             self.failed = True
             raise

@@ -117,9 +117,10 @@ class KeyVerifier:
             subject=ident.agent,
             claims={"workspaces": list(ident.workspaces)},
         )
-        if len(self._proven) >= self.MAX_REMEMBERED:
-            self._proven.clear()
-        self._proven[digest] = access
+        if self._version == version:  # a store that awaits may have seen a change meanwhile: then forget it
+            if len(self._proven) >= self.MAX_REMEMBERED:
+                self._proven.clear()
+            self._proven[digest] = access
         return access
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -72,28 +73,34 @@ def _claim_data_dir(data_dir: Path) -> int:
         pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise click.ClickException(
-            f"another mcp-locks server (pid {pid}) is using {data_dir}. Stop it, or pass another --data-dir."
+            f"another mcp-locks server (pid {pid}) or command is using {data_dir}."
+            " Stop it or let it finish, or pass another --data-dir."
         ) from None
     os.ftruncate(fd, 0)
     os.write(fd, str(os.getpid()).encode())
     return fd
 
 
-def _server_running(data_dir: Path) -> bool:
-    """Whether a server holds the data dir's claim right now."""
+@contextlib.contextmanager
+def _without_server(data_dir: Path, instead: str) -> Iterator[None]:
+    """Hold the data dir's claim shared while a command changes what a server would cache.
+
+    Refuses (with ``instead``) if a server holds it; a server starting meanwhile waits its turn.
+    """
     import fcntl
 
-    path = data_dir / _SERVER_LOCK
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
+        fd = os.open(data_dir / _SERVER_LOCK, os.O_RDONLY | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise click.ClickException(f"cannot open {data_dir / _SERVER_LOCK}: {e.strerror}.") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise click.ClickException(f"a server is running on {data_dir}: {instead}") from None
+        yield
     finally:
         os.close(fd)
-    return False
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -197,7 +204,11 @@ def serve(**flags: Any) -> None:
         elif settings.admin_key:
             click.echo("auth: API keys required; the admin key is MCP_LOCKS_ADMIN_KEY", err=True)
         else:
-            click.echo(f"auth: API keys required; the admin key is in {settings.data_dir / 'admin.key'}", err=True)
+            click.echo(
+                f"auth: API keys required; the first start writes an admin key to {settings.data_dir / 'admin.key'}"
+                " (the log names the file if it writes one)",
+                err=True,
+            )
         app = build_app(settings)
         tune_gc()
         config = uvicorn.Config(
@@ -291,11 +302,6 @@ def workspaces_delete(workspace_id: str, data_dir: Path | None) -> None:
     Example: mcp-locks workspaces delete team-a
     """
     settings = _settings(data_dir=data_dir)
-    if _server_running(settings.data_dir):
-        raise click.ClickException(
-            f"a server is running on {settings.data_dir}: delete through it"
-            f" (DELETE /v1/workspaces/{workspace_id[:63]} with an admin key), or stop it first."
-        )
 
     async def action(store: SqliteStore) -> None:
         ws = check_workspace_id(workspace_id)
@@ -304,7 +310,11 @@ def workspaces_delete(workspace_id: str, data_dir: Path | None) -> None:
         await store.delete_workspace(ws, time.time())
         click.echo(f"deleted workspace {ws}")
 
-    _with_store(data_dir, action)
+    if not settings.db_path.exists():
+        _with_store(data_dir, action)  # says there is no database
+    instead = f"delete through it (DELETE /v1/workspaces/{workspace_id[:63]} with an admin key), or stop it first."
+    with _without_server(settings.data_dir, instead):
+        _with_store(data_dir, action)
 
 
 @workspaces.command("list")

@@ -371,7 +371,7 @@ class UnlockRequest(_In):
 class LockFilesRequest(_In):
     """Body of POST /v1/workspaces/{workspace_id}/locks/batch: all the items or none."""
 
-    items: list[LockItem] = Field(description="1-100 nodes to lock together.")
+    items: list[LockItem] = Field(description="1-100 nodes to lock together.", max_length=100)
     timeout: float = 300
     wait: float = 0
     note: str | None = None
@@ -382,7 +382,7 @@ class LockFilesRequest(_In):
 class UnlockFilesRequest(_In):
     """Body of POST /v1/workspaces/{workspace_id}/locks/unlock."""
 
-    tokens: list[str] = Field(description="1-100 tokens; each is released on its own.")
+    tokens: list[str] = Field(description="1-100 tokens; each is released on its own.", max_length=100)
 
 
 class ForceUnlockRequest(_In):
@@ -402,7 +402,7 @@ class CreateKeyRequest(_In):
     """Body of POST /v1/admin/keys (admin)."""
 
     agent: str = Field(description="The agent's name: the owner of every lock taken with the key.")
-    workspaces: list[str] = Field(default_factory=list, description="Workspaces the key reaches.")
+    workspaces: list[str] = Field(default_factory=list, description="Workspaces the key reaches.", max_length=100)
     role: Literal["agent", "admin"] = "agent"
 
 

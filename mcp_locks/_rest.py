@@ -508,7 +508,8 @@ def openapi(ops: list[Op], version: str) -> dict[str, Any]:
             },
         }
         if op.body is not None:
-            entry["requestBody"] = {"required": op.method != "DELETE", "content": _json_ref(op.body.__name__)}
+            needed = any(f.is_required() for f in op.body.model_fields.values())  # else {} or no body will do
+            entry["requestBody"] = {"required": needed, "content": _json_ref(op.body.__name__)}
         if op.admin:
             entry["description"] = "Needs an admin key."
         paths.setdefault(path, {})[op.method.lower()] = entry

@@ -20,7 +20,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._actor import Waiting, WorkspaceActor
 from ._clock import Clock
-from ._errors import Forbidden, InvalidArgument, LockError, NotFound, Unavailable
+from ._errors import AlreadyExists, Forbidden, InvalidArgument, LockError, NotFound, Unavailable
 from ._index import Claim, Depth, Mode
 from ._keys import LOCAL, Identity, KeyRecord, new_key
 from ._logging import redact
@@ -183,6 +183,15 @@ async def issue_key(store: Store, agent: object, workspaces: object, role: objec
     and an agent key needs at least one.
     """
     name = check_agent_name(agent)
+    live = next((r for r in await store.list_keys() if r.agent == name and r.revoked_at is None), None)
+    if live is not None:
+        # One live key per agent: the agent name then names one key, for ownership, retries and deadlocks.
+        raise AlreadyExists(
+            f"agent '{name}' already has a live key ({live.key_id}).",
+            hint=f"To replace it, revoke it first (mcp-locks keys revoke {live.key_id}); locks taken with it"
+            " stay its own until they are released by an admin or expire.",
+            details={"field": "agent", "key_id": live.key_id},
+        )
     if role not in ("agent", "admin"):
         raise InvalidArgument("role must be 'agent' or 'admin'.", details={"field": "role"})
     if not isinstance(workspaces, Sequence) or isinstance(workspaces, str):
@@ -291,7 +300,7 @@ class LockService:
             now = self.clock.now()
             while self._alarms and self._alarms[0][0] <= now:
                 _, ws = heapq.heappop(self._alarms)
-                if ws in self._workspaces:
+                if ws in self._workspaces and ws not in self._deleting:
                     self._actor(ws)  # starting it expires what is due
             self._alarm_wake = anyio.Event()
             await self.clock.wait(self._alarm_wake, self._alarms[0][0] if self._alarms else None)
@@ -435,14 +444,17 @@ class LockService:
         self._deleting.add(ws)
         try:
             async with self._create_lock:
-                await self.store.delete_workspace(ws, self.clock.now())
+                with anyio.CancelScope(shield=True):  # once asked, the store's delete runs to its end
+                    await self.store.delete_workspace(ws, self.clock.now())
                 rec = self._workspaces.pop(ws)
-                # The retired actor answers NOT_FOUND until here; a re-created workspace gets a new one.
-                if self._actors.get(ws) is actor:
-                    del self._actors[ws]
+                # Retired, it answered NOT_FOUND until now; a re-created workspace gets a new actor.
+                self._actors.pop(ws, None)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await actor.call(lambda table, now: setattr(table, "retired", False))
+                try:
+                    await actor.call(lambda table, now: setattr(table, "retired", False))
+                except LockError as e:  # the actor stopped meanwhile: a new one starts unretired anyway
+                    log.warning("could not un-retire workspace %s: %s", ws, e.code)
             raise
         finally:
             self._deleting.discard(ws)

@@ -573,7 +573,7 @@ class LockTable:
         fingerprint = None
         if request_id is not None:
             fingerprint = repr((items, token is not None))
-            replay = self._replay(owner, request_id, fingerprint)
+            replay = self._replay(owner, request_id, fingerprint, key_id)
             if replay is not None:
                 return replay
         if token is not None:
@@ -605,11 +605,20 @@ class LockTable:
         self._check_deadlock(owner if owner != ANONYMOUS else None, waiter)
         return Queued(self._enqueue(waiter))
 
-    def _replay(self, owner: str, request_id: str, fingerprint: str) -> Granted | Queued | None:
+    def _replay(self, owner: str, request_id: str, fingerprint: str, key_id: str | None) -> Granted | Queued | None:
         key = (owner, request_id)
         record = self._requests.get(key)
         wid = self._pending.get(key)
-        seen = record.fingerprint if record else (self._waiter(wid).fingerprint if wid is not None else None)  # type: ignore[union-attr]
+        waiter = self._waiter(wid) if wid is not None else None
+        seen = record.fingerprint if record else (waiter.fingerprint if waiter is not None else None)
+        used_by = record.leases[0].key_id if record and record.leases else (waiter.key_id if waiter else None)
+        if key_id is not None and (record is not None or waiter is not None) and used_by != key_id:
+            # The same agent name with another key (an old, revoked one): its grant is not this key's.
+            raise InvalidArgument(
+                f"request_id '{request_id}' was used with another key of agent '{owner}'.",
+                hint="Use a new request_id for requests made with this key.",
+                details={"field": "request_id"},
+            )
         if seen is not None and seen != fingerprint:
             raise InvalidArgument(
                 f"request_id '{request_id}' was already used for a different request.",

@@ -370,7 +370,7 @@ async def test_the_default_workspace_cannot_be_deleted(api: Api) -> None:
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        (NODE, b"[" * 5000),
+        (NODE, b"[" * 5000 + b"]" * 5000),
         (NODE, b'{"\\udc80": 1}'),
         ("/v1/workspaces/default/locks/batch", b'{"items": [{"node_id": "a", "\\udc80": 1}]}'),
     ],

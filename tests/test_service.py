@@ -663,3 +663,31 @@ async def test_without_a_verified_key_the_fallback_identity_reaches_nothing(serv
     with pytest.raises(Forbidden):
         await service.lock(None, "a", caller=NOBODY)
     assert await service.list_workspaces(caller=NOBODY) == []
+
+
+async def test_the_key_that_took_a_lock_still_owns_it_after_a_restart(tmp_path: Path, clock: ManualClock) -> None:
+    alice = Identity("k-alice", "alice", "agent", ("default",))
+    bob = Identity("k-bob", "bob", "agent", ("default",))
+    async with LockService(sqlite(tmp_path), clock=clock) as s1:
+        grant = await s1.lock(None, "doc.md", request_id="r1", caller=alice)
+    async with LockService(sqlite(tmp_path), clock=clock) as s2:
+        with pytest.raises(Forbidden):
+            await s2.renew(None, grant.token, caller=bob)
+        again = await s2.lock(None, "doc.md", request_id="r1", caller=alice)  # the stored request record
+        assert (again.token, again.replayed) == (grant.token, True)
+        await s2.renew(None, grant.token, caller=alice)
+
+
+async def test_a_workspace_with_a_holder_and_a_waiter_is_not_deleted(service: LockService) -> None:
+    await service.create_workspace("w")
+    holder = await service.lock("w", "a", agent="alice")
+    async with service.subscribe() as events, anyio.create_task_group() as tg:
+        tg.start_soon(lambda: service.lock("w", "a", agent="bob", wait=60))
+        await until_event(events, "queued", "a")
+        with pytest.raises(Locked):
+            await service.delete_workspace("w")
+        await service.unlock("w", holder.token)  # bob gets it; still not deletable
+        await until_event(events, "granted", "a", owner="bob")
+        with pytest.raises(Locked):
+            await service.delete_workspace("w")
+        tg.cancel_scope.cancel()

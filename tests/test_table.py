@@ -1418,3 +1418,23 @@ def test_breaking_a_lock_that_is_not_held_says_so() -> None:
         table.force_release(T0, lease.lock_id, "root", "x")
     with pytest.raises(LockNotFound, match="no lock lk_missing"):
         table.force_release(T0, "lk_missing", "root", "x")
+
+
+def test_a_waiter_granted_later_gets_its_own_key_and_label() -> None:
+    table = LockTable("ws")
+    first = lock(table, "a", "alice", key_id="k-alice")
+    wid = enqueue(table, "a", "bob", key_id="k-bob", label="helper")
+    table.release(T0, first.token, as_key="k-alice")
+    (granted,) = [o for w, o in table.outcomes if w == wid]
+    assert isinstance(granted, Granted)
+    lease = granted.leases[0]
+    assert (lease.owner, lease.key_id, lease.label) == ("bob", "k-bob", "helper")
+    with pytest.raises(Forbidden):
+        table.renew(T0, lease.token, as_key="k-alice")
+
+
+def test_a_request_id_used_by_an_older_key_of_the_agent_is_not_replayed_to_a_new_one() -> None:
+    table = LockTable("ws")
+    lock(table, "a", "erin", key_id="k-old", request_id="job-17")
+    with pytest.raises(InvalidArgument, match="another key"):
+        acquire(table, "a", "erin", key_id="k-new", as_key="k-new", request_id="job-17")
