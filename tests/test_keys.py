@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from mcp_locks import LockService, SqliteStore
 from mcp_locks._cli import main
@@ -93,12 +93,17 @@ def _first_start(data_dir: Path) -> None:
     anyio.run(start)
 
 
+def create_key(data_dir: Path, agent: str, workspace: str) -> Result:
+    """``mcp-locks keys create`` for one agent and one workspace."""
+    return CliRunner().invoke(
+        main, ["keys", "create", "--agent", agent, "--workspace", workspace, "--data-dir", str(data_dir)]
+    )
+
+
 def test_keys_create_prints_the_key_once_and_stores_only_a_digest(tmp_path: Path) -> None:
     _first_start(tmp_path)
     runner = CliRunner()
-    created = runner.invoke(
-        main, ["keys", "create", "--agent", "alice", "--workspace", "default", "--data-dir", str(tmp_path)]
-    )
+    created = create_key(tmp_path, "alice", "default")
     assert created.exit_code == 0, created.output
     key = created.stdout.strip()
     assert parse_key_id(key) is not None
@@ -111,9 +116,7 @@ def test_keys_create_prints_the_key_once_and_stores_only_a_digest(tmp_path: Path
 
 def test_keys_create_refuses_an_unknown_workspace(tmp_path: Path) -> None:
     _first_start(tmp_path)
-    result = CliRunner().invoke(
-        main, ["keys", "create", "--agent", "alice", "--workspace", "ghost", "--data-dir", str(tmp_path)]
-    )
+    result = create_key(tmp_path, "alice", "ghost")
     assert result.exit_code != 0
     assert "workspaces create ghost" in result.output
 
@@ -121,9 +124,7 @@ def test_keys_create_refuses_an_unknown_workspace(tmp_path: Path) -> None:
 def test_keys_revoke_marks_the_key_and_says_so_twice_over(tmp_path: Path) -> None:
     _first_start(tmp_path)
     runner = CliRunner()
-    key = runner.invoke(
-        main, ["keys", "create", "--agent", "bob", "--workspace", "default", "--data-dir", str(tmp_path)]
-    ).stdout.strip()
+    key = create_key(tmp_path, "bob", "default").stdout.strip()
     key_id = parse_key_id(key)
     assert key_id is not None
     assert runner.invoke(main, ["keys", "revoke", key_id, "--data-dir", str(tmp_path)]).exit_code == 0
@@ -134,9 +135,7 @@ def test_keys_revoke_marks_the_key_and_says_so_twice_over(tmp_path: Path) -> Non
 
 def test_keys_create_refuses_a_bad_agent_name_with_the_rule(tmp_path: Path) -> None:
     _first_start(tmp_path)
-    result = CliRunner().invoke(
-        main, ["keys", "create", "--agent", "two words", "--workspace", "default", "--data-dir", str(tmp_path)]
-    )
+    result = create_key(tmp_path, "two words", "default")
     assert result.exit_code != 0
     assert "INVALID_ARGUMENT: agent must be 1-64 characters" in result.output
 
@@ -149,11 +148,7 @@ def test_a_new_key_works_against_a_running_server_at_once(tmp_path: Path) -> Non
     _first_start(tmp_path)
     app = build_app(Settings(data_dir=tmp_path))
     with serve_in_thread(app) as url:
-        key = (
-            CliRunner()
-            .invoke(main, ["keys", "create", "--agent", "carol", "--workspace", "default", "--data-dir", str(tmp_path)])
-            .stdout.strip()
-        )
+        key = create_key(tmp_path, "carol", "default").stdout.strip()
         me = httpx.get(f"{url}/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
         key_id = parse_key_id(key)
         assert key_id is not None
@@ -168,7 +163,7 @@ def test_workspaces_delete_removes_an_idle_workspace_and_keys_lose_it(tmp_path: 
     runner = CliRunner()
     d = ["--data-dir", str(tmp_path)]
     assert runner.invoke(main, ["workspaces", "create", "scratch", *d]).exit_code == 0
-    assert runner.invoke(main, ["keys", "create", "--agent", "al", "--workspace", "scratch", *d]).exit_code == 0
+    assert create_key(tmp_path, "al", "scratch").exit_code == 0
     deleted = runner.invoke(main, ["workspaces", "delete", "scratch", *d])
     assert deleted.exit_code == 0, deleted.output
     assert "scratch" not in runner.invoke(main, ["workspaces", "list", *d]).output
