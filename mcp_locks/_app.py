@@ -9,12 +9,14 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from mcp.server.mcpserver import MCPServer
+from mcp.server.sse import SseServerTransport
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import BaseRoute, Route
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
 
 from ._auth import Guard, KeyVerifier, bootstrap_admin_key, is_loopback
 from ._clock import Clock
@@ -55,11 +57,31 @@ def build_service(settings: Settings, store: Store | None = None, clock: Clock |
     return LockService(store or build_store(settings), clock=clock, limits=limits)
 
 
+class _LegacySse:
+    """``GET /sse`` of the 2024-11-05 HTTP+SSE transport; its client posts messages to ``/messages/``.
+
+    The same guard (keys, host, size) stands in front of both; the SDK binds each
+    session to the key that opened it, so another key cannot post into it.
+    """
+
+    def __init__(self, server: MCPServer[Any], transport: SseServerTransport) -> None:
+        self.server = server
+        self.transport = transport
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The SDK's own sse_app() drives its low-level server the same way; its no-auth route
+        # would answer a second time once the stream ends, so the endpoint is ours.
+        low = self.server._lowlevel_server
+        async with self.transport.connect_sse(scope, receive, send) as (read, write):
+            await low.run(read, write, low.create_initialization_options())
+
+
 def build_app(
     settings: Settings, service: LockService | None = None, *, mcp: MCPServer[Any] | None = None
 ) -> Starlette:
-    """The Starlette app: /mcp (streamable HTTP, SSE mode, both protocol eras), /v1 (REST) and /healthz.
+    """The Starlette app: MCP at /mcp (streamable HTTP) and /sse (legacy HTTP+SSE), REST under /v1, /healthz.
 
+    /mcp runs in SSE mode for both protocol eras; /sse posts its messages to /messages/.
     Every request but /healthz and the OpenAPI document needs an API key unless
     ``settings.insecure_no_auth`` (allowed only on a loopback address).
     """
@@ -70,6 +92,10 @@ def build_app(
         )
     svc = service or build_service(settings)
     verifier = None if settings.insecure_no_auth else KeyVerifier(svc.store)
+    no_sdk_host_check = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    legacy = SseServerTransport(
+        "/messages/", security_settings=no_sdk_host_check, max_request_body_size=settings.max_body
+    )
     # With keys checked, a request that somehow reached a tool without one may do nothing at all.
     fallback = LOCAL if verifier is None else NOBODY
     server = mcp or build_mcp(svc, version=__version__, local=fallback)
@@ -80,7 +106,7 @@ def build_app(
         streamable_http_path="/mcp",
         host=settings.host,
         max_request_body_size=settings.max_body,
-        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+        transport_security=no_sdk_host_check,
     )
 
     async def healthz(request: Request) -> JSONResponse:
@@ -104,6 +130,8 @@ def build_app(
         Route("/healthz", healthz, methods=["GET"]),
         *build_rest(svc, version=__version__, local=fallback),
         *mcp_app.routes,  # /mcp itself, so our 404/405 answers cover every other path
+        Route("/sse", _LegacySse(server, legacy), methods=["GET"]),
+        Mount("/messages", app=legacy.handle_post_message),
     ]
     guard = Middleware(
         Guard,

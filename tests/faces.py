@@ -10,11 +10,12 @@ from urllib.parse import quote
 import httpx
 import jsonschema
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from mcp_locks import ERROR_TABLE
 
-FACES = ["rest", "mcp-modern", "mcp-legacy"]
+FACES = ["rest", "mcp-modern", "mcp-legacy", "mcp-sse"]
 
 
 @dataclass(frozen=True)
@@ -122,11 +123,14 @@ class McpFace:
 
     async def client(self, key: str | None) -> Client:
         if key not in self.clients:
-            h = await self.stack.enter_async_context(
-                httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"} if key else {})
-            )
-            transport = streamable_http_client(f"{self.url}/mcp", http_client=h)
-            self.clients[key] = await self.stack.enter_async_context(Client(transport, mode=self.mode))  # type: ignore[arg-type]
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            if self.mode == "sse":  # the 2024-11-05 HTTP+SSE transport
+                client = Client(sse_client(f"{self.url}/sse", headers=headers))
+            else:
+                h = await self.stack.enter_async_context(httpx.AsyncClient(headers=headers))
+                transport = streamable_http_client(f"{self.url}/mcp", http_client=h)
+                client = Client(transport, mode=self.mode)  # type: ignore[arg-type]
+            self.clients[key] = await self.stack.enter_async_context(client)
         return self.clients[key]
 
     async def call(self, key: str | None, op: str, **a: Any) -> Outcome:

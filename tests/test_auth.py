@@ -64,6 +64,8 @@ class Face:
     @property
     def path(self) -> str:
         """A path of this face that needs a key."""
+        if self.name == "mcp-sse":
+            return "/messages/?session_id=" + "0" * 32  # where an SSE client posts
         return "/mcp" if self.name.startswith("mcp") else "/v1/workspaces/default/nodes/a.md/lock"
 
     async def raw(self, key: str | None, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
@@ -81,7 +83,8 @@ async def face(request: pytest.FixtureRequest, env: Env) -> AsyncIterator[Face]:
             doc = (await http.get(f"{env.url}/v1/openapi.json")).json()
             impl: RestFace | McpFace = RestFace(env.url, http, doc)
         else:
-            impl = McpFace(env.url, "legacy" if request.param == "mcp-legacy" else "auto", stack)
+            mode = {"mcp-legacy": "legacy", "mcp-sse": "sse"}.get(request.param, "auto")
+            impl = McpFace(env.url, mode, stack)
         yield Face(request.param, env, impl, http)
 
 
@@ -271,6 +274,12 @@ async def test_foreign_host_and_origin_headers_are_refused_on_loopback(
 
 
 async def test_a_loopback_origin_is_allowed(face: Face) -> None:
+    if face.name == "mcp-sse":
+        headers = {"Origin": face.env.url, "Authorization": f"Bearer {face.env.alice}"}
+        async with face.http.stream("GET", f"{face.env.url}/sse", headers=headers) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+        return
     if face.name == "rest":
         r = await face.raw(face.env.alice, {"Origin": face.env.url}, json={})
     else:
@@ -398,3 +407,21 @@ def test_an_existing_admin_key_file_is_never_replaced(tmp_path: Path) -> None:
     assert [r.role for r in anyio.run(store.list_keys)] == ["admin"]
     assert anyio.run(lambda: bootstrap_admin_key(store, tmp_path, None, 0)) is None  # an admin exists: nothing more
     assert sorted(p.name for p in tmp_path.iterdir()) == ["admin-2.key", "admin.key"]
+
+
+async def test_a_legacy_sse_session_opened_with_one_key_refuses_another(env: Env) -> None:
+    async with httpx.AsyncClient(base_url=env.url, timeout=10) as h:
+        headers = {"Authorization": f"Bearer {env.alice}"}
+        async with h.stream("GET", "/sse", headers=headers) as stream:
+            endpoint = None
+            async for line in stream.aiter_lines():  # the first event names where to post
+                if line.startswith("data: "):
+                    endpoint = line.removeprefix("data: ").strip()
+                    break
+            assert endpoint is not None
+            assert endpoint.startswith("/messages/?session_id=")
+            ping = {"jsonrpc": "2.0", "id": 1, "method": "ping"}
+            hijack = await h.post(endpoint, json=ping, headers={"Authorization": f"Bearer {env.bob}"})
+            own = await h.post(endpoint, json=ping, headers=headers)
+    assert 400 <= hijack.status_code < 500
+    assert own.status_code == 202  # accepted into the stream

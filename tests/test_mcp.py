@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mcp import Client
+from mcp.client.sse import sse_client
 from mcp_types import CallToolResult, TextContent
 
 from mcp_locks import LOCAL, Identity, LockService, ManualClock, MemoryStore, Settings, build_app, build_mcp
@@ -22,7 +23,7 @@ from .servers import serve_app
 
 pytestmark = pytest.mark.anyio
 
-TRANSPORTS = ["memory", "http-modern", "http-legacy"]
+TRANSPORTS = ["memory", "http-modern", "http-legacy", "sse"]
 TOOLS = {
     "lock_file",
     "unlock_file",
@@ -65,6 +66,8 @@ class Server:
     def client(self) -> Client:
         if self.transport == "memory":
             return Client(self.mcp)
+        if self.transport == "sse":
+            return Client(sse_client(f"{self.url}/sse"))
         mode = "legacy" if self.transport == "http-legacy" else "auto"
         return Client(f"{self.url}/mcp", mode=mode)
 
