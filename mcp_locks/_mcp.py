@@ -274,10 +274,18 @@ LOCK_EXPIRED means the lease already ran out: the lock is gone; take it again an
         description="""Check whether a file or folder is locked, by whom, until when, and who waits: "may I edit this?".
 
 Shows the locks on this node, tree locks on folders above it that cover it, the waiters, and how many locks are
-held below it. Never shows tokens. Read-only: it takes no lock.""",
+held below it. Never shows tokens. Read-only: it takes no lock.
+Pass your token to also ask "do I still hold it?": `yours` says held (with expires_at and seconds_left) or, if
+not, LOCK_EXPIRED / LOCK_BROKEN / LOCK_NOT_FOUND with when and why.""",
     )
-    async def check_lock_status(node_id: NodeArg, workspace_id: WorkspaceArg = None) -> LockStatus:
-        return await service.status(workspace_id, node_id, caller=caller())
+    async def check_lock_status(
+        node_id: NodeArg,
+        workspace_id: WorkspaceArg = None,
+        token: Annotated[
+            str | None, Field(description="Optional: a token of yours, to check that you still hold its lock.")
+        ] = None,
+    ) -> LockStatus:
+        return await service.status(workspace_id, node_id, token, caller=caller())
 
     @tool(
         annotations=readonly,

@@ -41,6 +41,7 @@ __all__ = [
     "WaiterInfo",
     "WorkspaceInfo",
     "WorkspaceList",
+    "YourLock",
     "invalid_from",
     "parse_body",
     "unknown_field",
@@ -222,6 +223,23 @@ class WaiterInfo(_Out):
         )
 
 
+class YourLock(_Out):
+    """The answer to "do I still hold it?" for the token given to check_lock_status."""
+
+    held: bool = Field(description="True while the token's lease is live.")
+    covers_node: bool = Field(description="True if the held lock covers the node asked about.")
+    lock_id: str | None = None
+    node_id: str | None = Field(default=None, description="The node the token's lock is on.")
+    mode: Mode | None = None
+    fence: int | None = None
+    expires_at: datetime | None = None
+    seconds_left: float | None = Field(default=None, description="Seconds until the lease ends unless renewed.")
+    code: str | None = Field(
+        default=None, description="Why it is not held: LOCK_EXPIRED, LOCK_BROKEN or LOCK_NOT_FOUND."
+    )
+    message: str | None = Field(default=None, description="When and why it ended.")
+
+
 class LockStatus(_Out):
     """Whether a node is locked, by whom, and who waits."""
 
@@ -233,11 +251,13 @@ class LockStatus(_Out):
     covering: list[LockInfo] = Field(description="Tree locks on ancestors that cover this node.")
     waiters: list[WaiterInfo]
     locks_below: int = Field(description="How many locks are held on nodes below this one.")
+    yours: YourLock | None = Field(default=None, description="Only when a token was given: whether you still hold it.")
 
     @classmethod
-    def of(cls, workspace_id: str, st: NodeStatus) -> LockStatus:
+    def of(cls, workspace_id: str, st: NodeStatus, yours: YourLock | None = None) -> LockStatus:
         """The public view of a node's status."""
         return cls(
+            yours=yours,
             workspace_id=workspace_id,
             node_id=st.node_id,
             locked=st.locked,

@@ -277,7 +277,9 @@ def build_ops(service: LockService) -> list[Op]:
         )
 
     async def status(call: Call) -> BaseModel:
-        return await service.status(ws_of(call), call.params["node_id"], caller=call.caller)
+        token = call.request.headers.get("lock-token")  # "do I still hold it?"
+        token = token.strip().removeprefix("<").removesuffix(">") if token is not None else None
+        return await service.status(ws_of(call), call.params["node_id"], token, caller=call.caller)
 
     async def renew(call: Call) -> BaseModel:
         b: RenewRequest = call.body
@@ -375,9 +377,10 @@ def build_ops(service: LockService) -> list[Op]:
                 "GET",
                 f"{base}/lock",
                 f"status{where}",
-                "Who holds the node, until when, and who waits.",
+                "Who holds the node, until when, and who waits (with Lock-Token: whether you still hold it).",
                 status,
                 LockStatus,
+                headers=(("Lock-Token", "Optional: your token, to ask whether you still hold its lock."),),
             ),
             Op(
                 "POST",

@@ -36,11 +36,12 @@ from ._models import (
     UnlockOutcome,
     UnlockResult,
     WorkspaceInfo,
+    YourLock,
     utc,
 )
 from ._names import DEFAULT_WORKSPACE, check_agent_name, check_node_id, check_workspace_id
 from ._store import Store, WorkspaceRecord, workspace_in_use
-from ._table import ANONYMOUS, Event, Granted, Lease, Limits, LockTable
+from ._table import ANONYMOUS, Event, Granted, Lease, Limits, LockTable, NodeStatus
 
 __all__ = ["LockService", "ServiceLimits"]
 
@@ -215,6 +216,23 @@ async def issue_key(store: Store, agent: object, workspaces: object, role: objec
     key, record = new_key(name, wss, "admin" if role == "admin" else "agent", now)
     await store.put_key(record)
     return key, record
+
+
+def _yours(mine: Lease | LockError | None, node: str, now: float) -> YourLock:
+    if isinstance(mine, Lease):
+        covers = mine.node_id == node or (mine.depth == "tree" and node.startswith(mine.node_id + "/"))
+        return YourLock(
+            held=True,
+            covers_node=covers,
+            lock_id=mine.lock_id,
+            node_id=mine.node_id,
+            mode=mine.mode,
+            fence=mine.fence,
+            expires_at=utc(mine.expires_at),
+            seconds_left=round(max(0.0, mine.expires_at - now), 3),
+        )
+    err = mine if isinstance(mine, LockError) else None
+    return YourLock(held=False, covers_node=False, code=err.code if err else None, message=err.message if err else None)
 
 
 class LockService:
@@ -741,13 +759,19 @@ class LockService:
         )
 
     async def status(
-        self, workspace_id: object = None, node_id: object = None, *, caller: Identity = LOCAL
+        self, workspace_id: object = None, node_id: object = None, token: object = None, *, caller: Identity = LOCAL
     ) -> LockStatus:
-        """Who holds ``node_id`` and who waits for it."""
+        """Who holds ``node_id`` and who waits for it; with ``token``, also whether the caller still holds it."""
         ws = await self._known(workspace_id, caller)
         node = check_node_id(node_id)
-        st = await self._actor(ws).call(lambda table, now: table.status(now, node))
-        return LockStatus.of(ws, st)
+        tok = self._token(token) if token is not None else None
+        as_key = _who(caller, None).as_key
+
+        def step(table: LockTable, now: float) -> tuple[NodeStatus, Lease | LockError | None, float]:
+            return table.status(now, node), table.holding(now, tok, as_key) if tok else None, now
+
+        st, mine, now = await self._actor(ws).call(step)
+        return LockStatus.of(ws, st, _yours(mine, node, now) if tok else None)
 
     async def list_locks(
         self,

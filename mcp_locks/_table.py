@@ -826,6 +826,14 @@ class LockTable:
                 Event("left", now, c.node_id, w.owner, w.upgrade_of, c.mode, c.depth, waiter_id=w.waiter_id, code=code)
             )
 
+    def holding(self, now: float, token: str, as_key: str | None = None) -> Lease | LockError:
+        """The live lease ``token`` names, or the error saying why it is not live (FORBIDDEN is raised)."""
+        self.expire(now)
+        try:
+            return self._lease_for(token, as_key)
+        except (LockExpired, LockBroken, LockNotFound) as e:
+            return e
+
     def lookup(self, now: float, token: str) -> Lease:
         """The live lease named by ``token`` (raises LOCK_EXPIRED / LOCK_NOT_FOUND)."""
         self.expire(now)

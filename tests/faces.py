@@ -73,6 +73,8 @@ class RestFace:
         if op == "lock":
             method, url, body, opid = "POST", f"{nodes}/lock", a, "lock" + suffix
         elif op == "status":
+            if "token" in a:
+                headers["Lock-Token"] = a.pop("token")
             method, url, body, opid = "GET", f"{nodes}/lock", None, "status" + suffix
         elif op == "renew":
             method, url, body, opid = "POST", f"{nodes}/lock/renew", a, "renew" + suffix

@@ -425,3 +425,20 @@ async def test_a_legacy_sse_session_opened_with_one_key_refuses_another(env: Env
             own = await h.post(endpoint, json=ping, headers=headers)
     assert 400 <= hijack.status_code < 500
     assert own.status_code == 202  # accepted into the stream
+
+
+async def test_check_lock_status_with_a_token_answers_do_i_still_hold_it(face: Face) -> None:
+    env = face.env
+    grant = (await face(env.alice, "lock", node_id="a.md", timeout=60)).ok
+    mine = (await face(env.alice, "status", node_id="a.md", token=grant["token"])).ok["yours"]
+    assert (mine["held"], mine["covers_node"], mine["lock_id"], mine["seconds_left"]) == (
+        True,
+        True,
+        grant["lock_id"],
+        60,  # the manual clock has not moved
+    )
+    assert (await face(env.bob, "status", node_id="a.md", token=grant["token"])).code == "FORBIDDEN"
+    await face(env.admin, "force_unlock", workspace_id="default", lock_id=grant["lock_id"], reason="test")
+    gone = (await face(env.alice, "status", node_id="a.md", token=grant["token"])).ok["yours"]
+    assert (gone["held"], gone["code"]) == (False, "LOCK_BROKEN")
+    assert "test" in gone["message"]

@@ -691,3 +691,15 @@ async def test_a_workspace_with_a_holder_and_a_waiter_is_not_deleted(service: Lo
         with pytest.raises(Locked):
             await service.delete_workspace("w")
         tg.cancel_scope.cancel()
+
+
+async def test_status_with_a_token_says_when_the_lease_ran_out(service: LockService, clock: ManualClock) -> None:
+    grant = await service.lock(None, "src", depth="tree", timeout=10)
+    inside = (await service.status(None, "src/a.py", grant.token)).yours
+    assert inside is not None
+    assert (inside.held, inside.covers_node, inside.node_id) == (True, True, "src")
+    clock.advance(11)
+    after = (await service.status(None, "src/a.py", grant.token)).yours
+    assert after is not None
+    assert (after.held, after.code) == (False, "LOCK_EXPIRED")
+    assert (await service.status(None, "src/a.py")).yours is None
