@@ -1,0 +1,159 @@
+"""mcp_locks.client against a real server on a manual clock: holding, renewing, losing, retrying."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+import stamina
+
+from mcp_locks import LockBroken, Locked, LockService, ManualClock, MemoryStore, Settings, build_app
+from mcp_locks.client import RENEW_FRACTION, LeaseLost, LockClient, SyncLockClient
+
+from .helpers import STEP, until_event
+from .servers import serve_app, serve_in_thread
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def no_backoff() -> Iterator[None]:
+    stamina.set_testing(True, attempts=3)  # retries happen at once
+    yield
+    stamina.set_testing(False)
+
+
+@dataclass
+class Env:
+    url: str
+    service: LockService
+    clock: ManualClock
+    key: str
+    admin: str
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    clock = ManualClock()
+    service = LockService(MemoryStore(), clock=clock)
+    async with serve_app(build_app(Settings(store="memory", data_dir=tmp_path), service)) as url:
+        key, _ = await service.create_key("alice", ["default"])
+        admin, _ = await service.create_key("root", [], "admin")
+        yield Env(url, service, clock, key, admin)
+
+
+async def held(env: Env, node: str) -> bool:
+    return (await env.service.status(None, node)).locked
+
+
+async def test_a_lock_is_held_for_the_block_and_released_after(env: Env) -> None:
+    async with LockClient(env.url, env.key, clock=env.clock) as c:
+        async with c.lock("reports/q3.md", timeout=60) as lease:
+            assert lease.fence >= 1
+            assert "token" not in repr(lease)
+            assert await held(env, "reports/q3.md")
+        assert not await held(env, "reports/q3.md")
+
+
+async def test_the_lock_is_released_when_the_body_fails(env: Env) -> None:
+    async with LockClient(env.url, env.key, clock=env.clock) as c:
+        with pytest.raises(ZeroDivisionError):
+            async with c.lock("a.md"):
+                _ = 1 / 0
+    assert not await held(env, "a.md")
+
+
+async def test_a_held_lease_is_renewed_in_the_background_past_its_first_deadline(env: Env) -> None:
+    async with (
+        LockClient(env.url, env.key, clock=env.clock) as c,
+        env.service.subscribe() as events,
+        c.lock("a.md", timeout=30) as lease,
+    ):
+        first_deadline = lease.expires_at
+        env.clock.advance(30 * RENEW_FRACTION)
+        await until_event(events, "renewed", "a.md")
+        env.clock.advance(30 * RENEW_FRACTION)
+        await until_event(events, "renewed", "a.md")
+        env.clock.advance(30 * RENEW_FRACTION + 1)  # past the first deadline
+        status = await c.status("a.md", lease=lease)
+        assert status["yours"]["held"] is True
+        assert lease.expires_at > first_deadline
+
+
+async def test_a_broken_lease_stops_the_body_with_lease_lost(env: Env) -> None:
+    reached = anyio.Event()
+
+    async def work(c: LockClient) -> None:
+        async with c.lock("a.md", timeout=30) as lease:
+            await env.service.force_unlock(None, lease.lock_id, "agent looked stuck")
+            env.clock.advance(30 * RENEW_FRACTION)  # the next renewal finds it broken
+            await anyio.sleep_forever()  # a body still working: cancelled when the lease is lost
+            reached.set()
+
+    with anyio.fail_after(STEP):
+        async with LockClient(env.url, env.key, clock=env.clock) as c:
+            with pytest.raises(LeaseLost) as lost:
+                await work(c)
+    assert isinstance(lost.value.cause, LockBroken)
+    assert "agent looked stuck" in str(lost.value)
+    assert not reached.is_set()
+
+
+async def test_a_refusal_raises_the_coded_error_and_is_not_retried(env: Env) -> None:
+    sent: list[str] = []
+
+    class Counting(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            sent.append(request.method)
+            return await super().handle_async_request(request)
+
+    await env.service.lock(None, "a.md", agent="bob")
+    async with LockClient(env.url, env.key, clock=env.clock, transport=Counting()) as c:
+        with pytest.raises(Locked) as refused:
+            await c.acquire("a.md")
+    assert refused.value.details["holders"][0]["owner"] == "bob"
+    assert sent == ["POST"]
+
+
+async def test_a_lost_answer_is_retried_and_gives_one_grant(env: Env) -> None:
+    class LosesFirstAnswer(httpx.AsyncHTTPTransport):
+        lost = False
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            response = await super().handle_async_request(request)
+            if request.method == "POST" and not self.lost:
+                self.lost = True  # the server granted it; the client never hears
+                await response.aclose()
+                raise httpx.ReadError("connection reset", request=request)
+            return response
+
+    async with LockClient(env.url, env.key, clock=env.clock, transport=LosesFirstAnswer()) as c:
+        lease = await c.acquire("a.md")
+    page = await env.service.list_locks(None)
+    assert [x.lock_id for x in page.locks] == [lease.lock_id]  # one lock, the one the retry was given
+
+
+async def test_an_unreachable_server_is_unavailable_after_the_retries() -> None:
+    from mcp_locks import Unavailable
+
+    from .servers import free_socket
+
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there now
+    async with LockClient(f"http://127.0.0.1:{port}", "k", attempts=3) as c:
+        with pytest.raises(Unavailable, match="did not answer"):
+            await c.acquire("a.md")
+
+
+def test_the_sync_client_locks_and_releases_for_scripts(tmp_path: Path) -> None:
+    service = LockService(MemoryStore())
+    app = build_app(Settings(store="memory", data_dir=tmp_path, insecure_no_auth=True), service)
+    with serve_in_thread(app) as url, SyncLockClient(url, None) as c:
+        with c.lock("a.md", timeout=60) as lease:
+            assert c.status("a.md")["holders"][0]["lock_id"] == lease.lock_id
+        assert c.status("a.md")["locked"] is False
