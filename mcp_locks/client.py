@@ -22,6 +22,7 @@ jittered exponential backoff (`stamina`); every lock request carries a fresh
 from __future__ import annotations
 
 import contextlib
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +38,17 @@ import httpx
 import stamina
 
 from ._clock import Clock
-from ._errors import ERROR_TABLE, Internal, LockError, Unavailable
+from ._errors import ERROR_TABLE, Internal, LockBroken, LockError, LockExpired, LockNotFound, Unavailable
+from ._names import check_node_id
 
 __all__ = ["Lease", "LeaseLost", "LockClient", "SyncLockClient"]
 
-#: A held lease is renewed once this fraction of it has passed (so two renewals can fail before it ends).
+log = logging.getLogger("mcp_locks.client")
+
+#: A held lease is renewed once this fraction of it has passed; failed renewals are retried until it ends.
 RENEW_FRACTION = 1 / 3
+#: Longest a block's exit spends releasing its locks when the server does not answer (they expire anyway).
+RELEASE_WITHIN = 10.0
 _TRANSIENT_STATUS = frozenset({502, 503, 504})
 
 
@@ -68,22 +74,29 @@ class Lease:
     lock_id: str
     token: str = field(repr=False)
     mode: Literal["read", "write"]
+    depth: Literal["node", "tree"]
     fence: int
     expires_at: datetime
     timeout: float
+    #: Why the lease ended under the block (set by the background renewal), else None.
     lost: LockError | None = None
+    #: When, by the client's own clock, the lease surely ends: the request's send time + its length.
+    #: (The server's ``expires_at`` is on the server's clock; the two may disagree.)
+    local_deadline: float = field(default=0.0, repr=False)
 
     @classmethod
-    def _of(cls, grant: dict[str, Any]) -> Lease:
+    def _of(cls, grant: dict[str, Any], sent_at: float) -> Lease:
         return cls(
             workspace_id=grant["workspace_id"],
             node_id=grant["node_id"],
             lock_id=grant["lock_id"],
             token=grant["token"],
             mode=grant["mode"],
+            depth=grant["depth"],
             fence=grant["fence"],
             expires_at=datetime.fromisoformat(grant["expires_at"]),
             timeout=grant["timeout"],
+            local_deadline=sent_at + grant["timeout"],
         )
 
 
@@ -166,8 +179,10 @@ class LockClient:
         raise _error_of(r)
 
     def _nodes(self, workspace_id: str | None, node_id: str) -> str:
+        # Checked here too: an HTTP client would quietly resolve '..' segments into another path.
+        node = check_node_id(node_id)
         ws = quote(workspace_id or self.workspace_id, safe="")
-        return f"/v1/workspaces/{ws}/nodes/{quote(node_id, safe='/')}/lock"
+        return f"/v1/workspaces/{ws}/nodes/{quote(node, safe='/')}/lock"
 
     # ------------------------------------------------------------------ calls
 
@@ -185,7 +200,11 @@ class LockClient:
         """Take one lock and return its lease (no background renewal; see :meth:`lock`)."""
         body = {"mode": mode, "timeout": timeout, "wait": wait, "depth": depth, "note": note}
         body["request_id"] = uuid.uuid4().hex  # a retried request gets the same grant back
-        return Lease._of(await self._call("POST", self._nodes(workspace_id, node_id), body, wait=wait))
+        path = self._nodes(workspace_id, node_id)
+        sent_at = self.clock.now()
+        grant = await self._call("POST", path, body, wait=wait)
+        # A grant after a wait starts its lease when granted, not when asked: count from the answer.
+        return Lease._of(grant, self.clock.now() if wait else sent_at)
 
     async def acquire_many(
         self,
@@ -199,28 +218,44 @@ class LockClient:
         """Take every lock in ``items`` (``(node_id, mode)`` pairs or ``{node_id, mode, depth}``), all or none."""
         listed = [i if isinstance(i, dict) else {"node_id": i[0], "mode": i[1]} for i in items]
         body = {"items": listed, "timeout": timeout, "wait": wait, "note": note, "request_id": uuid.uuid4().hex}
+        for item in listed:
+            check_node_id(item.get("node_id"))
         ws = quote(workspace_id or self.workspace_id, safe="")
+        sent_at = self.clock.now()
         result = await self._call("POST", f"/v1/workspaces/{ws}/locks/batch", body, wait=wait)
-        return [Lease._of(g) for g in result["locks"]]
+        at = self.clock.now() if wait else sent_at
+        return [Lease._of(g, at) for g in result["locks"]]
 
     async def renew(self, lease: Lease, timeout: float | None = None) -> Lease:
         """Restart ``lease``; updates and returns it."""
         path = self._nodes(lease.workspace_id, lease.node_id) + "/renew"
+        sent_at = self.clock.now()
         result = await self._call("POST", path, {"token": lease.token, "timeout": timeout})
         lease.expires_at = datetime.fromisoformat(result["expires_at"])
         lease.timeout = result["timeout"]
+        lease.local_deadline = sent_at + lease.timeout
         return lease
 
     async def release(self, lease: Lease) -> None:
-        """Release ``lease`` (the token travels in the Lock-Token header, never in the URL)."""
-        await self._call("DELETE", self._nodes(lease.workspace_id, lease.node_id), headers={"Lock-Token": lease.token})
+        """Release ``lease`` (the token travels in the Lock-Token header, never in the URL).
+
+        Releasing twice is not an error: a retry whose first attempt did release the
+        lock (the answer was lost) finds it released, which is what was asked.
+        """
+        path = self._nodes(lease.workspace_id, lease.node_id)
+        try:
+            await self._call("DELETE", path, headers={"Lock-Token": lease.token})
+        except LockNotFound as e:
+            if e.details.get("lock_id") != lease.lock_id:  # no record of it at all: say so
+                raise
 
     async def status(
         self, node_id: str, *, workspace_id: str | None = None, lease: Lease | None = None
     ) -> dict[str, Any]:
         """What check_lock_status answers (with ``lease``: also whether you still hold it, as ``yours``)."""
         headers = {"Lock-Token": lease.token} if lease is not None else None
-        result: dict[str, Any] = await self._call("GET", self._nodes(workspace_id, node_id), headers=headers)
+        ws = workspace_id or (lease.workspace_id if lease is not None else None)
+        result: dict[str, Any] = await self._call("GET", self._nodes(ws, node_id), headers=headers)
         return result
 
     # ------------------------------------------------------------------ held for a block
@@ -238,6 +273,7 @@ class LockClient:
         workspace_id: str | None = None,
     ) -> AsyncIterator[Lease]:
         """Hold a lock for the block: renewed in the background, released at the end, LeaseLost if it ends early."""
+        self._entered()
         lease = await self.acquire(
             node_id, mode=mode, timeout=timeout, wait=wait, depth=depth, note=note, workspace_id=workspace_id
         )
@@ -255,64 +291,105 @@ class LockClient:
         workspace_id: str | None = None,
     ) -> AsyncIterator[list[Lease]]:
         """:meth:`lock` for several nodes taken together (all or none)."""
+        self._entered()
         leases = await self.acquire_many(items, timeout=timeout, wait=wait, note=note, workspace_id=workspace_id)
         async with self._held(leases):
             yield leases
 
-    @contextlib.asynccontextmanager
-    async def _held(self, leases: list[Lease]) -> AsyncIterator[None]:
+    def _entered(self) -> anyio.abc.TaskGroup:
         if self._tg is None:
             raise RuntimeError("use LockClient as an async context manager: `async with LockClient(...) as c:`")
+        return self._tg
+
+    async def _keep(self, lease: Lease, lost: list[tuple[Lease, LockError]], body: anyio.CancelScope) -> None:
+        """Renew ``lease`` a third of the way through each lease until cancelled, or mark it lost."""
+        while True:
+            due = lease.local_deadline - lease.timeout * (1 - RENEW_FRACTION)
+            while self.clock.now() < due:
+                await self.clock.wait(anyio.Event(), due)
+            while True:  # renew, retrying what may pass, until the lease would be gone by our clock
+                left = lease.local_deadline - self.clock.now()
+                err: LockError
+                if left <= 0:
+                    err = LockExpired(
+                        f"the lease on '{lease.node_id}' ran out while the server could not renew it.",
+                        hint="Take the lock again and re-read the file before writing.",
+                    )
+                else:
+                    try:
+                        with anyio.fail_after(left):
+                            await self.renew(lease)
+                        break
+                    except (LockExpired, LockBroken, LockNotFound) as e:
+                        err = e  # definitely over
+                    except (LockError, TimeoutError, Exception) as e:
+                        # Busy, rate-limited, unreachable, a proxy's junk: the lease may still run. Pause, retry.
+                        left = lease.local_deadline - self.clock.now()
+                        if left > 0:
+                            wait = e.details.get("retry_after", 1.0) if isinstance(e, LockError) else 1.0
+                            pause = self.clock.now() + min(float(wait), max(left / 4, 0.05))
+                            await self.clock.wait(anyio.Event(), pause)
+                        continue
+                lease.lost = err
+                lost.append((lease, err))
+                body.cancel()  # the block stops at its next await
+                return
+
+    @contextlib.asynccontextmanager
+    async def _held(self, leases: list[Lease]) -> AsyncIterator[None]:
+        tg = self._entered()
         body = anyio.CancelScope()
+        keepers = anyio.CancelScope()
+        stopped = anyio.Event()
         lost: list[tuple[Lease, LockError]] = []
 
-        async def keep(lease: Lease) -> None:
-            while True:
-                # Due a third of the way through the lease, counted from its deadline: right even if late.
-                due = lease.expires_at.timestamp() - lease.timeout * (1 - RENEW_FRACTION)
-                await self.clock.wait(anyio.Event(), due)
-                try:
-                    await self.renew(lease)
-                except LockError as err:
-                    if isinstance(err, Unavailable) and self.clock.now() < lease.expires_at.timestamp():
-                        continue  # the server is away but the lease still runs: try again shortly
-                    lease.lost = err
-                    lost.append((lease, err))
-                    body.cancel()  # the block stops at its next await
-                    return
-
-        keepers = anyio.CancelScope()
-
         async def keep_all() -> None:
-            with keepers:
-                async with anyio.create_task_group() as tg:
-                    for le in leases:
-                        tg.start_soon(keep, le)
+            try:
+                with keepers:
+                    async with anyio.create_task_group() as group:
+                        for le in leases:
+                            group.start_soon(self._keep, le, lost, body)
+            finally:
+                stopped.set()
 
-        self._tg.start_soon(keep_all)
+        tg.start_soon(keep_all)
         try:
             with body:
                 yield
         finally:
             keepers.cancel()
             with anyio.CancelScope(shield=True):
-                for le in leases:
-                    if le.lost is None:
-                        with contextlib.suppress(LockError):  # already gone: nothing to release
-                            await self.release(le)
+                await stopped.wait()  # no renewal is in flight from here on
+                ended = {id(le) for le, e in lost if isinstance(e, (LockExpired, LockBroken, LockNotFound))}
+                with anyio.move_on_after(RELEASE_WITHIN):
+                    for le in leases:
+                        if id(le) not in ended:
+                            try:
+                                await self.release(le)
+                            except LockError as e:  # it ends by its lease anyway
+                                log.warning("could not release %s on %s: %s", le.lock_id, le.node_id, e.code)
         if lost:
             raise LeaseLost(*lost[0])
 
 
 class SyncLockClient:
-    """:class:`LockClient` for scripts: the same calls, blocking, on an event loop in a thread of its own."""
+    """:class:`LockClient` for scripts: the same calls, blocking, on an event loop in a thread of its own.
+
+    One difference: a blocking block cannot be interrupted when its lease is lost.
+    Check ``lease.lost`` between steps of long work; the block's exit then raises
+    :class:`LeaseLost` (unless the block raised something itself).
+    """
 
     def __init__(self, url: str, key: str | None, **options: Any) -> None:
         self._portal_cm = anyio.from_thread.start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
-        # Entered and left in one task of the portal (its renewals' task group lives there).
-        self._client_cm = self._portal.wrap_async_context_manager(LockClient(url, key, **options))
-        self._client = self._client_cm.__enter__()
+        try:
+            # Entered and left in one task of the portal (its renewals' task group lives there).
+            self._client_cm = self._portal.wrap_async_context_manager(LockClient(url, key, **options))
+            self._client = self._client_cm.__enter__()
+        except BaseException:
+            self._portal_cm.__exit__(None, None, None)
+            raise
 
     def __enter__(self) -> Self:
         return self
@@ -345,6 +422,12 @@ class SyncLockClient:
 
     @contextlib.contextmanager
     def lock(self, node_id: str, **options: Any) -> Iterator[Lease]:
-        """See :meth:`LockClient.lock`: renewed in the background while the block runs."""
+        """See :meth:`LockClient.lock`: renewed in the background while the block runs (see the class note)."""
         with self._portal.wrap_async_context_manager(self._client.lock(node_id, **options)) as lease:
             yield lease
+
+    @contextlib.contextmanager
+    def lock_many(self, items: Sequence[tuple[str, Literal["read", "write"]]], **options: Any) -> Iterator[list[Lease]]:
+        """See :meth:`LockClient.lock_many`."""
+        with self._portal.wrap_async_context_manager(self._client.lock_many(items, **options)) as leases:
+            yield leases

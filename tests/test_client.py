@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 import stamina
@@ -157,3 +158,80 @@ def test_the_sync_client_locks_and_releases_for_scripts(tmp_path: Path) -> None:
         with c.lock("a.md", timeout=60) as lease:
             assert c.status("a.md")["holders"][0]["lock_id"] == lease.lock_id
         assert c.status("a.md")["locked"] is False
+
+
+async def test_a_refused_renewal_that_may_pass_is_retried_and_the_lease_kept(env: Env) -> None:
+    class BusyOnce(httpx.AsyncHTTPTransport):
+        refused = False
+
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/renew") and not self.refused:
+                self.refused = True
+                body = b'{"error": {"code": "RATE_LIMITED", "message": "slow down", "details": {"retry_after": 1}}}'
+                return httpx.Response(429, content=body, headers={"content-type": "application/json"})
+            return await super().handle_async_request(request)
+
+    transport = BusyOnce()
+    async with (
+        LockClient(env.url, env.key, clock=env.clock, transport=transport) as c,
+        env.service.subscribe() as events,
+        c.lock("a.md", timeout=30) as lease,
+    ):
+        env.clock.advance(30 * RENEW_FRACTION)  # the renewal is refused once ...
+        with anyio.fail_after(STEP):
+            while not transport.refused:
+                await anyio.lowlevel.checkpoint()  # (only until the client has sent it; no time passes)
+        env.clock.advance(1)  # ... and retried after retry_after
+        await until_event(events, "renewed", "a.md")
+        assert lease.lost is None
+
+
+async def test_a_server_that_stops_answering_loses_the_lease_by_the_clients_own_clock(env: Env) -> None:
+    hung = anyio.Event()
+
+    class Hangs(httpx.AsyncHTTPTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            if request.url.path.endswith("/renew"):
+                hung.set()
+                await anyio.sleep_forever()
+            return await super().handle_async_request(request)
+
+    async def work(c: LockClient) -> None:
+        # The shortest lease the server allows: the stuck renewal is given up after the rest of it
+        # (about 0.7 s of real time, the only real wait here), then the client's clock says it is over.
+        async with c.lock("a.md", timeout=1):
+            env.clock.advance(RENEW_FRACTION)
+            await hung.wait()
+            env.clock.advance(1)
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(STEP):
+        async with LockClient(env.url, env.key, clock=env.clock, transport=Hangs()) as c:
+            with pytest.raises(LeaseLost) as lost:
+                await work(c)
+    assert lost.value.cause.code == "LOCK_EXPIRED"
+
+
+async def test_a_node_id_a_client_would_rewrite_is_refused_before_sending(env: Env) -> None:
+    from mcp_locks import InvalidArgument
+
+    async with LockClient(env.url, env.key, clock=env.clock) as c:
+        with pytest.raises(InvalidArgument, match=r"'\.' or '\.\.'"):
+            await c.acquire("a/../b")
+    assert (await env.service.list_locks(None)).locks == []
+
+
+async def test_releasing_twice_is_not_an_error(env: Env) -> None:
+    async with LockClient(env.url, env.key, clock=env.clock) as c:
+        lease = await c.acquire("a.md")
+        await c.release(lease)
+        await c.release(lease)
+    assert not await held(env, "a.md")
+
+
+async def test_lock_outside_async_with_takes_nothing(env: Env) -> None:
+    c = LockClient(env.url, env.key, clock=env.clock)
+    with pytest.raises(RuntimeError, match="async context manager"):
+        async with c.lock("a.md"):
+            pass
+    assert not await held(env, "a.md")
