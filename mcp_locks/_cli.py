@@ -15,6 +15,7 @@ import click
 
 from ._app import __version__, build_app
 from ._auth import is_loopback
+from ._cli_client import client_commands
 from ._errors import LockError
 from ._logging import configure_logging
 from ._names import check_workspace_id
@@ -436,3 +437,6 @@ def keys_revoke(key_id: str, data_dir: Path | None) -> None:
         click.echo(f"revoked {key_id}")
 
     _with_store(data_dir, action)
+
+
+client_commands(main)

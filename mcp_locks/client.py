@@ -151,7 +151,9 @@ class LockClient:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._tg = None
-        await self._stack.__aexit__(et, e, tb)
+        # The caller's exception is not handed to the renewals' task group (it would come back
+        # wrapped in an exception group): it goes on as it is once the group has closed.
+        await self._stack.__aexit__(None, None, None)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -256,6 +258,24 @@ class LockClient:
         headers = {"Lock-Token": lease.token} if lease is not None else None
         ws = workspace_id or (lease.workspace_id if lease is not None else None)
         result: dict[str, Any] = await self._call("GET", self._nodes(ws, node_id), headers=headers)
+        return result
+
+    async def list_locks(
+        self,
+        prefix: str = "",
+        *,
+        owner: str | None = None,
+        limit: int = 1000,
+        cursor: str | None = None,
+        workspace_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of held locks (``locks`` and ``next_cursor``), as list_locks answers."""
+        ws = quote(workspace_id or self.workspace_id, safe="")
+        params = {"prefix": prefix, "limit": str(limit)} | ({"owner": owner} if owner else {})
+        query = "&".join(
+            f"{k}={quote(v, safe='')}" for k, v in (params | ({"cursor": cursor} if cursor else {})).items()
+        )
+        result: dict[str, Any] = await self._call("GET", f"/v1/workspaces/{ws}/locks?{query}")
         return result
 
     # ------------------------------------------------------------------ held for a block

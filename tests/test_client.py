@@ -235,3 +235,10 @@ async def test_lock_outside_async_with_takes_nothing(env: Env) -> None:
         async with c.lock("a.md"):
             pass
     assert not await held(env, "a.md")
+
+
+async def test_a_refusal_leaves_the_client_block_as_itself_not_in_a_group(env: Env) -> None:
+    await env.service.lock(None, "a.md", agent="bob")
+    with pytest.raises(Locked):
+        async with LockClient(env.url, env.key, clock=env.clock) as c:
+            await c.acquire("a.md")
