@@ -7,11 +7,15 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import anyio
 import uvicorn
 from starlette.types import ASGIApp
+
+from mcp_locks import LockService, ManualClock, MemoryStore, Settings, build_app
 
 
 def free_socket(host: str = "127.0.0.1") -> socket.socket:
@@ -96,3 +100,25 @@ async def raw_request(
     status_line, _, rest = data.partition(b"\r\n")
     _, _, payload = rest.partition(b"\r\n\r\n")
     return int(status_line.split()[1]), payload
+
+
+@dataclass
+class KeyedServer:
+    """A real server on a manual clock with an agent key and an admin key."""
+
+    url: str
+    service: LockService
+    clock: ManualClock
+    key: str
+    admin: str
+
+
+@asynccontextmanager
+async def keyed_server(data_dir: Path, agent: str = "alice") -> AsyncIterator[KeyedServer]:
+    """Serve a memory-store app whose leases and waits move only with the returned clock."""
+    clock = ManualClock()
+    service = LockService(MemoryStore(), clock=clock)
+    async with serve_app(build_app(Settings(store="memory", data_dir=data_dir), service)) as url:
+        key, _ = await service.create_key(agent, ["default"])
+        admin, _ = await service.create_key("root", [], "admin")
+        yield KeyedServer(url, service, clock, key, admin)

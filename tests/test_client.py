@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
@@ -12,11 +11,11 @@ import httpx
 import pytest
 import stamina
 
-from mcp_locks import LockBroken, Locked, LockService, ManualClock, MemoryStore, Settings, build_app
+from mcp_locks import LockBroken, Locked, LockService, MemoryStore, Settings, build_app
 from mcp_locks.client import RENEW_FRACTION, LeaseLost, LockClient, SyncLockClient
 
 from .helpers import STEP, until_event
-from .servers import serve_app, serve_in_thread
+from .servers import KeyedServer, keyed_server, serve_in_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -28,23 +27,13 @@ def no_backoff() -> Iterator[None]:
     stamina.set_testing(False)
 
 
-@dataclass
-class Env:
-    url: str
-    service: LockService
-    clock: ManualClock
-    key: str
-    admin: str
+Env = KeyedServer
 
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    clock = ManualClock()
-    service = LockService(MemoryStore(), clock=clock)
-    async with serve_app(build_app(Settings(store="memory", data_dir=tmp_path), service)) as url:
-        key, _ = await service.create_key("alice", ["default"])
-        admin, _ = await service.create_key("root", [], "admin")
-        yield Env(url, service, clock, key, admin)
+    async with keyed_server(tmp_path) as server:
+        yield server
 
 
 async def held(env: Env, node: str) -> bool:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +13,10 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from mcp_locks import LockService, ManualClock, MemoryStore, Settings, build_app
 from mcp_locks._mcp import PROGRESS_EVERY
 
 from .helpers import STEP, until_event
-from .servers import serve_app
+from .servers import KeyedServer, keyed_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -28,21 +26,13 @@ def stdio(*args: str) -> Client:
     return Client(stdio_client(StdioServerParameters(command=sys.executable, args=["-m", "mcp_locks", "stdio", *args])))
 
 
-@dataclass
-class Env:
-    url: str
-    service: LockService
-    clock: ManualClock
-    key: str
+Env = KeyedServer
 
 
 @pytest.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    clock = ManualClock()
-    service = LockService(MemoryStore(), clock=clock)
-    async with serve_app(build_app(Settings(store="memory", data_dir=tmp_path), service)) as url:
-        key, _ = await service.create_key("desktop-agent", ["default"])
-        yield Env(url, service, clock, key)
+    async with keyed_server(tmp_path, agent="desktop-agent") as server:
+        yield server
 
 
 def ok(result: Any) -> dict[str, Any]:
