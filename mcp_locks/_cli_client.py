@@ -63,7 +63,8 @@ def _fences_env(leases: Sequence[Any]) -> dict[str, str]:
 def client_commands(main: click.Group) -> None:
     """Add the client commands to ``main``."""
 
-    @main.command(name="exec", context_settings={"ignore_unknown_options": True})
+    # Everything after the first argument belongs to the command, never to exec (a --url there is the command's).
+    @main.command(name="exec", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
     @_url
     @_key
     @_workspace
@@ -92,22 +93,23 @@ def client_commands(main: click.Group) -> None:
         items = [parse_lock_spec(s) for s in locks]
 
         async def run() -> int:
-            async with LockClient(url, key, workspace_id=workspace_id) as c:
-                proc: anyio.abc.Process | None = None
+            async with (
+                LockClient(url, key, workspace_id=workspace_id) as c,
+                c.lock_many(items, timeout=timeout, wait=wait) as leases,
+            ):
+                env = {**os.environ, **_fences_env(leases)}
+                proc = await anyio.open_process(list(command), stdin=None, stdout=None, stderr=None, env=env)
+                # Stopped inside the block: the child is gone before any lock is released.
                 try:
-                    async with c.lock_many(items, timeout=timeout, wait=wait) as leases:
-                        env = {**os.environ, **_fences_env(leases)}
-                        proc = await anyio.open_process(list(command), stdin=None, stdout=None, stderr=None, env=env)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(_forward_signals, proc)
                         code = await proc.wait()
-                        return code if code >= 0 else 128 - code
+                        tg.cancel_scope.cancel()
                 finally:
-                    if proc is not None and proc.returncode is None:  # the lease was lost, or we were stopped
+                    if proc.returncode is None:  # the lease was lost
                         with anyio.CancelScope(shield=True):
-                            proc.send_signal(signal.SIGTERM)
-                            with anyio.move_on_after(10):
-                                await proc.wait()
-                            if proc.returncode is None:
-                                proc.kill()
+                            await _stop(proc)
+                return code if code >= 0 else 128 - code
 
         try:
             code = anyio.run(run)
@@ -119,8 +121,9 @@ def client_commands(main: click.Group) -> None:
             raise SystemExit(EXIT_LOST) from None
         except LockError as e:
             raise click.ClickException(e.text()) from None
-        except FileNotFoundError as e:
-            raise click.ClickException(f"cannot run {command[0]!r}: {e.strerror}.") from None
+        except OSError as e:
+            click.echo(f"mcp-locks exec: cannot run {command[0]!r}: {e.strerror}.", err=True)
+            raise SystemExit(127 if isinstance(e, FileNotFoundError) else 126) from None
         raise SystemExit(code)
 
     @main.command()
@@ -174,6 +177,23 @@ def client_commands(main: click.Group) -> None:
 
         for lock in _run(run):
             click.echo(f"{lock['node_id']}\t" + _row(lock, "held"))
+
+
+async def _forward_signals(proc: anyio.abc.Process) -> None:
+    """Pass SIGTERM, SIGINT and SIGHUP to the command: it stops, then its locks are released as usual."""
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            if proc.returncode is None:
+                proc.send_signal(signum)
+
+
+async def _stop(proc: anyio.abc.Process) -> None:
+    proc.send_signal(signal.SIGTERM)
+    with anyio.move_on_after(10):
+        await proc.wait()
+    if proc.returncode is None:
+        proc.kill()
+        await proc.wait()
 
 
 def _when(iso: str) -> str:

@@ -19,9 +19,11 @@ import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.shared.exceptions import MCPError
 from mcp_types import CallToolResult, InputRequiredResult, Tool
 
-from ._mcp import INSTRUCTIONS, build_mcp
+from ._errors import Unavailable
+from ._mcp import INSTRUCTIONS, build_mcp, error_result
 from ._service import LockService
 
 __all__ = ["BridgeServer", "NoServer", "run_bridge", "run_embedded"]
@@ -56,7 +58,16 @@ class BridgeServer(MCPServer[Any]):
             if context is not None:
                 await context.report_progress(progress, total, message)
 
-        return await self.remote.call_tool(name, arguments, progress_callback=progress)
+        try:
+            return await self.remote.call_tool(name, arguments, progress_callback=progress)
+        except (httpx2.TransportError, MCPError) as e:
+            # The server went away (or restarted): a coded answer, not a dead bridge.
+            return error_result(
+                Unavailable(
+                    f"the mcp-locks server did not answer this call ({type(e).__name__}).",
+                    hint="Check that the server runs; if it restarted, restart this client's MCP connection.",
+                )
+            )
 
 
 def _no_server(url: str, why: str) -> NoServer:
@@ -77,13 +88,17 @@ async def run_bridge(url: str, key: str | None, version: str) -> None:
     if not endpoint.endswith("/mcp"):
         endpoint += "/mcp"
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=None)) as http:
+    # trust_env=False: the key must never go to a proxy named in the environment.
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=None), trust_env=False) as http:
         try:
             probe = await http.get(endpoint.removesuffix("/mcp") + "/healthz")
+            healthy = probe.status_code == 200 and probe.json().get("status") == "ok"
         except httpx2.TransportError as e:
             raise _no_server(endpoint, str(e) or type(e).__name__) from None
-        if probe.status_code != 200 or probe.json().get("status") != "ok":
-            raise _no_server(endpoint, f"/healthz answered {probe.status_code}")
+        except ValueError:
+            healthy = False
+        if not healthy:
+            raise _no_server(endpoint, f"/healthz answered {probe.status_code}, not an mcp-locks server")
         if not key:
             raise NoServer("the server needs an API key: pass --key KEY (or set MCP_LOCKS_KEY).")
         async with Client(streamable_http_client(endpoint, http_client=http)) as remote:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -109,6 +110,13 @@ def _error_of(response: httpx.Response) -> LockError:
         return Internal(f"the server answered {response.status_code} without an error body.")
 
 
+class _MonotonicClock(Clock):
+    """Local lease deadlines are only compared with each other: a clock that never jumps."""
+
+    def now(self) -> float:
+        return time.monotonic()
+
+
 class LockClient:
     """Locks over the REST API; use as an async context manager (see the module docstring).
 
@@ -130,7 +138,7 @@ class LockClient:
         self.url = url.rstrip("/")
         self.workspace_id = workspace_id
         self.attempts = attempts
-        self.clock = clock or Clock()
+        self.clock = clock or _MonotonicClock()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._http = httpx.AsyncClient(
             base_url=self.url, headers=headers, timeout=timeout, transport=transport, trust_env=False
@@ -321,7 +329,9 @@ class LockClient:
             raise RuntimeError("use LockClient as an async context manager: `async with LockClient(...) as c:`")
         return self._tg
 
-    async def _keep(self, lease: Lease, lost: list[tuple[Lease, LockError]], body: anyio.CancelScope) -> None:
+    async def _keep(
+        self, lease: Lease, lost: list[tuple[Lease, LockError]], definite: set[int], body: anyio.CancelScope
+    ) -> None:
         """Renew ``lease`` a third of the way through each lease until cancelled, or mark it lost."""
         while True:
             due = lease.local_deadline - lease.timeout * (1 - RENEW_FRACTION)
@@ -341,7 +351,8 @@ class LockClient:
                             await self.renew(lease)
                         break
                     except (LockExpired, LockBroken, LockNotFound) as e:
-                        err = e  # definitely over
+                        err = e  # the server says it is over
+                        definite.add(id(lease))
                     except (LockError, TimeoutError, Exception) as e:
                         # Busy, rate-limited, unreachable, a proxy's junk: the lease may still run. Pause, retry.
                         left = lease.local_deadline - self.clock.now()
@@ -362,13 +373,14 @@ class LockClient:
         keepers = anyio.CancelScope()
         stopped = anyio.Event()
         lost: list[tuple[Lease, LockError]] = []
+        definite: set[int] = set()  # leases the server said are over (no release needed)
 
         async def keep_all() -> None:
             try:
                 with keepers:
                     async with anyio.create_task_group() as group:
                         for le in leases:
-                            group.start_soon(self._keep, le, lost, body)
+                            group.start_soon(self._keep, le, lost, definite, body)
             finally:
                 stopped.set()
 
@@ -380,10 +392,9 @@ class LockClient:
             keepers.cancel()
             with anyio.CancelScope(shield=True):
                 await stopped.wait()  # no renewal is in flight from here on
-                ended = {id(le) for le, e in lost if isinstance(e, (LockExpired, LockBroken, LockNotFound))}
                 with anyio.move_on_after(RELEASE_WITHIN):
                     for le in leases:
-                        if id(le) not in ended:
+                        if id(le) not in definite:
                             try:
                                 await self.release(le)
                             except LockError as e:  # it ends by its lease anyway

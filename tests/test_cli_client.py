@@ -127,3 +127,40 @@ def test_client_commands_without_a_server_say_so() -> None:
     assert done.returncode != 0
     assert "UNAVAILABLE" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_exec_passes_a_sigterm_to_the_command_then_releases_its_locks(env: Env, tmp_path: Path) -> None:
+    import signal
+    import time
+
+    started = tmp_path / "started"
+    child = (
+        "import signal, sys, time;"
+        "signal.signal(signal.SIGTERM, lambda *a: sys.exit(7));"
+        f"open({str(started)!r}, 'w').close();"
+        "time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcp_locks", "exec", "--lock", "job.lock", "--", sys.executable, "-c", child],
+        env={**os.environ, "MCP_LOCKS_URL": env.url, "MCP_LOCKS_KEY": env.key},
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)  # a file the child makes: no event crosses these process boundaries
+        assert started.exists()
+        proc.send_signal(signal.SIGTERM)  # what a harness sends to the PID it started
+        assert proc.wait(30) == 7  # the command stopped on its own terms; its status comes through
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    assert env.run("status", "job.lock").stdout.startswith("job.lock: free")
+
+
+def test_everything_after_the_command_belongs_to_the_command(env: Env) -> None:
+    shown = "import sys; print(' '.join(sys.argv[1:]))"
+    done = env.run("exec", "--lock", "a.md", sys.executable, "-c", shown, "--url", "http://elsewhere", "--timeout", "5")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "--url http://elsewhere --timeout 5"
