@@ -90,11 +90,6 @@ class KeyVerifier:
         self._version: object = None
         self._proven: dict[bytes, AccessToken] = {}
 
-    async def identify(self, key: str) -> Identity | None:
-        """The identity ``key`` proves, or None (malformed, unknown, wrong or revoked)."""
-        token = await self.verify_token(key)
-        return identity_of(token) if token is not None else None
-
     async def verify_token(self, token: str) -> AccessToken | None:
         """The key's identity in the SDK's form: role as the scope, agent as the subject, workspaces as a claim."""
         version = await self.store.keys_version()

@@ -28,8 +28,11 @@ __all__ = ["main"]
 
 
 def _settings(**flags: Any) -> Settings:
-    # Flags left unset fall through to MCP_LOCKS_* and then the defaults.
-    return Settings(**{k: v for k, v in flags.items() if v is not None})
+    """Settings from the flags given, then MCP_LOCKS_*, then the defaults; a bad value is a clear message."""
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValueError as e:  # pydantic's ValidationError: names the setting and the rule
+        raise click.ClickException(str(e)) from None
 
 
 def _check_store(settings: Settings) -> None:
@@ -178,10 +181,7 @@ def serve(**flags: Any) -> None:
     import uvicorn
 
     _Server = _server_class()
-    try:
-        settings = _settings(**flags)
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    settings = _settings(**flags)
     if settings.insecure_no_auth and not is_loopback(settings.host):
         raise click.ClickException(
             f"--insecure-no-auth is refused on {settings.host}: anyone who can reach it could take or break every"

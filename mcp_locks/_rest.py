@@ -229,11 +229,16 @@ def _int(value: str | None, name: str, default: int) -> int:
         raise InvalidArgument(f"{name} must be an integer.", details={"field": name}) from None
 
 
+def _header_token(request: Request) -> str | None:
+    """The ``Lock-Token`` header's token: RFC 4918 writes it as ``<token>``; bare is accepted too."""
+    header = request.headers.get("lock-token")
+    return header.strip().removeprefix("<").removesuffix(">") if header is not None else None
+
+
 def _lock_token(call: Call) -> str | None:
-    header = call.request.headers.get("lock-token")
+    header = _header_token(call.request)
     if header is not None:
-        # RFC 4918 writes it as <token>; accept it bare too.
-        return header.strip().removeprefix("<").removesuffix(">")
+        return header
     body: UnlockRequest | None = call.body
     return body.token if body is not None else None
 
@@ -277,8 +282,7 @@ def build_ops(service: LockService) -> list[Op]:
         )
 
     async def status(call: Call) -> BaseModel:
-        token = call.request.headers.get("lock-token")  # "do I still hold it?"
-        token = token.strip().removeprefix("<").removesuffix(">") if token is not None else None
+        token = _header_token(call.request)  # "do I still hold it?"
         return await service.status(ws_of(call), call.params["node_id"], token, caller=call.caller)
 
     async def renew(call: Call) -> BaseModel:

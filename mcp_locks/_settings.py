@@ -55,6 +55,16 @@ class Settings(BaseSettings):
         default_factory=list, description="Extra browser origins allowed when bound to loopback."
     )
 
+    @field_validator("admin_key")
+    @classmethod
+    def _check_admin_key(cls, v: SecretStr | None) -> SecretStr | None:
+        from ._keys import parse_key_id
+
+        if v is not None and parse_key_id(v.get_secret_value()) is None:
+            raise ValueError("MCP_LOCKS_ADMIN_KEY is not an mcp-locks key (mlk_<12 hex>_<43 chars>); make one with"
+                             " `mcp-locks keys create --role admin` or leave it unset")  # fmt: skip
+        return v
+
     @field_validator("rate_limit")
     @classmethod
     def _check_rate(cls, v: str | None) -> str | None:

@@ -86,3 +86,11 @@ def test_workspaces_list_without_a_database_says_how_to_make_one(tmp_path: Path)
     result = CliRunner().invoke(main, ["workspaces", "list", "--data-dir", str(tmp_path)])
     assert result.exit_code != 0
     assert "mcp-locks serve" in result.output
+
+
+@pytest.mark.parametrize("command", [["serve", "--port", "0"], ["stdio", "--embedded"]])
+def test_a_malformed_admin_key_setting_is_a_clear_message_not_a_traceback(tmp_path: Path, command: list[str]) -> None:
+    result = CliRunner().invoke(main, [*command, "--data-dir", str(tmp_path)], env={"MCP_LOCKS_ADMIN_KEY": "not-a-key"})
+    assert result.exit_code != 0
+    assert "MCP_LOCKS_ADMIN_KEY is not an mcp-locks key" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
