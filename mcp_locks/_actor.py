@@ -10,7 +10,9 @@ from typing import Any, Generic, TypeVar
 import anyio
 
 from ._clock import Clock
+from ._disk import WorkspaceDisk
 from ._errors import LockError, Unavailable
+from ._files import FileOp, FileTable
 from ._index import Claim
 from ._store import Store
 from ._table import Event, Granted, Lease, Limits, LockTable, Queued
@@ -70,6 +72,11 @@ class WorkspaceActor:
     If a commit fails, the table is rebuilt from the store (which holds only
     what was committed) and every call of the failed batch gets UNAVAILABLE:
     nothing it did took effect.
+
+    File writes ride the same batches: a write's metadata is committed with
+    the batch, then its staged content is moved into place (one fsync per
+    folder per batch), and only then are the callers answered, so no read
+    runs between a commit and the rename it implies.
     """
 
     def __init__(
@@ -81,6 +88,7 @@ class WorkspaceActor:
         limits: Limits,
         idle_timeout: float = 60.0,
         publish: Callable[[str, list[Event]], None] | None = None,
+        disk: WorkspaceDisk | None = None,
     ) -> None:
         self.workspace_id = workspace_id
         self.store = store
@@ -89,6 +97,9 @@ class WorkspaceActor:
         self.idle_timeout = idle_timeout
         self._publish = publish
         self.table: LockTable | None = None
+        self.disk = disk
+        #: The workspace's file metadata, beside the lock table (see :class:`FileTable`).
+        self.files = FileTable((), lambda node_id: None)
         self._mailbox = _Batch()
         self._inflight: _Batch | None = None
         self.failed = False
@@ -225,6 +236,16 @@ class WorkspaceActor:
             first_waiter_id=first_waiter_id,
         )
         table.restore(snap.leases, snap.ended, snap.requests)
+        disk = self.disk
+        if disk is not None:
+            files = FileTable(snap.files, disk.probe)
+            pending = files.pending()
+            if pending:
+                # A crash between a commit and its rename left staged content: move it in now.
+                redone = await anyio.to_thread.run_sync(disk.recover, pending)
+                if redone:
+                    log.warning("finished %d interrupted file change(s) in %s", redone, self.workspace_id)
+            self.files = files
         return table
 
     async def run(self, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -342,6 +363,17 @@ class WorkspaceActor:
             except Exception:
                 log.exception("commit failed in %s", self.workspace_id)
                 broken = True
+        ops: list[FileOp] = []
+        if self.files.ops:
+            ops, self.files.ops = self.files.ops, []
+        if not broken and ops and self.disk is not None:
+            try:
+                await anyio.to_thread.run_sync(self.disk.apply, ops)
+            except Exception:
+                # Committed but not moved into place: reloading redoes it (the staged files are still there).
+                log.exception("applying file changes failed in %s", self.workspace_id)
+                await self._recover(pending, committed=True)
+                return
         if broken:
             await self._recover(pending)
             return
@@ -364,10 +396,18 @@ class WorkspaceActor:
                 elif isinstance(outcome, Granted):  # pragma: no cover - every waiter has a listener
                     self._give_back(table, now, outcome.leases, False, ("", None))
 
-    async def _recover(self, batch: _Batch) -> None:
-        err = Unavailable(
-            "the lock store could not commit this change; nothing in it took effect.",
-            hint="Retry in a few seconds; locks committed before are unchanged.",
+    async def _recover(self, batch: _Batch, committed: bool = False) -> None:
+        err = (
+            Unavailable(
+                "the change was committed but the file system refused to put files in place; the server"
+                " finishes that when the workspace reloads.",
+                hint="Check file_info before retrying a write: its version says whether yours landed.",
+            )
+            if committed
+            else Unavailable(
+                "the lock store could not commit this change; nothing in it took effect.",
+                hint="Retry in a few seconds; locks committed before are unchanged.",
+            )
         )
         for c in batch.calls:
             c.result, c.error = None, err

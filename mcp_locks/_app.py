@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from ._auth import Guard, KeyVerifier, bootstrap_admin_key, is_loopback
 from ._clock import Clock
+from ._filesvc import FileLimits
 from ._keys import LOCAL, NOBODY
 from ._mcp import build_mcp
 from ._rest import OPENAPI_PATH, build_rest, http_error_handler
@@ -54,7 +55,13 @@ def build_service(settings: Settings, store: Store | None = None, clock: Clock |
         idle_timeout=settings.idle_timeout,
         table=Limits(max_locks=settings.max_locks, max_waiters=settings.max_waiters, retention=settings.retention),
     )
-    return LockService(store or build_store(settings), clock=clock, limits=limits)
+    files = FileLimits(
+        max_file_size=settings.max_file_size, chunk_size=settings.chunk_size, upload_ttl=settings.upload_ttl
+    )
+    files_dir = settings.files_dir if settings.store == "sqlite" else None  # memory: a temporary folder
+    return LockService(
+        store or build_store(settings), clock=clock, limits=limits, files_dir=files_dir, file_limits=files
+    )
 
 
 class _LegacySse:
@@ -74,6 +81,17 @@ class _LegacySse:
         low = self.server._lowlevel_server
         async with self.transport.connect_sse(scope, receive, send) as (read, write):
             await low.run(read, write, low.create_initialization_options())
+
+
+def _file_body_limit(settings: Settings) -> Callable[[str, str], int | None]:
+    """Routes that stream file content take bodies up to max_file_size (they count and stop it themselves)."""
+
+    def limit(method: str, path: str) -> int | None:
+        if method == "PUT" and path.startswith("/v1/workspaces/") and ("/files/" in path or "/uploads/" in path):
+            return max(settings.max_file_size, settings.max_body)
+        return None
+
+    return limit
 
 
 def build_app(
@@ -141,6 +159,7 @@ def build_app(
         rate_limit=settings.rate_limit,
         open_paths=("/healthz", OPENAPI_PATH),
         allowed_origins=tuple(settings.allowed_origins),
+        body_limit=_file_body_limit(settings),
     )
     app = Starlette(
         routes=routes,

@@ -26,7 +26,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -167,11 +167,14 @@ class Guard:
         rate_limit: str | None = None,
         open_paths: tuple[str, ...] = ("/healthz",),
         allowed_origins: tuple[str, ...] = (),
+        body_limit: Callable[[str, str], int | None] | None = None,
     ) -> None:
         self.app = app
         self.backend = BearerAuthBackend(verifier) if verifier is not None else None
         self.loopback_only = loopback_only
         self.max_body = max_body
+        #: (method, path) -> a larger limit for routes that stream file content (they bound it themselves).
+        self.body_limit = body_limit
         self.open_paths = open_paths
         self.allowed_origins = allowed_origins
         self.rate = limits.parse(rate_limit) if rate_limit else None
@@ -185,7 +188,10 @@ class Guard:
             await send({"type": "websocket.close", "code": 1008})
             return
         headers = Headers(scope=scope)
-        refusal = self._check_origin(headers) or self._check_length(headers)
+        limit = self.max_body
+        if self.body_limit is not None:
+            limit = self.body_limit(scope["method"], scope["path"]) or limit
+        refusal = self._check_origin(headers) or self._check_length(headers, limit)
         if refusal is not None:
             await _send_error(send, refusal)
             return
@@ -218,9 +224,11 @@ class Guard:
             if limited is not None:
                 await _send_error(send, limited, [("retry-after", str(limited.details["retry_after"]))])
                 return
-        await self._forward(scope, receive, send, user)
+        await self._forward(scope, receive, send, user, limit)
 
-    async def _forward(self, scope: Scope, receive: Receive, send: Send, user: AuthenticatedUser | None) -> None:
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, user: AuthenticatedUser | None, limit: int
+    ) -> None:
         received = 0
         started = False
 
@@ -229,7 +237,7 @@ class Guard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_body:
+                if received > limit:
                     raise _BodyTooLarge
             return message
 
@@ -244,7 +252,7 @@ class Guard:
             await self.app(scope, counted_receive, tracked_send)
         except _BodyTooLarge:
             if not started:
-                await _send_error(send, self._too_large())
+                await _send_error(send, self._too_large(limit))
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
@@ -256,17 +264,24 @@ class Guard:
             if ctx is not None:
                 auth_context_var.reset(ctx)
 
-    def _too_large(self) -> TooLarge:
+    def _too_large(self, limit: int) -> TooLarge:
+        if limit != self.max_body:
+            return TooLarge(
+                f"the file is larger than {limit} bytes, the most this server accepts.",
+                hint="Split the data into several files, or ask the admin to raise max_file_size.",
+                details={"limit": limit},
+            )
         return TooLarge(
-            f"the request body is larger than {self.max_body} bytes.",
-            hint="Send less per request (split a lock_files batch); the limit is the server's max_body setting.",
-            details={"limit": self.max_body},
+            f"the request body is larger than {limit} bytes.",
+            hint="Send less per request (split a lock_files batch; send big files with PUT or an upload); the"
+            " limit is the server's max_body setting.",
+            details={"limit": limit},
         )
 
-    def _check_length(self, headers: Headers) -> LockError | None:
+    def _check_length(self, headers: Headers, limit: int) -> LockError | None:
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_body:
-            return self._too_large()
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return self._too_large(limit)
         return None
 
     def _check_origin(self, headers: Headers) -> LockError | None:

@@ -26,10 +26,12 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "RateLimited",
+    "StaleFence",
     "TooLarge",
     "Unauthenticated",
     "Unavailable",
     "UnsupportedMediaType",
+    "VersionMismatch",
     "WaitTimeout",
 ]
 
@@ -149,6 +151,20 @@ class LockNotFound(LockError):
     http_status = 404
 
 
+class VersionMismatch(LockError):
+    """A write's if_version (or If-Match) is not the file's current version: someone else wrote it first."""
+
+    code = "VERSION_MISMATCH"
+    http_status = 412
+
+
+class StaleFence(LockError):
+    """A write under a lock whose fence is older than the one the file was last written under."""
+
+    code = "STALE_FENCE"
+    http_status = 409
+
+
 class LimitExceeded(LockError):
     """A server limit (locks, waiters, batch size) would be exceeded."""
 
@@ -214,6 +230,8 @@ ERROR_TABLE: dict[str, type[LockError]] = {
         LockExpired,
         LockBroken,
         LockNotFound,
+        VersionMismatch,
+        StaleFence,
         LimitExceeded,
         RateLimited,
         TooLarge,

@@ -10,15 +10,22 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._errors import InvalidArgument
+from ._files import FileMeta
 from ._keys import KeyRecord
 from ._table import Lease, NodeStatus, WaiterView
 
 __all__ = [
+    "CompleteUploadRequest",
     "CreateKeyRequest",
     "CreateWorkspaceRequest",
     "CreatedKey",
     "ErrorBody",
     "ErrorInfo",
+    "FileContent",
+    "FileInfo",
+    "FileList",
+    "FileStatus",
+    "FileWritten",
     "ForceUnlockRequest",
     "KeyInfo",
     "KeyList",
@@ -38,6 +45,8 @@ __all__ = [
     "UnlockOutcome",
     "UnlockRequest",
     "UnlockResult",
+    "UploadInfo",
+    "UploadRequest",
     "WaiterInfo",
     "WorkspaceInfo",
     "WorkspaceList",
@@ -355,6 +364,93 @@ class ErrorBody(_Out):
     error: ErrorInfo
 
 
+# ---------------------------------------------------------------------- files
+
+
+class FileInfo(_Out):
+    """A file's metadata. ``version`` and ``fence`` let an agent chain optimistic retries and fenced writes."""
+
+    workspace_id: str
+    node_id: str
+    version: int = Field(description="Starts at 1, +1 per write. Pass it as if_version to write only over this one.")
+    etag: str = Field(description="HTTP entity tag of this version (If-Match in REST).")
+    size: int = Field(description="Bytes.")
+    sha256: str | None = Field(description="Hex digest of the content (null for a file never written through us).")
+    modified_at: datetime
+    modified_by: str | None = Field(description="The agent whose write made this version.")
+    fence: int = Field(description="The highest lock fence the file was written under (0: never under a lock).")
+    tracked: bool = Field(True, description="False for a file in a bound folder never written through mcp-locks.")
+
+    @classmethod
+    def of(cls, workspace_id: str, m: FileMeta) -> FileInfo:
+        """The public view of a file's metadata."""
+        return cls(
+            workspace_id=workspace_id,
+            node_id=m.node_id,
+            version=m.version,
+            etag=m.etag,
+            size=m.size,
+            sha256=m.sha256,
+            modified_at=utc(m.modified_at),
+            modified_by=m.modified_by,
+            fence=m.fence,
+            tracked=m.tracked,
+        )
+
+
+class FileContent(_Out):
+    """Part or all of a file, with the metadata of the version it was read from."""
+
+    file: FileInfo
+    content: str = Field(description="The bytes read: text if encoding is 'utf-8', else base64.")
+    encoding: Literal["utf-8", "base64"]
+    offset: int = Field(description="Where the bytes read start.")
+    length: int = Field(description="How many bytes were read.")
+    eof: bool = Field(description="True if the read reached the end of the file; else read on from next_offset.")
+    next_offset: int | None = Field(description="Where to continue reading; null at the end.")
+
+
+class FileWritten(_Out):
+    """A committed write or delete: the file's new metadata (for a delete, what was deleted)."""
+
+    file: FileInfo
+    created: bool = Field(False, description="True if the write created the file.")
+    deleted: bool = Field(False, description="True for a delete.")
+
+
+class FileList(_Out):
+    """One page of files."""
+
+    workspace_id: str
+    files: list[FileInfo]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null when this is the last.")
+
+
+class FileStatus(_Out):
+    """A file's metadata and lock status, and whether you may read or write it now: the "may I edit this?" check."""
+
+    workspace_id: str
+    node_id: str
+    exists: bool
+    file: FileInfo | None
+    lock: LockStatus
+    may_read: bool = Field(description="False while another agent holds a write lock covering it.")
+    may_write: bool = Field(description="False while another agent holds any lock covering it.")
+    advice: str = Field(description="What to do next, in one sentence.")
+
+
+class UploadInfo(_Out):
+    """A resumable upload: send chunks 0, 1, ... of at most chunk_size bytes, then complete it."""
+
+    workspace_id: str
+    upload_id: str
+    chunk_size: int = Field(description="Largest chunk accepted, in bytes.")
+    max_size: int = Field(description="Largest file accepted, in bytes.")
+    received: list[int] = Field(description="Chunk numbers that arrived.")
+    size: int = Field(description="Bytes received so far.")
+    expires_at: datetime = Field(description="When the upload is dropped if not completed.")
+
+
 # ---------------------------------------------------------------------- request bodies (REST)
 
 
@@ -416,6 +512,22 @@ class CreateWorkspaceRequest(_In):
 
     workspace_id: str = Field(description="1-63 of a-z 0-9 _ -.")
     description: str | None = None
+
+
+class UploadRequest(_In):
+    """Body of POST /v1/workspaces/{workspace_id}/uploads (may be empty)."""
+
+    node_id: str | None = Field(None, description="The file it is for (informational; complete names the target).")
+
+
+class CompleteUploadRequest(_In):
+    """Body of POST .../uploads/{upload_id}/complete: commit the chunks as one atomic write."""
+
+    node_id: str = Field(description="The file to write.")
+    token: str | None = Field(None, description="A write lock covering node_id.")
+    if_version: int | None = Field(None, description="Without a token: the version you expect (0 = create only).")
+    sha256: str = Field(description="Hex sha256 of the whole content: the write fails if the chunks do not match it.")
+    agent: str | None = None
 
 
 class CreateKeyRequest(_In):

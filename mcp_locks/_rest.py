@@ -9,7 +9,8 @@ error table.
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -21,18 +22,24 @@ from pydantic.json_schema import models_json_schema
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ._auth import identity_of
 from ._errors import ERROR_TABLE, InvalidArgument, LockError, MethodNotAllowed, NotFound, UnsupportedMediaType
+from ._files import FileMeta
 from ._keys import LOCAL, Identity
 from ._logging import redact
 from ._models import (
+    CompleteUploadRequest,
     CreatedKey,
     CreateKeyRequest,
     CreateWorkspaceRequest,
     ErrorBody,
+    FileInfo,
+    FileList,
+    FileStatus,
+    FileWritten,
     ForceUnlockRequest,
     KeyInfo,
     KeyList,
@@ -49,6 +56,8 @@ from ._models import (
     UnlockFilesResult,
     UnlockRequest,
     UnlockResult,
+    UploadInfo,
+    UploadRequest,
     WorkspaceInfo,
     WorkspaceList,
     parse_body,
@@ -107,7 +116,7 @@ class Call:
     body: Any
 
 
-Handler = Callable[[Call], Awaitable[BaseModel]]
+Handler = Callable[[Call], Awaitable[BaseModel | Response]]
 
 
 @dataclass(frozen=True)
@@ -127,6 +136,8 @@ class Op:
     waits: bool = False  # may wait in line: a client that disconnects leaves the line
     admin: bool = False
     tags: tuple[str, ...] = field(default=("locks",))
+    raw_body: bool = False  # the body is file content (streamed by the handler), not JSON
+    raw_result: bool = False  # the answer is file content, not JSON
 
 
 def _caller(request: Request, local: Identity) -> Identity:
@@ -172,9 +183,11 @@ async def _json_body(request: Request) -> bytes:
     return raw
 
 
-async def _or_disconnect(request: Request, call: Callable[[], Awaitable[BaseModel]]) -> BaseModel | None:
+async def _or_disconnect(
+    request: Request, call: Callable[[], Awaitable[BaseModel | Response]]
+) -> BaseModel | Response | None:
     """Run ``call``; if the client goes away first, cancel it (so it leaves the line) and return None."""
-    result: BaseModel | None = None
+    result: BaseModel | Response | None = None
     error: LockError | None = None
     async with anyio.create_task_group() as tg:
 
@@ -201,7 +214,9 @@ def _endpoint(op: Op, local: Identity) -> Callable[[Request], Awaitable[Response
             caller = _caller(request, local)
             if op.admin:
                 require_admin(caller, op.name.replace("_", " "))
-            body = parse_body(op.body, await _json_body(request), op.name) if op.body is not None else None
+            body = None
+            if op.body is not None:
+                body = parse_body(op.body, await _json_body(request), op.name)
             call = Call(request, caller, dict(request.path_params), body)
             if op.waits and getattr(body, "wait", 0) > 0:
                 # Only a call that may wait needs to notice the client leaving (it then leaves the line).
@@ -214,6 +229,8 @@ def _endpoint(op: Op, local: Identity) -> Callable[[Request], Awaitable[Response
             return error_response(e)
         except ClientDisconnect:
             return Response(status_code=499)  # the client left while sending its body
+        if isinstance(result, Response):
+            return result
         return Response(result.model_dump_json(), status_code=op.status, media_type="application/json")
 
     endpoint.__name__ = op.name
@@ -241,6 +258,67 @@ def _lock_token(call: Call) -> str | None:
         return header
     body: UnlockRequest | None = call.body
     return body.token if body is not None else None
+
+
+def _if_version(request: Request) -> int | None:
+    """The version a write expects: ``If-None-Match: *`` (0), ``If-Match: "<version>-..."``, or ``?if_version=N``."""
+    if request.headers.get("if-none-match", "").strip() == "*":
+        return 0
+    match = request.headers.get("if-match")
+    if match is not None:
+        tag = match.strip().removeprefix("W/").strip('"')
+        head = tag.split("-", 1)[0]
+        if not head.isdigit():
+            raise InvalidArgument(
+                "If-Match must be an ETag this server returned (or a version number).",
+                hint="Send the ETag header of the version you read.",
+                details={"field": "if-match"},
+            )
+        return int(head)
+    raw = request.query_params.get("if_version")
+    return None if raw is None else _int(raw, "if_version", 0)
+
+
+async def _body_stream(request: Request) -> AsyncIterator[bytes]:
+    """The request body, piece by piece as it arrives (never gathered whole)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect
+        piece = message.get("body", b"")
+        if piece:
+            yield piece
+        if not message.get("more_body", False):
+            return
+
+
+def _file_headers(m: FileInfo | FileMeta) -> dict[str, str]:
+    return {
+        "ETag": m.etag,
+        "X-Version": str(m.version),
+        "X-Fence": str(m.fence),
+        **({"X-Sha256": m.sha256} if m.sha256 else {}),
+    }
+
+
+def file_response(fd: int, size: int, headers: dict[str, str]) -> Response:
+    """Stream an open file (closed at the end, or when the client goes away)."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        try:
+            offset = 0
+            while True:
+                piece = await anyio.to_thread.run_sync(os.pread, fd, 1 << 18, offset)
+                if not piece:
+                    return
+                offset += len(piece)
+                yield piece
+        finally:
+            os.close(fd)
+
+    return StreamingResponse(
+        pieces(), media_type="application/octet-stream", headers={**headers, "Content-Length": str(size)}
+    )
 
 
 def _storage_workspace(caller: Identity) -> str | None:
@@ -360,6 +438,101 @@ def build_ops(service: LockService) -> list[Op]:
             workspaces=list(c.workspaces),
         )
 
+    files = service.files
+
+    async def read_file(call: Call) -> Response:
+        _, meta, fd = await files.open(call.params["workspace_id"], call.params["node_id"],
+                                       _header_token(call.request), caller=call.caller)  # fmt: skip
+        return file_response(fd, os.fstat(fd).st_size, _file_headers(meta))
+
+    async def write_file(call: Call) -> Response:
+        r = call.request
+        written = await files.write(
+            call.params["workspace_id"], call.params["node_id"], _body_stream(r), _header_token(r),
+            _if_version(r), r.query_params.get("agent"), caller=call.caller,
+        )  # fmt: skip
+        return Response(written.model_dump_json(), status_code=201 if written.created else 200,
+                        media_type="application/json", headers=_file_headers(written.file))  # fmt: skip
+
+    async def delete_file(call: Call) -> BaseModel:
+        r = call.request
+        return await files.delete(
+            call.params["workspace_id"], call.params["node_id"], _header_token(r), _if_version(r),
+            r.query_params.get("agent"), caller=call.caller,
+        )  # fmt: skip
+
+    async def file_info(call: Call) -> BaseModel:
+        return await files.info(call.params["workspace_id"], call.params["node_id"],
+                                call.request.query_params.get("agent"), caller=call.caller)  # fmt: skip
+
+    async def list_files(call: Call) -> BaseModel:
+        q = call.request.query_params
+        return await files.list(call.params["workspace_id"], q.get("prefix", ""), q.get("cursor"),
+                                _int(q.get("limit"), "limit", 200), caller=call.caller)  # fmt: skip
+
+    async def create_upload(call: Call) -> BaseModel:
+        b: UploadRequest = call.body
+        return await files.create_upload(call.params["workspace_id"], b.node_id, caller=call.caller)
+
+    async def upload_status(call: Call) -> BaseModel:
+        return await files.upload_status(call.params["workspace_id"], call.params["upload_id"], caller=call.caller)
+
+    async def put_chunk(call: Call) -> BaseModel:
+        return await files.put_chunk(call.params["workspace_id"], call.params["upload_id"],
+                                     _int(call.params["index"], "chunk", 0), _body_stream(call.request),
+                                     caller=call.caller)  # fmt: skip
+
+    async def complete_upload(call: Call) -> BaseModel:
+        b: CompleteUploadRequest = call.body
+        return await files.complete_upload(call.params["workspace_id"], call.params["upload_id"], b.node_id,
+                                           b.sha256, b.token, b.if_version, b.agent, caller=call.caller)  # fmt: skip
+
+    async def abort_upload(call: Call) -> BaseModel:
+        ws, uid = call.params["workspace_id"], call.params["upload_id"]
+        info = await files.upload_status(ws, uid, caller=call.caller)
+        await files.abort_upload(ws, uid, caller=call.caller)
+        return info
+
+    ws_files = "/v1/workspaces/{workspace_id}/files"
+    ws_up = "/v1/workspaces/{workspace_id}/uploads"
+    write_headers = (
+        ("Lock-Token", "The token of your write lock covering the file."),
+        ("If-Match", "Without a lock: the ETag (or version) you read; the write fails with 412 if it changed."),
+        ("If-None-Match", "'*': create only (fails with 412 if the file exists)."),
+    )
+    file_ops = [
+        Op("GET", ws_files, "list_files", "A page of files, by node_id.", list_files, FileList,
+           query=(("prefix", "string", "Only node_ids starting with this."), ("limit", "integer", "Page size, 1-1000."),
+                  ("cursor", "string", "next_cursor of the last page.")), tags=("files",)),
+        Op("GET", f"{ws_files}/{{node_id:path}}", "read_file",
+           "The file's content; ETag, X-Version and X-Fence headers give its version. Refused (423) while another"
+           " agent writes it, unless Lock-Token shows your own lock.", read_file, FileInfo, raw_result=True,
+           headers=(("Lock-Token", "Optional: your lock covering the file."),), tags=("files",)),
+        Op("PUT", f"{ws_files}/{{node_id:path}}", "write_file",
+           "Replace the file atomically with the body: under your write lock (Lock-Token) or a version check"
+           " (If-Match / If-None-Match / ?if_version=N). 201 if created.", write_file, FileWritten, raw_body=True,
+           headers=write_headers, query=(("if_version", "integer", "The version you expect (0 = create only)."),
+                                         ("agent", "string", "Label shown as modified_by's label.")), tags=("files",)),
+        Op("DELETE", f"{ws_files}/{{node_id:path}}", "delete_file", "Delete the file, under the same rules as PUT.",
+           delete_file, FileWritten, headers=write_headers,
+           query=(("if_version", "integer", "The version you expect."),), tags=("files",)),
+        Op("GET", "/v1/workspaces/{workspace_id}/file-info/{node_id:path}", "file_info",
+           "Metadata, lock status, and whether you may read or write the file now.", file_info, FileStatus,
+           tags=("files",)),
+        Op("POST", ws_up, "create_upload", "Start a resumable upload for a large file.", create_upload, UploadInfo,
+           UploadRequest, status=201, tags=("files",)),
+        Op("GET", f"{ws_up}/{{upload_id}}", "upload_status", "Which chunks of an upload arrived.", upload_status,
+           UploadInfo, tags=("files",)),
+        Op("PUT", f"{ws_up}/{{upload_id}}/chunks/{{index}}", "put_chunk",
+           "Send chunk n (0, 1, ...) as the raw body; resending replaces it.", put_chunk, UploadInfo, raw_body=True,
+           tags=("files",)),
+        Op("POST", f"{ws_up}/{{upload_id}}/complete", "complete_upload",
+           "Check the sha256 and write the chunks as one atomic write, under the same rules as PUT.",
+           complete_upload, FileWritten, CompleteUploadRequest, tags=("files",)),
+        Op("DELETE", f"{ws_up}/{{upload_id}}", "abort_upload", "Drop an upload and its chunks.", abort_upload,
+           UploadInfo, tags=("files",)),
+    ]  # fmt: skip
+
     node_ops: list[Op] = []
     for base, where in (
         ("/v1/workspaces/{workspace_id}/nodes/{node_id:path}", ""),
@@ -417,6 +590,7 @@ def build_ops(service: LockService) -> list[Op]:
     ws = "/v1/workspaces/{workspace_id}"
     return [
         *node_ops,
+        *file_ops,
         Op("GET", f"{ws}/locks", "list_locks", "A page of held locks, by node_id.", list_locks, LockPage,
            query=(("prefix", "string", "Only node_ids starting with this."), ("owner", "string", "Only this agent's."),
                   ("limit", "integer", "Page size, 1-1000."), ("cursor", "string", "next_cursor of the last page."))),
@@ -471,6 +645,8 @@ _PARAMS = {
     "token": "The lock's token (prefer the Lock-Token header: URLs end up in logs).",
     "lock_id": "The lock's public id (lk_...).",
     "key_id": "The key's public id (12 hex digits).",
+    "upload_id": "The upload's id (32 hex digits).",
+    "index": "Chunk number: 0, 1, 2, ...",
 }
 
 
@@ -514,6 +690,10 @@ def openapi(ops: list[Op], version: str) -> dict[str, Any]:
                 "5XX": error,
             },
         }
+        if op.raw_result:
+            entry["responses"][str(op.status)] = {"description": "The file's content.", "content": _OCTETS}
+        if op.raw_body:
+            entry["requestBody"] = {"required": True, "content": _OCTETS}
         if op.body is not None:
             needed = any(f.is_required() for f in op.body.model_fields.values())  # else {} or no body will do
             entry["requestBody"] = {"required": needed, "content": _json_ref(op.body.__name__)}
@@ -544,6 +724,9 @@ def openapi(ops: list[Op], version: str) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
     }
+
+
+_OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
 
 
 def _json_ref(name: str) -> dict[str, Any]:

@@ -7,10 +7,14 @@ import heapq
 import json
 import logging
 import math
+import os
 import re
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
@@ -20,7 +24,9 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from ._actor import Waiting, WorkspaceActor
 from ._clock import Clock
+from ._disk import WorkspaceDisk
 from ._errors import AlreadyExists, Forbidden, InvalidArgument, LockError, NotFound, Unavailable
+from ._filesvc import FileLimits, FileService, remove_tree
 from ._index import Claim, Depth, Mode
 from ._keys import LOCAL, Identity, KeyRecord, new_key
 from ._logging import redact
@@ -245,8 +251,23 @@ class LockService:
     locks whose deadline passed while it was down are expired at once).
     """
 
-    def __init__(self, store: Store, *, clock: Clock | None = None, limits: ServiceLimits | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        clock: Clock | None = None,
+        limits: ServiceLimits | None = None,
+        files_dir: str | os.PathLike[str] | None = None,
+        file_limits: FileLimits | None = None,
+    ) -> None:
         self.store = store
+        #: Where workspaces not bound to a folder keep their files (``<files_dir>/<workspace_id>``);
+        #: without one, a temporary folder made on first use and removed on exit (like a memory store).
+        self.files_dir = Path(files_dir) if files_dir is not None else None
+        self._temp_files: str | None = None
+        self._disks: dict[str, WorkspaceDisk] = {}
+        #: The file store: reads and writes that obey the locks.
+        self.files = FileService(self, file_limits or FileLimits())
         self.clock = clock or Clock()
         self.limits = limits or ServiceLimits()
         self._actors: dict[str, WorkspaceActor] = {}
@@ -267,6 +288,7 @@ class LockService:
         try:
             await self.store.open()
             stack.push_async_callback(self.store.close)
+            stack.callback(self._close_disks)
             for rec in await self.store.list_workspaces():
                 self._workspaces[rec.workspace_id] = rec
             if DEFAULT_WORKSPACE not in self._workspaces:
@@ -289,6 +311,15 @@ class LockService:
         if self._stack is not None:
             stack, self._stack = self._stack, None
             await stack.aclose()
+
+    def _close_disks(self) -> None:
+        for disk in self._disks.values():
+            disk.close()
+        self._disks.clear()
+        if self._temp_files is not None:
+            shutil.rmtree(self._temp_files, ignore_errors=True)
+            self._temp_files = None
+            self.files_dir = None
 
     def background(self, fn: Callable[[], Awaitable[None]], what: str) -> anyio.CancelScope:
         """Run ``fn`` in the service's task group until it ends or the returned scope is cancelled.
@@ -335,6 +366,7 @@ class LockService:
                 limits=self.limits.table,
                 idle_timeout=self.limits.idle_timeout,
                 publish=self._publish,
+                disk=self.disk(workspace_id),
             )
             self._actors[workspace_id] = actor
             self._tg.start_soon(self._run_actor, actor)
@@ -412,6 +444,24 @@ class LockService:
             )
         return ws
 
+    def _disk_or_none(self, workspace_id: str) -> WorkspaceDisk:
+        disk = self._disks.get(workspace_id)
+        if disk is None:
+            rec = self._workspaces.get(workspace_id)
+            if rec is not None and rec.root is not None:
+                disk = WorkspaceDisk(Path(rec.root), bound=True)
+            else:
+                if self.files_dir is None:
+                    self._temp_files = tempfile.mkdtemp(prefix="mcp-locks-files-")
+                    self.files_dir = Path(self._temp_files)
+                disk = WorkspaceDisk(self.files_dir / workspace_id, bound=False)
+            self._disks[workspace_id] = disk
+        return disk
+
+    def disk(self, workspace_id: str) -> WorkspaceDisk:
+        """The folder holding a (known) workspace's files."""
+        return self._disk_or_none(workspace_id)
+
     @property
     def active_actors(self) -> int:
         """How many workspace actors are running (the rest are evicted)."""
@@ -467,6 +517,11 @@ class LockService:
                 rec = self._workspaces.pop(ws)
                 # Retired, it answered NOT_FOUND until now; a re-created workspace gets a new actor.
                 self._actors.pop(ws, None)
+                disk = self._disks.pop(ws, None)
+            if disk is not None:
+                disk.close()
+                if not disk.bound:  # its own folder goes with it; a bound project folder is left as it is
+                    await remove_tree(disk.root)
         except BaseException:
             with anyio.CancelScope(shield=True):
                 try:

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     rate_limit: str | None = Field(
         None, description="Per-key request limit, e.g. '100/second' or '5000/minute' (default: none)."
     )
+    max_file_size: int = Field(1 << 30, ge=1, description="Largest file the file store accepts, in bytes (1 GiB).")
+    chunk_size: int = Field(16 << 20, ge=1024, description="Largest chunk of a resumable upload, in bytes (16 MiB).")
+    upload_ttl: float = Field(86_400, ge=60, description="Seconds before an unfinished upload is dropped.")
     allowed_origins: list[str] = Field(
         default_factory=list, description="Extra browser origins allowed when bound to loopback."
     )
@@ -73,6 +76,11 @@ class Settings(BaseSettings):
 
             limits.parse(v)  # ValueError names the bad text
         return v or None
+
+    @property
+    def files_dir(self) -> Path:
+        """Where workspaces not bound to a folder keep their files."""
+        return self.data_dir / "files"
 
     @property
     def db_path(self) -> Path:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import AlreadyExists
+from ._files import FileMeta, PutFile
 from ._keys import KeyRecord
 from ._store import Snapshot, WorkspaceRecord, workspace_in_use, workspace_not_found
 from ._table import (
@@ -31,7 +32,7 @@ __all__ = ["SqliteStore"]
 
 log = logging.getLogger("mcp_locks.sqlite")
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -40,7 +41,8 @@ CREATE TABLE IF NOT EXISTS workspaces (
     description TEXT,
     created_at REAL NOT NULL,
     fence_last INTEGER NOT NULL DEFAULT 0,
-    fence_reserved INTEGER NOT NULL DEFAULT 0
+    fence_reserved INTEGER NOT NULL DEFAULT 0,
+    root TEXT
 );
 CREATE TABLE IF NOT EXISTS locks (
     workspace_id TEXT NOT NULL,
@@ -81,6 +83,21 @@ CREATE TABLE IF NOT EXISTS keys (
 );
 -- Deleted workspaces keep their fence reservation, so a re-created one continues above it.
 CREATE TABLE IF NOT EXISTS retired (workspace_id TEXT PRIMARY KEY, fence_reserved INTEGER NOT NULL);
+-- File metadata. A deleted file stays as a tombstone (deleted=1) so versions never repeat.
+-- pending names staged content (or a delete marker) that may still have to be moved into place.
+CREATE TABLE IF NOT EXISTS files (
+    workspace_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT,
+    modified_at REAL NOT NULL,
+    modified_by TEXT,
+    fence INTEGER NOT NULL,
+    deleted INTEGER NOT NULL,
+    pending TEXT,
+    PRIMARY KEY (workspace_id, node_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS requests (
     workspace_id TEXT NOT NULL,
     owner TEXT NOT NULL,
@@ -96,8 +113,12 @@ _LEASE_COLS = (
     "lock_id, token, node_id, mode, depth, owner, note, fence, acquired_at, expires_at, timeout, waited_ms, request_id,"
     " label, key_id"
 )
-#: Columns added after schema 1, with their types: added in place when an older database is opened.
-_ADDED_COLUMNS = {"label": "TEXT", "key_id": "TEXT", "end_by": "TEXT", "end_why": "TEXT"}
+#: Columns added after schema 1, by table, with their types: added in place when an older database is opened.
+_ADDED_COLUMNS = {
+    "locks": {"label": "TEXT", "key_id": "TEXT", "end_by": "TEXT", "end_why": "TEXT"},
+    "workspaces": {"root": "TEXT"},
+}
+_WS_COLS = "workspace_id, description, created_at, root"
 
 
 def _lease_row(ws: str, le: Lease) -> tuple[Any, ...]:
@@ -201,10 +222,11 @@ class SqliteStore:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise RuntimeError(f"{self.path} was written by a newer mcp-locks (schema {row[0]})")
             elif int(row[0]) < SCHEMA_VERSION:
-                have = {r[1] for r in db.execute("PRAGMA table_info(locks)")}
-                for col, kind in _ADDED_COLUMNS.items():
-                    if col not in have:
-                        db.execute(f"ALTER TABLE locks ADD COLUMN {col} {kind}")
+                for table, cols in _ADDED_COLUMNS.items():
+                    have = {r[1] for r in db.execute(f"PRAGMA table_info({table})")}
+                    for col, kind in cols.items():
+                        if col not in have:
+                            db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
                 db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             db.execute("COMMIT")
         except BaseException:
@@ -240,31 +262,31 @@ class SqliteStore:
             self._db.close()
             self._db = None
 
-    async def create_workspace(self, workspace_id: str, description: str | None, now: float) -> WorkspaceRecord:
-        """Create a workspace or raise ALREADY_EXISTS."""
+    async def create_workspace(
+        self, workspace_id: str, description: str | None, now: float, root: str | None = None
+    ) -> WorkspaceRecord:
+        """Create a workspace (its files in ``root`` if given) or raise ALREADY_EXISTS."""
         try:
             self.db.execute(
-                "INSERT INTO workspaces (workspace_id, description, created_at, fence_last, fence_reserved)"
-                " SELECT ?, ?, ?, coalesce(max(fence_reserved), 0), coalesce(max(fence_reserved), 0)"
+                "INSERT INTO workspaces (workspace_id, description, created_at, root, fence_last, fence_reserved)"
+                " SELECT ?, ?, ?, ?, coalesce(max(fence_reserved), 0), coalesce(max(fence_reserved), 0)"
                 " FROM retired WHERE workspace_id=?",
-                (workspace_id, description, now, workspace_id),
+                (workspace_id, description, now, root, workspace_id),
             )
         except sqlite3.IntegrityError:
             raise AlreadyExists(
                 f"workspace '{workspace_id}' already exists.", hint="Use it as it is, or pick another id."
             ) from None
-        return WorkspaceRecord(workspace_id, description, now)
+        return WorkspaceRecord(workspace_id, description, now, root)
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
         """The workspace, or None."""
-        row = self.db.execute(
-            "SELECT workspace_id, description, created_at FROM workspaces WHERE workspace_id=?", (workspace_id,)
-        ).fetchone()
+        row = self.db.execute(f"SELECT {_WS_COLS} FROM workspaces WHERE workspace_id=?", (workspace_id,)).fetchone()
         return WorkspaceRecord(*row) if row else None
 
     async def list_workspaces(self) -> list[WorkspaceRecord]:
         """Every workspace, by id."""
-        rows = self.db.execute("SELECT workspace_id, description, created_at FROM workspaces ORDER BY workspace_id")
+        rows = self.db.execute(f"SELECT {_WS_COLS} FROM workspaces ORDER BY workspace_id")
         return [WorkspaceRecord(*r) for r in rows]
 
     async def load(self, workspace_id: str) -> Snapshot:
@@ -291,6 +313,14 @@ class SqliteStore:
                 (workspace_id,),
             )
         ]
+        files = [
+            FileMeta(node, version, size, sha, at, by, fence, bool(deleted), pending)
+            for node, version, size, sha, at, by, fence, deleted, pending in db.execute(
+                "SELECT node_id, version, size, sha256, modified_at, modified_by, fence, deleted, pending FROM files"
+                " WHERE workspace_id=?",
+                (workspace_id,),
+            )
+        ]
         fence_last, reserved = db.execute(
             "SELECT fence_last, fence_reserved FROM workspaces WHERE workspace_id=?", (workspace_id,)
         ).fetchone()
@@ -302,7 +332,7 @@ class SqliteStore:
             self._fence_last[workspace_id] = fence_last  # later loads in this process start from here
         else:
             fence_last = max(fence_last, self._fence_last.get(workspace_id, 0))
-        return Snapshot(leases, ended, requests, fence_last + 1, reserved)
+        return Snapshot(leases, ended, requests, fence_last + 1, reserved, files)
 
     async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
         """Apply a batch as one transaction (fsynced when it reserves fences).
@@ -320,6 +350,7 @@ class SqliteStore:
         request_ops: dict[tuple[str, str], tuple[Any, ...] | None] = {}
         reserve = 0
         prune: Prune | None = None
+        files: dict[str, FileMeta] = {}
         fence_last = 0
         for ch in changes:
             if isinstance(ch, PutLease):
@@ -347,6 +378,8 @@ class SqliteStore:
                 reserve = max(reserve, ch.upto)
             elif isinstance(ch, Prune):
                 prune = ch
+            elif isinstance(ch, PutFile):
+                files[ch.meta.node_id] = ch.meta  # the last change to a file in a batch wins
         db = self.db
         durable = reserve and self.sync != "full"
         if durable:
@@ -373,6 +406,11 @@ class SqliteStore:
                     db.executemany(
                         "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)",
                         [row for row in request_ops.values() if row is not None],
+                    )
+                if files:
+                    db.executemany(
+                        "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(workspace_id, *m[:7], int(m.deleted), m.pending) for m in files.values()],
                     )
                 if prune is not None:
                     db.execute(
@@ -456,7 +494,7 @@ class SqliteStore:
                 " SELECT workspace_id, fence_reserved FROM workspaces WHERE workspace_id=?",
                 (workspace_id,),
             )
-            for table in ("locks", "requests", "workspaces"):
+            for table in ("locks", "requests", "files", "workspaces"):
                 db.execute(f"DELETE FROM {table} WHERE workspace_id=?", (workspace_id,))
             for key_id, wss in db.execute("SELECT key_id, workspaces FROM keys").fetchall():
                 listed = json.loads(wss)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._errors import AlreadyExists, Locked, NotFound
+from ._files import FileMeta, PutFile
 from ._keys import KeyRecord
 from ._table import (
     Change,
@@ -31,6 +32,8 @@ class WorkspaceRecord:
     workspace_id: str
     description: str | None
     created_at: float
+    #: A project folder the workspace's files live in (None: under the server's data dir).
+    root: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +45,7 @@ class Snapshot:
     requests: list[RequestRecord]
     fence_next: int
     fence_reserved: int
+    files: list[FileMeta] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -59,8 +63,10 @@ class Store(Protocol):
     async def close(self) -> None:
         """Release connections."""
 
-    async def create_workspace(self, workspace_id: str, description: str | None, now: float) -> WorkspaceRecord:
-        """Create a workspace or raise ALREADY_EXISTS."""
+    async def create_workspace(
+        self, workspace_id: str, description: str | None, now: float, root: str | None = None
+    ) -> WorkspaceRecord:
+        """Create a workspace (its files in ``root`` if given) or raise ALREADY_EXISTS."""
         ...
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
@@ -117,6 +123,7 @@ class _MemWorkspace:
     requests: dict[tuple[str, str], RequestRecord] = field(default_factory=dict)
     fence_last: int = 0
     fence_reserved: int = 0
+    files: dict[str, FileMeta] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -135,13 +142,15 @@ class MemoryStore:
     async def close(self) -> None:
         """Nothing to close."""
 
-    async def create_workspace(self, workspace_id: str, description: str | None, now: float) -> WorkspaceRecord:
+    async def create_workspace(
+        self, workspace_id: str, description: str | None, now: float, root: str | None = None
+    ) -> WorkspaceRecord:
         """Create a workspace or raise ALREADY_EXISTS."""
         if workspace_id in self._ws:
             raise AlreadyExists(
                 f"workspace '{workspace_id}' already exists.", hint="Use it as it is, or pick another id."
             )
-        rec = WorkspaceRecord(workspace_id, description, now)
+        rec = WorkspaceRecord(workspace_id, description, now, root)
         fence = self._retired.get(workspace_id, 0)  # a re-created workspace continues above the deleted one
         self._ws[workspace_id] = _MemWorkspace(rec, fence_last=fence, fence_reserved=fence)
         return rec
@@ -164,6 +173,7 @@ class MemoryStore:
             list(ws.requests.values()),
             ws.fence_last + 1,
             ws.fence_reserved,
+            list(ws.files.values()),
         )
 
     async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
@@ -247,6 +257,8 @@ def apply_changes_to_memory(ws: _MemWorkspace, changes: Sequence[Change]) -> Non
             ws.requests.pop((ch.owner, ch.request_id), None)
         elif isinstance(ch, ReserveFences):
             ws.fence_reserved = max(ws.fence_reserved, ch.upto)
+        elif isinstance(ch, PutFile):
+            ws.files[ch.meta.node_id] = ch.meta
         elif isinstance(ch, Prune):
             ws.ended = {k: e for k, e in ws.ended.items() if e.at >= ch.ended_before}
             ws.requests = {k: r for k, r in ws.requests.items() if r.created_at >= ch.requests_before}

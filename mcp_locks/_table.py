@@ -23,6 +23,7 @@ from ._errors import (
     NotFound,
     WaitTimeout,
 )
+from ._files import PutFile
 from ._index import Claim, ClaimIndex, Depth, Mode
 
 __all__ = [
@@ -201,7 +202,7 @@ class Prune(NamedTuple):
     requests_before: float
 
 
-Change = PutLease | EndLease | PutRequest | DropRequest | ReserveFences | Prune
+Change = PutLease | EndLease | PutRequest | DropRequest | ReserveFences | Prune | PutFile
 
 EventKind = Literal[
     "granted", "released", "expired", "broken", "renewed", "upgraded", "downgraded", "queued", "left", "denied"
@@ -451,6 +452,11 @@ class LockTable:
     def lease(self, lock_id: str) -> Lease | None:
         """The held lease with this id, if any."""
         return self._leases.get(lock_id)
+
+    def covering(self, now: float, node_id: str) -> list[Lease]:
+        """The held leases that cover ``node_id``: on it, or tree leases on a folder above it."""
+        self.expire(now)
+        return [self._leases[k] for k, _ in self._holders.covering(node_id)]
 
     def has_waiter(self, waiter_id: int) -> bool:
         """Whether ``waiter_id`` still waits in line."""
