@@ -29,6 +29,7 @@ from ._errors import (
 )
 from ._keys import LOCAL, Identity, KeyRecord
 from ._mcp import build_mcp
+from ._mcp_client import McpLockClient
 from ._models import (
     LockFilesResult,
     LockGrant,
@@ -79,6 +80,7 @@ __all__ = [
     "LockTable",
     "Locked",
     "ManualClock",
+    "McpLockClient",
     "MemoryStore",
     "MethodNotAllowed",
     "NotFound",

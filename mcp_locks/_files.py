@@ -203,6 +203,7 @@ class FileTable:
         as_key: str | None,
         token: str | None,
         if_version: int | None,
+        must_exist: bool = False,
     ) -> tuple[FileMeta | None, Lease | None]:
         """Whether ``owner`` may change the file now: its current metadata and the lease it writes under."""
         lease = self._lease(locks, now, token, as_key, node_id, need_write=True) if token is not None else None
@@ -214,6 +215,8 @@ class FileTable:
                 details={"node_id": node_id, "holders": [le.owner for le in others]},
             )
         cur = self.current(node_id)
+        if cur is None and must_exist:
+            raise _no_file(node_id)
         if lease is None and if_version is None:
             raise InvalidArgument(
                 "a write needs a lock token or if_version: a blind write can destroy someone else's change.",
@@ -279,10 +282,9 @@ class FileTable:
     ) -> FileMeta:
         """Check the rules, then record a tombstone; ``marker`` (a staged empty file) marks the unlink as pending."""
         cur, lease = self.check_change(
-            locks, now, node_id, owner=owner, as_key=as_key, token=token, if_version=if_version
+            locks, now, node_id, owner=owner, as_key=as_key, token=token, if_version=if_version, must_exist=True
         )
-        if cur is None:
-            raise _no_file(node_id)
+        assert cur is not None
         last = self._meta.get(node_id)
         fence = max(lease.fence if lease else 0, last.fence if last else 0)
         tomb = FileMeta(node_id, cur.version, 0, None, now, by, fence, deleted=True, pending=marker)

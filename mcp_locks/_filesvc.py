@@ -31,6 +31,7 @@ __all__ = ["FileLimits", "FileService"]
 T = TypeVar("T")
 _UPLOAD_RE = re.compile(r"[0-9a-f]{32}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
+_CURSOR_RE = re.compile(r"[A-Za-z0-9_-]+")
 #: Bytes gathered from a request body before one hop to a worker thread writes them.
 _WRITE_BATCH = 1 << 20
 
@@ -651,10 +652,10 @@ def _encode_file_cursor(node: str) -> str:
 
 
 def _decode_file_cursor(cursor: object) -> str:
-    if isinstance(cursor, str) and len(cursor) <= 4096:
+    if isinstance(cursor, str) and len(cursor) <= 4096 and _CURSOR_RE.fullmatch(cursor):
         try:
-            return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        except (binascii.Error, ValueError):
+            return check_file_id(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode())
+        except (binascii.Error, ValueError, LockError):
             pass
     raise InvalidArgument(
         "cursor is not a cursor returned by list_files.",

@@ -2,6 +2,8 @@
 
 # No "from __future__ import annotations": tool signatures use local Annotated types the SDK must evaluate.
 
+import base64
+import binascii
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Annotated, Any, Literal, TypeVar
@@ -17,6 +19,10 @@ from ._auth import current_caller
 from ._errors import Internal, InvalidArgument, LockError
 from ._keys import LOCAL, Identity
 from ._models import (
+    FileContent,
+    FileList,
+    FileStatus,
+    FileWritten,
     LockFilesResult,
     LockGrant,
     LockItem,
@@ -49,6 +55,10 @@ lock call safe to retry. Every grant carries a `fence` number that grows with ev
 along with writes to systems that can reject an older fence.
 Your key decides who you are (the owner of your locks) and which workspaces you reach; list_workspaces
 shows them. A token works only with the key that took its lock.
+Files: the workspace's files are kept here and the locks are enforced on them. Edit with
+lock_file -> read_file(token) -> write_file(token) -> unlock_file, or optimistically with
+read_file -> write_file(if_version=<version read>) retrying on VERSION_MISMATCH. file_info says whether
+you may edit a file now.
 Errors start with a stable CODE and say what to do next.
 """
 
@@ -138,7 +148,15 @@ def build_mcp(
 ) -> MCPServer[Any]:
     """An MCP server whose tools call ``service`` (plus ``extra_tools``, e.g. a benchmark's baseline)."""
     tools = [*build_tools(service, local=local), *extra_tools]
-    return _LockMCPServer(name, version=version, instructions=INSTRUCTIONS, tools=tools)
+    # --- resources (locks://...) and their subscriptions, both protocol eras: see _resources.py
+    from mcp.server.subscriptions import InMemorySubscriptionBus
+
+    from ._resources import register_resources
+
+    bus = InMemorySubscriptionBus()
+    server = _LockMCPServer(name, version=version, instructions=INSTRUCTIONS, tools=tools, subscriptions=bus)
+    register_resources(server, service, bus, local=local)
+    return server
 
 
 def build_tools(service: LockService, *, local: Identity = LOCAL) -> list[Tool]:
@@ -387,7 +405,116 @@ LOCK_BROKEN, carrying your reason. Prefer waiting for the lease to run out when 
     ) -> UnlockResult:
         return await service.force_unlock(workspace_id, lock_id, reason, caller=caller())
 
+    files = service.files
+    FileNodeArg = Annotated[str, Field(description="Workspace-relative path of the file, e.g. 'reports/q3.md'.")]
+    FileTokenArg = Annotated[
+        str | None, Field(description="The token of your lock covering the file (a write lock to change it).")
+    ]
+    IfVersionArg = Annotated[
+        int | None,
+        Field(
+            description="Without a lock: the version you read (from read_file or file_info); 0 = create only. The "
+            "call fails with VERSION_MISMATCH if someone wrote since.",
+            ge=0,
+        ),
+    ]
+
+    @tool(
+        annotations=readonly,
+        description=f"""Read a workspace file (up to {files.limits.max_read} bytes per call; page with offset).
+
+Returns the content (text, or base64 for binary) and the file's metadata: `version` (pass it as if_version
+to write without a lock) and `fence`. Refused with LOCKED while another agent holds a write lock on it,
+unless you pass the token of your own lock. For a read nobody can change under you, lock_file(mode='read')
+first and pass its token.""",
+    )
+    async def read_file(
+        node_id: FileNodeArg,
+        workspace_id: WorkspaceArg = None,
+        token: FileTokenArg = None,
+        offset: Annotated[int, Field(description="Byte offset to start at.", ge=0)] = 0,
+        length: Annotated[
+            int | None, Field(description="Most bytes to return (default: all, up to the cap).", ge=0)
+        ] = None,
+    ) -> FileContent:
+        return await files.read(workspace_id, node_id, token, offset, length, caller=caller())
+
+    @tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
+        description="""Write a whole workspace file atomically (readers see the old or the new content, never a mix).
+
+Two safe ways, and one of them is required (a blind write is refused):
+- Locked: lock_file(node_id, mode='write') -> write_file(..., token=<its token>) -> unlock_file. If your lease
+  ran out or someone newer wrote, you get LOCK_EXPIRED / LOCK_BROKEN / STALE_FENCE and the file is untouched.
+- Optimistic: read_file -> change -> write_file(..., if_version=<the version you read>; 0 = create). On
+  VERSION_MISMATCH read again, redo your change and retry.
+LOCKED means another agent holds a lock on the file: wait for it (lock_file with wait=30).
+Returns the new version and fence. Large files: use the REST API (PUT, or a resumable upload).""",
+    )
+    async def write_file(
+        node_id: FileNodeArg,
+        content: Annotated[str, Field(description="The new content: text, or base64 if encoding='base64'.")],
+        workspace_id: WorkspaceArg = None,
+        encoding: Annotated[Literal["utf-8", "base64"], Field(description="How content is encoded.")] = "utf-8",
+        token: FileTokenArg = None,
+        if_version: IfVersionArg = None,
+        agent: AgentArg = None,
+    ) -> FileWritten:
+        return await files.write(
+            workspace_id, node_id, _decode(content, encoding), token, if_version, agent, caller=caller()
+        )
+
+    @tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=True, idempotent_hint=False, open_world_hint=False
+        ),
+        description="""Delete a workspace file, under the same rules as write_file (a lock token or if_version).""",
+    )
+    async def delete_file(
+        node_id: FileNodeArg,
+        workspace_id: WorkspaceArg = None,
+        token: FileTokenArg = None,
+        if_version: IfVersionArg = None,
+        agent: AgentArg = None,
+    ) -> FileWritten:
+        return await files.delete(workspace_id, node_id, token, if_version, agent, caller=caller())
+
+    @tool(
+        annotations=readonly,
+        description="""List the files of a workspace (by path), with their versions.""",
+    )
+    async def list_files(
+        workspace_id: WorkspaceArg = None,
+        prefix: Annotated[str, Field(description="Only paths starting with this, e.g. 'reports/'.")] = "",
+        cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+    ) -> FileList:
+        return await files.list(workspace_id, prefix, cursor, caller=caller())
+
+    @tool(
+        annotations=readonly,
+        description="""May I edit this file now? A file's metadata (version, fence, who wrote it last) and its lock
+status (holders, waiters), with may_read / may_write for you and advice on what to do next. Changes nothing.""",
+    )
+    async def file_info(node_id: FileNodeArg, workspace_id: WorkspaceArg = None, agent: AgentArg = None) -> FileStatus:
+        return await files.info(workspace_id, node_id, agent, caller=caller())
+
     return tools
+
+
+def _decode(content: str, encoding: str) -> bytes:
+    if encoding == "base64":
+        try:
+            return base64.b64decode(content, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidArgument(
+                "content is not valid base64.", hint="Send text with encoding='utf-8'.", details={"field": "content"}
+            ) from None
+    try:
+        return content.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument("content must be valid UTF-8 text.", details={"field": "content"}) from None
 
 
 #: Seconds between progress notifications while a lock call waits in line (the clients' idle timeouts are longer).

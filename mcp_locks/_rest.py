@@ -138,6 +138,7 @@ class Op:
     tags: tuple[str, ...] = field(default=("locks",))
     raw_body: bool = False  # the body is file content (streamed by the handler), not JSON
     raw_result: bool = False  # the answer is file content, not JSON
+    also: tuple[int, ...] = ()  # other success statuses with the same result (201 for a write that created)
 
 
 def _caller(request: Request, local: Identity) -> Identity:
@@ -511,6 +512,7 @@ def build_ops(service: LockService) -> list[Op]:
         Op("PUT", f"{ws_files}/{{node_id:path}}", "write_file",
            "Replace the file atomically with the body: under your write lock (Lock-Token) or a version check"
            " (If-Match / If-None-Match / ?if_version=N). 201 if created.", write_file, FileWritten, raw_body=True,
+           also=(201,),
            headers=write_headers, query=(("if_version", "integer", "The version you expect (0 = create only)."),
                                          ("agent", "string", "Label shown as modified_by's label.")), tags=("files",)),
         Op("DELETE", f"{ws_files}/{{node_id:path}}", "delete_file", "Delete the file, under the same rules as PUT.",
@@ -690,6 +692,8 @@ def openapi(ops: list[Op], version: str) -> dict[str, Any]:
                 "5XX": error,
             },
         }
+        for other in op.also:
+            entry["responses"][str(other)] = entry["responses"][str(op.status)]
         if op.raw_result:
             entry["responses"][str(op.status)] = {"description": "The file's content.", "content": _OCTETS}
         if op.raw_body:

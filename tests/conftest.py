@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
+import httpx
 import pytest
 
+from mcp_locks import Settings, build_app
 from mcp_locks._clock import ManualClock
 from mcp_locks._service import LockService
 from mcp_locks._sqlite import SqliteStore
 from mcp_locks._store import MemoryStore, Store
+
+from .faces import FACES, Env, Face, McpFace, RestFace
+from .servers import serve_app
 
 
 @pytest.fixture
@@ -34,3 +40,33 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 async def service(store: Store, clock: ManualClock) -> AsyncIterator[LockService]:
     async with LockService(store, clock=clock) as svc:
         yield svc
+
+
+# ---------------------------------------------------------------------- a keyed server, over every face
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    service = LockService(MemoryStore(), clock=ManualClock())
+    app = build_app(Settings(store="memory", data_dir=tmp_path), service)
+    async with serve_app(app) as url:
+        await service.create_workspace("team")
+        admin, _ = await service.create_key("root", [], "admin")
+        alice, _ = await service.create_key("alice", ["default", "team"])
+        bob, _ = await service.create_key("bob", ["default"])
+        carol, _ = await service.create_key("carol", ["team"])
+        assert isinstance(service.clock, ManualClock)
+        yield Env(url, service, service.clock, admin, alice, bob, carol)
+
+
+@pytest.fixture(params=FACES)
+async def face(request: pytest.FixtureRequest, env: Env) -> AsyncIterator[Face]:
+    async with AsyncExitStack() as stack:
+        http = await stack.enter_async_context(httpx.AsyncClient())
+        if request.param == "rest":
+            doc = (await http.get(f"{env.url}/v1/openapi.json")).json()
+            impl: RestFace | McpFace = RestFace(env.url, http, doc)
+        else:
+            mode = {"mcp-legacy": "legacy", "mcp-sse": "sse"}.get(request.param, "auto")
+            impl = McpFace(env.url, mode, stack)
+        yield Face(request.param, env, impl, http)

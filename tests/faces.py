@@ -13,7 +13,7 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_locks import ERROR_TABLE
+from mcp_locks import ERROR_TABLE, LockService, ManualClock
 
 FACES = ["rest", "mcp-modern", "mcp-legacy", "mcp-sse"]
 
@@ -62,6 +62,8 @@ class RestFace:
         return self.single[key]
 
     async def call(self, key: str | None, op: str, **a: Any) -> Outcome:
+        if op in _FILE_OPS:
+            return await self.file_call(key, op, **a)
         ws = a.pop("workspace_id", None) if op != "create_workspace" else "-"
         if ws is None and not await self._bound_to_one(key):
             ws = "default"  # as the MCP tools do; /v1/storage/... is for keys bound to one workspace
@@ -101,8 +103,59 @@ class RestFace:
         assert ERROR_TABLE[e["code"]].http_status == r.status_code, (e["code"], r.status_code)
         return Outcome(None, e["code"], e["message"], e["hint"], e["details"])
 
+    async def file_call(self, key: str | None, op: str, **a: Any) -> Outcome:
+        """File operations: content travels as raw bytes, versions in ETag / If-Match headers."""
+        ws = a.pop("workspace_id", None) or "default"
+        base = f"{self.url}/v1/workspaces/{ws}"
+        node = quote(a.pop("node_id", ""), safe="/")
+        headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        if a.get("token") is not None:
+            headers["Lock-Token"] = a.pop("token")
+        a.pop("token", None)
+        version = a.pop("if_version", None)
+        if version == 0:
+            headers["If-None-Match"] = "*"
+        elif version is not None:
+            headers["If-Match"] = f'"{version}"'
+        params = {"agent": a.pop("agent")} if a.get("agent") else {}
+        a.pop("agent", None)
+        if op == "read_file":
+            r = await self.http.get(f"{base}/files/{node}", headers=headers)
+            if r.is_success:
+                info = {"version": int(r.headers["x-version"]), "fence": int(r.headers["x-fence"]),
+                        "etag": r.headers["etag"], "size": len(r.content)}  # fmt: skip
+                return Outcome({"content": r.content.decode(), "encoding": "utf-8", "file": info})
+            opid = "read_file"
+        elif op == "write_file":
+            data = a.pop("content").encode()
+            r = await self.http.put(f"{base}/files/{node}", content=data, headers=headers, params=params)
+            opid = "write_file"
+        elif op == "delete_file":
+            r = await self.http.delete(f"{base}/files/{node}", headers=headers, params=params)
+            opid = "delete_file"
+        elif op == "file_info":
+            r = await self.http.get(f"{base}/file-info/{node}", headers=headers, params=params)
+            opid = "file_info"
+        elif op == "list_files":
+            r = await self.http.get(f"{base}/files", headers=headers, params=a)
+            opid = "list_files"
+        else:
+            raise AssertionError(op)
+        data = r.json()
+        check_against_openapi(self.doc, opid, r.status_code, data)
+        if r.is_success:
+            if op == "write_file":
+                assert r.headers["etag"] == data["file"]["etag"]
+            return Outcome(data)
+        e = data["error"]
+        assert ERROR_TABLE[e["code"]].http_status == r.status_code, (e["code"], r.status_code)
+        return Outcome(None, e["code"], e["message"], e["hint"], e["details"])
+
+
+_FILE_OPS = {"read_file", "write_file", "delete_file", "file_info", "list_files"}
 
 _TOOLS = {
+    **{op: op for op in _FILE_OPS},
     "lock": "lock_file",
     "status": "check_lock_status",
     "renew": "renew_lock",
@@ -144,3 +197,42 @@ class McpFace:
             return Outcome(r.structured_content)
         e = r.structured_content["error"]
         return Outcome(None, e["code"], e["message"], e["hint"], e["details"])
+
+
+@dataclass
+class Env:
+    """A running server with an admin and three agent keys."""
+
+    url: str
+    service: LockService
+    clock: ManualClock
+    admin: str
+    alice: str  # default + team
+    bob: str  # default
+    carol: str  # team only
+
+
+class Face:
+    """A face plus a raw HTTP client for what no client library would send."""
+
+    def __init__(self, name: str, env: Env, impl: RestFace | McpFace, http: httpx.AsyncClient) -> None:
+        self.name = name
+        self.env = env
+        self.impl = impl
+        self.http = http
+
+    async def __call__(self, key: str | None, op: str, **args: Any) -> Outcome:
+        return await self.impl.call(key, op, **args)
+
+    @property
+    def path(self) -> str:
+        """A path of this face that needs a key."""
+        if self.name == "mcp-sse":
+            return "/messages/?session_id=" + "0" * 32  # where an SSE client posts
+        return "/mcp" if self.name.startswith("mcp") else "/v1/workspaces/default/nodes/a.md/lock"
+
+    async def raw(self, key: str | None, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
+        """POST to this face's path with only the headers given."""
+        h = {"Authorization": f"Bearer {key}"} if key is not None else {}
+        body = kw.pop("json", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"} if self.name != "rest" else {})
+        return await self.http.post(f"{self.env.url}{self.path}", json=body, headers={**h, **(headers or {})}, **kw)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,80 +10,14 @@ import anyio
 import httpx
 import pytest
 
-from mcp_locks import AlreadyExists, LockService, ManualClock, MemoryStore, Settings, build_app
+from mcp_locks import AlreadyExists, LockService, MemoryStore, Settings, build_app
 from mcp_locks._auth import bootstrap_admin_key
 
-from .faces import FACES, McpFace, Outcome, RestFace
+from .faces import Env, Face, Outcome
 from .helpers import until_event
 from .servers import serve_app
 
 pytestmark = pytest.mark.anyio
-
-
-@dataclass
-class Env:
-    """A running server with an admin and three agent keys."""
-
-    url: str
-    service: LockService
-    clock: ManualClock
-    admin: str
-    alice: str  # default + team
-    bob: str  # default
-    carol: str  # team only
-
-
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    service = LockService(MemoryStore(), clock=ManualClock())
-    app = build_app(Settings(store="memory", data_dir=tmp_path), service)
-    async with serve_app(app) as url:
-        await service.create_workspace("team")
-        admin, _ = await service.create_key("root", [], "admin")
-        alice, _ = await service.create_key("alice", ["default", "team"])
-        bob, _ = await service.create_key("bob", ["default"])
-        carol, _ = await service.create_key("carol", ["team"])
-        assert isinstance(service.clock, ManualClock)
-        yield Env(url, service, service.clock, admin, alice, bob, carol)
-
-
-class Face:
-    """A face plus a raw HTTP client for what no client library would send."""
-
-    def __init__(self, name: str, env: Env, impl: RestFace | McpFace, http: httpx.AsyncClient) -> None:
-        self.name = name
-        self.env = env
-        self.impl = impl
-        self.http = http
-
-    async def __call__(self, key: str | None, op: str, **args: Any) -> Outcome:
-        return await self.impl.call(key, op, **args)
-
-    @property
-    def path(self) -> str:
-        """A path of this face that needs a key."""
-        if self.name == "mcp-sse":
-            return "/messages/?session_id=" + "0" * 32  # where an SSE client posts
-        return "/mcp" if self.name.startswith("mcp") else "/v1/workspaces/default/nodes/a.md/lock"
-
-    async def raw(self, key: str | None, headers: dict[str, str] | None = None, **kw: Any) -> httpx.Response:
-        """POST to this face's path with only the headers given."""
-        h = {"Authorization": f"Bearer {key}"} if key is not None else {}
-        body = kw.pop("json", {"jsonrpc": "2.0", "id": 1, "method": "tools/list"} if self.name != "rest" else {})
-        return await self.http.post(f"{self.env.url}{self.path}", json=body, headers={**h, **(headers or {})}, **kw)
-
-
-@pytest.fixture(params=FACES)
-async def face(request: pytest.FixtureRequest, env: Env) -> AsyncIterator[Face]:
-    async with AsyncExitStack() as stack:
-        http = await stack.enter_async_context(httpx.AsyncClient())
-        if request.param == "rest":
-            doc = (await http.get(f"{env.url}/v1/openapi.json")).json()
-            impl: RestFace | McpFace = RestFace(env.url, http, doc)
-        else:
-            mode = {"mcp-legacy": "legacy", "mcp-sse": "sse"}.get(request.param, "auto")
-            impl = McpFace(env.url, mode, stack)
-        yield Face(request.param, env, impl, http)
 
 
 def error_of(r: httpx.Response, code: str) -> dict[str, Any]:

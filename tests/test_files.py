@@ -1,0 +1,451 @@
+"""The file store: the lock rules enforced on writes and reads, atomic writes, safe paths, uploads, crash recovery."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from mcp_locks import LockError, LockService, ManualClock, MemoryStore
+from mcp_locks._files import FileMeta, FileTable, PutFile
+from mcp_locks._filesvc import FileLimits
+from mcp_locks._index import Claim
+from mcp_locks._sqlite import SqliteStore
+from mcp_locks._store import Store
+from mcp_locks._table import LockTable
+
+from .faces import Face
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def svc(store: Store, clock: ManualClock, tmp_path: Path) -> AsyncIterator[LockService]:
+    async with LockService(store, clock=clock, files_dir=tmp_path / "files") as s:
+        yield s
+
+
+def files_root(svc: LockService, ws: str = "default") -> Path:
+    return svc.disk(ws).root
+
+
+async def code_of(call: object) -> LockError:
+    with pytest.raises(LockError) as e:
+        await call  # type: ignore[misc]
+    return e.value
+
+
+# ---------------------------------------------------------------------- the rules
+
+
+async def test_a_write_with_neither_token_nor_version_is_refused_and_names_both_safe_ways(svc: LockService) -> None:
+    e = await code_of(svc.files.write(None, "a.md", b"x", agent="alice"))
+    assert e.code == "INVALID_ARGUMENT"
+    assert "token" in e.hint and "if_version" in e.hint
+    assert not (files_root(svc) / "a.md").exists()
+
+
+async def test_if_version_zero_creates_and_refuses_when_the_file_exists(svc: LockService) -> None:
+    first = await svc.files.write(None, "a.md", b"one", if_version=0, agent="alice")
+    assert first.created and first.file.version == 1
+    e = await code_of(svc.files.write(None, "a.md", b"two", if_version=0, agent="bob"))
+    assert e.code == "VERSION_MISMATCH"
+    assert e.details["current_version"] == 1
+    assert (files_root(svc) / "a.md").read_bytes() == b"one"
+
+
+async def test_an_optimistic_write_over_a_stale_version_is_refused_and_the_file_is_unchanged(
+    svc: LockService,
+) -> None:
+    await svc.files.write(None, "a.md", b"v1", if_version=0, agent="alice")
+    await svc.files.write(None, "a.md", b"v2 by bob", if_version=1, agent="bob")
+    e = await code_of(svc.files.write(None, "a.md", b"v2 by alice", if_version=1, agent="alice"))
+    assert e.code == "VERSION_MISMATCH"
+    assert "version 2" in e.message and "bob" in e.message
+    assert (files_root(svc) / "a.md").read_bytes() == b"v2 by bob"
+
+
+@pytest.mark.parametrize(
+    ("locked", "mode", "depth"),
+    [("a/b.md", "write", "node"), ("a/b.md", "read", "node"), ("a", "read", "tree"), ("a", "write", "tree")],
+)
+async def test_a_write_is_locked_while_another_agent_holds_any_lock_covering_the_file(
+    svc: LockService, locked: str, mode: str, depth: str
+) -> None:
+    await svc.lock(None, locked, mode, depth=depth, agent="bob")
+    e = await code_of(svc.files.write(None, "a/b.md", b"x", if_version=0, agent="alice"))
+    assert e.code == "LOCKED"
+    assert e.details["holders"] == ["bob"]
+    assert not (files_root(svc) / "a/b.md").exists()
+
+
+async def test_the_lock_holder_writes_with_its_token_and_the_file_records_the_fence(svc: LockService) -> None:
+    g = await svc.lock(None, "a.md", "write", agent="alice")
+    w = await svc.files.write(None, "a.md", b"mine", token=g.token, agent="alice")
+    assert (w.file.version, w.file.fence, w.file.modified_by) == (1, g.fence, "alice")
+    assert w.file.sha256 == hashlib.sha256(b"mine").hexdigest()
+
+
+async def test_a_tree_write_lock_lets_its_holder_write_files_below_it(svc: LockService) -> None:
+    g = await svc.lock(None, "docs", "write", depth="tree", agent="alice")
+    w = await svc.files.write(None, "docs/x/y.md", b"deep", token=g.token, agent="alice")
+    assert w.file.fence == g.fence
+    assert (files_root(svc) / "docs/x/y.md").read_bytes() == b"deep"
+
+
+async def test_a_writer_whose_lease_expired_is_refused_and_the_newer_content_stays(
+    svc: LockService, clock: ManualClock
+) -> None:
+    late = await svc.lock(None, "a.md", "write", timeout=10, agent="alice")
+    clock.advance(11)  # alice is paused past her lease
+    bob = await svc.lock(None, "a.md", "write", agent="bob")
+    await svc.files.write(None, "a.md", b"bob's", token=bob.token, agent="bob")
+    e = await code_of(svc.files.write(None, "a.md", b"alice's late write", token=late.token, agent="alice"))
+    assert e.code == "LOCK_EXPIRED"
+    assert (files_root(svc) / "a.md").read_bytes() == b"bob's"
+
+
+async def test_a_broken_lock_cannot_write(svc: LockService) -> None:
+    g = await svc.lock(None, "a.md", "write", agent="alice")
+    await svc.force_unlock(None, g.lock_id, "stuck")
+    e = await code_of(svc.files.write(None, "a.md", b"x", token=g.token, agent="alice"))
+    assert e.code == "LOCK_BROKEN" and "stuck" in e.message
+
+
+async def test_a_read_lock_token_cannot_write_and_says_how_to_upgrade(svc: LockService) -> None:
+    g = await svc.lock(None, "a.md", "read", agent="alice")
+    e = await code_of(svc.files.write(None, "a.md", b"x", token=g.token, agent="alice"))
+    assert e.code == "INVALID_ARGUMENT" and "upgrade" in e.hint.lower()
+
+
+async def test_a_token_for_another_node_cannot_write(svc: LockService) -> None:
+    g = await svc.lock(None, "b.md", "write", agent="alice")
+    e = await code_of(svc.files.write(None, "a.md", b"x", token=g.token, agent="alice"))
+    assert e.code == "INVALID_ARGUMENT" and "does not cover" in e.message
+
+
+def test_a_lock_whose_fence_is_older_than_the_files_last_write_is_stale() -> None:
+    # Within one table a live write lock always has the newest fence; the check guards stores shared by
+    # several servers and restored data, so the rule is tested on the table itself.
+    table = LockTable("w")
+    granted = table.acquire(0.0, [Claim("a.md", "write", "node")], owner="alice", timeout=60)
+    lease = granted.leases[0]  # type: ignore[union-attr]
+    files = FileTable([FileMeta("a.md", 3, 1, None, 0.0, "bob", lease.fence + 5)], lambda n: None)
+    with pytest.raises(LockError) as e:
+        files.check_change(table, 1.0, "a.md", owner="alice", as_key=None, token=lease.token, if_version=None)
+    assert e.value.code == "STALE_FENCE"
+    assert e.value.details == {"node_id": "a.md", "file_fence": lease.fence + 5, "your_fence": lease.fence}
+
+
+async def test_reads_are_locked_only_while_another_agent_writes(svc: LockService) -> None:
+    await svc.files.write(None, "a.md", b"text", if_version=0, agent="alice")
+    reader = await svc.lock(None, "a.md", "read", agent="bob")
+    assert (await svc.files.read(None, "a.md")).content == "text"  # shared readers do not block reads
+    await svc.unlock(None, reader.token)
+    writer = await svc.lock(None, "a.md", "write", agent="bob")
+    e = await code_of(svc.files.read(None, "a.md"))
+    assert e.code == "LOCKED"
+    mine = await svc.files.read(None, "a.md", token=writer.token)  # the writer reads its own file
+    assert mine.content == "text" and mine.file.version == 1
+
+
+async def test_a_read_with_a_dead_token_says_the_lock_ended(svc: LockService, clock: ManualClock) -> None:
+    await svc.files.write(None, "a.md", b"text", if_version=0)
+    g = await svc.lock(None, "a.md", "read", timeout=5)
+    clock.advance(6)
+    assert (await code_of(svc.files.read(None, "a.md", token=g.token))).code == "LOCK_EXPIRED"
+
+
+async def test_versions_continue_across_a_delete_so_an_old_version_never_matches_a_new_file(
+    svc: LockService,
+) -> None:
+    await svc.files.write(None, "a.md", b"1", if_version=0)
+    await svc.files.write(None, "a.md", b"2", if_version=1)
+    gone = await svc.files.delete(None, "a.md", if_version=2)
+    assert gone.deleted and gone.file.version == 2
+    assert not (files_root(svc) / "a.md").exists()
+    assert (await code_of(svc.files.read(None, "a.md"))).code == "NOT_FOUND"
+    assert (await code_of(svc.files.write(None, "a.md", b"x", if_version=1))).code == "VERSION_MISMATCH"
+    again = await svc.files.write(None, "a.md", b"new", if_version=0)
+    assert again.created and again.file.version == 3
+
+
+async def test_deleting_a_missing_file_is_not_found(svc: LockService) -> None:
+    assert (await code_of(svc.files.delete(None, "nope.md", if_version=1))).code == "NOT_FOUND"
+
+
+async def test_file_info_says_whether_you_may_read_and_write(svc: LockService) -> None:
+    await svc.files.write(None, "a.md", b"x", if_version=0)
+    free = await svc.files.info(None, "a.md", agent="alice")
+    assert (free.exists, free.may_read, free.may_write) == (True, True, True)
+    assert free.file is not None and free.file.version == 1 and "if_version=1" in free.advice
+    await svc.lock(None, "a.md", "read", agent="bob")
+    shared = await svc.files.info(None, "a.md", agent="alice")
+    assert (shared.may_read, shared.may_write, shared.lock.locked) == (True, False, True)
+    own = await svc.files.info(None, "a.md", agent="bob")
+    assert own.may_write  # bob's own lock does not stop bob
+    missing = await svc.files.info(None, "new.md", agent="alice")
+    assert not missing.exists and missing.file is None and "if_version=0" in missing.advice
+
+
+# ---------------------------------------------------------------------- reading and listing
+
+
+async def test_binary_content_is_read_as_base64_and_text_as_text(svc: LockService) -> None:
+    await svc.files.write(None, "img.bin", bytes(range(256)), if_version=0)
+    got = await svc.files.read(None, "img.bin")
+    assert got.encoding == "base64" and got.eof
+    await svc.files.write(None, "t.md", "héllo".encode(), if_version=0)
+    assert (await svc.files.read(None, "t.md")).content == "héllo"
+
+
+async def test_a_long_file_is_read_in_pages_without_splitting_a_character(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    limits = FileLimits(max_read=7)
+    async with LockService(store, clock=clock, files_dir=tmp_path, file_limits=limits) as s:
+        text = "abcdeé" * 5  # é is two bytes: a 7-byte page would cut one
+        await s.files.write(None, "t.md", text.encode(), if_version=0)
+        pages, offset = [], 0
+        for _ in range(20):
+            page = await s.files.read(None, "t.md", offset=offset)
+            assert page.encoding == "utf-8"
+            pages.append(page.content)
+            if page.next_offset is None:
+                break
+            offset = page.next_offset
+        assert "".join(pages) == text
+
+
+async def test_list_files_pages_in_path_order_and_hides_the_state_folder(svc: LockService) -> None:
+    names = ["b.md", "a/z.md", "a.md", "a/b/c.md", "c/d.md"]
+    for n in names:
+        await svc.files.write(None, n, n.encode(), if_version=0)
+    seen, cursor = [], None
+    for _ in range(10):
+        page = await svc.files.list(None, cursor=cursor, limit=2)
+        seen += [f.node_id for f in page.files]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == sorted(names)
+    only_a = await svc.files.list(None, prefix="a/")
+    assert [f.node_id for f in only_a.files] == ["a/b/c.md", "a/z.md"]
+    assert (files_root(svc) / ".mcp-locks").is_dir()
+
+
+async def test_a_garbled_cursor_is_an_invalid_argument(svc: LockService) -> None:
+    assert (await code_of(svc.files.list(None, cursor="@@@"))).code == "INVALID_ARGUMENT"
+
+
+# ---------------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["../etc/passwd", "/etc/passwd", "a/../../b", "a\x00b", ".mcp-locks/staging/x", "a//b", "x" * 256, ""],
+)
+async def test_hostile_paths_are_refused_with_a_clear_error(svc: LockService, bad: str) -> None:
+    e = await code_of(svc.files.write(None, bad, b"x", if_version=0))
+    assert e.code == "INVALID_ARGUMENT" and e.details["field"] == "node_id"
+    assert (await code_of(svc.files.read(None, bad))).code == "INVALID_ARGUMENT"
+
+
+async def bound(tmp_path: Path, clock: ManualClock) -> tuple[LockService, Path, Path]:
+    root, outside = tmp_path / "project", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret.txt").write_text("secret")
+    (root / "readme.md").write_text("hello")
+    (root / "escape").symlink_to(outside)
+    (root / "link.txt").symlink_to(outside / "secret.txt")
+    store = MemoryStore()
+    await store.create_workspace("proj", None, clock.now(), root=str(root))
+    return LockService(store, clock=clock), root, outside
+
+
+async def test_a_bound_folder_serves_its_existing_files_as_untracked_version_one(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    s, root, _ = await bound(tmp_path, clock)
+    async with s:
+        got = await s.files.read("proj", "readme.md")
+        assert got.content == "hello" and got.file.version == 1 and not got.file.tracked
+        w = await s.files.write("proj", "readme.md", b"edited", if_version=1)
+        assert w.file.version == 2 and w.file.tracked
+        assert (root / "readme.md").read_text() == "edited"
+
+
+async def test_symbolic_links_in_a_bound_folder_are_never_followed(tmp_path: Path, clock: ManualClock) -> None:
+    s, _, outside = await bound(tmp_path, clock)
+    async with s:
+        for node in ("escape/secret.txt", "link.txt"):
+            assert (await code_of(s.files.read("proj", node))).code == "INVALID_ARGUMENT"
+        e = await code_of(s.files.write("proj", "escape/new.txt", b"x", if_version=0))
+        assert e.code == "INVALID_ARGUMENT" and "symbolic link" in e.message
+        e = await code_of(s.files.write("proj", "link.txt", b"x", if_version=1))
+        assert e.code == "INVALID_ARGUMENT"
+        listed = [f.node_id for f in (await s.files.list("proj")).files]
+        assert listed == ["readme.md"]
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+    assert (outside / "secret.txt").read_text() == "secret"
+
+
+async def test_oversize_content_is_refused_and_leaves_nothing_staged(
+    store: Store, clock: ManualClock, tmp_path: Path
+) -> None:
+    async with LockService(store, clock=clock, files_dir=tmp_path, file_limits=FileLimits(max_file_size=10)) as s:
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(5):
+                yield b"12345"
+
+        for content in (b"x" * 11, body()):
+            e = await code_of(s.files.write(None, "big.bin", content, if_version=0))
+            assert e.code == "PAYLOAD_TOO_LARGE" and e.details["limit"] == 10
+        assert os.listdir(tmp_path / "default" / ".mcp-locks" / "staging") == []
+        assert not (tmp_path / "default" / "big.bin").exists()
+
+
+# ---------------------------------------------------------------------- uploads
+
+
+async def test_an_upload_takes_chunks_in_any_order_and_commits_them_as_one_write(svc: LockService) -> None:
+    up = await svc.files.create_upload(None, "big.bin")
+    parts = [b"a" * 100, b"b" * 100, b"c" * 7]
+    for i in (2, 0, 1):
+        await svc.files.put_chunk(None, up.upload_id, i, parts[i])
+    status = await svc.files.upload_status(None, up.upload_id)
+    assert status.received == [0, 1, 2] and status.size == 207
+    whole = b"".join(parts)
+    w = await svc.files.complete_upload(None, up.upload_id, "big.bin", hashlib.sha256(whole).hexdigest(), if_version=0)
+    assert w.created and w.file.size == 207
+    assert (files_root(svc) / "big.bin").read_bytes() == whole
+    assert (await code_of(svc.files.upload_status(None, up.upload_id))).code == "NOT_FOUND"  # it ended
+
+
+async def test_a_refused_completion_keeps_the_upload_for_another_try(svc: LockService) -> None:
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"data")
+    sha = hashlib.sha256(b"data").hexdigest()
+    wrong = await code_of(svc.files.complete_upload(None, up.upload_id, "f.bin", "0" * 64, if_version=0))
+    assert wrong.code == "INVALID_ARGUMENT" and wrong.details["got"] == sha
+    g = await svc.lock(None, "f.bin", "write", agent="bob")
+    assert (await code_of(svc.files.complete_upload(None, up.upload_id, "f.bin", sha, if_version=0))).code == "LOCKED"
+    await svc.unlock(None, g.token)
+    assert (await svc.files.complete_upload(None, up.upload_id, "f.bin", sha, if_version=0)).created
+
+
+async def test_an_upload_with_a_gap_is_refused_naming_the_missing_chunks(svc: LockService) -> None:
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"a")
+    await svc.files.put_chunk(None, up.upload_id, 3, b"d")
+    e = await code_of(svc.files.complete_upload(None, up.upload_id, "f", "0" * 64, if_version=0))
+    assert e.code == "INVALID_ARGUMENT" and e.details["missing"] == [1, 2]
+
+
+async def test_an_unfinished_upload_expires(svc: LockService, clock: ManualClock) -> None:
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"a")
+    clock.advance(svc.files.limits.upload_ttl + 1)
+    e = await code_of(svc.files.put_chunk(None, up.upload_id, 1, b"b"))
+    assert e.code == "NOT_FOUND" and "expired" in e.message
+    assert os.listdir(files_root(svc) / ".mcp-locks" / "uploads") == []
+
+
+async def test_an_expired_upload_is_swept_when_another_starts(svc: LockService, clock: ManualClock) -> None:
+    old = await svc.files.create_upload(None)
+    clock.advance(svc.files.limits.upload_ttl + 1)
+    await svc.files.create_upload(None)
+    assert old.upload_id not in os.listdir(files_root(svc) / ".mcp-locks" / "uploads")
+
+
+# ---------------------------------------------------------------------- crashes
+
+
+async def test_a_write_committed_but_not_yet_renamed_is_finished_on_restart(tmp_path: Path, clock: ManualClock) -> None:
+    db, files = tmp_path / "locks.db", tmp_path / "files"
+    async with LockService(SqliteStore(db), clock=clock, files_dir=files) as s:
+        await s.files.write(None, "a.md", b"old", if_version=0)
+        staged = s.disk("default").stage([b"new"])
+    # As if the process died right after committing version 2, before moving its content in.
+    store = SqliteStore(db)
+    await store.open()
+    meta = FileMeta("a.md", 2, 3, staged.sha256, clock.now(), "alice", 0, pending=staged.name)
+    await store.commit("default", [PutFile(meta)])
+    await store.close()
+    assert (files / "default" / "a.md").read_bytes() == b"old"
+    async with LockService(SqliteStore(db), clock=clock, files_dir=files) as s:
+        got = await s.files.read(None, "a.md")
+        assert (got.content, got.file.version) == ("new", 2)
+    assert os.listdir(files / "default" / ".mcp-locks" / "staging") == []
+
+
+async def test_a_failed_rename_answers_unavailable_and_the_reload_finishes_it(
+    svc: LockService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await svc.files.write(None, "a.md", b"one", if_version=0)
+    disk = svc.disk("default")
+    real = disk.apply
+    calls = 0
+
+    def flaky(ops: object) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise OSError(28, "No space left on device")
+        real(ops)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(disk, "apply", flaky)
+    e = await code_of(svc.files.write(None, "a.md", b"two", if_version=1))
+    assert e.code == "UNAVAILABLE" and "file_info" in e.hint
+    with anyio.fail_after(10):
+        info = await svc.files.info(None, "a.md")
+    assert info.file is not None and info.file.version == 2
+    assert (files_root(svc) / "a.md").read_bytes() == b"two"
+
+
+# ---------------------------------------------------------------------- every face
+
+
+async def test_a_file_round_trips_with_versions_on_every_face(face: Face) -> None:
+    env = face.env
+    w = (await face(env.alice, "write_file", node_id="notes/a.md", content="v1", if_version=0)).ok
+    assert w["file"]["version"] == 1 and w["created"]
+    r = (await face(env.bob, "read_file", node_id="notes/a.md")).ok
+    assert r["content"] == "v1" and r["file"]["version"] == 1
+    w2 = (await face(env.bob, "write_file", node_id="notes/a.md", content="v2", if_version=1)).ok
+    assert w2["file"]["version"] == 2 and not w2["created"]
+    stale = await face(env.alice, "write_file", node_id="notes/a.md", content="v2?", if_version=1)
+    assert stale.code == "VERSION_MISMATCH" and stale.details is not None
+    assert stale.details["current_version"] == 2
+    listed = (await face(env.alice, "list_files", prefix="notes/")).ok
+    assert [f["node_id"] for f in listed["files"]] == ["notes/a.md"]
+
+
+async def test_the_lock_flow_guards_files_on_every_face(face: Face) -> None:
+    env = face.env
+    g = (await face(env.alice, "lock", node_id="r.md", mode="write", timeout=60)).ok
+    assert (await face(env.bob, "write_file", node_id="r.md", content="x", if_version=0)).code == "LOCKED"
+    assert (await face(env.bob, "read_file", node_id="r.md")).code in ("LOCKED", "NOT_FOUND")
+    w = (await face(env.alice, "write_file", node_id="r.md", content="alice", token=g["token"])).ok
+    assert w["file"]["fence"] == g["fence"]
+    info = (await face(env.bob, "file_info", node_id="r.md")).ok
+    assert not info["may_write"] and info["lock"]["holders"][0]["owner"] == "alice"
+    assert (await face(env.bob, "read_file", node_id="r.md")).code == "LOCKED"
+    stolen = await face(env.bob, "write_file", node_id="r.md", content="bob", token=g["token"])
+    assert stolen.code in ("FORBIDDEN", "LOCKED")  # a token works only with the key that took it
+    (await face(env.alice, "unlock", node_id="r.md", token=g["token"])).ok
+    assert (await face(env.bob, "read_file", node_id="r.md")).ok["content"] == "alice"
+    assert (await face(env.bob, "delete_file", node_id="r.md", if_version=1)).ok["deleted"]
+
+
+async def test_a_key_that_does_not_reach_the_workspace_cannot_touch_its_files(face: Face) -> None:
+    env = face.env
+    assert (await face(env.carol, "read_file", node_id="a.md", workspace_id="default")).code == "FORBIDDEN"
+    out = await face(env.carol, "write_file", node_id="a.md", workspace_id="default", content="x", if_version=0)
+    assert out.code == "FORBIDDEN"
