@@ -45,13 +45,15 @@ async def code_of(call: object) -> LockError:
 async def test_a_write_with_neither_token_nor_version_is_refused_and_names_both_safe_ways(svc: LockService) -> None:
     e = await code_of(svc.files.write(None, "a.md", b"x", agent="alice"))
     assert e.code == "INVALID_ARGUMENT"
-    assert "token" in e.hint and "if_version" in e.hint
+    assert "token" in e.hint
+    assert "if_version" in e.hint
     assert not (files_root(svc) / "a.md").exists()
 
 
 async def test_if_version_zero_creates_and_refuses_when_the_file_exists(svc: LockService) -> None:
     first = await svc.files.write(None, "a.md", b"one", if_version=0, agent="alice")
-    assert first.created and first.file.version == 1
+    assert first.created
+    assert first.file.version == 1
     e = await code_of(svc.files.write(None, "a.md", b"two", if_version=0, agent="bob"))
     assert e.code == "VERSION_MISMATCH"
     assert e.details["current_version"] == 1
@@ -65,7 +67,8 @@ async def test_an_optimistic_write_over_a_stale_version_is_refused_and_the_file_
     await svc.files.write(None, "a.md", b"v2 by bob", if_version=1, agent="bob")
     e = await code_of(svc.files.write(None, "a.md", b"v2 by alice", if_version=1, agent="alice"))
     assert e.code == "VERSION_MISMATCH"
-    assert "version 2" in e.message and "bob" in e.message
+    assert "version 2" in e.message
+    assert "bob" in e.message
     assert (files_root(svc) / "a.md").read_bytes() == b"v2 by bob"
 
 
@@ -113,19 +116,22 @@ async def test_a_broken_lock_cannot_write(svc: LockService) -> None:
     g = await svc.lock(None, "a.md", "write", agent="alice")
     await svc.force_unlock(None, g.lock_id, "stuck")
     e = await code_of(svc.files.write(None, "a.md", b"x", token=g.token, agent="alice"))
-    assert e.code == "LOCK_BROKEN" and "stuck" in e.message
+    assert e.code == "LOCK_BROKEN"
+    assert "stuck" in e.message
 
 
 async def test_a_read_lock_token_cannot_write_and_says_how_to_upgrade(svc: LockService) -> None:
     g = await svc.lock(None, "a.md", "read", agent="alice")
     e = await code_of(svc.files.write(None, "a.md", b"x", token=g.token, agent="alice"))
-    assert e.code == "INVALID_ARGUMENT" and "upgrade" in e.hint.lower()
+    assert e.code == "INVALID_ARGUMENT"
+    assert "upgrade" in e.hint.lower()
 
 
 async def test_a_token_for_another_node_cannot_write(svc: LockService) -> None:
     g = await svc.lock(None, "b.md", "write", agent="alice")
     e = await code_of(svc.files.write(None, "a.md", b"x", token=g.token, agent="alice"))
-    assert e.code == "INVALID_ARGUMENT" and "does not cover" in e.message
+    assert e.code == "INVALID_ARGUMENT"
+    assert "does not cover" in e.message
 
 
 def test_a_lock_whose_fence_is_older_than_the_files_last_write_is_stale() -> None:
@@ -150,7 +156,8 @@ async def test_reads_are_locked_only_while_another_agent_writes(svc: LockService
     e = await code_of(svc.files.read(None, "a.md"))
     assert e.code == "LOCKED"
     mine = await svc.files.read(None, "a.md", token=writer.token)  # the writer reads its own file
-    assert mine.content == "text" and mine.file.version == 1
+    assert mine.content == "text"
+    assert mine.file.version == 1
 
 
 async def test_a_read_with_a_dead_token_says_the_lock_ended(svc: LockService, clock: ManualClock) -> None:
@@ -166,12 +173,14 @@ async def test_versions_continue_across_a_delete_so_an_old_version_never_matches
     await svc.files.write(None, "a.md", b"1", if_version=0)
     await svc.files.write(None, "a.md", b"2", if_version=1)
     gone = await svc.files.delete(None, "a.md", if_version=2)
-    assert gone.deleted and gone.file.version == 2
+    assert gone.deleted
+    assert gone.file.version == 2
     assert not (files_root(svc) / "a.md").exists()
     assert (await code_of(svc.files.read(None, "a.md"))).code == "NOT_FOUND"
     assert (await code_of(svc.files.write(None, "a.md", b"x", if_version=1))).code == "VERSION_MISMATCH"
     again = await svc.files.write(None, "a.md", b"new", if_version=0)
-    assert again.created and again.file.version == 3
+    assert again.created
+    assert again.file.version == 3
 
 
 async def test_deleting_a_missing_file_is_not_found(svc: LockService) -> None:
@@ -182,14 +191,18 @@ async def test_file_info_says_whether_you_may_read_and_write(svc: LockService) -
     await svc.files.write(None, "a.md", b"x", if_version=0)
     free = await svc.files.info(None, "a.md", agent="alice")
     assert (free.exists, free.may_read, free.may_write) == (True, True, True)
-    assert free.file is not None and free.file.version == 1 and "if_version=1" in free.advice
+    assert free.file is not None
+    assert free.file.version == 1
+    assert "if_version=1" in free.advice
     await svc.lock(None, "a.md", "read", agent="bob")
     shared = await svc.files.info(None, "a.md", agent="alice")
     assert (shared.may_read, shared.may_write, shared.lock.locked) == (True, False, True)
     own = await svc.files.info(None, "a.md", agent="bob")
     assert own.may_write  # bob's own lock does not stop bob
     missing = await svc.files.info(None, "new.md", agent="alice")
-    assert not missing.exists and missing.file is None and "if_version=0" in missing.advice
+    assert not missing.exists
+    assert missing.file is None
+    assert "if_version=0" in missing.advice
 
 
 # ---------------------------------------------------------------------- reading and listing
@@ -198,7 +211,8 @@ async def test_file_info_says_whether_you_may_read_and_write(svc: LockService) -
 async def test_binary_content_is_read_as_base64_and_text_as_text(svc: LockService) -> None:
     await svc.files.write(None, "img.bin", bytes(range(256)), if_version=0)
     got = await svc.files.read(None, "img.bin")
-    assert got.encoding == "base64" and got.eof
+    assert got.encoding == "base64"
+    assert got.eof
     await svc.files.write(None, "t.md", "héllo".encode(), if_version=0)
     assert (await svc.files.read(None, "t.md")).content == "héllo"
 
@@ -251,7 +265,8 @@ async def test_a_garbled_cursor_is_an_invalid_argument(svc: LockService) -> None
 )
 async def test_hostile_paths_are_refused_with_a_clear_error(svc: LockService, bad: str) -> None:
     e = await code_of(svc.files.write(None, bad, b"x", if_version=0))
-    assert e.code == "INVALID_ARGUMENT" and e.details["field"] == "node_id"
+    assert e.code == "INVALID_ARGUMENT"
+    assert e.details["field"] == "node_id"
     assert (await code_of(svc.files.read(None, bad))).code == "INVALID_ARGUMENT"
 
 
@@ -274,9 +289,12 @@ async def test_a_bound_folder_serves_its_existing_files_as_untracked_version_one
     s, root, _ = await bound(tmp_path, clock)
     async with s:
         got = await s.files.read("proj", "readme.md")
-        assert got.content == "hello" and got.file.version == 1 and not got.file.tracked
+        assert got.content == "hello"
+        assert got.file.version == 1
+        assert not got.file.tracked
         w = await s.files.write("proj", "readme.md", b"edited", if_version=1)
-        assert w.file.version == 2 and w.file.tracked
+        assert w.file.version == 2
+        assert w.file.tracked
         assert (root / "readme.md").read_text() == "edited"
 
 
@@ -286,7 +304,8 @@ async def test_symbolic_links_in_a_bound_folder_are_never_followed(tmp_path: Pat
         for node in ("escape/secret.txt", "link.txt"):
             assert (await code_of(s.files.read("proj", node))).code == "INVALID_ARGUMENT"
         e = await code_of(s.files.write("proj", "escape/new.txt", b"x", if_version=0))
-        assert e.code == "INVALID_ARGUMENT" and "symbolic link" in e.message
+        assert e.code == "INVALID_ARGUMENT"
+        assert "symbolic link" in e.message
         e = await code_of(s.files.write("proj", "link.txt", b"x", if_version=1))
         assert e.code == "INVALID_ARGUMENT"
         listed = [f.node_id for f in (await s.files.list("proj")).files]
@@ -306,7 +325,8 @@ async def test_oversize_content_is_refused_and_leaves_nothing_staged(
 
         for content in (b"x" * 11, body()):
             e = await code_of(s.files.write(None, "big.bin", content, if_version=0))
-            assert e.code == "PAYLOAD_TOO_LARGE" and e.details["limit"] == 10
+            assert e.code == "PAYLOAD_TOO_LARGE"
+            assert e.details["limit"] == 10
         assert os.listdir(tmp_path / "default" / ".mcp-locks" / "staging") == []
         assert not (tmp_path / "default" / "big.bin").exists()
 
@@ -320,10 +340,12 @@ async def test_an_upload_takes_chunks_in_any_order_and_commits_them_as_one_write
     for i in (2, 0, 1):
         await svc.files.put_chunk(None, up.upload_id, i, parts[i])
     status = await svc.files.upload_status(None, up.upload_id)
-    assert status.received == [0, 1, 2] and status.size == 207
+    assert status.received == [0, 1, 2]
+    assert status.size == 207
     whole = b"".join(parts)
     w = await svc.files.complete_upload(None, up.upload_id, "big.bin", hashlib.sha256(whole).hexdigest(), if_version=0)
-    assert w.created and w.file.size == 207
+    assert w.created
+    assert w.file.size == 207
     assert (files_root(svc) / "big.bin").read_bytes() == whole
     assert (await code_of(svc.files.upload_status(None, up.upload_id))).code == "NOT_FOUND"  # it ended
 
@@ -333,7 +355,8 @@ async def test_a_refused_completion_keeps_the_upload_for_another_try(svc: LockSe
     await svc.files.put_chunk(None, up.upload_id, 0, b"data")
     sha = hashlib.sha256(b"data").hexdigest()
     wrong = await code_of(svc.files.complete_upload(None, up.upload_id, "f.bin", "0" * 64, if_version=0))
-    assert wrong.code == "INVALID_ARGUMENT" and wrong.details["got"] == sha
+    assert wrong.code == "INVALID_ARGUMENT"
+    assert wrong.details["got"] == sha
     g = await svc.lock(None, "f.bin", "write", agent="bob")
     assert (await code_of(svc.files.complete_upload(None, up.upload_id, "f.bin", sha, if_version=0))).code == "LOCKED"
     await svc.unlock(None, g.token)
@@ -345,7 +368,8 @@ async def test_an_upload_with_a_gap_is_refused_naming_the_missing_chunks(svc: Lo
     await svc.files.put_chunk(None, up.upload_id, 0, b"a")
     await svc.files.put_chunk(None, up.upload_id, 3, b"d")
     e = await code_of(svc.files.complete_upload(None, up.upload_id, "f", "0" * 64, if_version=0))
-    assert e.code == "INVALID_ARGUMENT" and e.details["missing"] == [1, 2]
+    assert e.code == "INVALID_ARGUMENT"
+    assert e.details["missing"] == [1, 2]
 
 
 async def test_an_unfinished_upload_expires(svc: LockService, clock: ManualClock) -> None:
@@ -353,7 +377,8 @@ async def test_an_unfinished_upload_expires(svc: LockService, clock: ManualClock
     await svc.files.put_chunk(None, up.upload_id, 0, b"a")
     clock.advance(svc.files.limits.upload_ttl + 1)
     e = await code_of(svc.files.put_chunk(None, up.upload_id, 1, b"b"))
-    assert e.code == "NOT_FOUND" and "expired" in e.message
+    assert e.code == "NOT_FOUND"
+    assert "expired" in e.message
     assert os.listdir(files_root(svc) / ".mcp-locks" / "uploads") == []
 
 
@@ -402,10 +427,12 @@ async def test_a_failed_rename_answers_unavailable_and_the_reload_finishes_it(
 
     monkeypatch.setattr(disk, "apply", flaky)
     e = await code_of(svc.files.write(None, "a.md", b"two", if_version=1))
-    assert e.code == "UNAVAILABLE" and "file_info" in e.hint
+    assert e.code == "UNAVAILABLE"
+    assert "file_info" in e.hint
     with anyio.fail_after(10):
         info = await svc.files.info(None, "a.md")
-    assert info.file is not None and info.file.version == 2
+    assert info.file is not None
+    assert info.file.version == 2
     assert (files_root(svc) / "a.md").read_bytes() == b"two"
 
 
@@ -415,13 +442,17 @@ async def test_a_failed_rename_answers_unavailable_and_the_reload_finishes_it(
 async def test_a_file_round_trips_with_versions_on_every_face(face: Face) -> None:
     env = face.env
     w = (await face(env.alice, "write_file", node_id="notes/a.md", content="v1", if_version=0)).ok
-    assert w["file"]["version"] == 1 and w["created"]
+    assert w["file"]["version"] == 1
+    assert w["created"]
     r = (await face(env.bob, "read_file", node_id="notes/a.md")).ok
-    assert r["content"] == "v1" and r["file"]["version"] == 1
+    assert r["content"] == "v1"
+    assert r["file"]["version"] == 1
     w2 = (await face(env.bob, "write_file", node_id="notes/a.md", content="v2", if_version=1)).ok
-    assert w2["file"]["version"] == 2 and not w2["created"]
+    assert w2["file"]["version"] == 2
+    assert not w2["created"]
     stale = await face(env.alice, "write_file", node_id="notes/a.md", content="v2?", if_version=1)
-    assert stale.code == "VERSION_MISMATCH" and stale.details is not None
+    assert stale.code == "VERSION_MISMATCH"
+    assert stale.details is not None
     assert stale.details["current_version"] == 2
     listed = (await face(env.alice, "list_files", prefix="notes/")).ok
     assert [f["node_id"] for f in listed["files"]] == ["notes/a.md"]
@@ -435,7 +466,8 @@ async def test_the_lock_flow_guards_files_on_every_face(face: Face) -> None:
     w = (await face(env.alice, "write_file", node_id="r.md", content="alice", token=g["token"])).ok
     assert w["file"]["fence"] == g["fence"]
     info = (await face(env.bob, "file_info", node_id="r.md")).ok
-    assert not info["may_write"] and info["lock"]["holders"][0]["owner"] == "alice"
+    assert not info["may_write"]
+    assert info["lock"]["holders"][0]["owner"] == "alice"
     assert (await face(env.bob, "read_file", node_id="r.md")).code == "LOCKED"
     stolen = await face(env.bob, "write_file", node_id="r.md", content="bob", token=g["token"])
     assert stolen.code in ("FORBIDDEN", "LOCKED")  # a token works only with the key that took it
