@@ -317,17 +317,30 @@ def workspaces() -> None:
 @workspaces.command("create")
 @click.argument("workspace_id")
 @click.option("--description", default=None, help="What the workspace is for.")
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Bind the workspace to this existing project folder: its files are the workspace's files"
+    " (default: a folder under the data dir).",
+)
 @_data_dir_option
-def workspaces_create(workspace_id: str, description: str | None, data_dir: Path | None) -> None:
+def workspaces_create(workspace_id: str, description: str | None, root: Path | None, data_dir: Path | None) -> None:
     """Create a workspace (a running server on the same data dir sees it at once).
 
-    Example: mcp-locks workspaces create team-a
+    With --root, agents coordinate on a real project folder: reads and writes through mcp-locks obey the locks
+    (edits made outside mcp-locks do not; they show as a new version). Symbolic links in it are never followed.
+
+    Example: mcp-locks workspaces create team-a --root ~/src/project
     """
+    bound = str(root.resolve()) if root is not None else None
+    if bound is not None and not os.access(bound, os.R_OK | os.W_OK | os.X_OK):
+        raise click.ClickException(f"{bound} must be readable and writable by the server.")
 
     async def action(store: SqliteStore) -> None:
         ws = check_workspace_id(workspace_id)
-        await store.create_workspace(ws, description, time.time())
-        click.echo(f"created workspace {ws}")
+        await store.create_workspace(ws, description, time.time(), root=bound)
+        click.echo(f"created workspace {ws}" + (f" on {bound}" if bound else ""))
 
     _with_store(data_dir, action)
 

@@ -72,9 +72,10 @@ class StagingFile:
         fd, self._fd = self._fd, None
         try:
             os.fsync(fd)
+            mtime_ns = os.fstat(fd).st_mtime_ns  # kept across the rename: tells a later outside edit apart
         finally:
             os.close(fd)
-        return Staged(self.name, self.size, self._hash.hexdigest())
+        return Staged(self.name, self.size, self._hash.hexdigest(), mtime_ns)
 
     def discard(self) -> None:
         """Remove the staged content (a write that will not be committed)."""
@@ -204,7 +205,7 @@ class WorkspaceDisk:
             return None
         finally:
             self._close(pfd)
-        return OnDisk(_kind(st.st_mode), st.st_size, st.st_mtime)
+        return OnDisk(_kind(st.st_mode), st.st_size, st.st_mtime, st.st_mtime_ns)
 
     def open_read(self, node_id: str) -> int:
         """An open descriptor of the regular file at ``node_id`` (NOT_FOUND if none); the caller closes it."""

@@ -50,8 +50,10 @@ class FileMeta(NamedTuple):
     fence: int
     deleted: bool = False
     pending: str | None = None
-    #: False for a file found in a bound folder that was never written through mcp-locks.
+    #: False for a file found in a bound folder that was never written through mcp-locks (or changed outside it).
     tracked: bool = True
+    #: The file's mtime on disk as written, to notice a change made outside mcp-locks (0: unknown).
+    mtime_ns: int = 0
 
     @property
     def etag(self) -> str:
@@ -71,6 +73,7 @@ class Staged(NamedTuple):
     name: str
     size: int
     sha256: str
+    mtime_ns: int = 0
 
 
 class FileOp(NamedTuple):
@@ -87,6 +90,7 @@ class OnDisk(NamedTuple):
     kind: str  # "file", "dir", "link" or "other"
     size: int
     mtime: float
+    mtime_ns: int = 0
 
 
 def check_file_id(value: object, field: str = "node_id") -> str:
@@ -157,16 +161,19 @@ class FileTable:
     def current(self, node_id: str) -> FileMeta | None:
         """The file as it is now, or None if there is none.
 
-        A file in a bound folder that mcp-locks never wrote is version 1, untracked.
+        A file in a bound folder that mcp-locks never wrote is version 1, untracked. A file changed
+        outside mcp-locks since its last write (other size or mtime) counts as one version more, untracked,
+        so a write with the version read before that change fails instead of destroying it.
         """
         found = self._probe(node_id)
         if found is not None and found.kind != "file":
             raise _not_a_file(node_id, found.kind)
         m = self._meta.get(node_id)
-        if m is not None and not m.deleted:
-            return m
         if found is None:
-            return None
+            return None  # never written, deleted, or removed behind our back
+        if m is not None and not m.deleted:
+            if not m.mtime_ns or (found.size, found.mtime_ns) == (m.size, m.mtime_ns):
+                return m
         # Never written through us (or re-created behind our back after a delete).
         base = m.version if m is not None else 0
         return FileMeta(node_id, base + 1, found.size, None, found.mtime, None, m.fence if m else 0, tracked=False)
@@ -263,7 +270,9 @@ class FileTable:
         last = self._meta.get(node_id)
         version = max(cur.version if cur else 0, last.version if last else 0) + 1
         fence = max(lease.fence if lease else 0, last.fence if last else 0)
-        meta = FileMeta(node_id, version, staged.size, staged.sha256, now, by, fence, pending=staged.name)
+        meta = FileMeta(
+            node_id, version, staged.size, staged.sha256, now, by, fence, pending=staged.name, mtime_ns=staged.mtime_ns
+        )
         self._put(locks, meta, FileOp(node_id, staged.name, delete=False))
         return meta, cur is None
 

@@ -96,6 +96,7 @@ CREATE TABLE IF NOT EXISTS files (
     fence INTEGER NOT NULL,
     deleted INTEGER NOT NULL,
     pending TEXT,
+    mtime_ns INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (workspace_id, node_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS requests (
@@ -314,10 +315,10 @@ class SqliteStore:
             )
         ]
         files = [
-            FileMeta(node, version, size, sha, at, by, fence, bool(deleted), pending)
-            for node, version, size, sha, at, by, fence, deleted, pending in db.execute(
-                "SELECT node_id, version, size, sha256, modified_at, modified_by, fence, deleted, pending FROM files"
-                " WHERE workspace_id=?",
+            FileMeta(node, version, size, sha, at, by, fence, bool(deleted), pending, True, mtime_ns)
+            for node, version, size, sha, at, by, fence, deleted, pending, mtime_ns in db.execute(
+                "SELECT node_id, version, size, sha256, modified_at, modified_by, fence, deleted, pending, mtime_ns"
+                " FROM files WHERE workspace_id=?",
                 (workspace_id,),
             )
         ]
@@ -409,8 +410,8 @@ class SqliteStore:
                     )
                 if files:
                     db.executemany(
-                        "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(workspace_id, *m[:7], int(m.deleted), m.pending) for m in files.values()],
+                        "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [(workspace_id, *m[:7], int(m.deleted), m.pending, m.mtime_ns) for m in files.values()],
                     )
                 if prune is not None:
                     db.execute(

@@ -94,3 +94,34 @@ def test_a_malformed_admin_key_setting_is_a_clear_message_not_a_traceback(tmp_pa
     assert result.exit_code != 0
     assert "MCP_LOCKS_ADMIN_KEY is not an mcp-locks key" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_workspace_bound_to_a_folder_serves_that_folders_files(tmp_path: Path) -> None:
+    import anyio
+
+    from mcp_locks import LockService, SqliteStore
+
+    project, data = tmp_path / "project", tmp_path / "data"
+    project.mkdir()
+    (project / "plan.md").write_text("the plan")
+
+    async def first_start() -> None:
+        async with LockService(SqliteStore(data / "locks.db")):
+            pass
+
+    anyio.run(first_start)
+    made = CliRunner().invoke(main, ["workspaces", "create", "proj", "--root", str(project), "--data-dir", str(data)])
+    assert made.exit_code == 0, made.output
+    assert str(project.resolve()) in made.output
+    missing = CliRunner().invoke(main, ["workspaces", "create", "x", "--root", str(tmp_path / "nope"), "--data-dir",
+                                        str(data)])  # fmt: skip
+    assert missing.exit_code != 0
+    assert "does not exist" in missing.output
+
+    async def use() -> None:
+        async with LockService(SqliteStore(data / "locks.db"), files_dir=data / "files") as s:
+            assert (await s.files.read("proj", "plan.md")).content == "the plan"
+            await s.files.write("proj", "notes/new.md", b"written through", if_version=0)
+
+    anyio.run(use)
+    assert (project / "notes" / "new.md").read_text() == "written through"

@@ -298,6 +298,19 @@ async def test_a_bound_folder_serves_its_existing_files_as_untracked_version_one
         assert (root / "readme.md").read_text() == "edited"
 
 
+async def test_an_edit_made_outside_mcp_locks_counts_as_a_new_version(tmp_path: Path, clock: ManualClock) -> None:
+    s, root, _ = await bound(tmp_path, clock)
+    async with s:
+        w = await s.files.write("proj", "readme.md", b"agent's", if_version=1)
+        assert w.file.version == 2
+        (root / "readme.md").write_text("a human's edit")  # an editor, outside mcp-locks
+        e = await code_of(s.files.write("proj", "readme.md", b"agent's second", if_version=2))
+        assert e.code == "VERSION_MISMATCH" and e.details["current_version"] == 3
+        got = await s.files.read("proj", "readme.md")
+        assert (got.content, got.file.version, got.file.tracked) == ("a human's edit", 3, False)
+        assert (await s.files.write("proj", "readme.md", b"merged", if_version=3)).file.version == 4
+
+
 async def test_symbolic_links_in_a_bound_folder_are_never_followed(tmp_path: Path, clock: ManualClock) -> None:
     s, _, outside = await bound(tmp_path, clock)
     async with s:
@@ -471,7 +484,7 @@ async def test_the_lock_flow_guards_files_on_every_face(face: Face) -> None:
     assert (await face(env.bob, "read_file", node_id="r.md")).code == "LOCKED"
     stolen = await face(env.bob, "write_file", node_id="r.md", content="bob", token=g["token"])
     assert stolen.code in ("FORBIDDEN", "LOCKED")  # a token works only with the key that took it
-    (await face(env.alice, "unlock", node_id="r.md", token=g["token"])).ok
+    assert (await face(env.alice, "unlock", node_id="r.md", token=g["token"])).ok
     assert (await face(env.bob, "read_file", node_id="r.md")).ok["content"] == "alice"
     assert (await face(env.bob, "delete_file", node_id="r.md", if_version=1)).ok["deleted"]
 
