@@ -171,9 +171,9 @@ class FileTable:
         m = self._meta.get(node_id)
         if found is None:
             return None  # never written, deleted, or removed behind our back
-        if m is not None and not m.deleted:
-            if not m.mtime_ns or (found.size, found.mtime_ns) == (m.size, m.mtime_ns):
-                return m
+        unchanged = m is not None and (not m.mtime_ns or (found.size, found.mtime_ns) == (m.size, m.mtime_ns))
+        if m is not None and not m.deleted and unchanged:
+            return m
         # Never written through us (or re-created behind our back after a delete).
         base = m.version if m is not None else 0
         return FileMeta(node_id, base + 1, found.size, None, found.mtime, None, m.fence if m else 0, tracked=False)
