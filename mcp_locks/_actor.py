@@ -363,9 +363,7 @@ class WorkspaceActor:
             except Exception:
                 log.exception("commit failed in %s", self.workspace_id)
                 broken = True
-        ops: list[FileOp] = []
-        if self.files.ops:
-            ops, self.files.ops = self.files.ops, []
+        ops: list[FileOp] = self.files.take_ops() if self.files.ops else []
         if not broken and ops and self.disk is not None:
             try:
                 await anyio.to_thread.run_sync(self.disk.apply, ops)

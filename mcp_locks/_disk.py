@@ -228,6 +228,10 @@ class WorkspaceDisk:
             raise _refused(node_id, node_id, "is not a regular file")
         return fd
 
+    def open_staged(self, name: str) -> int:
+        """An open descriptor of a staged file (content committed in this batch, not yet moved into place)."""
+        return os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.state_dir("staging"))
+
     def walk(self, prefix: str, after: str | None, limit: int, max_scan: int = 100_000) -> tuple[list[str], str | None]:
         """Regular files whose node id starts with ``prefix``, in node id order, after ``after``.
 

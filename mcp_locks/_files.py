@@ -148,7 +148,20 @@ class FileTable:
     def __init__(self, metas: Iterable[FileMeta], probe: Callable[[str], OnDisk | None]) -> None:
         self._meta: dict[str, FileMeta] = {m.node_id: m for m in metas}
         self._probe = probe
+        #: Disk changes recorded since the actor last took them: committed with the batch, then applied.
         self.ops: list[FileOp] = []
+        # Until then the disk still shows the old file: this batch's later steps must not look there.
+        self._unapplied: dict[str, FileOp] = {}
+
+    def take_ops(self) -> list[FileOp]:
+        """The disk changes to apply after this batch's commit (the disk then matches the records again)."""
+        ops, self.ops = self.ops, []
+        self._unapplied.clear()
+        return ops
+
+    def unapplied(self, node_id: str) -> FileOp | None:
+        """The change to ``node_id`` recorded in this batch but not yet on disk, if any (read its staged file)."""
+        return self._unapplied.get(node_id)
 
     def record(self, node_id: str) -> FileMeta | None:
         """The stored record of ``node_id`` (a tombstone included), if any."""
@@ -165,10 +178,13 @@ class FileTable:
         outside mcp-locks since its last write (other size or mtime) counts as one version more, untracked,
         so a write with the version read before that change fails instead of destroying it.
         """
+        m = self._meta.get(node_id)
+        op = self._unapplied.get(node_id)
+        if op is not None:  # written (or deleted) earlier in this batch: the record is the truth
+            return None if op.delete else m
         found = self._probe(node_id)
         if found is not None and found.kind != "file":
             raise _not_a_file(node_id, found.kind)
-        m = self._meta.get(node_id)
         if found is None:
             return None  # never written, deleted, or removed behind our back
         unchanged = m is not None and (not m.mtime_ns or (found.size, found.mtime_ns) == (m.size, m.mtime_ns))
@@ -304,6 +320,7 @@ class FileTable:
         self._meta[meta.node_id] = meta
         locks.changes.append(PutFile(meta))
         self.ops.append(op)
+        self._unapplied[meta.node_id] = op
 
     @staticmethod
     def _lease(

@@ -175,7 +175,9 @@ class FileService:
 
         def step(table: LockTable, now: float) -> tuple[FileMeta, int]:
             meta = actor.files.check_read(table, now, node, owner=who.owner, as_key=who.as_key, token=tok)
-            return meta, disk.open_read(node)
+            pending = actor.files.unapplied(node)
+            # Written earlier in this very batch: its content is still the staged file (same inode after the rename).
+            return meta, disk.open_staged(pending.staged) if pending is not None else disk.open_read(node)
 
         async def undo(result: tuple[FileMeta, int]) -> None:
             os.close(result[1])

@@ -147,6 +147,51 @@ def test_a_lock_whose_fence_is_older_than_the_files_last_write_is_stale() -> Non
     assert e.value.details == {"node_id": "a.md", "file_fence": lease.fence + 5, "your_fence": lease.fence}
 
 
+def test_later_steps_of_a_batch_see_a_write_that_is_not_on_disk_yet() -> None:
+    from mcp_locks._files import OnDisk, Staged
+
+    table = LockTable("w")
+    old = FileMeta("a.md", 1, 3, None, 0.0, "bob", 0, mtime_ns=1)
+    files = FileTable([old], lambda n: OnDisk("file", 3, 0.0, 1))  # the disk keeps showing version 1
+    files.write(table, 1.0, "a.md", Staged("s1", 5, "x", 2), owner="alice", as_key=None, by="alice", token=None,
+                if_version=1)  # fmt: skip
+    current = files.current("a.md")
+    assert current is not None and current.version == 2  # not "version 1", nor an outside edit
+    assert files.unapplied("a.md") is not None and files.unapplied("a.md").staged == "s1"  # type: ignore[union-attr]
+    with pytest.raises(LockError) as e:
+        files.write(table, 1.0, "a.md", Staged("s2", 5, "y", 3), owner="carol", as_key=None, by="carol", token=None,
+                    if_version=1)  # fmt: skip
+    assert e.value.code == "VERSION_MISMATCH"
+    assert [op.staged for op in files.take_ops()] == ["s1"]
+    assert files.unapplied("a.md") is None
+
+
+async def test_concurrent_optimistic_increments_lose_nothing(svc: LockService) -> None:
+    # Many read-then-write calls land in the same actor batches: each must see the writes before it.
+    await svc.files.write(None, "n.txt", b"0", if_version=0)
+
+    async def agent(name: str) -> None:
+        done = 0
+        for _ in range(500):
+            got = await svc.files.read(None, "n.txt")
+            try:
+                await svc.files.write(None, "n.txt", str(int(got.content) + 1).encode(),
+                                      if_version=got.file.version, agent=name)  # fmt: skip
+            except LockError as e:
+                assert e.code == "VERSION_MISMATCH"
+                continue
+            done += 1
+            if done == 15:
+                return
+        raise AssertionError(f"{name} never got through")
+
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(agent, f"agent-{i}")
+    assert (await svc.files.read(None, "n.txt")).content == "120"
+
+
 async def test_reads_are_locked_only_while_another_agent_writes(svc: LockService) -> None:
     await svc.files.write(None, "a.md", b"text", if_version=0, agent="alice")
     reader = await svc.lock(None, "a.md", "read", agent="bob")
