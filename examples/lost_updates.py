@@ -131,7 +131,7 @@ async def run_guarded(url: str, key: str | None, agents: int, increments: int) -
                 mode = "locked" if name.startswith("locker") else "optimistic"
                 args = [sys.executable, __file__, "--worker", mode, "--url", url, "--agent", name, "--node", node,
                         "--increments", str(increments)]  # fmt: skip
-                procs.append(subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL))
+                procs.append(subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL))  # noqa: ASYNC220 - all at once
             ok = await anyio.to_thread.run_sync(wait_all, procs)
             final = await http.get(f"/v1/workspaces/default/files/{node}")
             if not ok:

@@ -156,8 +156,10 @@ def test_later_steps_of_a_batch_see_a_write_that_is_not_on_disk_yet() -> None:
     files.write(table, 1.0, "a.md", Staged("s1", 5, "x", 2), owner="alice", as_key=None, by="alice", token=None,
                 if_version=1)  # fmt: skip
     current = files.current("a.md")
-    assert current is not None and current.version == 2  # not "version 1", nor an outside edit
-    assert files.unapplied("a.md") is not None and files.unapplied("a.md").staged == "s1"  # type: ignore[union-attr]
+    assert current is not None
+    assert current.version == 2
+    assert files.unapplied("a.md") is not None
+    assert files.unapplied("a.md").staged == "s1"
     with pytest.raises(LockError) as e:
         files.write(table, 1.0, "a.md", Staged("s2", 5, "y", 3), owner="carol", as_key=None, by="carol", token=None,
                     if_version=1)  # fmt: skip
@@ -178,7 +180,8 @@ async def test_concurrent_optimistic_increments_lose_nothing(svc: LockService) -
                 await svc.files.write(None, "n.txt", str(int(got.content) + 1).encode(),
                                       if_version=got.file.version, agent=name)  # fmt: skip
             except LockError as e:
-                assert e.code == "VERSION_MISMATCH"
+                if e.code != "VERSION_MISMATCH":
+                    raise
                 continue
             done += 1
             if done == 15:
@@ -350,7 +353,8 @@ async def test_an_edit_made_outside_mcp_locks_counts_as_a_new_version(tmp_path: 
         assert w.file.version == 2
         (root / "readme.md").write_text("a human's edit")  # an editor, outside mcp-locks
         e = await code_of(s.files.write("proj", "readme.md", b"agent's second", if_version=2))
-        assert e.code == "VERSION_MISMATCH" and e.details["current_version"] == 3
+        assert e.code == "VERSION_MISMATCH"
+        assert e.details["current_version"] == 3
         got = await s.files.read("proj", "readme.md")
         assert (got.content, got.file.version, got.file.tracked) == ("a human's edit", 3, False)
         assert (await s.files.write("proj", "readme.md", b"merged", if_version=3)).file.version == 4

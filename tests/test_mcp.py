@@ -35,6 +35,11 @@ TOOLS = {
     "create_workspace",
     "list_workspaces",
     "force_unlock",
+    "read_file",
+    "write_file",
+    "delete_file",
+    "list_files",
+    "file_info",
 }
 CODES = {
     "INVALID_ARGUMENT",
