@@ -23,6 +23,15 @@ log = logging.getLogger("mcp_locks.actor")
 T = TypeVar("T")
 
 
+def _not_in_place(node_id: str) -> Unavailable:
+    return Unavailable(
+        f"the change to '{node_id}' was committed but the file system refused to put it in place; the server"
+        " retries with the next change to the workspace.",
+        hint="Check file_info before retrying: its version says whether your change is the current one.",
+        details={"node_id": node_id},
+    )
+
+
 class _Call(Generic[T]):
     __slots__ = ("error", "fn", "result")
 
@@ -240,11 +249,18 @@ class WorkspaceActor:
         if disk is not None:
             files = FileTable(snap.files, disk.probe)
             pending = files.pending()
-            if pending:
-                # A crash between a commit and its rename left staged content: move it in now.
-                redone = await anyio.to_thread.run_sync(disk.recover, pending)
-                if redone:
-                    log.warning("finished %d interrupted file change(s) in %s", redone, self.workspace_id)
+            try:
+                if pending:
+                    # A crash between a commit and its rename left staged content: move it in now.
+                    redone = await anyio.to_thread.run_sync(disk.recover, pending)
+                    if redone:
+                        log.warning("finished %d interrupted file change(s) in %s", redone, self.workspace_id)
+                # Staged files no record names are writes that never committed (a failed batch, a crash).
+                keep = {m.pending for m in pending if m.pending}
+                await anyio.to_thread.run_sync(disk.sweep, keep)
+            except Exception:
+                # The locks need no disk: they keep working; file calls report the disk's state themselves.
+                log.exception("could not tidy the file store of %s", self.workspace_id)
             self.files = files
         return table
 
@@ -339,9 +355,13 @@ class WorkspaceActor:
         except Exception:
             log.exception("expiry failed in %s", self.workspace_id)
             broken = True
+        files = self.files
+        # The call that recorded each file op, in order (None: an op carried over from a failed apply).
+        op_calls: list[_Call[Any] | None] = [None] * len(files.ops)
         for c in batch:
             if broken:
                 break
+            before = len(files.ops)
             try:
                 c.result = c.fn(table, now)
             except LockError as e:
@@ -350,6 +370,7 @@ class WorkspaceActor:
                 log.exception("command failed in %s", self.workspace_id)
                 broken = True
                 break
+            op_calls.extend([c] * (len(files.ops) - before))
             try:
                 self._take_outcomes(table, now)
             except Exception:
@@ -363,15 +384,21 @@ class WorkspaceActor:
             except Exception:
                 log.exception("commit failed in %s", self.workspace_id)
                 broken = True
-        ops: list[FileOp] = self.files.take_ops() if self.files.ops else []
+        ops: list[FileOp] = files.take_ops() if files.ops else []
         if not broken and ops and self.disk is not None:
             try:
-                await anyio.to_thread.run_sync(self.disk.apply, ops)
+                failed = await anyio.to_thread.run_sync(self.disk.apply, ops)
             except Exception:
-                # Committed but not moved into place: reloading redoes it (the staged files are still there).
                 log.exception("applying file changes failed in %s", self.workspace_id)
-                await self._recover(pending, committed=True)
-                return
+                failed = list(range(len(ops)))
+            # Committed, so every other call's result stands. A change that could not be put in place
+            # stays pending: later steps read it from its staged file, and the next batch retries it.
+            for i in failed:
+                c = op_calls[i]
+                if c is not None:
+                    c.result, c.error = None, _not_in_place(ops[i].node_id)
+            files.applied([op for i, op in enumerate(ops) if i not in failed], table)
+            files.carry([ops[i] for i in failed])
         if broken:
             await self._recover(pending)
             return
@@ -394,18 +421,10 @@ class WorkspaceActor:
                 elif isinstance(outcome, Granted):  # pragma: no cover - every waiter has a listener
                     self._give_back(table, now, outcome.leases, False, ("", None))
 
-    async def _recover(self, batch: _Batch, committed: bool = False) -> None:
-        err = (
-            Unavailable(
-                "the change was committed but the file system refused to put files in place; the server"
-                " finishes that when the workspace reloads.",
-                hint="Check file_info before retrying a write: its version says whether yours landed.",
-            )
-            if committed
-            else Unavailable(
-                "the lock store could not commit this change; nothing in it took effect.",
-                hint="Retry in a few seconds; locks committed before are unchanged.",
-            )
+    async def _recover(self, batch: _Batch) -> None:
+        err = Unavailable(
+            "the lock store could not commit this change; nothing in it took effect.",
+            hint="Retry in a few seconds; locks committed before are unchanged.",
         )
         for c in batch.calls:
             c.result, c.error = None, err

@@ -173,6 +173,9 @@ def main() -> None:
 )
 @click.option("--rate-limit", default=None, help="Per-key request limit, e.g. '100/second' [default: none].")
 @click.option("--max-body", type=int, default=None, help="Largest request body in bytes [default: 1 MiB].")
+@click.option("--max-file-size", type=int, default=None, help="Largest file the file store takes [default: 1 GiB].")
+@click.option("--chunk-size", type=int, default=None, help="Largest upload chunk in bytes [default: 16 MiB].")
+@click.option("--upload-ttl", type=float, default=None, help="Seconds before an unfinished upload is dropped.")
 def serve(**flags: Any) -> None:
     """Serve MCP over streamable HTTP at /mcp (and GET /healthz) until Ctrl-C or SIGTERM.
 
@@ -336,9 +339,24 @@ def workspaces_create(workspace_id: str, description: str | None, root: Path | N
     bound = str(root.resolve()) if root is not None else None
     if bound is not None and not os.access(bound, os.R_OK | os.W_OK | os.X_OK):
         raise click.ClickException(f"{bound} must be readable and writable by the server.")
+    data = _settings(data_dir=data_dir).data_dir.resolve()
+
+    def overlaps(a: Path, b: Path) -> bool:
+        return a == b or a in b.parents or b in a.parents
+
+    if bound is not None and overlaps(Path(bound), data):
+        # Agents could read the lock database (every token) or write into it through the file tools.
+        raise click.ClickException(f"{bound} overlaps the server's data directory {data}; bind another folder.")
 
     async def action(store: SqliteStore) -> None:
         ws = check_workspace_id(workspace_id)
+        if bound is not None:
+            for other in await store.list_workspaces():
+                if other.root is not None and overlaps(Path(bound), Path(other.root)):
+                    # Two lock tables over the same files would not see each other's locks.
+                    raise click.ClickException(
+                        f"{bound} overlaps the folder of workspace '{other.workspace_id}' ({other.root})."
+                    )
         await store.create_workspace(ws, description, time.time(), root=bound)
         click.echo(f"created workspace {ws}" + (f" on {bound}" if bound else ""))
 
@@ -392,8 +410,8 @@ def workspaces_list(data_dir: Path | None) -> None:
 def keys() -> None:
     """Create, list and revoke per-agent API keys in a server's data directory.
 
-    Keys are shown once, at creation; only a digest is stored. (The server checks
-    them from the authentication milestone on.)
+    Keys are shown once, at creation; only a digest is stored. A running server on the same
+    data dir sees new keys and revocations at once.
 
     Example: mcp-locks keys create --agent alice --workspace default
     """

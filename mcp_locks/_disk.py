@@ -9,17 +9,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import secrets
 import stat
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from ._errors import InvalidArgument, NotFound, Unavailable
+from ._errors import InvalidArgument, LockError, NotFound, Unavailable
 from ._files import STATE_DIR, FileMeta, FileOp, OnDisk, Staged
 
 __all__ = ["StagingFile", "WorkspaceDisk"]
+
+log = logging.getLogger("mcp_locks.disk")
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: Staged files older than this, that no committed record names, are leftovers of writes that never committed.
@@ -104,37 +108,62 @@ class WorkspaceDisk:
         self.bound = bound
         self._root_fd: int | None = None
         self._state_fds: dict[str, int] = {}
-        self._swept = False
+        self._lock = threading.RLock()  # descriptors are opened lazily, from worker threads too
 
     # ------------------------------------------------------------------ descriptors
 
     def _root(self) -> int:
         if self._root_fd is None:
-            if not self.bound:
-                self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
-            try:
-                self._root_fd = os.open(self.root, _DIR_FLAGS)
-            except OSError as e:
-                raise Unavailable(
-                    f"the workspace's folder {self.root} cannot be opened: {e.strerror}.",
-                    hint="Ask the server's admin to check that the folder exists and is readable.",
-                ) from None
+            with self._lock:
+                if self._root_fd is None:
+                    try:
+                        if not self.bound:
+                            self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+                        self._root_fd = os.open(self.root, _DIR_FLAGS)
+                    except OSError as e:
+                        log.error("cannot open workspace folder %s: %s", self.root, e)
+                        raise Unavailable(
+                            f"the workspace's folder cannot be opened ({e.strerror}).",  # no server path to clients
+                            hint="Ask the server's admin to check that the folder exists and is readable.",
+                        ) from None
         return self._root_fd
 
     def state_dir(self, sub: str) -> int:
         """A descriptor of ``<root>/.mcp-locks/<sub>``, created if need be (never through a link)."""
         fd = self._state_fds.get(sub)
         if fd is None:
-            cur = self._root()
-            for seg in (STATE_DIR, sub):
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(seg, 0o700, dir_fd=cur)
-                nxt = os.open(seg, _DIR_FLAGS, dir_fd=cur)
-                if cur != self._root_fd:
-                    os.close(cur)
-                cur = nxt
-            fd = self._state_fds[sub] = cur
+            with self._lock:
+                fd = self._state_fds.get(sub)
+                if fd is None:
+                    opened = self._open_state(sub, create=True)
+                    assert opened is not None  # created if missing
+                    fd = self._state_fds[sub] = opened
         return fd
+
+    def _open_state(self, sub: str, create: bool) -> int | None:
+        cur = self._root()
+        try:
+            for seg in (STATE_DIR, sub):
+                if create:
+                    with contextlib.suppress(FileExistsError):
+                        os.mkdir(seg, 0o700, dir_fd=cur)
+                try:
+                    nxt = os.open(seg, _DIR_FLAGS, dir_fd=cur)
+                except FileNotFoundError:
+                    if create:
+                        raise
+                    return None
+                except OSError as e:
+                    raise Unavailable(
+                        f"the workspace's state folder '{STATE_DIR}/{sub}' is unusable ({e.strerror}).",
+                        hint="Ask the server's admin: it must be a real folder, not a link or a file.",
+                    ) from None
+                self._close(cur)
+                cur = nxt
+        except BaseException:
+            self._close(cur)
+            raise
+        return cur
 
     def close(self) -> None:
         """Close every descriptor."""
@@ -171,7 +200,7 @@ class WorkspaceDisk:
                         # ENOTDIR: a file; ELOOP: a symbolic link (O_NOFOLLOW).
                         why = "is a symbolic link" if self._is_link(cur, seg) else "is a file, not a folder"
                         raise _refused(node_id, "/".join(parts[: i + 1]), why) from None
-                    raise
+                    raise _os_error(node_id, e) from None
                 self._close(cur)
                 cur = nxt
         except BaseException:
@@ -203,6 +232,8 @@ class WorkspaceDisk:
             st = os.stat(name, dir_fd=pfd, follow_symlinks=False)
         except FileNotFoundError:
             return None
+        except OSError as e:
+            raise _os_error(node_id, e) from None
         finally:
             self._close(pfd)
         return OnDisk(_kind(st.st_mode), st.st_size, st.st_mtime, st.st_mtime_ns)
@@ -220,7 +251,7 @@ class WorkspaceDisk:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise _refused(node_id, node_id, "is a symbolic link") from None
-            raise
+            raise _os_error(node_id, e) from None
         finally:
             self._close(pfd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -284,9 +315,6 @@ class WorkspaceDisk:
 
     def staging(self) -> StagingFile:
         """A new staged file to write content into."""
-        if not self._swept:
-            self._swept = True
-            self.sweep()
         return StagingFile(self.state_dir("staging"), secrets.token_hex(16))
 
     def stage(self, chunks: Iterable[bytes]) -> Staged:
@@ -311,63 +339,106 @@ class WorkspaceDisk:
 
     # ------------------------------------------------------------------ applying
 
-    def apply(self, ops: Sequence[FileOp]) -> None:
-        """Move committed content into place (or unlink), then fsync every folder that changed."""
-        staging = self.state_dir("staging")
-        to_sync: list[int] = []
-        try:
-            for op in ops:
-                pfd, name, made = self._parent(op.node_id, create=not op.delete)
-                to_sync.extend(fd for fd, _ in made)
-                if pfd is None:  # a delete whose folder is gone already
-                    self.discard(op.staged)
-                    continue
-                if pfd == self._root_fd:
-                    pfd = os.dup(pfd)
-                to_sync.append(pfd)
-                if op.delete:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(name, dir_fd=pfd)
-                    self.discard(op.staged)
-                else:
-                    os.rename(op.staged, name, src_dir_fd=staging, dst_dir_fd=pfd)
-            seen: set[tuple[int, int]] = set()
-            for fd in to_sync:
-                st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) not in seen:  # one fsync per folder per batch
-                    seen.add((st.st_dev, st.st_ino))
-                    os.fsync(fd)
-        finally:
-            for fd in to_sync:
-                os.close(fd)
+    def apply(self, ops: Sequence[FileOp]) -> list[int]:
+        """Move committed content into place (or unlink), then fsync every folder that changed, once each.
 
-    def recover(self, records: Iterable[FileMeta]) -> int:
-        """Redo the disk changes of committed records whose staged file is still there; returns how many."""
-        staging = self.state_dir("staging")
-        ops: list[FileOp] = []
-        for m in records:
-            if m.pending is None:
-                continue
-            try:
-                os.stat(m.pending, dir_fd=staging, follow_symlinks=False)
-            except FileNotFoundError:
-                continue  # applied before the crash
-            ops.append(FileOp(m.node_id, m.pending, m.deleted))
-        if ops:
-            self.apply(ops)
-        return len(ops)
-
-    def sweep(self, older_than: float = ORPHAN_AGE) -> int:
-        """Remove staged files older than ``older_than`` seconds: writes that never committed.
-
-        (Committed ones were moved in place when the workspace loaded; younger ones may be writes in flight.)
+        Each op stands alone: the indexes of the ops that failed are returned (their staged files
+        stay, so a later :meth:`recover` retries them), and the others are applied and synced.
         """
         staging = self.state_dir("staging")
+        to_sync: dict[tuple[int, int], int] = {}
+        failed: list[int] = []
+
+        def keep(fd: int) -> None:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) in to_sync:
+                os.close(fd)
+            else:
+                to_sync[(st.st_dev, st.st_ino)] = fd
+
+        try:
+            for i, op in enumerate(ops):
+                try:
+                    pfd, name, made = self._parent(op.node_id, create=not op.delete)
+                    for fd, _ in made:
+                        keep(fd)
+                    if pfd is None:  # a delete whose folder is gone already
+                        self.discard(op.staged)
+                        continue
+                    keep(os.dup(pfd) if pfd == self._root_fd else pfd)
+                    if op.delete:
+                        with contextlib.suppress(FileNotFoundError):
+                            os.unlink(name, dir_fd=pfd)
+                    else:
+                        os.rename(op.staged, name, src_dir_fd=staging, dst_dir_fd=pfd)
+                except (OSError, LockError) as e:
+                    log.error("could not put '%s' in place: %s", op.node_id, e)
+                    failed.append(i)
+            for fd in to_sync.values():
+                os.fsync(fd)
+            # Delete markers go only once the unlinks are durable: until then they say "still to do".
+            for i, op in enumerate(ops):
+                if op.delete and i not in failed:
+                    self.discard(op.staged)
+        finally:
+            for fd in to_sync.values():
+                os.close(fd)
+        return failed
+
+    def recover(self, records: Iterable[FileMeta]) -> int:
+        """Redo the disk changes of committed records whose staged file is still there; returns how many.
+
+        Never raises for one file: what cannot be applied now is logged and left for the next load.
+        """
+        staging = self._open_state("staging", create=False)
+        if staging is None:
+            return 0
+        try:
+            ops: list[FileOp] = []
+            for m in records:
+                if m.pending is None:
+                    continue
+                try:
+                    os.stat(m.pending, dir_fd=staging, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # applied before the crash
+                ops.append(FileOp(m.node_id, m.pending, m.deleted))
+        finally:
+            os.close(staging)
+        failed = self.apply(ops) if ops else []
+        return len(ops) - len(failed)
+
+    def sweep(self, keep: set[str], older_than: float = ORPHAN_AGE) -> int:
+        """Remove staged files that no record names and that are older than ``older_than`` seconds.
+
+        They are writes that never committed (younger ones may be writes in flight).
+        """
+        staging = self._open_state("staging", create=False)
+        if staging is None:
+            return 0
         cutoff = time.time() - older_than
         gone = 0
-        with os.scandir(staging) as it:
-            for e in it:
-                if e.stat(follow_symlinks=False).st_mtime < cutoff:
-                    self.discard(e.name)
-                    gone += 1
+        try:
+            with os.scandir(staging) as it:
+                for e in it:
+                    with contextlib.suppress(FileNotFoundError):
+                        if e.name not in keep and e.stat(follow_symlinks=False).st_mtime < cutoff:
+                            os.unlink(e.name, dir_fd=staging)
+                            gone += 1
+        finally:
+            os.close(staging)
         return gone
+
+
+def _os_error(node_id: str, e: OSError) -> LockError:
+    """An OS refusal on one path, for that call alone (never a server path or a traceback)."""
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return InvalidArgument(
+            f"the server may not read or write '{node_id}' (permission denied).",
+            hint="Ask the server's admin to fix the folder's permissions, or use another path.",
+            details={"field": "node_id", "node_id": node_id},
+        )
+    if e.errno == errno.ENAMETOOLONG:
+        return InvalidArgument(f"'{node_id}' is too long for the file system.", details={"field": "node_id"})
+    log.error("file system error on %s: %s", node_id, e)
+    return Unavailable(f"the file system failed on '{node_id}' ({e.strerror}).", hint="Retry later.")

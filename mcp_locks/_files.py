@@ -97,11 +97,11 @@ def check_file_id(value: object, field: str = "node_id") -> str:
     """A node id that may name a file: a clean path, not in the state folder, each segment a valid file name."""
     node = check_node_id(value, field)
     segments = node.split("/")
-    if segments[0] == STATE_DIR:
+    if any(seg.lower() == STATE_DIR for seg in segments):  # any depth: a nested bound folder keeps state too
         raise InvalidArgument(
-            f"{field} must not be in '{STATE_DIR}/': mcp-locks keeps its own state there.",
+            f"{field} must not go through a '{STATE_DIR}' folder: mcp-locks keeps its own state there.",
             hint="Pick another folder.",
-            details={"field": field, "rule": f"not under {STATE_DIR}/"},
+            details={"field": field, "rule": f"no {STATE_DIR} segment"},
         )
     if any(len(s.encode()) > NAME_MAX for s in segments):
         raise InvalidArgument(
@@ -159,6 +159,21 @@ class FileTable:
         self._unapplied.clear()
         return ops
 
+    def applied(self, ops: Iterable[FileOp], locks: LockTable) -> None:
+        """The disk now matches these records: clear their pending mark (committed with the next batch)."""
+        for op in ops:
+            m = self._meta.get(op.node_id)
+            if m is not None and m.pending == op.staged:
+                m = self._meta[op.node_id] = m._replace(pending=None)
+                locks.changes.append(PutFile(m))
+
+    def carry(self, ops: list[FileOp]) -> None:
+        """Ops whose apply failed: keep them pending (reads use their staged files) for the next batch."""
+        if ops:
+            self.ops[:0] = ops
+            for op in ops:
+                self._unapplied.setdefault(op.node_id, op)
+
     def unapplied(self, node_id: str) -> FileOp | None:
         """The change to ``node_id`` recorded in this batch but not yet on disk, if any (read its staged file)."""
         return self._unapplied.get(node_id)
@@ -192,7 +207,10 @@ class FileTable:
             return m
         # Never written through us (or re-created behind our back after a delete).
         base = m.version if m is not None else 0
-        return FileMeta(node_id, base + 1, found.size, None, found.mtime, None, m.fence if m else 0, tracked=False)
+        fence = m.fence if m else 0
+        return FileMeta(
+            node_id, base + 1, found.size, None, found.mtime, None, fence, tracked=False, mtime_ns=found.mtime_ns
+        )
 
     # ------------------------------------------------------------------ rules
 
@@ -237,6 +255,15 @@ class FileTable:
                 hint="Take the lock yourself (lock_file(node_id, mode='write', wait=30)) and write with its token.",
                 details={"node_id": node_id, "holders": [le.owner for le in others]},
             )
+        for other, op in self._unapplied.items():  # changes earlier in this batch are not on disk yet
+            if not op.delete and other.startswith(node_id + "/"):
+                raise _not_a_file(node_id, "dir")
+            if not op.delete and node_id.startswith(other + "/"):
+                raise InvalidArgument(
+                    f"'{node_id}' cannot be used: '{other}' is a file, not a folder.",
+                    hint="Pick a path whose folders are not files.",
+                    details={"field": "node_id", "node_id": node_id, "segment": other},
+                )
         cur = self.current(node_id)
         if cur is None and must_exist:
             raise _no_file(node_id)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from ._disk import StagingFile, WorkspaceDisk
-from ._errors import InvalidArgument, LockError, NotFound, TooLarge
+from ._errors import InvalidArgument, LockError, NotFound, TooLarge, Unavailable
 from ._files import FileMeta, Staged, check_file_id
 from ._keys import LOCAL, Identity
 from ._models import FileContent, FileInfo, FileList, FileStatus, FileWritten, LockStatus, UploadInfo, utc
@@ -34,6 +34,8 @@ _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _CURSOR_RE = re.compile(r"[A-Za-z0-9_-]+")
 #: Bytes gathered from a request body before one hop to a worker thread writes them.
 _WRITE_BATCH = 1 << 20
+#: Times a read looks again when the file changed between the rule check and the open.
+OPEN_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,17 +175,24 @@ class FileService:
         who = _who(caller, None)
         actor = self.service._actor(ws)
 
-        def step(table: LockTable, now: float) -> tuple[FileMeta, int]:
+        def step(table: LockTable, now: float) -> tuple[FileMeta, str | None]:
             meta = actor.files.check_read(table, now, node, owner=who.owner, as_key=who.as_key, token=tok)
-            pending = actor.files.unapplied(node)
-            # Written earlier in this very batch: its content is still the staged file (same inode after the rename).
-            return meta, disk.open_staged(pending.staged) if pending is not None else disk.open_read(node)
+            pending = actor.files.unapplied(node)  # written earlier in this very batch: still its staged file
+            return meta, pending.staged if pending is not None else None
 
-        async def undo(result: tuple[FileMeta, int]) -> None:
-            os.close(result[1])
-
-        meta, fd = await actor.call(step, undo)
-        return ws, meta, fd
+        # The rule is checked in the actor, the file opened outside it; the open is then checked to be
+        # the version the actor saw (size and mtime), and read again in the rare case it changed between.
+        for _ in range(OPEN_ATTEMPTS):
+            meta, staged = await actor.call(step)
+            try:
+                fd = disk.open_staged(staged) if staged is not None else disk.open_read(node)
+            except (FileNotFoundError, NotFound):
+                continue  # renamed or deleted meanwhile: look again
+            st = os.fstat(fd)
+            if st.st_size == meta.size and (not meta.mtime_ns or st.st_mtime_ns == meta.mtime_ns):
+                return ws, meta, fd
+            os.close(fd)
+        raise Unavailable(f"'{node}' changed on every attempt to read it.", hint="Retry in a moment.")
 
     async def read(
         self,
@@ -537,8 +546,11 @@ class _Upload:
             return None
 
     def save(self) -> None:
-        fd = self._fd(create=True)
-        assert fd is not None
+        """Create the upload's folder with its info in place at once (a sweep never sees it half made)."""
+        base = self.disk.state_dir("uploads")
+        tmp = f".new-{self.upload_id}"
+        os.mkdir(tmp, 0o700, dir_fd=base)
+        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
         try:
             info = {"owner": self.owner, "key_id": self.key_id, "expires_at": self.expires_at}
             f = StagingFile(fd, "info.json")
@@ -546,6 +558,7 @@ class _Upload:
             f.finish()
         finally:
             os.close(fd)
+        os.rename(tmp, self.upload_id, src_dir_fd=base, dst_dir_fd=base)
 
     @classmethod
     def load(cls, disk: WorkspaceDisk, upload_id: str) -> _Upload | None:
@@ -635,8 +648,8 @@ class _Upload:
             ids = [e.name for e in it if _UPLOAD_RE.fullmatch(e.name)]
         for uid in ids:
             up = cls.load(disk, uid)
-            if up is None or up.expires_at <= now:
-                (up or cls(disk, uid, "", None, 0.0)).remove()
+            if up is not None and up.expires_at <= now:
+                up.remove()
                 gone += 1
         return gone
 

@@ -483,7 +483,9 @@ Returns the new version and fence. Large files: use the REST API (PUT, or a resu
 
     @tool(
         annotations=readonly,
-        description="""List the files of a workspace (by path), with their versions.""",
+        description="""List the files of a workspace in path order, with their versions and who wrote them last.
+
+Use prefix='reports/' for one folder. Pass next_cursor back as cursor for the next page.""",
     )
     async def list_files(
         workspace_id: WorkspaceArg = None,

@@ -302,24 +302,34 @@ def _file_headers(m: FileInfo | FileMeta) -> dict[str, str]:
     }
 
 
-def file_response(fd: int, size: int, headers: dict[str, str]) -> Response:
-    """Stream an open file (closed at the end, or when the client goes away)."""
+class _FileResponse(StreamingResponse):
+    """Streams an open file of known size; the descriptor is closed however the response ends."""
 
-    async def pieces() -> AsyncIterator[bytes]:
-        try:
+    def __init__(self, fd: int, size: int, headers: dict[str, str], head: bool) -> None:
+        self.fd = fd
+
+        async def pieces() -> AsyncIterator[bytes]:
             offset = 0
-            while True:
-                piece = await anyio.to_thread.run_sync(os.pread, fd, 1 << 18, offset)
+            while offset < size and not head:  # exactly the size announced, even if the file grows
+                piece = await anyio.to_thread.run_sync(os.pread, fd, min(1 << 18, size - offset), offset)
                 if not piece:
                     return
                 offset += len(piece)
                 yield piece
-        finally:
-            os.close(fd)
 
-    return StreamingResponse(
-        pieces(), media_type="application/octet-stream", headers={**headers, "Content-Length": str(size)}
-    )
+        super().__init__(pieces(), media_type="application/octet-stream",
+                         headers={**headers, "Content-Length": str(size)})  # fmt: skip
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            os.close(self.fd)
+
+
+def file_response(fd: int, size: int, headers: dict[str, str], head: bool = False) -> Response:
+    """Stream an open file (closed at the end, or when the client goes away); HEAD sends the headers only."""
+    return _FileResponse(fd, size, headers, head)
 
 
 def _storage_workspace(caller: Identity) -> str | None:
@@ -444,7 +454,7 @@ def build_ops(service: LockService) -> list[Op]:
     async def read_file(call: Call) -> Response:
         _, meta, fd = await files.open(call.params["workspace_id"], call.params["node_id"],
                                        _header_token(call.request), caller=call.caller)  # fmt: skip
-        return file_response(fd, os.fstat(fd).st_size, _file_headers(meta))
+        return file_response(fd, os.fstat(fd).st_size, _file_headers(meta), head=call.request.method == "HEAD")
 
     async def write_file(call: Call) -> Response:
         r = call.request

@@ -1251,7 +1251,7 @@ class LockTable:
             )
             hint = (
                 "Use the token of the lock you hold (to upgrade or downgrade it), or release it first."
-                " If another agent uses the same name, give each agent its own agent name."
+                " If another agent shares your key (or, without keys, your agent name), give each agent its own."
             )
         else:
             msg = f"waiting for {nodes} would close a cycle: " + " -> ".join(names) + "."

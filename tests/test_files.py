@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -466,36 +467,132 @@ async def test_a_write_committed_but_not_yet_renamed_is_finished_on_restart(tmp_
     await store.commit("default", [PutFile(meta)])
     await store.close()
     assert (files / "default" / "a.md").read_bytes() == b"old"
+    long_ago = time.time() - 3 * 3600  # older than the orphan sweep's age: it must still not be swept
+    os.utime(files / "default" / ".mcp-locks" / "staging" / staged.name, (long_ago, long_ago))
     async with LockService(SqliteStore(db), clock=clock, files_dir=files) as s:
+        assert (await s.files.write(None, "b.md", b"first request", if_version=0)).created
         got = await s.files.read(None, "a.md")
         assert (got.content, got.file.version) == ("new", 2)
     assert os.listdir(files / "default" / ".mcp-locks" / "staging") == []
 
 
-async def test_a_failed_rename_answers_unavailable_and_the_reload_finishes_it(
+async def test_a_change_the_disk_refuses_answers_unavailable_and_the_next_batch_finishes_it(
     svc: LockService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     await svc.files.write(None, "a.md", b"one", if_version=0)
+    g = await svc.lock(None, "other.md", "write", agent="bob")
     disk = svc.disk("default")
     real = disk.apply
     calls = 0
 
-    def flaky(ops: object) -> None:
+    def flaky(ops: object) -> list[int]:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise OSError(28, "No space left on device")
-        real(ops)  # type: ignore[arg-type]
+        return real(ops)  # type: ignore[arg-type]
 
     monkeypatch.setattr(disk, "apply", flaky)
     e = await code_of(svc.files.write(None, "a.md", b"two", if_version=1))
     assert e.code == "UNAVAILABLE"
     assert "file_info" in e.hint
+    # Committed: the new version is what everyone sees (read from its staged file until it is in place).
+    got = await svc.files.read(None, "a.md")
+    assert (got.content, got.file.version) == ("two", 2)
+    assert (files_root(svc) / "a.md").read_bytes() == b"two"  # that read's batch put it in place
+    assert (await svc.status(None, "other.md")).holders[0].lock_id == g.lock_id  # the locks never noticed
+
+
+def test_a_file_and_a_path_below_it_in_one_batch_cannot_both_be_written() -> None:
+    from mcp_locks._files import Staged
+
+    table = LockTable("w")
+    files = FileTable([], lambda n: None)  # nothing on disk yet
+    kw = {"owner": "alice", "as_key": None, "by": "alice", "token": None, "if_version": 0}
+    files.write(table, 1.0, "a", Staged("s1", 1, "x"), **kw)  # type: ignore[arg-type]
+    with pytest.raises(LockError) as below:
+        files.write(table, 1.0, "a/b", Staged("s2", 1, "y"), **kw)  # type: ignore[arg-type]
+    assert below.value.code == "INVALID_ARGUMENT"
+    assert "'a' is a file" in below.value.message
+    other = FileTable([], lambda n: None)
+    other.write(table, 1.0, "c/d", Staged("s3", 1, "x"), **kw)  # type: ignore[arg-type]
+    with pytest.raises(LockError) as above:
+        other.write(table, 1.0, "c", Staged("s4", 1, "y"), **kw)  # type: ignore[arg-type]
+    assert above.value.code == "INVALID_ARGUMENT"
+    assert "folder" in above.value.message
+
+
+async def test_racing_writes_of_a_file_and_a_path_below_it_leave_the_workspace_working(svc: LockService) -> None:
+    outcomes: list[str] = []
+
+    async def write(node: str) -> None:
+        try:
+            await svc.files.write(None, node, b"x", if_version=0)
+            outcomes.append("ok")
+        except LockError as e:
+            outcomes.append(e.code)
+
     with anyio.fail_after(10):
-        info = await svc.files.info(None, "a.md")
-    assert info.file is not None
-    assert info.file.version == 2
-    assert (files_root(svc) / "a.md").read_bytes() == b"two"
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write, "a")
+            tg.start_soon(write, "a/b")
+    assert sorted(outcomes) == ["INVALID_ARGUMENT", "ok"]
+    g = await svc.lock(None, "z.md", "write")  # the locks never noticed
+    assert (await svc.files.write(None, "z.md", b"z", token=g.token)).created
+
+
+async def test_an_unreadable_folder_fails_only_the_call_that_needs_it(svc: LockService) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root reads every folder: permissions cannot be denied to it")
+    await svc.files.write(None, "closed/x.md", b"x", if_version=0)
+    (files_root(svc) / "closed").chmod(0)
+    try:
+        e = await code_of(svc.files.read(None, "closed/x.md"))
+        assert e.code == "INVALID_ARGUMENT"
+        assert "permission denied" in e.message
+        assert (await svc.files.write(None, "open.md", b"fine", if_version=0)).created
+    finally:
+        (files_root(svc) / "closed").chmod(0o755)
+
+
+async def test_a_state_folder_replaced_by_a_link_stops_file_writes_not_locks(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    s, root, outside = await bound(tmp_path, clock)
+    (root / ".mcp-locks").symlink_to(outside)
+    async with s:
+        e = await code_of(s.files.write("proj", "new.md", b"x", if_version=0))
+        assert e.code == "UNAVAILABLE"
+        assert str(outside) not in e.message  # no server path reaches a client
+        assert (await s.files.read("proj", "readme.md")).content == "hello"
+        assert (await s.lock("proj", "readme.md", "write")).fence >= 1
+    assert sorted(os.listdir(outside)) == ["secret.txt"]
+
+
+async def test_an_outside_edit_of_the_same_size_is_still_noticed(tmp_path: Path, clock: ManualClock) -> None:
+    s, root, _ = await bound(tmp_path, clock)
+    async with s:
+        await s.files.write("proj", "readme.md", b"AAAA", if_version=1)
+        path = root / "readme.md"
+        path.write_bytes(b"BBBB")  # same size: only the mtime tells
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+        e = await code_of(s.files.write("proj", "readme.md", b"CCCC", if_version=2))
+        assert e.code == "VERSION_MISMATCH"
+
+
+async def test_uploads_started_at_the_same_time_all_survive(svc: LockService, clock: ManualClock) -> None:
+    ids: list[str] = []
+
+    async def start() -> None:
+        ids.append((await svc.files.create_upload(None)).upload_id)
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(start)
+    for uid in ids:
+        assert (await svc.files.upload_status(None, uid)).received == []
 
 
 # ---------------------------------------------------------------------- every face
@@ -524,7 +621,7 @@ async def test_the_lock_flow_guards_files_on_every_face(face: Face) -> None:
     env = face.env
     g = (await face(env.alice, "lock", node_id="r.md", mode="write", timeout=60)).ok
     assert (await face(env.bob, "write_file", node_id="r.md", content="x", if_version=0)).code == "LOCKED"
-    assert (await face(env.bob, "read_file", node_id="r.md")).code in ("LOCKED", "NOT_FOUND")
+    assert (await face(env.bob, "read_file", node_id="r.md")).code == "LOCKED"  # the lock is checked first
     w = (await face(env.alice, "write_file", node_id="r.md", content="alice", token=g["token"])).ok
     assert w["file"]["fence"] == g["fence"]
     info = (await face(env.bob, "file_info", node_id="r.md")).ok

@@ -49,6 +49,15 @@ async def test_a_put_streams_a_body_larger_than_max_body_and_get_returns_it_with
     assert got.headers["content-type"] == "application/octet-stream"
 
 
+async def test_head_answers_the_headers_of_a_file_without_its_body(env: Env, http: httpx.AsyncClient) -> None:
+    await http.put("/files/h.bin", content=b"x" * 5000, headers=auth(env.alice, **{"If-None-Match": "*"}))
+    r = await http.head("/files/h.bin", headers=auth(env.alice))
+    assert r.status_code == 200
+    assert r.headers["content-length"] == "5000"
+    assert r.headers["x-version"] == "1"
+    assert r.content == b""
+
+
 async def test_if_match_with_the_etag_read_guards_a_put(env: Env, http: httpx.AsyncClient) -> None:
     await http.put("/files/a.md", content=b"one", headers=auth(env.alice, **{"If-None-Match": "*"}))
     etag = (await http.get("/files/a.md", headers=auth(env.alice))).headers["etag"]
@@ -64,7 +73,8 @@ async def test_if_match_with_the_etag_read_guards_a_put(env: Env, http: httpx.As
 async def test_a_put_without_lock_token_or_precondition_is_refused(env: Env, http: httpx.AsyncClient) -> None:
     r = await http.put("/files/a.md", content=b"blind", headers=auth(env.alice))
     assert r.status_code == 422
-    assert "If-Match" in r.json()["error"]["hint"] or "if_version" in r.json()["error"]["hint"]
+    assert "if_version" in r.json()["error"]["hint"]
+    assert "token" in r.json()["error"]["hint"]
 
 
 async def test_a_malformed_if_match_is_an_invalid_argument(env: Env, http: httpx.AsyncClient) -> None:
