@@ -394,9 +394,9 @@ class WorkspaceActor:
             # Committed, so every other call's result stands. A change that could not be put in place
             # stays pending: later steps read it from its staged file, and the next batch retries it.
             for i in failed:
-                c = op_calls[i]
-                if c is not None:
-                    c.result, c.error = None, _not_in_place(ops[i].node_id)
+                owner = op_calls[i]
+                if owner is not None:
+                    owner.result, owner.error = None, _not_in_place(ops[i].node_id)
             files.applied([op for i, op in enumerate(ops) if i not in failed], table)
             files.carry([ops[i] for i in failed])
         if broken:
