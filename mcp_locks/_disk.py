@@ -365,12 +365,14 @@ class WorkspaceDisk:
                     if pfd is None:  # a delete whose folder is gone already
                         self.discard(op.staged)
                         continue
-                    keep(os.dup(pfd) if pfd == self._root_fd else pfd)
-                    if op.delete:
-                        with contextlib.suppress(FileNotFoundError):
-                            os.unlink(name, dir_fd=pfd)
-                    else:
-                        os.rename(op.staged, name, src_dir_fd=staging, dst_dir_fd=pfd)
+                    try:
+                        if op.delete:
+                            with contextlib.suppress(FileNotFoundError):
+                                os.unlink(name, dir_fd=pfd)
+                        else:
+                            os.rename(op.staged, name, src_dir_fd=staging, dst_dir_fd=pfd)
+                    finally:
+                        keep(os.dup(pfd) if pfd == self._root_fd else pfd)  # after use: keep() may close it
                 except (OSError, LockError) as e:
                     log.error("could not put '%s' in place: %s", op.node_id, e)
                     failed.append(i)

@@ -169,6 +169,16 @@ def test_later_steps_of_a_batch_see_a_write_that_is_not_on_disk_yet() -> None:
     assert files.unapplied("a.md") is None
 
 
+async def test_many_files_of_one_folder_written_together_all_land(svc: LockService) -> None:
+    # One actor batch moves them all in and fsyncs their folder once.
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            for i in range(12):
+                tg.start_soon(lambda i=i: svc.files.write(None, f"d/f{i}.md", str(i).encode(), if_version=0))
+    assert sorted(p.name for p in (files_root(svc) / "d").iterdir()) == sorted(f"f{i}.md" for i in range(12))
+    assert all((files_root(svc) / "d" / f"f{i}.md").read_text() == str(i) for i in range(12))
+
+
 async def test_concurrent_optimistic_increments_lose_nothing(svc: LockService) -> None:
     # Many read-then-write calls land in the same actor batches: each must see the writes before it.
     await svc.files.write(None, "n.txt", b"0", if_version=0)
