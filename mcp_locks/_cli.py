@@ -21,16 +21,21 @@ from ._logging import configure_logging
 from ._names import check_workspace_id
 from ._runtime import tune_gc
 from ._service import issue_key
-from ._settings import Settings, default_data_dir
+from ._settings import Settings, default_data_dir, load_settings
 from ._sqlite import SqliteStore
 
 __all__ = ["main"]
 
 
 def _settings(**flags: Any) -> Settings:
-    """Settings from the flags given, then MCP_LOCKS_*, then the defaults; a bad value is a clear message."""
+    """Settings from the flags given, then MCP_LOCKS_*, then the config file, then the defaults.
+
+    A bad value (or a missing config file) is a clear message.
+    """
+    ctx = click.get_current_context(silent=True)
+    config = ctx.find_root().params.get("config") if ctx is not None else None
     try:
-        return Settings(**{k: v for k, v in flags.items() if v is not None})
+        return load_settings(config, **{k: v for k, v in flags.items() if v is not None})
     except ValueError as e:  # pydantic's ValidationError: names the setting and the rule
         raise click.ClickException(str(e)) from None
 
@@ -135,7 +140,13 @@ def _server_class() -> type[Any]:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mcp-locks")
-def main() -> None:
+@click.option(
+    "--config",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="A TOML file of settings (their names as keys); flags and MCP_LOCKS_* override it [env MCP_LOCKS_CONFIG].",
+)
+def main(config: Path | None) -> None:
     """Secure file locks for teams of AI agents, served over MCP.
 
     Example: mcp-locks serve --port 8765

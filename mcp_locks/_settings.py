@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
-__all__ = ["Settings", "default_data_dir"]
+__all__ = ["Settings", "default_data_dir", "load_settings"]
 
 
 def default_data_dir() -> Path:
@@ -86,3 +86,33 @@ class Settings(BaseSettings):
     def db_path(self) -> Path:
         """The SQLite database file."""
         return self.data_dir / "locks.db"
+
+
+def load_settings(config: str | os.PathLike[str] | None = None, **flags: object) -> Settings:
+    """Settings from ``flags``, then ``MCP_LOCKS_*``, then a TOML config file, then the defaults.
+
+    The file is ``config``, else ``$MCP_LOCKS_CONFIG``, else none; its keys are the setting names
+    (``port = 8765``, ``max_file_size = 1073741824``...). A missing file is an error, not silence.
+    """
+    raw = config if config is not None else os.environ.get("MCP_LOCKS_CONFIG") or None
+    if raw is None:
+        return Settings(**flags)  # type: ignore[arg-type]
+    path = Path(raw)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+
+    class ConfigFile(Settings):
+        model_config = SettingsConfigDict(env_prefix="MCP_LOCKS_", extra="forbid", toml_file=path)
+
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
+
+    return ConfigFile(**flags)  # type: ignore[arg-type]

@@ -125,3 +125,32 @@ def test_a_workspace_bound_to_a_folder_serves_that_folders_files(tmp_path: Path)
 
     anyio.run(use)
     assert (project / "notes" / "new.md").read_text() == "written through"
+
+
+def test_settings_come_from_flags_then_environment_then_a_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcp_locks._settings import load_settings
+
+    config = tmp_path / "mcp-locks.toml"
+    config.write_text("port = 9001\nmax_file_size = 4096\nrate_limit = '10/second'\n")
+    monkeypatch.setenv("MCP_LOCKS_KEY", "client commands read this; the server ignores it")
+    from_file = load_settings(config)
+    assert (from_file.port, from_file.max_file_size, from_file.rate_limit) == (9001, 4096, "10/second")
+    monkeypatch.setenv("MCP_LOCKS_PORT", "9002")
+    assert load_settings(config).port == 9002
+    assert load_settings(config, port=9003).port == 9003
+    monkeypatch.setenv("MCP_LOCKS_CONFIG", str(config))
+    assert load_settings().max_file_size == 4096
+
+
+@pytest.mark.parametrize(("text", "said"), [("prot = 1\n", "prot"), ("port = 'many'\n", "port")])
+def test_a_config_file_with_an_unknown_or_bad_setting_is_a_clear_error(tmp_path: Path, text: str, said: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    result = CliRunner().invoke(main, ["--config", str(config), "workspaces", "list", "--data-dir", str(tmp_path)])
+    assert result.exit_code != 0
+    assert said in result.output
+    assert "Traceback" not in result.output
+    missing = CliRunner().invoke(main, ["--config", str(tmp_path / "nope.toml"), "workspaces", "list"])
+    assert "does not exist" in missing.output
