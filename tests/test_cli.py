@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -60,6 +61,18 @@ def test_the_engine_benchmark_runs_end_to_end() -> None:
         check=True,
     )
     assert "ops_per_s" in out.stdout
+
+
+@pytest.mark.slow
+def test_the_file_store_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.files", "--writes", "16", "--rounds", "1", "--concurrency", "1,2",
+         "--upload-mib", "16", "--upload-runs", "1", "--dir", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    summary = json.loads(out.stdout.splitlines()[-1])["summary"]
+    assert set(summary["writes"]) == {"1", "2"}
+    assert summary["uploads"]["16"]["mib_per_s"] > 0
 
 
 def test_workspaces_create_and_list_work_on_a_data_dir(tmp_path: Path) -> None:
