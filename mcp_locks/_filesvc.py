@@ -163,10 +163,10 @@ class FileService:
     async def open(
         self, workspace_id: object, node_id: object, token: object = None, *, caller: Identity = LOCAL
     ) -> tuple[str, FileMeta, int]:
-        """Check the read rule and open the file in the same actor step: (workspace, metadata, descriptor).
+        """Check the read rule in the actor, then open the file: (workspace, metadata, descriptor).
 
-        The descriptor is of exactly the version the metadata describes (renames happen only inside
-        actor steps); the caller must close it.
+        The descriptor is of exactly the version the metadata describes (checked by size and mtime,
+        and looked up again if the file changed in between); the caller must close it.
         """
         from ._service import _who
 
@@ -381,7 +381,8 @@ class FileService:
 
     # ------------------------------------------------------------------ uploads
 
-    def _upload_dir(self, disk: WorkspaceDisk, upload_id: object) -> str:
+    @staticmethod
+    def _upload_id(upload_id: object) -> str:
         if not isinstance(upload_id, str) or not _UPLOAD_RE.fullmatch(upload_id):
             raise _no_upload(str(upload_id)[:40])
         return upload_id
@@ -389,7 +390,7 @@ class FileService:
     async def _upload_state(self, ws: str, disk: WorkspaceDisk, upload_id: object, caller: Identity) -> _Upload:
         from ._service import _who
 
-        uid = self._upload_dir(disk, upload_id)
+        uid = self._upload_id(upload_id)
         up = await anyio.to_thread.run_sync(_Upload.load, disk, uid)
         who = _who(caller, None)
         now = self.service.clock.now()
