@@ -20,10 +20,7 @@ that task's scope, never the caller's.
 from __future__ import annotations
 
 import logging
-import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal, Self
 
 import anyio
@@ -35,9 +32,8 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, TextContent
 
 from ._clock import Clock
-from ._errors import ERROR_TABLE, Internal, LockError, LockNotFound, Unavailable
-from ._names import check_node_id
-from .client import _TRANSIENT_STATUS, RELEASE_WITHIN, Lease, LockClient, _Transient
+from ._errors import ERROR_TABLE, Internal, LockError, Unavailable
+from .client import _TRANSIENT_STATUS, RELEASE_WITHIN, LockClient, _Transient
 
 __all__ = ["McpLockClient"]
 
@@ -213,105 +209,8 @@ class McpLockClient(LockClient):
 
     # ------------------------------------------------------------------ calls
 
-    def _ws(self, workspace_id: str | None) -> str:
-        return workspace_id or self.workspace_id
-
-    async def acquire(
-        self,
-        node_id: str,
-        *,
-        mode: Literal["read", "write"] = "write",
-        timeout: float = 300,
-        wait: float = 0,
-        depth: Literal["node", "tree"] = "node",
-        note: str | None = None,
-        workspace_id: str | None = None,
-    ) -> Lease:
-        """Take one lock and return its lease (no background renewal; see :meth:`lock`)."""
-        args = {
-            "node_id": check_node_id(node_id),
-            "workspace_id": self._ws(workspace_id),
-            "mode": mode,
-            "timeout": timeout,
-            "wait": wait,
-            "depth": depth,
-            "note": note,
-            "request_id": uuid.uuid4().hex,  # a retried request gets the same grant back
-        }
-        sent_at = self.clock.now()
-        grant = await self._tool("lock_file", args, wait=wait)
-        return Lease._of(grant, self.clock.now() if wait else sent_at)
-
-    async def acquire_many(
-        self,
-        items: Sequence[tuple[str, Literal["read", "write"]] | dict[str, str]],
-        *,
-        timeout: float = 300,
-        wait: float = 0,
-        note: str | None = None,
-        workspace_id: str | None = None,
-    ) -> list[Lease]:
-        """Take every lock in ``items`` (``(node_id, mode)`` pairs or ``{node_id, mode, depth}``), all or none."""
-        listed = [i if isinstance(i, dict) else {"node_id": i[0], "mode": i[1]} for i in items]
-        for item in listed:
-            check_node_id(item.get("node_id"))
-        args = {
-            "items": listed,
-            "workspace_id": self._ws(workspace_id),
-            "timeout": timeout,
-            "wait": wait,
-            "note": note,
-            "request_id": uuid.uuid4().hex,
-        }
-        sent_at = self.clock.now()
-        result = await self._tool("lock_files", args, wait=wait)
-        at = self.clock.now() if wait else sent_at
-        return [Lease._of(g, at) for g in result["locks"]]
-
-    async def renew(self, lease: Lease, timeout: float | None = None) -> Lease:
-        """Restart ``lease``; updates and returns it."""
-        sent_at = self.clock.now()
-        args = {"token": lease.token, "workspace_id": lease.workspace_id, "timeout": timeout}
-        result = await self._tool("renew_lock", args)
-        lease.expires_at = datetime.fromisoformat(result["expires_at"])
-        lease.timeout = result["timeout"]
-        lease.local_deadline = sent_at + lease.timeout
-        return lease
-
-    async def release(self, lease: Lease) -> None:
-        """Release ``lease``; releasing twice is not an error (see :meth:`LockClient.release`)."""
-        args = {"token": lease.token, "workspace_id": lease.workspace_id, "node_id": lease.node_id}
-        try:
-            await self._tool("unlock_file", args)
-        except LockNotFound as e:
-            if e.details.get("lock_id") != lease.lock_id:
-                raise
-
-    async def status(
-        self, node_id: str, *, workspace_id: str | None = None, lease: Lease | None = None
-    ) -> dict[str, Any]:
-        """What check_lock_status answers (with ``lease``: also whether you still hold it, as ``yours``)."""
-        ws = workspace_id or (lease.workspace_id if lease is not None else None)
-        args = {"node_id": check_node_id(node_id), "workspace_id": self._ws(ws)}
-        if lease is not None:
-            args["token"] = lease.token
-        return await self._tool("check_lock_status", args)
-
-    async def list_locks(
-        self,
-        prefix: str = "",
-        *,
-        owner: str | None = None,
-        limit: int = 1000,
-        cursor: str | None = None,
-        workspace_id: str | None = None,
-    ) -> dict[str, Any]:
-        """One page of held locks (``locks`` and ``next_cursor``), as list_locks answers."""
-        args = {
-            "workspace_id": self._ws(workspace_id),
-            "prefix": prefix,
-            "owner": owner,
-            "limit": limit,
-            "cursor": cursor,
-        }
-        return await self._tool("list_locks", args)
+    async def _op(self, tool: str, workspace_id: str, args: dict[str, Any], wait: float = 0) -> Any:
+        """One operation as its tool call (the public calls, shared with :class:`LockClient`, build ``args``)."""
+        if tool == "renew_lock":
+            args.pop("node_id")  # the tool finds the lock by its token
+        return await self._tool(tool, {"workspace_id": workspace_id, **args}, wait=wait)

@@ -188,11 +188,33 @@ class LockClient:
             return r.json()
         raise _error_of(r)
 
-    def _nodes(self, workspace_id: str | None, node_id: str) -> str:
+    def _nodes(self, workspace_id: str, node_id: str) -> str:
         # Checked here too: an HTTP client would quietly resolve '..' segments into another path.
         node = check_node_id(node_id)
-        ws = quote(workspace_id or self.workspace_id, safe="")
-        return f"/v1/workspaces/{ws}/nodes/{quote(node, safe='/')}/lock"
+        return f"/v1/workspaces/{quote(workspace_id, safe='')}/nodes/{quote(node, safe='/')}/lock"
+
+    async def _op(self, tool: str, workspace_id: str, args: dict[str, Any], wait: float = 0) -> Any:
+        """One operation, named and shaped as its MCP tool, sent over REST (:class:`McpLockClient` calls the tool).
+
+        Every public call below goes through here, so both clients share the lease bookkeeping.
+        """
+        ws = quote(workspace_id, safe="")
+        if tool == "lock_file":
+            return await self._call("POST", self._nodes(workspace_id, args.pop("node_id")), args, wait=wait)
+        if tool == "lock_files":
+            return await self._call("POST", f"/v1/workspaces/{ws}/locks/batch", args, wait=wait)
+        if tool == "renew_lock":
+            path = self._nodes(workspace_id, args.pop("node_id")) + "/renew"
+            return await self._call("POST", path, args)
+        if tool in ("unlock_file", "check_lock_status"):
+            token = args.get("token")  # in the Lock-Token header, never in the URL
+            headers = {"Lock-Token": token} if token is not None else None
+            method = "DELETE" if tool == "unlock_file" else "GET"
+            return await self._call(method, self._nodes(workspace_id, args["node_id"]), headers=headers)
+        assert tool == "list_locks", tool
+        params = {k: str(v) for k, v in args.items() if v is not None and v != ""}
+        query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
+        return await self._call("GET", f"/v1/workspaces/{ws}/locks?{query}")
 
     # ------------------------------------------------------------------ calls
 
@@ -208,11 +230,17 @@ class LockClient:
         workspace_id: str | None = None,
     ) -> Lease:
         """Take one lock and return its lease (no background renewal; see :meth:`lock`)."""
-        body = {"mode": mode, "timeout": timeout, "wait": wait, "depth": depth, "note": note}
-        body["request_id"] = uuid.uuid4().hex  # a retried request gets the same grant back
-        path = self._nodes(workspace_id, node_id)
+        args = {
+            "node_id": check_node_id(node_id),
+            "mode": mode,
+            "timeout": timeout,
+            "wait": wait,
+            "depth": depth,
+            "note": note,
+            "request_id": uuid.uuid4().hex,  # a retried request gets the same grant back
+        }
         sent_at = self.clock.now()
-        grant = await self._call("POST", path, body, wait=wait)
+        grant = await self._op("lock_file", workspace_id or self.workspace_id, args, wait=wait)
         # A grant after a wait starts its lease when granted, not when asked: count from the answer.
         return Lease._of(grant, self.clock.now() if wait else sent_at)
 
@@ -227,34 +255,32 @@ class LockClient:
     ) -> list[Lease]:
         """Take every lock in ``items`` (``(node_id, mode)`` pairs or ``{node_id, mode, depth}``), all or none."""
         listed = [i if isinstance(i, dict) else {"node_id": i[0], "mode": i[1]} for i in items]
-        body = {"items": listed, "timeout": timeout, "wait": wait, "note": note, "request_id": uuid.uuid4().hex}
         for item in listed:
             check_node_id(item.get("node_id"))
-        ws = quote(workspace_id or self.workspace_id, safe="")
+        args = {"items": listed, "timeout": timeout, "wait": wait, "note": note, "request_id": uuid.uuid4().hex}
         sent_at = self.clock.now()
-        result = await self._call("POST", f"/v1/workspaces/{ws}/locks/batch", body, wait=wait)
+        result = await self._op("lock_files", workspace_id or self.workspace_id, args, wait=wait)
         at = self.clock.now() if wait else sent_at
         return [Lease._of(g, at) for g in result["locks"]]
 
     async def renew(self, lease: Lease, timeout: float | None = None) -> Lease:
         """Restart ``lease``; updates and returns it."""
-        path = self._nodes(lease.workspace_id, lease.node_id) + "/renew"
         sent_at = self.clock.now()
-        result = await self._call("POST", path, {"token": lease.token, "timeout": timeout})
+        args = {"node_id": lease.node_id, "token": lease.token, "timeout": timeout}
+        result = await self._op("renew_lock", lease.workspace_id, args)
         lease.expires_at = datetime.fromisoformat(result["expires_at"])
         lease.timeout = result["timeout"]
         lease.local_deadline = sent_at + lease.timeout
         return lease
 
     async def release(self, lease: Lease) -> None:
-        """Release ``lease`` (the token travels in the Lock-Token header, never in the URL).
+        """Release ``lease`` (over REST the token travels in the Lock-Token header, never in the URL).
 
         Releasing twice is not an error: a retry whose first attempt did release the
         lock (the answer was lost) finds it released, which is what was asked.
         """
-        path = self._nodes(lease.workspace_id, lease.node_id)
         try:
-            await self._call("DELETE", path, headers={"Lock-Token": lease.token})
+            await self._op("unlock_file", lease.workspace_id, {"node_id": lease.node_id, "token": lease.token})
         except LockNotFound as e:
             if e.details.get("lock_id") != lease.lock_id:  # no record of it at all: say so
                 raise
@@ -263,9 +289,9 @@ class LockClient:
         self, node_id: str, *, workspace_id: str | None = None, lease: Lease | None = None
     ) -> dict[str, Any]:
         """What check_lock_status answers (with ``lease``: also whether you still hold it, as ``yours``)."""
-        headers = {"Lock-Token": lease.token} if lease is not None else None
-        ws = workspace_id or (lease.workspace_id if lease is not None else None)
-        result: dict[str, Any] = await self._call("GET", self._nodes(ws, node_id), headers=headers)
+        ws = workspace_id or (lease.workspace_id if lease is not None else None) or self.workspace_id
+        args = {"node_id": check_node_id(node_id)} | ({"token": lease.token} if lease is not None else {})
+        result: dict[str, Any] = await self._op("check_lock_status", ws, args)
         return result
 
     async def list_locks(
@@ -278,12 +304,8 @@ class LockClient:
         workspace_id: str | None = None,
     ) -> dict[str, Any]:
         """One page of held locks (``locks`` and ``next_cursor``), as list_locks answers."""
-        ws = quote(workspace_id or self.workspace_id, safe="")
-        params = {"prefix": prefix, "limit": str(limit)} | ({"owner": owner} if owner else {})
-        query = "&".join(
-            f"{k}={quote(v, safe='')}" for k, v in (params | ({"cursor": cursor} if cursor else {})).items()
-        )
-        result: dict[str, Any] = await self._call("GET", f"/v1/workspaces/{ws}/locks?{query}")
+        args = {"prefix": prefix, "owner": owner, "limit": limit, "cursor": cursor}
+        result: dict[str, Any] = await self._op("list_locks", workspace_id or self.workspace_id, args)
         return result
 
     # ------------------------------------------------------------------ held for a block
