@@ -370,7 +370,8 @@ class WorkspaceActor:
                 log.exception("command failed in %s", self.workspace_id)
                 broken = True
                 break
-            op_calls.extend([c] * (len(files.ops) - before))
+            if len(files.ops) > before:  # a file change: remember whose, in case the disk refuses it
+                op_calls.extend([c] * (len(files.ops) - before))
             try:
                 self._take_outcomes(table, now)
             except Exception:

@@ -21,7 +21,7 @@ from pathlib import Path
 from ._errors import InvalidArgument, LockError, NotFound, Unavailable
 from ._files import STATE_DIR, FileMeta, FileOp, OnDisk, Staged
 
-__all__ = ["StagingFile", "WorkspaceDisk"]
+__all__ = ["StagingFile", "WorkspaceDisk", "os_error"]
 
 log = logging.getLogger("mcp_locks.disk")
 
@@ -200,7 +200,7 @@ class WorkspaceDisk:
                         # ENOTDIR: a file; ELOOP: a symbolic link (O_NOFOLLOW).
                         why = "is a symbolic link" if self._is_link(cur, seg) else "is a file, not a folder"
                         raise _refused(node_id, "/".join(parts[: i + 1]), why) from None
-                    raise _os_error(node_id, e) from None
+                    raise os_error(node_id, e) from None
                 self._close(cur)
                 cur = nxt
         except BaseException:
@@ -233,7 +233,7 @@ class WorkspaceDisk:
         except FileNotFoundError:
             return None
         except OSError as e:
-            raise _os_error(node_id, e) from None
+            raise os_error(node_id, e) from None
         finally:
             self._close(pfd)
         return OnDisk(_kind(st.st_mode), st.st_size, st.st_mtime, st.st_mtime_ns)
@@ -251,7 +251,7 @@ class WorkspaceDisk:
         except OSError as e:
             if e.errno == errno.ELOOP:
                 raise _refused(node_id, node_id, "is a symbolic link") from None
-            raise _os_error(node_id, e) from None
+            raise os_error(node_id, e) from None
         finally:
             self._close(pfd)
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -432,7 +432,7 @@ class WorkspaceDisk:
         return gone
 
 
-def _os_error(node_id: str, e: OSError) -> LockError:
+def os_error(node_id: str, e: OSError) -> LockError:
     """An OS refusal on one path, for that call alone (never a server path or a traceback)."""
     if e.errno in (errno.EACCES, errno.EPERM):
         return InvalidArgument(

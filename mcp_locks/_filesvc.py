@@ -12,11 +12,11 @@ import secrets
 import shutil
 from collections.abc import AsyncIterable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
 
-from ._disk import StagingFile, WorkspaceDisk
+from ._disk import StagingFile, WorkspaceDisk, os_error
 from ._errors import InvalidArgument, LockError, NotFound, TooLarge, Unavailable
 from ._files import FileMeta, Staged, check_file_id
 from ._keys import LOCAL, Identity
@@ -80,6 +80,17 @@ def _as_text(data: bytes, eof: bool) -> tuple[str, str, int]:
     return base64.b64encode(data).decode("ascii"), "base64", len(data)
 
 
+class _Change(NamedTuple):
+    """A write or delete, its arguments checked: where, by whom, under which token or version."""
+
+    ws: str
+    node: str
+    disk: WorkspaceDisk
+    who: Any  # the service's _Who: owner, label, key_id, as_key
+    token: str | None
+    version: int | None
+
+
 class FileService:
     """Reads and writes a workspace's files under the lock rules (see :class:`~mcp_locks._files.FileTable`).
 
@@ -102,7 +113,35 @@ class FileService:
         node = check_file_id(node_id)
         return ws, node, svc.disk(ws)
 
-    async def _stage(self, disk: WorkspaceDisk, body: bytes | AsyncIterable[bytes], limit: int) -> Staged:
+    async def _change(
+        self, workspace_id: object, node_id: object, token: object, if_version: object, agent: object, caller: Identity
+    ) -> _Change:
+        """Check a change's arguments.
+
+        Without a token or a version the change is refused here, before any content is staged
+        (the rule does not depend on the content).
+        """
+        from ._service import _who
+
+        ws, node, disk = await self._where(workspace_id, node_id, caller)
+        c = _Change(ws, node, disk, _who(caller, agent), self.service._token(token) if token is not None else None,
+                    _version(if_version))  # fmt: skip
+        if c.token is None and c.version is None:
+            actor = self.service._actor(ws)
+            await actor.call(
+                lambda table, now: actor.files.check_change(
+                    table, now, node, owner=c.who.owner, as_key=c.who.as_key, token=None, if_version=None
+                )
+            )
+        return c
+
+    async def _stage(self, disk: WorkspaceDisk, body: bytes | AsyncIterable[bytes], limit: int, what: str) -> Staged:
+        try:
+            return await self._stage_unchecked(disk, body, limit)
+        except OSError as e:  # a full disk, a quota: that call fails with a code, nothing else does
+            raise os_error(what, e) from None
+
+    async def _stage_unchecked(self, disk: WorkspaceDisk, body: bytes | AsyncIterable[bytes], limit: int) -> Staged:
         if isinstance(body, bytes | bytearray | memoryview):
             data = bytes(body)
             if len(data) > limit:
@@ -318,38 +357,18 @@ class FileService:
         caller: Identity = LOCAL,
     ) -> FileWritten:
         """Write the whole file atomically, under a lock (``token``) or a version check (``if_version``)."""
-        from ._service import _who
+        c = await self._change(workspace_id, node_id, token, if_version, agent, caller)
+        return await self._write_staged(c, await self._stage(c.disk, body, self.limits.max_file_size, c.node))
 
-        ws, node, disk = await self._where(workspace_id, node_id, caller)
-        tok = self.service._token(token) if token is not None else None
-        ver = _version(if_version)
-        who = _who(caller, agent)
-        if tok is None and ver is None:
-            # Refuse before staging anything: the rule does not depend on the content.
-            await self._commit_check(ws, node, who, None, None)
-        staged = await self._stage(disk, body, self.limits.max_file_size)
-        return await self._write_staged(ws, node, disk, staged, who, tok, ver)
-
-    async def _commit_check(self, ws: str, node: str, who: Any, tok: str | None, ver: int | None) -> None:
-        actor = self.service._actor(ws)
-        await actor.call(
-            lambda table, now: actor.files.check_change(
-                table, now, node, owner=who.owner, as_key=who.as_key, token=tok, if_version=ver
-            )
-        )
-
-    async def _write_staged(
-        self, ws: str, node: str, disk: WorkspaceDisk, staged: Staged, who: Any, tok: str | None, ver: int | None
-    ) -> FileWritten:
-        actor = self.service._actor(ws)
+    async def _write_staged(self, c: _Change, staged: Staged) -> FileWritten:
+        actor = self.service._actor(c.ws)
 
         def step(table: LockTable, now: float) -> tuple[FileMeta, bool]:
-            return actor.files.write(
-                table, now, node, staged, owner=who.owner, as_key=who.as_key, by=who.owner, token=tok, if_version=ver
-            )
+            return actor.files.write(table, now, c.node, staged, owner=c.who.owner, as_key=c.who.as_key,
+                                     by=c.who.owner, token=c.token, if_version=c.version)  # fmt: skip
 
-        meta, created = await self._commit(ws, disk, staged.name, step)
-        return FileWritten(file=FileInfo.of(ws, meta), created=created, deleted=False)
+        meta, created = await self._commit(c.ws, c.disk, staged.name, step)
+        return FileWritten(file=FileInfo.of(c.ws, meta), created=created, deleted=False)
 
     async def delete(
         self,
@@ -362,22 +381,16 @@ class FileService:
         caller: Identity = LOCAL,
     ) -> FileWritten:
         """Delete the file, under the same rules as a write."""
-        from ._service import _who
-
-        ws, node, disk = await self._where(workspace_id, node_id, caller)
-        tok = self.service._token(token) if token is not None else None
-        ver = _version(if_version)
-        who = _who(caller, agent)
-        marker = await anyio.to_thread.run_sync(disk.marker)
-        actor = self.service._actor(ws)
+        c = await self._change(workspace_id, node_id, token, if_version, agent, caller)
+        marker = await anyio.to_thread.run_sync(c.disk.marker)
+        actor = self.service._actor(c.ws)
 
         def step(table: LockTable, now: float) -> FileMeta:
-            return actor.files.delete(
-                table, now, node, marker, owner=who.owner, as_key=who.as_key, by=who.owner, token=tok, if_version=ver
-            )
+            return actor.files.delete(table, now, c.node, marker, owner=c.who.owner, as_key=c.who.as_key,
+                                      by=c.who.owner, token=c.token, if_version=c.version)  # fmt: skip
 
-        gone = await self._commit(ws, disk, marker, step)
-        return FileWritten(file=FileInfo.of(ws, gone), created=False, deleted=True)
+        gone = await self._commit(c.ws, c.disk, marker, step)
+        return FileWritten(file=FileInfo.of(c.ws, gone), created=False, deleted=True)
 
     # ------------------------------------------------------------------ uploads
 
@@ -463,7 +476,7 @@ class FileService:
                 f"chunk numbers go from 0 to {most - 1} ({self.limits.chunk_size} bytes each at most).",
                 details={"field": "chunk", "max": most - 1},
             )
-        staged = await self._stage(disk, body, self.limits.chunk_size)
+        staged = await self._stage(disk, body, self.limits.chunk_size, f"chunk {n} of upload {up.upload_id}")
         await anyio.to_thread.run_sync(up.adopt_chunk, staged.name, n)
         return self._upload_info(ws, up, await anyio.to_thread.run_sync(up.chunks))
 
@@ -483,18 +496,12 @@ class FileService:
 
         If the write is refused (LOCKED, VERSION_MISMATCH...), the upload stays: fix the cause and complete again.
         """
-        from ._service import _who
-
-        ws, node, disk = await self._where(workspace_id, node_id, caller)
-        up = await self._upload_state(ws, disk, upload_id, caller)
+        c = await self._change(workspace_id, node_id, token, if_version, agent, caller)
+        disk = c.disk
+        up = await self._upload_state(c.ws, disk, upload_id, caller)
         if not isinstance(sha256, str) or not _SHA_RE.fullmatch(sha256.lower()):
             raise InvalidArgument("sha256 must be the 64 hex digits of the whole file's SHA-256.",
                                   details={"field": "sha256"})  # fmt: skip
-        tok = self.service._token(token) if token is not None else None
-        ver = _version(if_version)
-        who = _who(caller, agent)
-        if tok is None and ver is None:
-            await self._commit_check(ws, node, who, None, None)
         received = await anyio.to_thread.run_sync(up.chunks)
         missing = [i for i in range(max(received, default=-1) + 1) if i not in received]
         if not received or missing:
@@ -513,7 +520,7 @@ class FileService:
                 hint="Check which chunk differs (resend them all if unsure), then complete again.",
                 details={"field": "sha256", "expected": sha256.lower(), "got": staged.sha256},
             )
-        written = await self._write_staged(ws, node, disk, staged, who, tok, ver)
+        written = await self._write_staged(c, staged)
         await anyio.to_thread.run_sync(up.remove)
         return written
 
@@ -642,7 +649,7 @@ class _Upload:
 
     @classmethod
     def sweep(cls, disk: WorkspaceDisk, now: float) -> int:
-        """Drop every expired upload of the workspace (and any unreadable leftover)."""
+        """Drop every expired upload of the workspace (one being created is not listed yet: it is renamed in)."""
         base = disk.state_dir("uploads")
         gone = 0
         with os.scandir(base) as it:

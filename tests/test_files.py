@@ -387,6 +387,22 @@ async def test_symbolic_links_in_a_bound_folder_are_never_followed(tmp_path: Pat
     assert (outside / "secret.txt").read_text() == "secret"
 
 
+async def test_a_full_disk_while_staging_is_a_coded_error_for_that_write_only(
+    svc: LockService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = svc.disk("default")
+
+    def full(chunks: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(disk, "stage", full)
+    e = await code_of(svc.files.write(None, "a.md", b"x", if_version=0))
+    assert e.code == "UNAVAILABLE"
+    assert "No space left on device" in e.message
+    assert "'a.md'" in e.message
+    assert (await svc.lock(None, "a.md", "write")).fence >= 1  # nothing else noticed
+
+
 async def test_oversize_content_is_refused_and_leaves_nothing_staged(
     store: Store, clock: ManualClock, tmp_path: Path
 ) -> None:
