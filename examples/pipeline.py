@@ -31,6 +31,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -173,21 +174,26 @@ async def run(url: str, key: str | None, workdir: Path, unsafe: bool) -> int:
     return 0
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def example_main(name: str, doc: str | None, unsafe_help: str, run_fn: Any) -> None:
+    """The command line every example shares: --url, --key, --workdir, --unsafe; exit with run_fn's status."""
+    p = argparse.ArgumentParser(description=(doc or name).splitlines()[0])
     p.add_argument("--url", default=os.environ.get("MCP_LOCKS_URL", "http://127.0.0.1:8765"))
     p.add_argument("--key", default=os.environ.get("MCP_LOCKS_KEY"), help="an admin key [env MCP_LOCKS_KEY]")
     p.add_argument("--workdir", default=os.environ.get("MCP_LOCKS_EXAMPLE_DIR"), help="default: a new temp dir")
-    p.add_argument("--unsafe", action="store_true", help="the analyst reads without a lock")
+    p.add_argument("--unsafe", action="store_true", help=unsafe_help)
     args = p.parse_args()
-    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="mcp-locks-pipeline-"))
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix=f"mcp-locks-{name}-"))
     status = 2
     try:
-        status = anyio.run(run, args.url.rstrip("/"), args.key, workdir, args.unsafe)
+        status = anyio.run(run_fn, args.url.rstrip("/"), args.key, workdir, args.unsafe)
     except* (SetupError, LockError) as group:  # raised by an agent's task, or while setting up
         for e in group.exceptions:
-            print(f"pipeline: {e.text() if isinstance(e, LockError) else e}", file=sys.stderr)
+            print(f"{name}: {e.text() if isinstance(e, LockError) else e}", file=sys.stderr)
     sys.exit(status)
+
+
+def main() -> None:
+    example_main("pipeline", __doc__, "the analyst reads without a lock", run)
 
 
 if __name__ == "__main__":

@@ -20,20 +20,15 @@ template.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
-import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
 import anyio.lowlevel
-from pipeline import SetupError, agent_keys, until_waiting  # helpers shared by the examples
+from pipeline import agent_keys, example_main, until_waiting  # helpers shared by the examples
 
-from mcp_locks import LockError
 from mcp_locks.client import LockClient
 
 REPORT = "reports/q3.md"
@@ -152,20 +147,7 @@ async def run(url: str, key: str | None, root: Path, unsafe: bool) -> int:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--url", default=os.environ.get("MCP_LOCKS_URL", "http://127.0.0.1:8765"))
-    p.add_argument("--key", default=os.environ.get("MCP_LOCKS_KEY"), help="an admin key [env MCP_LOCKS_KEY]")
-    p.add_argument("--workdir", default=os.environ.get("MCP_LOCKS_EXAMPLE_DIR"), help="default: a new temp dir")
-    p.add_argument("--unsafe", action="store_true", help="the agents skip the locks")
-    args = p.parse_args()
-    root = Path(args.workdir or tempfile.mkdtemp(prefix="mcp-locks-report-"))
-    status = 2
-    try:
-        status = anyio.run(run, args.url.rstrip("/"), args.key, root, args.unsafe)
-    except* (SetupError, LockError) as group:  # raised by an agent's task, or while setting up
-        for e in group.exceptions:
-            print(f"report: {e.text() if isinstance(e, LockError) else e}", file=sys.stderr)
-    sys.exit(status)
+    example_main("report", __doc__, "the agents skip the locks", run)
 
 
 if __name__ == "__main__":
