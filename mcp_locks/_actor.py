@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -12,10 +13,11 @@ import anyio
 from ._clock import Clock
 from ._disk import WorkspaceDisk
 from ._errors import LockError, Unavailable
+from ._events import AppendEvents, Enqueue, EventHub
 from ._files import FileOp, FileTable
 from ._index import Claim
 from ._store import Store
-from ._table import Event, Granted, Lease, Limits, LockTable, Queued
+from ._table import Granted, Lease, Limits, LockTable, Queued
 
 __all__ = ["Waiting", "WorkspaceActor"]
 
@@ -96,7 +98,7 @@ class WorkspaceActor:
         *,
         limits: Limits,
         idle_timeout: float = 60.0,
-        publish: Callable[[str, list[Event]], None] | None = None,
+        hub: EventHub | None = None,
         disk: WorkspaceDisk | None = None,
     ) -> None:
         self.workspace_id = workspace_id
@@ -104,7 +106,7 @@ class WorkspaceActor:
         self.clock = clock
         self.limits = limits
         self.idle_timeout = idle_timeout
-        self._publish = publish
+        self.hub = hub
         self.table: LockTable | None = None
         self.disk = disk
         #: The workspace's file metadata, beside the lock table (see :class:`FileTable`).
@@ -231,6 +233,11 @@ class WorkspaceActor:
     # ------------------------------------------------------------------ loop
 
     @property
+    def mailbox_depth(self) -> int:
+        """Commands waiting for the next step."""
+        return len(self._mailbox.calls)
+
+    @property
     def busy(self) -> bool:
         """Whether commands are queued or callers wait in line."""
         return bool(self._mailbox.calls or self._waiting)
@@ -245,6 +252,8 @@ class WorkspaceActor:
             first_waiter_id=first_waiter_id,
         )
         table.restore(snap.leases, snap.ended, snap.requests)
+        if self.hub is not None:
+            self.hub.loaded(self.workspace_id, snap.event_seq)
         disk = self.disk
         if disk is not None:
             files = FileTable(snap.files, disk.probe)
@@ -379,9 +388,16 @@ class WorkspaceActor:
                 broken = True
         changes, table.changes = table.changes, []
         events, table.events = table.events, []
-        if not broken and changes:
+        extra: list[AppendEvents | Enqueue] = []
+        if events and self.hub is not None and not broken:
+            # The audit rows and webhook deliveries of these events ride the same transaction.
+            events, extra = self.hub.stamp(self.workspace_id, events)
+        took = 0.0
+        if not broken and (changes or extra):
             try:
-                await self.store.commit(self.workspace_id, changes)
+                started = time.perf_counter()
+                await self.store.commit(self.workspace_id, [*changes, *extra] if extra else changes)
+                took = time.perf_counter() - started
             except Exception:
                 log.exception("commit failed in %s", self.workspace_id)
                 broken = True
@@ -403,8 +419,8 @@ class WorkspaceActor:
         if broken:
             await self._recover(pending)
             return
-        if events and self._publish is not None:
-            self._publish(self.workspace_id, events)
+        if self.hub is not None and (events or took):
+            self.hub.committed(self.workspace_id, events, extra, took)
         pending.done.set()
         self._inflight = None
         for w in list(self._waiting.values()):

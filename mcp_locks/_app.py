@@ -3,32 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
+from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.mcpserver import MCPServer
 from mcp.server.sse import SseServerTransport
 from mcp.server.transport_security import TransportSecuritySettings
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from ._auth import Guard, KeyVerifier, bootstrap_admin_key, is_loopback
+from ._auth import Guard, KeyVerifier, bootstrap_admin_key, identity_of, is_loopback
 from ._clock import Clock
+from ._errors import Forbidden
 from ._filesvc import FileLimits
 from ._keys import LOCAL, NOBODY
+from ._logging import RequestId
 from ._mcp import build_mcp
-from ._rest import OPENAPI_PATH, build_rest, http_error_handler
+from ._observe import ObserveLimits
+from ._rest import OPENAPI_PATH, build_rest, error_response, http_error_handler
 from ._service import LockService, ServiceLimits
 from ._settings import Settings
 from ._sqlite import SqliteStore
 from ._store import MemoryStore, Store
 from ._table import Limits
+from ._webhooks import WebhookLimits
 
 __all__ = ["__version__", "build_app", "build_service", "build_store"]
 
@@ -54,6 +62,13 @@ def build_service(settings: Settings, store: Store | None = None, clock: Clock |
         max_wait=settings.max_wait,
         idle_timeout=settings.idle_timeout,
         table=Limits(max_locks=settings.max_locks, max_waiters=settings.max_waiters, retention=settings.retention),
+        observe=ObserveLimits(
+            audit=settings.audit,
+            audit_days=settings.audit_days,
+            webhooks=WebhookLimits(
+                allow_private=settings.webhooks_allow_private, concurrency=settings.webhook_concurrency
+            ),
+        ),
     )
     files = FileLimits(
         max_file_size=settings.max_file_size, chunk_size=settings.chunk_size, upload_ttl=settings.upload_ttl
@@ -81,6 +96,21 @@ class _LegacySse:
         low = self.server._lowlevel_server
         async with self.transport.connect_sse(scope, receive, send) as (read, write):
             await low.run(read, write, low.create_initialization_options())
+
+
+@functools.cache
+def _dashboard_page() -> str:
+    return (resources.files("mcp_locks") / "_dashboard.html").read_text(encoding="utf-8")
+
+
+#: The page runs only its own inline script and talks only to this server; no framing (clickjacking).
+_DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline';"
+    " connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
 
 
 def _file_body_limit(settings: Settings) -> Callable[[str, str], int | None]:
@@ -130,6 +160,21 @@ def build_app(
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": __version__})
 
+    async def metrics(request: Request) -> Response:
+        if not settings.metrics_public:
+            user = request.scope.get("user")
+            caller = identity_of(user.access_token) if isinstance(user, AuthenticatedUser) else fallback
+            if caller.role != "admin":
+                denied = Forbidden(
+                    "/metrics needs an admin key.",
+                    hint="Scrape it with an admin key (bearer_token in Prometheus), or serve with --metrics-public.",
+                )
+                return error_response(denied)
+        return Response(svc.observe.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def dashboard(request: Request) -> Response:
+        return HTMLResponse(_dashboard_page(), headers=_DASHBOARD_HEADERS)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with svc, server.session_manager.run():
@@ -145,7 +190,9 @@ def build_app(
             yield
 
     routes: list[BaseRoute] = [
+        Route("/", dashboard, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
         *build_rest(svc, version=__version__, local=fallback),
         *mcp_app.routes,  # /mcp itself, so our 404/405 answers cover every other path
         Route("/sse", _LegacySse(server, legacy), methods=["GET"]),
@@ -157,13 +204,14 @@ def build_app(
         loopback_only=is_loopback(settings.host),
         max_body=settings.max_body,
         rate_limit=settings.rate_limit,
-        open_paths=("/healthz", OPENAPI_PATH),
+        # The dashboard page holds no data (it asks for a key); /metrics checks its own access.
+        open_paths=("/", "/healthz", OPENAPI_PATH, *(("/metrics",) if settings.metrics_public else ())),
         allowed_origins=tuple(settings.allowed_origins),
         body_limit=_file_body_limit(settings),
     )
     app = Starlette(
         routes=routes,
-        middleware=[guard],
+        middleware=[Middleware(RequestId), guard],
         lifespan=lifespan,
         exception_handlers={404: http_error_handler, 405: http_error_handler},
     )

@@ -187,8 +187,18 @@ def main(config: Path | None) -> None:
 @click.option("--max-file-size", type=int, default=None, help="Largest file the file store takes [default: 1 GiB].")
 @click.option("--chunk-size", type=int, default=None, help="Largest upload chunk in bytes [default: 16 MiB].")
 @click.option("--upload-ttl", type=float, default=None, help="Seconds before an unfinished upload is dropped.")
+@click.option("--audit/--no-audit", default=None, help="Keep the audit log of every event [default: on].")
+@click.option("--audit-days", type=float, default=None, help="Days audit entries are kept [default: 30].")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default=None, help="Log lines as text or JSON.")
+@click.option("--metrics-public", is_flag=True, default=None, help="Serve /metrics without a key (default: admin key).")
+@click.option(
+    "--webhooks-allow-private",
+    is_flag=True,
+    default=None,
+    help="Allow webhook receivers on loopback/private addresses [env MCP_LOCKS_WEBHOOKS_ALLOW_PRIVATE=1].",
+)
 def serve(**flags: Any) -> None:
-    """Serve MCP over streamable HTTP at /mcp (and GET /healthz) until Ctrl-C or SIGTERM.
+    """Serve MCP at /mcp, REST under /v1, the dashboard at /, /metrics and /healthz until Ctrl-C or SIGTERM.
 
     Example: mcp-locks serve --host 127.0.0.1 --port 8765 --data-dir ./locks-data
     """
@@ -201,7 +211,7 @@ def serve(**flags: Any) -> None:
             f"--insecure-no-auth is refused on {settings.host}: anyone who can reach it could take or break every"
             " lock. Bind to 127.0.0.1, or use API keys."
         )
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     claim: int | None = None
     if settings.store == "sqlite":
         _check_store(settings)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Callable, Sequence
@@ -12,6 +13,7 @@ import anyio
 import click
 
 from ._errors import Locked, LockError, WaitTimeout
+from ._events import WEBHOOK_EVENTS
 from .client import LeaseLost, LockClient
 
 __all__ = ["client_commands"]
@@ -177,6 +179,110 @@ def client_commands(main: click.Group) -> None:
 
         for lock in _run(run):
             click.echo(f"{lock['node_id']}\t" + _row(lock, "held"))
+
+    @main.group()
+    def audit() -> None:
+        """Read a workspace's event log."""
+
+    @audit.command(name="tail")
+    @_url
+    @_key
+    @_workspace
+    @click.option("-n", "lines", type=click.IntRange(1, 1000), default=20, show_default=True, help="Events to show.")
+    @click.option("--node", "node_id", default=None, help="Only this node's events.")
+    @click.option("--agent", default=None, help="Only this agent's events.")
+    @click.option("-f", "--follow", is_flag=True, help="Keep printing events as they happen (Ctrl-C to stop).")
+    def audit_tail(
+        url: str, key: str | None, workspace_id: str, lines: int, node_id: str | None, agent: str | None, follow: bool
+    ) -> None:
+        """Print the last events of the log, oldest first; with -f, follow it live.
+
+        Example: mcp-locks audit tail -f --node reports/q3.md
+        """
+
+        async def run() -> None:
+            async with LockClient(url, key, workspace_id=workspace_id) as c:
+                page = await c.audit_log(node_id=node_id, agent=agent, limit=lines)
+                events = list(reversed(page["events"]))
+                for ev in events:
+                    click.echo(format_event(ev))
+                if not follow:
+                    return
+                last = max((ev["seq"] for ev in events), default=None)
+                if last is None:  # an empty (or filtered-out) log: follow from its current end
+                    newest = await c.audit_log(limit=1)
+                    last = newest["events"][0]["seq"] if newest["events"] else 0
+                async for ev in c.events(after=last):
+                    if (node_id is None or ev["node_id"] == node_id) and (agent is None or ev["agent"] == agent):
+                        click.echo(format_event(ev))
+
+        with contextlib.suppress(KeyboardInterrupt):
+            _run(run)
+
+    @main.group()
+    def webhooks() -> None:
+        """Send a workspace's events to URLs (admin key)."""
+
+    @webhooks.command(name="create")
+    @_url
+    @_key
+    @_workspace
+    @click.argument("url_to")
+    @click.option("--event", "events", multiple=True, required=True, type=click.Choice(list(WEBHOOK_EVENTS)),
+                  help="An event type to send (repeatable).")  # fmt: skip
+    def webhooks_create(url: str, key: str | None, workspace_id: str, url_to: str, events: tuple[str, ...]) -> None:
+        """POST the workspace's EVENTS to URL_TO, signed (Standard Webhooks); prints the id and the secret once.
+
+        Example: mcp-locks webhooks create https://hooks.example.com/locks --event lock.granted --event lock.expired
+        """
+
+        async def run() -> dict[str, Any]:
+            async with LockClient(url, key, workspace_id=workspace_id) as c:
+                return await c.create_webhook(url_to, events)
+
+        hook = _run(run)
+        click.echo(f"{hook['webhook_id']}\t{hook['url']}\t{','.join(hook['events'])}")
+        click.echo(f"secret: {hook['secret']}  (shown only now: verify webhook-signature with it)")
+
+    @webhooks.command(name="list")
+    @_url
+    @_key
+    @_workspace
+    def webhooks_list(url: str, key: str | None, workspace_id: str) -> None:
+        """Print the workspace's webhooks, one per line."""
+
+        async def run() -> list[dict[str, Any]]:
+            async with LockClient(url, key, workspace_id=workspace_id) as c:
+                return await c.list_webhooks()
+
+        for hook in _run(run):
+            click.echo(f"{hook['webhook_id']}\t{hook['url']}\t{','.join(hook['events'])}")
+
+    @webhooks.command(name="delete")
+    @_url
+    @_key
+    @_workspace
+    @click.argument("webhook_id")
+    def webhooks_delete(url: str, key: str | None, workspace_id: str, webhook_id: str) -> None:
+        """Stop sending to WEBHOOK_ID (its undelivered messages are dropped)."""
+
+        async def run() -> dict[str, Any]:
+            async with LockClient(url, key, workspace_id=workspace_id) as c:
+                return await c.delete_webhook(webhook_id)
+
+        hook = _run(run)
+        click.echo(f"deleted {hook['webhook_id']}")
+
+
+def format_event(ev: dict[str, Any]) -> str:
+    """One log line for an event: time, seq, kind, node, agent, then what else it says."""
+    agent = ev["agent"] + (f" ({ev['label']})" if ev.get("label") else "")
+    extra = [
+        f"{k}={ev[k]}"
+        for k in ("mode", "fence", "version", "waited_ms", "held_ms", "code", "by", "reason", "lock_id")
+        if ev.get(k) is not None
+    ]
+    return f"{ev['at']}  #{ev['seq']:<6} {ev['kind']:<10} {ev['node_id']}  {agent}  {' '.join(extra)}".rstrip()
 
 
 async def _forward_signals(proc: anyio.abc.Process) -> None:

@@ -9,7 +9,7 @@ from ._errors import InvalidArgument, Locked, LockError, NotFound, StaleFence, V
 from ._names import check_node_id
 
 if TYPE_CHECKING:
-    from ._table import Lease, LockTable
+    from ._table import Event, EventKind, Lease, LockTable
 
 __all__ = [
     "STATE_DIR",
@@ -317,6 +317,7 @@ class FileTable:
             node_id, version, staged.size, staged.sha256, now, by, fence, pending=staged.name, mtime_ns=staged.mtime_ns
         )
         self._put(locks, meta, FileOp(node_id, staged.name, delete=False))
+        locks.events.append(_file_event("written", now, meta, owner, lease))
         return meta, cur is None
 
     def delete(
@@ -341,6 +342,7 @@ class FileTable:
         fence = max(lease.fence if lease else 0, last.fence if last else 0)
         tomb = FileMeta(node_id, cur.version, 0, None, now, by, fence, deleted=True, pending=marker)
         self._put(locks, tomb, FileOp(node_id, marker, delete=True))
+        locks.events.append(_file_event("deleted", now, tomb, owner, lease))
         return cur
 
     def _put(self, locks: LockTable, meta: FileMeta, op: FileOp) -> None:
@@ -388,3 +390,14 @@ def _not_a_file(node_id: str, kind: str) -> InvalidArgument:
         hint="Symbolic links are never followed, so paths cannot leave the workspace's folder.",
         details={"field": "node_id", "node_id": node_id, "kind": kind},
     )
+
+
+def _file_event(kind: EventKind, now: float, meta: FileMeta, owner: str, lease: Lease | None) -> Event:
+    from ._table import Event  # the table imports this module
+
+    if lease is None:  # an optimistic write (a version check), under no lock
+        return Event(kind, now, meta.node_id, owner, version=meta.version)
+    return Event(
+        kind, now, meta.node_id, owner, lease.lock_id, lease.mode, lease.depth, lease.fence,
+        label=lease.label, version=meta.version,
+    )  # fmt: skip

@@ -19,6 +19,7 @@ from ._auth import current_caller
 from ._errors import Internal, InvalidArgument, LockError
 from ._keys import LOCAL, Identity
 from ._models import (
+    AuditPage,
     FileContent,
     FileList,
     FileStatus,
@@ -319,6 +320,24 @@ Returns up to `limit` locks ordered by node_id and next_cursor; pass next_cursor
         cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
     ) -> LockPage:
         return await service.list_locks(workspace_id, prefix, owner, limit, cursor, caller=caller())
+
+    @tool(
+        annotations=readonly,
+        description="""Read a workspace's event log, newest first: who requested, waited for, got, renewed,
+released or lost which lock (expired, broken), who was denied and why (code), and every file write and delete.
+
+Each event has seq, at, kind, node_id, agent, lock_id, fence, waited_ms, held_ms, code, version. Filter by
+node_id (that exact node), agent, or since (an ISO 8601 time). Pass next_cursor as cursor for older events.""",
+    )
+    async def get_audit_log(
+        workspace_id: WorkspaceArg = None,
+        node_id: Annotated[str | None, Field(description="Only events on this exact node.")] = None,
+        agent: Annotated[str | None, Field(description="Only events of this agent.")] = None,
+        since: Annotated[str | None, Field(description="Only events at or after this time (ISO 8601, with Z).")] = None,
+        limit: Annotated[int, Field(description="Page size, 1-1000.", ge=1, le=1000)] = 100,
+        cursor: Annotated[str | None, Field(description="next_cursor from the previous page.")] = None,
+    ) -> AuditPage:
+        return await service.observe.audit_log(workspace_id, node_id, agent, since, limit, cursor, caller=caller())
 
     @tool(
         annotations=changes,

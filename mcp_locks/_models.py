@@ -12,13 +12,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._errors import InvalidArgument
 from ._files import FileMeta
 from ._keys import KeyRecord
-from ._table import Lease, NodeStatus, WaiterView
+from ._table import Event, EventKind, Lease, NodeStatus, WaiterView
 
 __all__ = [
+    "AuditEvent",
+    "AuditPage",
     "CompleteUploadRequest",
     "CreateKeyRequest",
+    "CreateWebhookRequest",
     "CreateWorkspaceRequest",
     "CreatedKey",
+    "CreatedWebhook",
     "ErrorBody",
     "ErrorInfo",
     "FileContent",
@@ -48,8 +52,11 @@ __all__ = [
     "UploadInfo",
     "UploadRequest",
     "WaiterInfo",
+    "WebhookInfo",
+    "WebhookList",
     "WorkspaceInfo",
     "WorkspaceList",
+    "WorkspaceOverview",
     "YourLock",
     "invalid_from",
     "parse_body",
@@ -284,6 +291,91 @@ class LockPage(_Out):
     workspace_id: str
     locks: list[LockInfo]
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null when this is the last.")
+
+
+class AuditEvent(_Out):
+    """One entry of a workspace's event log: what happened to a lock, a waiter or a file (never a token)."""
+
+    seq: int = Field(description="Position in the workspace's log (grows by one per event; the SSE event id).")
+    workspace_id: str
+    at: datetime
+    kind: EventKind
+    node_id: str
+    agent: str = Field(description="The owner: the agent of the key that acted.")
+    label: str | None = Field(None, description="The name the agent gave itself (the agent argument).")
+    lock_id: str | None = None
+    mode: Mode | None = None
+    depth: Depth | None = None
+    fence: int | None = None
+    waited_ms: int | None = Field(None, description="granted/upgraded: how long the request waited in line.")
+    held_ms: int | None = Field(None, description="released/expired/broken: how long the lock was held.")
+    code: str | None = Field(None, description="denied/left: the error code the request got.")
+    by: str | None = Field(None, description="broken: who broke the lock.")
+    reason: str | None = Field(None, description="broken: why.")
+    version: int | None = Field(None, description="written/deleted: the file's version.")
+
+    @classmethod
+    def of(cls, workspace_id: str, ev: Event) -> AuditEvent:
+        """The public view of an event."""
+        return cls(
+            seq=ev.seq,
+            workspace_id=workspace_id,
+            at=utc(ev.at),
+            kind=ev.kind,
+            node_id=ev.node_id,
+            agent=ev.owner,
+            label=ev.label,
+            lock_id=ev.lock_id,
+            mode=ev.mode,
+            depth=ev.depth,
+            fence=ev.fence,
+            waited_ms=ev.waited_ms,
+            held_ms=ev.held_ms,
+            code=ev.code,
+            by=ev.by,
+            reason=ev.reason,
+            version=ev.version,
+        )
+
+
+class AuditPage(_Out):
+    """A page of the event log, newest first."""
+
+    workspace_id: str
+    events: list[AuditEvent]
+    next_cursor: str | None = Field(description="Pass as cursor for older events; null when there are none.")
+
+
+class WorkspaceOverview(_Out):
+    """Everything held and waiting in a workspace right now (what the dashboard shows)."""
+
+    workspace_id: str
+    at: datetime = Field(description="Server time of this view (to count down leases on a skewed clock).")
+    locks: list[LockInfo]
+    waiters: list[WaiterInfo]
+    truncated: bool = Field(description="True if there are more locks or waiters than shown.")
+
+
+class WebhookInfo(_Out):
+    """A webhook as the admin API lists it: never its secret."""
+
+    webhook_id: str
+    workspace_id: str
+    url: str
+    events: list[str]
+    created_at: datetime
+
+
+class CreatedWebhook(WebhookInfo):
+    """A new webhook, with the secret its deliveries are signed with (shown once)."""
+
+    secret: str = Field(description="whsec_...: verify each delivery's webhook-signature with it (Standard Webhooks).")
+
+
+class WebhookList(_Out):
+    """A workspace's webhooks."""
+
+    webhooks: list[WebhookInfo]
 
 
 class WorkspaceInfo(_Out):
@@ -528,6 +620,17 @@ class CompleteUploadRequest(_In):
     if_version: int | None = Field(None, description="Without a token: the version you expect (0 = create only).")
     sha256: str = Field(description="Hex sha256 of the whole content: the write fails if the chunks do not match it.")
     agent: str | None = None
+
+
+class CreateWebhookRequest(_In):
+    """Body of POST /v1/workspaces/{workspace_id}/webhooks (admin)."""
+
+    url: str = Field(description="http(s) URL that receives a POST per event.", max_length=2048)
+    events: list[str] = Field(
+        description="Event types: lock.granted, lock.released, lock.expired, lock.broken, file.written, file.deleted.",
+        min_length=1,
+        max_length=16,
+    )
 
 
 class CreateKeyRequest(_In):

@@ -19,6 +19,7 @@ import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
+from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -31,9 +32,13 @@ from ._files import FileMeta
 from ._keys import LOCAL, Identity
 from ._logging import redact
 from ._models import (
+    AuditEvent,
+    AuditPage,
     CompleteUploadRequest,
     CreatedKey,
+    CreatedWebhook,
     CreateKeyRequest,
+    CreateWebhookRequest,
     CreateWorkspaceRequest,
     ErrorBody,
     FileInfo,
@@ -58,11 +63,15 @@ from ._models import (
     UnlockResult,
     UploadInfo,
     UploadRequest,
+    WebhookInfo,
+    WebhookList,
     WorkspaceInfo,
     WorkspaceList,
+    WorkspaceOverview,
     parse_body,
 )
 from ._service import LockService, require_admin
+from ._table import Event
 
 __all__ = ["OPENAPI_PATH", "build_rest", "error_response", "http_error_handler"]
 
@@ -138,6 +147,7 @@ class Op:
     tags: tuple[str, ...] = field(default=("locks",))
     raw_body: bool = False  # the body is file content (streamed by the handler), not JSON
     raw_result: bool = False  # the answer is file content, not JSON
+    stream: bool = False  # the answer is a text/event-stream of ``result`` events
     also: tuple[int, ...] = ()  # other success statuses with the same result (201 for a write that created)
 
 
@@ -504,6 +514,114 @@ def build_ops(service: LockService) -> list[Op]:
         await files.abort_upload(ws, uid, caller=call.caller)
         return info
 
+    observe = service.observe
+
+    async def audit_log(call: Call) -> BaseModel:
+        q = call.request.query_params
+        limit = _int(q.get("limit"), "limit", 100)
+        return await observe.audit_log(call.params["workspace_id"], q.get("node_id"), q.get("agent"), q.get("since"),
+                                       limit, q.get("cursor"), caller=call.caller)  # fmt: skip
+
+    async def overview(call: Call) -> BaseModel:
+        return await service.overview(call.params["workspace_id"], caller=call.caller)
+
+    async def events(call: Call) -> Response:
+        ws = await service.known_workspace(call.params["workspace_id"], call.caller)
+        r = call.request
+        last = r.headers.get("last-event-id") or r.query_params.get("after")
+        after: int | None = None
+        if last is not None:
+            if not last.strip().isdigit() or len(last) > 18:
+                raise InvalidArgument("Last-Event-ID must be the id of an event this stream sent (an integer).",
+                                      details={"field": "Last-Event-ID"})  # fmt: skip
+            after = int(last)
+        return EventSourceResponse(
+            _event_feed(service, ws, after), ping=KEEPALIVE, headers={"Cache-Control": "no-store"}
+        )
+
+    async def create_webhook(call: Call) -> BaseModel:
+        b: CreateWebhookRequest = call.body
+        return await observe.create_webhook(call.params["workspace_id"], b.url, b.events, caller=call.caller)
+
+    async def list_webhooks(call: Call) -> BaseModel:
+        return await observe.list_webhooks(call.params["workspace_id"], caller=call.caller)
+
+    async def delete_webhook(call: Call) -> BaseModel:
+        return await observe.delete_webhook(call.params["workspace_id"], call.params["webhook_id"], caller=call.caller)
+
+    ws_hooks = "/v1/workspaces/{workspace_id}/webhooks"
+    observe_ops = [
+        Op(
+            "GET",
+            "/v1/workspaces/{workspace_id}/audit",
+            "get_audit_log",
+            "The workspace's event log, newest first: every lock event and file write.",
+            audit_log,
+            AuditPage,
+            query=(
+                ("node_id", "string", "Only this node's events."),
+                ("agent", "string", "Only this agent's."),
+                ("since", "string", "Only events at or after this ISO 8601 time."),
+                ("limit", "integer", "Page size, 1-1000."),
+                ("cursor", "string", "next_cursor of the last page."),
+            ),
+            tags=("observe",),
+        ),
+        Op(
+            "GET",
+            "/v1/workspaces/{workspace_id}/overview",
+            "overview",
+            "Every held lock and every waiter, as of one instant.",
+            overview,
+            WorkspaceOverview,
+            tags=("observe",),
+        ),
+        Op(
+            "GET",
+            "/v1/workspaces/{workspace_id}/events",
+            "events",
+            "Live events as server-sent events (id: seq, event: kind, data: the event); resume with Last-Event-ID."
+            f" A ': ping' comment every {KEEPALIVE} s.",
+            events,
+            AuditEvent,
+            stream=True,
+            headers=(("Last-Event-ID", "The last id you received: events after it are sent first."),),
+            tags=("observe",),
+        ),
+        Op(
+            "POST",
+            ws_hooks,
+            "create_webhook",
+            "Send events to a URL (Standard Webhooks signatures); the secret is in this answer only.",
+            create_webhook,
+            CreatedWebhook,
+            CreateWebhookRequest,
+            status=201,
+            admin=True,
+            tags=("observe",),
+        ),
+        Op(
+            "GET",
+            ws_hooks,
+            "list_webhooks",
+            "The workspace's webhooks.",
+            list_webhooks,
+            WebhookList,
+            admin=True,
+            tags=("observe",),
+        ),
+        Op(
+            "DELETE",
+            f"{ws_hooks}/{{webhook_id}}",
+            "delete_webhook",
+            "Stop sending to a webhook.",
+            delete_webhook,
+            WebhookInfo,
+            admin=True,
+            tags=("observe",),
+        ),
+    ]
+
     ws_files = "/v1/workspaces/{workspace_id}/files"
     ws_up = "/v1/workspaces/{workspace_id}/uploads"
     write_headers = (
@@ -603,6 +721,7 @@ def build_ops(service: LockService) -> list[Op]:
     return [
         *node_ops,
         *file_ops,
+        *observe_ops,
         Op("GET", f"{ws}/locks", "list_locks", "A page of held locks, by node_id.", list_locks, LockPage,
            query=(("prefix", "string", "Only node_ids starting with this."), ("owner", "string", "Only this agent's."),
                   ("limit", "integer", "Page size, 1-1000."), ("cursor", "string", "next_cursor of the last page."))),
@@ -659,6 +778,7 @@ _PARAMS = {
     "key_id": "The key's public id (12 hex digits).",
     "upload_id": "The upload's id (32 hex digits).",
     "index": "Chunk number: 0, 1, 2, ...",
+    "webhook_id": "The webhook's id (wh_...).",
 }
 
 
@@ -706,6 +826,11 @@ def openapi(ops: list[Op], version: str) -> dict[str, Any]:
             entry["responses"][str(other)] = entry["responses"][str(op.status)]
         if op.raw_result:
             entry["responses"][str(op.status)] = {"description": "The file's content.", "content": _OCTETS}
+        if op.stream:
+            entry["responses"][str(op.status)] = {
+                "description": "A stream of server-sent events; each one's data is this schema.",
+                "content": {"text/event-stream": {"schema": {"$ref": f"#/components/schemas/{op.result.__name__}"}}},
+            }
         if op.raw_body:
             entry["requestBody"] = {"required": True, "content": _OCTETS}
         if op.body is not None:
@@ -738,6 +863,35 @@ def openapi(ops: list[Op], version: str) -> dict[str, Any]:
         "security": [{"bearer": []}],
         "paths": paths,
     }
+
+
+#: Seconds between keep-alive comments on an event stream.
+KEEPALIVE = 15
+
+
+async def _event_feed(service: LockService, workspace_id: str, after: int | None) -> AsyncIterator[ServerSentEvent]:
+    """Logged events after ``after`` (if given), then live ones, each once, in seq order."""
+    observe = service.observe
+    async with observe.stream() as live:  # subscribed before reading the log: nothing falls in between
+        last = after or 0
+        if after is not None:
+            while True:
+                page = await observe.replay(workspace_id, last, 1000)
+                for ev in page:
+                    yield _sse(workspace_id, ev)
+                    last = ev.seq
+                if len(page) < 1000:
+                    break
+        async for ws, ev in live:
+            if ws == workspace_id and ev.seq > last:
+                last = ev.seq
+                yield _sse(workspace_id, ev)
+    # The live stream ended: the reader fell far behind, or the server is stopping. The client reconnects
+    # with Last-Event-ID and gets the rest from the log.
+
+
+def _sse(workspace_id: str, ev: Event) -> ServerSentEvent:
+    return ServerSentEvent(data=AuditEvent.of(workspace_id, ev).model_dump_json(), id=str(ev.seq), event=ev.kind)
 
 
 _OCTETS = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}

@@ -20,12 +20,13 @@ from typing import Any, NamedTuple, Self
 
 import anyio
 import anyio.abc
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._actor import Waiting, WorkspaceActor
 from ._clock import Clock
 from ._disk import WorkspaceDisk
 from ._errors import AlreadyExists, Forbidden, InvalidArgument, LockError, NotFound, Unavailable
+from ._events import EventHub
 from ._filesvc import FileLimits, FileService, remove_tree
 from ._index import Claim, Depth, Mode
 from ._keys import LOCAL, Identity, KeyRecord, new_key
@@ -41,13 +42,16 @@ from ._models import (
     UnlockFilesResult,
     UnlockOutcome,
     UnlockResult,
+    WaiterInfo,
     WorkspaceInfo,
+    WorkspaceOverview,
     YourLock,
     utc,
 )
 from ._names import DEFAULT_WORKSPACE, check_agent_name, check_node_id, check_workspace_id
+from ._observe import Observability, ObserveLimits
 from ._store import Store, WorkspaceRecord, workspace_in_use
-from ._table import ANONYMOUS, Event, Granted, Lease, Limits, LockTable, NodeStatus
+from ._table import ANONYMOUS, Event, Granted, Lease, Limits, LockTable, NodeStatus, WaiterView
 
 __all__ = ["LockService", "ServiceLimits"]
 
@@ -56,6 +60,8 @@ log = logging.getLogger("mcp_locks.service")
 MAX_ITEMS = 100
 #: Longest cursor accepted: ours encode a node id (<= 1024 bytes) and a lock id.
 MAX_CURSOR = 4096
+#: Most locks (and most waiting claims) one overview shows.
+OVERVIEW_LIMIT = 1000
 #: Seconds before a workspace whose store failed is woken again to catch up on expiries.
 RETRY_AFTER_FAILURE = 5.0
 _MODES: dict[str, Mode] = {"read": "read", "shared": "read", "write": "write", "exclusive": "write"}
@@ -70,6 +76,7 @@ class ServiceLimits:
     max_wait: float = 3_600.0
     idle_timeout: float = 60.0
     table: Limits = field(default_factory=Limits)
+    observe: ObserveLimits = field(default_factory=ObserveLimits)
 
 
 def _mode(value: object, field: str = "mode") -> Mode:
@@ -276,7 +283,9 @@ class LockService:
         self._alarms: list[tuple[float, str]] = []
         self._alarm_wake = anyio.Event()
         self._create_lock = anyio.Lock()
-        self._subscribers: set[MemoryObjectSendStream[tuple[str, Event]]] = set()
+        self.hub = EventHub(audit=self.limits.observe.audit)
+        #: The audit log, webhooks and metrics.
+        self.observe = Observability(self, self.limits.observe, self.hub)
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -299,6 +308,8 @@ class LockService:
             for ws, when in (await self.store.deadlines()).items():
                 self._set_alarm(ws, when)
             self._tg.start_soon(self._alarm_loop)
+            await self.observe.start(self._tg)
+            stack.callback(self.hub.close)  # first on the way out: live feeds end, their readers return
         except BaseException:
             await stack.aclose()
             raise
@@ -365,7 +376,7 @@ class LockService:
                 self.clock,
                 limits=self.limits.table,
                 idle_timeout=self.limits.idle_timeout,
-                publish=self._publish,
+                hub=self.hub,
                 disk=self.disk(workspace_id),
             )
             self._actors[workspace_id] = actor
@@ -380,36 +391,25 @@ class LockService:
         finally:
             if self._actors.get(actor.workspace_id) is actor:
                 del self._actors[actor.workspace_id]
+                self.observe.actor_stopped(actor.workspace_id, len(actor.table) if actor.table is not None else None)
             if actor.next_deadline is not None:
                 self._set_alarm(actor.workspace_id, actor.next_deadline)
             elif actor.failed:
                 # The store failed under it: try again soon so expiries are not left waiting for a call.
                 self._set_alarm(actor.workspace_id, self.clock.now() + RETRY_AFTER_FAILURE)
 
-    def _publish(self, workspace_id: str, events: list[Event]) -> None:
-        for send in list(self._subscribers):
-            for ev in events:
-                try:
-                    send.send_nowait((workspace_id, ev))
-                except anyio.WouldBlock:
-                    # A subscriber that cannot keep up loses events; it never slows the lock path.
-                    log.warning("event subscriber fell behind; dropping events")
-                    break
-                except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    self._subscribers.discard(send)
-                    break
-
     @asynccontextmanager
     async def subscribe(self, buffer: int = 10_000) -> AsyncIterator[MemoryObjectReceiveStream[tuple[str, Event]]]:
-        """Receive ``(workspace_id, Event)`` for every committed change from now on, until the block exits."""
-        send, recv = anyio.create_memory_object_stream[tuple[str, Event]](buffer)
-        self._subscribers.add(send)
-        try:
-            with recv:
-                yield recv
-        finally:
-            self._subscribers.discard(send)
-            send.close()
+        """Receive ``(workspace_id, Event)`` for every committed change from now on, until the block exits.
+
+        A subscriber more than ``buffer`` events behind loses events; it never slows the lock path.
+        """
+        async with self.hub.subscribe(buffer) as recv:
+            yield recv
+
+    async def known_workspace(self, workspace_id: object, caller: Identity = LOCAL) -> str:
+        """The workspace id if it exists and ``caller`` may use it (NOT_FOUND / FORBIDDEN otherwise)."""
+        return await self._known(workspace_id, caller)
 
     async def _known(self, workspace_id: object, caller: Identity = LOCAL) -> str:
         if workspace_id is None:
@@ -531,6 +531,7 @@ class LockService:
             raise
         finally:
             self._deleting.discard(ws)
+        self.observe.workspace_deleted(ws)
         log.info("deleted workspace %s", ws)
         return WorkspaceInfo(workspace_id=ws, description=rec.description, created_at=utc(rec.created_at))
 
@@ -853,6 +854,24 @@ class LockService:
             workspace_id=ws,
             locks=[LockInfo.of(le) for le in leases],
             next_cursor=encode_cursor(nxt) if nxt else None,
+        )
+
+    async def overview(self, workspace_id: object = None, *, caller: Identity = LOCAL) -> WorkspaceOverview:
+        """Every held lock and waiting claim of a workspace (the first 1000 of each), as of one instant."""
+        ws = await self._known(workspace_id, caller)
+
+        def step(table: LockTable, now: float) -> tuple[list[Lease], bool, list[WaiterView], bool, float]:
+            leases, nxt = table.page(now, limit=OVERVIEW_LIMIT)
+            waiters, more = table.line(now, OVERVIEW_LIMIT)
+            return leases, nxt is not None, waiters, more, now
+
+        leases, more_locks, waiters, more_waiters, now = await self._actor(ws).call(step)
+        return WorkspaceOverview(
+            workspace_id=ws,
+            at=utc(now),
+            locks=[LockInfo.of(le) for le in leases],
+            waiters=[WaiterInfo.of(w) for w in waiters],
+            truncated=more_locks or more_waiters,
         )
 
     @staticmethod

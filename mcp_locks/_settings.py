@@ -54,6 +54,16 @@ class Settings(BaseSettings):
     max_file_size: int = Field(1 << 30, ge=1, description="Largest file the file store accepts, in bytes (1 GiB).")
     chunk_size: int = Field(16 << 20, ge=1024, description="Largest chunk of a resumable upload, in bytes (16 MiB).")
     upload_ttl: float = Field(86_400, ge=60, description="Seconds before an unfinished upload is dropped.")
+    audit: bool = Field(True, description="Keep an audit log of every lock event and file write.")
+    audit_days: float = Field(30, gt=0, description="Days audit entries are kept.")
+    webhooks_allow_private: bool = Field(
+        False, description="Allow webhook receivers on loopback and private addresses (trusted networks only)."
+    )
+    webhook_concurrency: int = Field(64, ge=1, le=1024, description="Deliveries in flight at once per webhook.")
+    log_format: Literal["text", "json"] = Field("text", description="Server log lines as text or as JSON objects.")
+    metrics_public: bool = Field(
+        False, description="Serve /metrics without a key (by default it needs an admin key when keys are on)."
+    )
     allowed_origins: list[str] = Field(
         default_factory=list, description="Extra browser origins allowed when bound to loopback."
     )

@@ -12,14 +12,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ._errors import AlreadyExists
+from ._events import AppendEvents, Delivery, Enqueue, WebhookRecord
 from ._files import FileMeta, PutFile
 from ._keys import KeyRecord
-from ._store import Snapshot, WorkspaceRecord, workspace_in_use, workspace_not_found
+from ._store import (
+    AuditQuery,
+    Settle,
+    Snapshot,
+    StoreChange,
+    WorkspaceRecord,
+    workspace_in_use,
+    workspace_not_found,
+)
 from ._table import (
-    Change,
     DropRequest,
     Ended,
     EndLease,
+    Event,
     Lease,
     Prune,
     PutLease,
@@ -32,7 +41,7 @@ __all__ = ["SqliteStore"]
 
 log = logging.getLogger("mcp_locks.sqlite")
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -108,7 +117,69 @@ CREATE TABLE IF NOT EXISTS requests (
     created_at REAL NOT NULL,
     PRIMARY KEY (workspace_id, owner, request_id)
 ) WITHOUT ROWID;
+-- The event log (schema 4): append-only, pruned by age. seq counts per workspace.
+CREATE TABLE IF NOT EXISTS audit (
+    workspace_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    agent TEXT NOT NULL,
+    label TEXT,
+    lock_id TEXT,
+    mode TEXT,
+    depth TEXT,
+    fence INTEGER,
+    waiter_id INTEGER,
+    waited_ms INTEGER,
+    held_ms INTEGER,
+    code TEXT,
+    by TEXT,
+    reason TEXT,
+    version INTEGER,
+    PRIMARY KEY (workspace_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS audit_node ON audit (workspace_id, node_id, seq);
+CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
+CREATE TABLE IF NOT EXISTS webhooks (
+    webhook_id TEXT PRIMARY KEY,
+    workspace_id TEXT NOT NULL,
+    url TEXT NOT NULL,
+    events TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+-- The webhook outbox: a message stays until delivered (done_at set) or given up (dead=1).
+CREATE TABLE IF NOT EXISTS outbox (
+    delivery_id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_at REAL NOT NULL,
+    last_error TEXT,
+    dead INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at) WHERE dead=0;
 """
+_AUDIT_COLS = (
+    "seq, at, kind, node_id, agent, label, lock_id, mode, depth, fence, waiter_id, waited_ms, held_ms, code, by,"
+    " reason, version"
+)
+_OUTBOX_COLS = "delivery_id, webhook_id, event_type, payload, created_at, attempts, next_at, last_error"
+
+
+def _audit_row(ws: str, ev: Event) -> tuple[Any, ...]:
+    return (ws, ev.seq, ev.at, ev.kind, ev.node_id, ev.owner, ev.label, ev.lock_id, ev.mode, ev.depth, ev.fence,
+            ev.waiter_id, ev.waited_ms, ev.held_ms, ev.code, ev.by, ev.reason, ev.version)  # fmt: skip
+
+
+def _event_from(row: Sequence[Any]) -> Event:
+    seq, at, kind, node, agent, label, lock_id, mode, depth, fence, wid, waited, held, code, by, reason, ver = row
+    return Event(kind, at, node, agent, lock_id, mode, depth, fence, wid, waited, held, code, by, reason, label, ver,
+                 seq)  # fmt: skip
+
 
 _LEASE_COLS = (
     "lock_id, token, node_id, mode, depth, owner, note, fence, acquired_at, expires_at, timeout, waited_ms, request_id,"
@@ -333,9 +404,10 @@ class SqliteStore:
             self._fence_last[workspace_id] = fence_last  # later loads in this process start from here
         else:
             fence_last = max(fence_last, self._fence_last.get(workspace_id, 0))
-        return Snapshot(leases, ended, requests, fence_last + 1, reserved, files)
+        (seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM audit WHERE workspace_id=?", (workspace_id,)).fetchone()
+        return Snapshot(leases, ended, requests, fence_last + 1, reserved, files, seq)
 
-    async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
+    async def commit(self, workspace_id: str, changes: Sequence[StoreChange]) -> None:
         """Apply a batch as one transaction (fsynced when it reserves fences).
 
         Written inline on the event loop, without an await (so nothing can cancel it
@@ -345,13 +417,15 @@ class SqliteStore:
         """
         self._commit(workspace_id, changes)
 
-    def _commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
+    def _commit(self, workspace_id: str, changes: Sequence[StoreChange]) -> None:
         puts: dict[str, Lease] = {}
         ends: dict[str, tuple[Any, ...]] = {}
         request_ops: dict[tuple[str, str], tuple[Any, ...] | None] = {}
         reserve = 0
         prune: Prune | None = None
         files: dict[str, FileMeta] = {}
+        events: list[tuple[Any, ...]] = []
+        deliveries: list[Delivery] = []
         fence_last = 0
         for ch in changes:
             if isinstance(ch, PutLease):
@@ -381,6 +455,10 @@ class SqliteStore:
                 prune = ch
             elif isinstance(ch, PutFile):
                 files[ch.meta.node_id] = ch.meta  # the last change to a file in a batch wins
+            elif isinstance(ch, AppendEvents):
+                events.extend(_audit_row(workspace_id, ev) for ev in ch.events)
+            elif isinstance(ch, Enqueue):
+                deliveries.extend(ch.deliveries)
         db = self.db
         durable = reserve and self.sync != "full"
         if durable:
@@ -412,6 +490,15 @@ class SqliteStore:
                     db.executemany(
                         "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [(workspace_id, *m[:7], int(m.deleted), m.pending, m.mtime_ns) for m in files.values()],
+                    )
+                if events:
+                    db.executemany(f"INSERT INTO audit VALUES ({','.join('?' * 18)})", events)
+                if deliveries:
+                    # Only for webhooks that still exist (one deleted meanwhile gets nothing more).
+                    db.executemany(
+                        f"INSERT INTO outbox ({_OUTBOX_COLS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?"
+                        " WHERE EXISTS (SELECT 1 FROM webhooks WHERE webhook_id=?)",
+                        [(*d, d.webhook_id) for d in deliveries],
                     )
                 if prune is not None:
                     db.execute(
@@ -495,7 +582,11 @@ class SqliteStore:
                 " SELECT workspace_id, fence_reserved FROM workspaces WHERE workspace_id=?",
                 (workspace_id,),
             )
-            for table in ("locks", "requests", "files", "workspaces"):
+            db.execute(
+                "DELETE FROM outbox WHERE webhook_id IN (SELECT webhook_id FROM webhooks WHERE workspace_id=?)",
+                (workspace_id,),
+            )
+            for table in ("locks", "requests", "files", "webhooks", "workspaces"):
                 db.execute(f"DELETE FROM {table} WHERE workspace_id=?", (workspace_id,))
             for key_id, wss in db.execute("SELECT key_id, workspaces FROM keys").fetchall():
                 listed = json.loads(wss)
@@ -509,6 +600,107 @@ class SqliteStore:
         self._fence_last.pop(workspace_id, None)
         self._cold.discard(workspace_id)
         self._key_writes += 1
+
+    # ------------------------------------------------------------------ audit log and webhooks
+
+    async def audit(self, query: AuditQuery) -> list[Event]:
+        """Matching events, newest first (by node through an index; by agent or time as a filtered scan)."""
+        where = ["workspace_id=?"]
+        args: list[Any] = [query.workspace_id]
+        for cond, value in (
+            ("node_id=?", query.node_id),
+            ("agent=?", query.agent),
+            ("at>=?", query.since),
+            ("seq<?", query.before_seq),
+            ("seq>?", query.after_seq),
+        ):
+            if value is not None:
+                where.append(cond)
+                args.append(value)
+        order = "ASC" if query.after_seq is not None else "DESC"
+        rows = self.db.execute(
+            f"SELECT {_AUDIT_COLS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
+            (*args, query.limit),
+        )
+        return [_event_from(r) for r in rows]
+
+    async def prune_audit(self, before: float) -> int:
+        """Drop log entries and settled deliveries older than ``before``, a few thousand rows per transaction."""
+        db = self.db
+        dropped = 0
+        while True:
+            # Small transactions: this runs on the event loop, between lock commits.
+            cur = db.execute(
+                "DELETE FROM audit WHERE (workspace_id, seq) IN"
+                " (SELECT workspace_id, seq FROM audit WHERE at<? LIMIT 5000)",
+                (before,),
+            )
+            dropped += cur.rowcount
+            if cur.rowcount < 5000:
+                break
+        db.execute("DELETE FROM outbox WHERE dead=1 AND created_at<?", (before,))
+        return dropped
+
+    async def put_webhook(self, record: WebhookRecord) -> None:
+        """Register a webhook."""
+        self.db.execute(
+            "INSERT INTO webhooks VALUES (?, ?, ?, ?, ?, ?)",
+            (record.webhook_id, record.workspace_id, record.url, json.dumps(list(record.events)), record.secret,
+             record.created_at),
+        )  # fmt: skip
+
+    async def list_webhooks(self) -> list[WebhookRecord]:
+        """Every webhook, oldest first."""
+        rows = self.db.execute(
+            "SELECT webhook_id, workspace_id, url, events, secret, created_at FROM webhooks"
+            " ORDER BY created_at, webhook_id"
+        )
+        return [WebhookRecord(i, ws, url, tuple(json.loads(ev)), sec, at) for i, ws, url, ev, sec, at in rows]
+
+    async def delete_webhook(self, webhook_id: str) -> WebhookRecord | None:
+        """Remove a webhook and its undelivered messages."""
+        rec = next((h for h in await self.list_webhooks() if h.webhook_id == webhook_id), None)
+        if rec is None:
+            return None
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.execute("DELETE FROM outbox WHERE webhook_id=?", (webhook_id,))
+            db.execute("DELETE FROM webhooks WHERE webhook_id=?", (webhook_id,))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        return rec
+
+    async def due_deliveries(self, now: float, limit: int, skip: frozenset[str]) -> list[Delivery]:
+        """Due messages, oldest first."""
+        rows = self.db.execute(
+            f"SELECT {_OUTBOX_COLS} FROM outbox WHERE dead=0 AND next_at<=? ORDER BY next_at LIMIT ?",
+            (now, limit + len(skip)),
+        )
+        return [d for d in (Delivery(*r) for r in rows) if d.delivery_id not in skip][:limit]
+
+    async def settle_deliveries(self, settle: Settle) -> None:
+        """Record outcomes in one transaction (not fsynced: a lost one is delivered again, at least once)."""
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("DELETE FROM outbox WHERE delivery_id=?", [(i,) for i in settle.done])
+            db.executemany(
+                "UPDATE outbox SET attempts=?, next_at=?, last_error=?, dead=? WHERE delivery_id=?",
+                [(d.attempts, d.next_at, d.last_error, 0, d.delivery_id) for d in settle.retry]
+                + [(d.attempts, d.next_at, d.last_error, 1, d.delivery_id) for d in settle.dead],
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    async def delivery_backlog(self) -> tuple[int, float | None]:
+        """Waiting messages and the next due time."""
+        n, nxt = self.db.execute("SELECT count(*), min(next_at) FROM outbox WHERE dead=0").fetchone()
+        return n, nxt
 
 
 def _key_from(row: Sequence[Any]) -> KeyRecord:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._errors import AlreadyExists, Locked, NotFound
+from ._events import AppendEvents, Delivery, Enqueue, WebhookRecord
 from ._files import FileMeta, PutFile
 from ._keys import KeyRecord
 from ._table import (
@@ -14,6 +15,7 @@ from ._table import (
     DropRequest,
     Ended,
     EndLease,
+    Event,
     Lease,
     Prune,
     PutLease,
@@ -22,7 +24,59 @@ from ._table import (
     ReserveFences,
 )
 
-__all__ = ["MemoryStore", "Snapshot", "Store", "WorkspaceRecord", "workspace_in_use", "workspace_not_found"]
+__all__ = [
+    "AuditQuery",
+    "MemoryStore",
+    "Settle",
+    "Snapshot",
+    "Store",
+    "StoreChange",
+    "WorkspaceRecord",
+    "workspace_in_use",
+    "workspace_not_found",
+]
+
+#: What one actor batch commits: lock and file changes, audit rows and webhook deliveries.
+StoreChange = Change | AppendEvents | Enqueue
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    """Which part of a workspace's event log to read: newest first below ``before_seq``, filtered.
+
+    With ``after_seq`` instead: oldest first, from just after it (to resume a feed).
+    """
+
+    workspace_id: str
+    node_id: str | None = None
+    agent: str | None = None
+    since: float | None = None
+    before_seq: int | None = None
+    limit: int = 100
+    after_seq: int | None = None
+
+    def matches(self, ev: Event) -> bool:
+        """Whether ``ev`` passes the filters (a store may filter in SQL instead)."""
+        return (
+            (self.node_id is None or ev.node_id == self.node_id)
+            and (self.agent is None or ev.owner == self.agent)
+            and (self.since is None or ev.at >= self.since)
+            and (self.before_seq is None or ev.seq < self.before_seq)
+            and (self.after_seq is None or ev.seq > self.after_seq)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """What became of deliveries.
+
+    ``done`` arrived; ``retry`` failed and go again at their ``next_at``; ``dead``
+    failed for the last time (kept, with their last error, until pruned).
+    """
+
+    done: tuple[str, ...] = ()
+    retry: tuple[Delivery, ...] = ()
+    dead: tuple[Delivery, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +100,8 @@ class Snapshot:
     fence_next: int
     fence_reserved: int
     files: list[FileMeta] = field(default_factory=list)
+    #: The last seq in the workspace's audit log (0 if empty).
+    event_seq: int = 0
 
 
 class Store(Protocol):
@@ -81,7 +137,7 @@ class Store(Protocol):
         """The workspace's held leases, remembered endings and requests, and its fence counters."""
         ...
 
-    async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
+    async def commit(self, workspace_id: str, changes: Sequence[StoreChange]) -> None:
         """Apply ``changes`` as one transaction.
 
         A store whose commit awaits (a network database) must shield it from
@@ -108,10 +164,43 @@ class Store(Protocol):
         ...
 
     async def delete_workspace(self, workspace_id: str, now: float) -> None:
-        """Delete a workspace holding no live lock, and take it off every key (LOCKED / NOT_FOUND otherwise)."""
+        """Delete a workspace holding no live lock (LOCKED / NOT_FOUND otherwise).
+
+        Its webhooks and their outbox go too, and it is taken off every key. Its audit log stays until pruned.
+        """
 
     async def keys_version(self) -> object:
         """A value that changes whenever a key record may have changed, in this process or another one."""
+        ...
+
+    async def audit(self, query: AuditQuery) -> list[Event]:
+        """Events of one workspace's log matching ``query``, newest first (oldest first with ``after_seq``)."""
+        ...
+
+    async def prune_audit(self, before: float) -> int:
+        """Drop log entries older than ``before`` (and settled deliveries as old); returns how many entries."""
+        ...
+
+    async def put_webhook(self, record: WebhookRecord) -> None:
+        """Register a webhook."""
+
+    async def list_webhooks(self) -> list[WebhookRecord]:
+        """Every webhook, oldest first."""
+        ...
+
+    async def delete_webhook(self, webhook_id: str) -> WebhookRecord | None:
+        """Remove a webhook and its undelivered messages; None if there was none."""
+        ...
+
+    async def due_deliveries(self, now: float, limit: int, skip: frozenset[str]) -> list[Delivery]:
+        """Up to ``limit`` undelivered messages due by ``now`` (not in ``skip``), oldest first."""
+        ...
+
+    async def settle_deliveries(self, settle: Settle) -> None:
+        """Record what became of deliveries (one transaction)."""
+
+    async def delivery_backlog(self) -> tuple[int, float | None]:
+        """How many messages wait for delivery, and when the next is due (None: none waits)."""
         ...
 
 
@@ -135,6 +224,10 @@ class MemoryStore:
         self._retired: dict[str, int] = {}  # deleted workspace -> its fence reservation
         self._key_writes = 0
         self.commits = 0
+        self._logs: dict[str, list[Event]] = {}  # kept after a workspace is deleted, like SQLite's audit table
+        self._hooks: dict[str, WebhookRecord] = {}
+        self._outbox: dict[str, Delivery] = {}
+        self._dead: dict[str, Delivery] = {}
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -174,12 +267,21 @@ class MemoryStore:
             ws.fence_last + 1,
             ws.fence_reserved,
             list(ws.files.values()),
+            log[-1].seq if (log := self._logs.get(workspace_id)) else 0,
         )
 
-    async def commit(self, workspace_id: str, changes: Sequence[Change]) -> None:
+    async def commit(self, workspace_id: str, changes: Sequence[StoreChange]) -> None:
         """Apply ``changes``."""
         ws = self._ws[workspace_id]
-        apply_changes_to_memory(ws, changes)
+        lock_changes: list[Change] = []
+        for ch in changes:
+            if isinstance(ch, AppendEvents):
+                self._logs.setdefault(workspace_id, []).extend(ch.events)
+            elif isinstance(ch, Enqueue):
+                self._outbox.update((d.delivery_id, d) for d in ch.deliveries if d.webhook_id in self._hooks)
+            else:
+                lock_changes.append(ch)
+        apply_changes_to_memory(ws, lock_changes)
         self.commits += 1
 
     async def deadlines(self) -> dict[str, float]:
@@ -218,6 +320,8 @@ class MemoryStore:
             raise workspace_in_use(workspace_id, live)
         del self._ws[workspace_id]
         self._retired[workspace_id] = ws.fence_reserved
+        for h in [h for h in self._hooks.values() if h.workspace_id == workspace_id]:
+            await self.delete_webhook(h.webhook_id)
         self._key_writes += 1
         for k, r in list(self._keys.items()):
             if workspace_id in r.workspaces:
@@ -226,6 +330,67 @@ class MemoryStore:
     async def keys_version(self) -> object:
         """Counts key changes (only this process uses a memory store)."""
         return self._key_writes
+
+    async def audit(self, query: AuditQuery) -> list[Event]:
+        """Matching events, newest first (oldest first with ``after_seq``)."""
+        log = self._logs.get(query.workspace_id, [])
+        if query.after_seq is not None:
+            return [ev for ev in log if query.matches(ev)][: query.limit]
+        out: list[Event] = []
+        for ev in reversed(log):
+            if query.since is not None and ev.at < query.since:
+                break  # the log is in time order
+            if query.matches(ev):
+                out.append(ev)
+                if len(out) == query.limit:
+                    break
+        return out
+
+    async def prune_audit(self, before: float) -> int:
+        """Drop entries older than ``before``."""
+        dropped = 0
+        for ws, log in self._logs.items():
+            keep = [ev for ev in log if ev.at >= before]
+            dropped += len(log) - len(keep)
+            self._logs[ws] = keep
+        self._dead = {k: d for k, d in self._dead.items() if d.created_at >= before}
+        return dropped
+
+    async def put_webhook(self, record: WebhookRecord) -> None:
+        """Register a webhook."""
+        self._hooks[record.webhook_id] = record
+
+    async def list_webhooks(self) -> list[WebhookRecord]:
+        """Every webhook, oldest first."""
+        return sorted(self._hooks.values(), key=lambda h: (h.created_at, h.webhook_id))
+
+    async def delete_webhook(self, webhook_id: str) -> WebhookRecord | None:
+        """Remove a webhook and its undelivered messages."""
+        rec = self._hooks.pop(webhook_id, None)
+        if rec is not None:
+            self._outbox = {k: d for k, d in self._outbox.items() if d.webhook_id != webhook_id}
+        return rec
+
+    async def due_deliveries(self, now: float, limit: int, skip: frozenset[str]) -> list[Delivery]:
+        """Due messages, oldest first."""
+        due = sorted((d for d in self._outbox.values() if d.next_at <= now and d.delivery_id not in skip),
+                     key=lambda d: (d.next_at, d.created_at))  # fmt: skip
+        return due[:limit]
+
+    async def settle_deliveries(self, settle: Settle) -> None:
+        """Record outcomes."""
+        for i in settle.done:
+            self._outbox.pop(i, None)
+        for d in settle.retry:
+            if d.delivery_id in self._outbox:
+                self._outbox[d.delivery_id] = d
+        for d in settle.dead:
+            if self._outbox.pop(d.delivery_id, None) is not None:
+                self._dead[d.delivery_id] = d
+
+    async def delivery_backlog(self) -> tuple[int, float | None]:
+        """Waiting messages and the next due time."""
+        return len(self._outbox), min((d.next_at for d in self._outbox.values()), default=None)
 
 
 def workspace_not_found(workspace_id: str) -> NotFound:

@@ -205,7 +205,19 @@ class Prune(NamedTuple):
 Change = PutLease | EndLease | PutRequest | DropRequest | ReserveFences | Prune | PutFile
 
 EventKind = Literal[
-    "granted", "released", "expired", "broken", "renewed", "upgraded", "downgraded", "queued", "left", "denied"
+    "requested",
+    "queued",
+    "granted",
+    "renewed",
+    "released",
+    "expired",
+    "broken",
+    "upgraded",
+    "downgraded",
+    "left",
+    "denied",
+    "written",
+    "deleted",
 ]
 EndReason = Literal["released", "expired", "broken"]
 
@@ -228,11 +240,17 @@ class Event(NamedTuple):
     #: Who broke the lock and why (``broken`` events only).
     by: str | None = None
     reason: str | None = None
+    #: What the owner called itself (the ``agent`` argument).
+    label: str | None = None
+    #: The file's version after a ``written`` or ``deleted`` event.
+    version: int | None = None
+    #: Position in the workspace's event log (1, 2, ...), stamped by the actor when the batch commits.
+    seq: int = 0
 
     @classmethod
     def of(cls, kind: EventKind, at: float, le: Lease, **extra: int | str | None) -> Event:
         """An event about a lease."""
-        return cls(kind, at, le.node_id, le.owner, le.lock_id, le.mode, le.depth, le.fence, **extra)  # type: ignore[arg-type]
+        return cls(kind, at, le.node_id, le.owner, le.lock_id, le.mode, le.depth, le.fence, label=le.label, **extra)  # type: ignore[arg-type]
 
 
 class Granted(NamedTuple):
@@ -499,6 +517,21 @@ class LockTable:
         below = self._holders.count_below(node_id)
         return NodeStatus(node_id, holders, covering, tuple(views), below)
 
+    def line(self, now: float, limit: int) -> tuple[list[WaiterView], bool]:
+        """The first ``limit`` claims waiting in line, in line order; and whether more wait."""
+        self.expire(now)
+        views: list[WaiterView] = []
+        for pos, w in enumerate(self._line(), start=1):
+            for c in w.items:
+                if len(views) == limit:
+                    return views, True
+                views.append(
+                    WaiterView(
+                        pos, w.owner, c.node_id, c.mode, c.depth, w.enqueued_at, w.upgrade_of is not None, w.label
+                    )
+                )
+        return views, False
+
     def page(
         self,
         now: float,
@@ -548,13 +581,15 @@ class LockTable:
         (FORBIDDEN otherwise); ``as_key=None`` skips the check (an admin, or a
         server without authentication).
         """
+        for c in items:
+            self.events.append(Event("requested", now, c.node_id, owner, mode=c.mode, depth=c.depth, label=label))
         try:
             return self._acquire(
                 now, tuple(items), owner, timeout, wait, note, request_id, token, label, key_id, as_key
             )
         except LockError as e:
             node = items[0].node_id if items else ""
-            self.events.append(Event("denied", now, node, owner, code=e.code))
+            self.events.append(Event("denied", now, node, owner, code=e.code, label=label))
             raise
 
     def _acquire(
@@ -829,7 +864,18 @@ class LockTable:
     def _left(self, w: _Waiter, now: float, code: str) -> None:
         for c in w.items:
             self.events.append(
-                Event("left", now, c.node_id, w.owner, w.upgrade_of, c.mode, c.depth, waiter_id=w.waiter_id, code=code)
+                Event(
+                    "left",
+                    now,
+                    c.node_id,
+                    w.owner,
+                    w.upgrade_of,
+                    c.mode,
+                    c.depth,
+                    waiter_id=w.waiter_id,
+                    code=code,
+                    label=w.label,
+                )
             )
 
     def holding(self, now: float, token: str, as_key: str | None = None) -> Lease | LockError:
@@ -1028,7 +1074,9 @@ class LockTable:
             w = self._upgrades[wid]
             self._drop_waiter(w)
             err = self._ended_error(ended)
-            self.events.append(Event("left", at, lease.node_id, w.owner, lease.lock_id, waiter_id=wid, code=err.code))
+            self.events.append(
+                Event("left", at, lease.node_id, w.owner, lease.lock_id, waiter_id=wid, code=err.code, label=w.label)
+            )
             self.outcomes.append((wid, err))
 
     def _remember_end(self, ended: Ended) -> None:
@@ -1113,7 +1161,17 @@ class LockTable:
             heapq.heapify(self._wait_heap)
         for c in w.items:
             self.events.append(
-                Event("queued", w.enqueued_at, c.node_id, w.owner, w.upgrade_of, c.mode, c.depth, waiter_id=w.waiter_id)
+                Event(
+                    "queued",
+                    w.enqueued_at,
+                    c.node_id,
+                    w.owner,
+                    w.upgrade_of,
+                    c.mode,
+                    c.depth,
+                    waiter_id=w.waiter_id,
+                    label=w.label,
+                )
             )
         return w.waiter_id
 

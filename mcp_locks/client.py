@@ -22,6 +22,7 @@ jittered exponential backoff (`stamina`); every lock request carries a fresh
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 import uuid
@@ -37,6 +38,7 @@ import anyio.abc
 import anyio.from_thread
 import httpx
 import stamina
+from httpx_sse import aconnect_sse
 
 from ._clock import Clock
 from ._errors import ERROR_TABLE, Internal, LockBroken, LockError, LockExpired, LockNotFound, Unavailable
@@ -211,10 +213,10 @@ class LockClient:
             headers = {"Lock-Token": token} if token is not None else None
             method = "DELETE" if tool == "unlock_file" else "GET"
             return await self._call(method, self._nodes(workspace_id, args["node_id"]), headers=headers)
-        assert tool == "list_locks", tool
+        assert tool in ("list_locks", "get_audit_log"), tool
         params = {k: str(v) for k, v in args.items() if v is not None and v != ""}
         query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items())
-        return await self._call("GET", f"/v1/workspaces/{ws}/locks?{query}")
+        return await self._call("GET", f"/v1/workspaces/{ws}/{'locks' if tool == 'list_locks' else 'audit'}?{query}")
 
     # ------------------------------------------------------------------ calls
 
@@ -292,6 +294,75 @@ class LockClient:
         ws = workspace_id or (lease.workspace_id if lease is not None else None) or self.workspace_id
         args = {"node_id": check_node_id(node_id)} | ({"token": lease.token} if lease is not None else {})
         result: dict[str, Any] = await self._op("check_lock_status", ws, args)
+        return result
+
+    async def audit_log(
+        self,
+        *,
+        node_id: str | None = None,
+        agent: str | None = None,
+        since: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        workspace_id: str | None = None,
+    ) -> dict[str, Any]:
+        """One page of the event log, newest first (``events`` and ``next_cursor``), as get_audit_log answers."""
+        args = {"node_id": node_id, "agent": agent, "since": since, "limit": limit, "cursor": cursor}
+        result: dict[str, Any] = await self._op("get_audit_log", workspace_id or self.workspace_id, args)
+        return result
+
+    async def events(
+        self, *, after: int | None = None, workspace_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Live events of the workspace as they are committed (after seq ``after`` first, if given), forever.
+
+        Reconnects by itself after a dropped stream, resuming after the last event it yielded.
+        """
+        ws = quote(workspace_id or self.workspace_id, safe="")
+        last = after
+        for attempt in range(1_000_000):  # bounded; each reconnect waits up to 30 s
+            headers = {"Last-Event-ID": str(last)} if last is not None else {}
+            try:
+                async with aconnect_sse(
+                    self._http,
+                    "GET",
+                    f"/v1/workspaces/{ws}/events",
+                    headers=headers,
+                    timeout=httpx.Timeout(30, read=60),
+                ) as source:
+                    if not source.response.is_success:
+                        await source.response.aread()
+                        raise _error_of(source.response)
+                    async for sse in source.aiter_sse():
+                        event: dict[str, Any] = json.loads(sse.data)
+                        last = event["seq"]
+                        yield event
+            except httpx.TransportError:
+                pass  # dropped (or the read timed out past the 15 s keep-alives): reconnect
+            await anyio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
+
+    async def create_webhook(
+        self, url: str, events: Sequence[str], *, workspace_id: str | None = None
+    ) -> dict[str, Any]:
+        """Register a webhook (admin key); the answer holds its signing secret, shown only this once."""
+        ws = quote(workspace_id or self.workspace_id, safe="")
+        result: dict[str, Any] = await self._call(
+            "POST", f"/v1/workspaces/{ws}/webhooks", {"url": url, "events": list(events)}
+        )
+        return result
+
+    async def list_webhooks(self, *, workspace_id: str | None = None) -> list[dict[str, Any]]:
+        """The workspace's webhooks (admin key)."""
+        ws = quote(workspace_id or self.workspace_id, safe="")
+        result: list[dict[str, Any]] = (await self._call("GET", f"/v1/workspaces/{ws}/webhooks"))["webhooks"]
+        return result
+
+    async def delete_webhook(self, webhook_id: str, *, workspace_id: str | None = None) -> dict[str, Any]:
+        """Remove a webhook (admin key)."""
+        ws = quote(workspace_id or self.workspace_id, safe="")
+        result: dict[str, Any] = await self._call(
+            "DELETE", f"/v1/workspaces/{ws}/webhooks/{quote(webhook_id, safe='')}"
+        )
         return result
 
     async def list_locks(

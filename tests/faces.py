@@ -5,7 +5,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlencode
 
 import httpx
 import jsonschema
@@ -92,6 +92,12 @@ class RestFace:
             method, url, body, opid = "POST", f"{self.url}/v1/workspaces", a, op
         elif op == "list_workspaces":
             method, url, body, opid = "GET", f"{self.url}/v1/workspaces", None, op
+        elif op == "get_audit_log":
+            if node:
+                a["node_id"] = unquote(node)
+            query = {k: str(v) for k, v in a.items() if v is not None}
+            method, url, body, opid = "GET", f"{base or self.url + '/v1/workspaces/default'}/audit", None, op
+            url += "?" + urlencode(query)
         else:
             raise AssertionError(op)
         r = await self.http.request(method, url, json=body, headers=headers)
@@ -164,6 +170,7 @@ _TOOLS = {
     "force_unlock": "force_unlock",
     "create_workspace": "create_workspace",
     "list_workspaces": "list_workspaces",
+    "get_audit_log": "get_audit_log",
 }
 
 

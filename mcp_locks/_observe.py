@@ -1,0 +1,265 @@
+"""What the service shows of itself: the audit log, webhooks, the live event feed and metrics."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ._errors import InvalidArgument, NotFound
+from ._events import WEBHOOK_EVENTS, EventHub, WebhookRecord
+from ._keys import LOCAL, Identity
+from ._metrics import Metrics, WorkspaceGauges
+from ._models import AuditEvent, AuditPage, CreatedWebhook, WebhookInfo, WebhookList, utc
+from ._names import check_node_id
+from ._store import AuditQuery
+from ._table import Event
+from ._webhooks import Dispatcher, WebhookLimits, check_webhook_url
+
+if TYPE_CHECKING:
+    from ._service import LockService
+
+__all__ = ["Observability", "ObserveLimits"]
+
+log = logging.getLogger("mcp_locks.observe")
+
+#: Seconds between sweeps of audit entries older than the retention.
+PRUNE_EVERY = 3_600.0
+#: Most webhooks per workspace (each event is queued once per matching webhook).
+MAX_WEBHOOKS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class ObserveLimits:
+    """Audit log and webhook settings."""
+
+    #: Write every event to the audit log (off: events are still streamed live and counted).
+    audit: bool = True
+    #: Days audit entries are kept.
+    audit_days: float = 30.0
+    webhooks: WebhookLimits = field(default_factory=WebhookLimits)
+
+
+def _since(value: object) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            pass
+        else:
+            if dt.tzinfo is not None:
+                return dt.timestamp()
+    raise InvalidArgument(
+        "since must be an ISO 8601 time with a time zone (2026-11-28T09:00:00Z) or seconds since the epoch.",
+        details={"field": "since"},
+    )
+
+
+def _seq_cursor(cursor: object) -> int | None:
+    if cursor is None:
+        return None
+    if isinstance(cursor, str) and cursor.startswith("a") and cursor[1:].isdigit() and len(cursor) < 24:
+        return int(cursor[1:])
+    raise InvalidArgument(
+        "cursor is not a cursor returned by get_audit_log.",
+        hint="Pass next_cursor from the previous page unchanged, or omit it to start from the newest event.",
+        details={"field": "cursor"},
+    )
+
+
+class Observability:
+    """The service's audit log, webhooks and metrics (``service.observe``)."""
+
+    def __init__(self, service: LockService, limits: ObserveLimits, hub: EventHub) -> None:
+        self.service = service
+        self.limits = limits
+        self.hub = hub
+        self._hooks: dict[str, WebhookRecord] = {}
+        self._last: dict[str, WorkspaceGauges] = {}
+        #: Sweeps of the audit log so far; ``pruned`` is set (and replaced) after each.
+        self.prune_passes = 0
+        self.pruned = anyio.Event()
+        self.dispatcher = Dispatcher(
+            service.store, service.clock, lambda: self._hooks, limits.webhooks, on_outcome=self._delivered
+        )
+        self.metrics = Metrics(self._gauges, lambda: self.dispatcher.backlog)
+        hub.sink = self.metrics.sink()
+        hub.on_enqueued = self.dispatcher.wake
+
+    async def start(self, tg: anyio.abc.TaskGroup) -> None:
+        """Load the webhooks and start delivering and pruning (in the service's task group)."""
+        for h in await self.service.store.list_webhooks():
+            self._hooks[h.webhook_id] = h
+        self.hub.set_hooks(list(self._hooks.values()))
+        tg.start_soon(self.dispatcher.run)
+        tg.start_soon(self._prune_loop)
+
+    def _delivered(self, outcome: str) -> None:
+        self.metrics.deliveries.labels(outcome).inc()
+
+    def _gauges(self) -> dict[str, WorkspaceGauges]:
+        out = dict(self._last)
+        for ws, actor in list(self.service._actors.items()):
+            table = actor.table
+            if table is not None and not actor.stopped:
+                out[ws] = WorkspaceGauges(len(table), table.waiter_count, actor.mailbox_depth)
+        return out
+
+    def actor_stopped(self, workspace_id: str, held: int | None) -> None:
+        """Keep the last count of an evicted actor (its leases are still held) for the gauges."""
+        if held is None:
+            self._last.pop(workspace_id, None)
+        else:
+            self._last[workspace_id] = WorkspaceGauges(held, 0, 0)
+
+    async def _prune_loop(self) -> None:
+        clock = self.service.clock
+        while True:
+            try:
+                n = await self.service.store.prune_audit(clock.now() - self.limits.audit_days * 86_400)
+                if n:
+                    log.info("pruned %d audit entries older than %g days", n, self.limits.audit_days)
+            except Exception:
+                log.warning("pruning the audit log failed; trying again later", exc_info=True)
+            self.prune_passes += 1
+            done, self.pruned = self.pruned, anyio.Event()
+            done.set()
+            await clock.wait(anyio.Event(), clock.now() + PRUNE_EVERY)
+
+    # ------------------------------------------------------------------ audit log
+
+    async def audit_log(
+        self,
+        workspace_id: object = None,
+        node_id: object = None,
+        agent: object = None,
+        since: object = None,
+        limit: object = 100,
+        cursor: object = None,
+        *,
+        caller: Identity = LOCAL,
+    ) -> AuditPage:
+        """A page of the workspace's event log, newest first (``next_cursor`` pages to older events)."""
+        ws = await self.service.known_workspace(workspace_id, caller)
+        node = check_node_id(node_id) if node_id is not None else None
+        if agent is not None and (not isinstance(agent, str) or not 0 < len(agent) <= 64):
+            raise InvalidArgument("agent must be an agent name (1-64 characters).", details={"field": "agent"})
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+            raise InvalidArgument("limit must be an integer from 1 to 1000.", details={"field": "limit"})
+        q = AuditQuery(ws, node, agent, _since(since), _seq_cursor(cursor), limit + 1)
+        events = await self.service.store.audit(q)
+        more = len(events) > limit
+        events = events[:limit]
+        return AuditPage(
+            workspace_id=ws,
+            events=[AuditEvent.of(ws, ev) for ev in events],
+            next_cursor=f"a{events[-1].seq}" if more else None,
+        )
+
+    async def replay(self, workspace_id: str, after: int, limit: int = 1000) -> list[Event]:
+        """Logged events after seq ``after``, oldest first (at most ``limit``; none without an audit log)."""
+        if not self.limits.audit:
+            return []
+        return await self.service.store.audit(AuditQuery(workspace_id, limit=limit, after_seq=after))
+
+    @asynccontextmanager
+    async def stream(self, buffer: int = 10_000) -> AsyncIterator[MemoryObjectReceiveStream[tuple[str, Event]]]:
+        """Live events; the stream ends if the reader falls ``buffer`` events behind (resume from the log)."""
+        async with self.hub.subscribe(buffer, cut_off=True) as recv:
+            yield recv
+
+    # ------------------------------------------------------------------ webhooks (admin)
+
+    async def create_webhook(
+        self, workspace_id: object, url: object, events: object, *, caller: Identity = LOCAL
+    ) -> CreatedWebhook:
+        """Register a webhook for some event types of one workspace; the signing secret is in this answer only."""
+        from ._service import require_admin
+
+        require_admin(caller, "managing webhooks")
+        ws = await self.service.known_workspace(workspace_id, caller)
+        checked = check_webhook_url(url, self.limits.webhooks.allow_private)
+        if not isinstance(events, list | tuple) or not events or not all(isinstance(e, str) for e in events):
+            raise InvalidArgument(
+                "events must be a non-empty list of event types.",
+                hint=f"Pick from: {', '.join(WEBHOOK_EVENTS)}.",
+                details={"field": "events"},
+            )
+        unknown = [e for e in events if e not in WEBHOOK_EVENTS]
+        if unknown:
+            raise InvalidArgument(
+                f"unknown event type '{unknown[0]}'.",
+                hint=f"Pick from: {', '.join(WEBHOOK_EVENTS)}.",
+                details={"field": "events", "known": list(WEBHOOK_EVENTS)},
+            )
+        if sum(h.workspace_id == ws for h in self._hooks.values()) >= MAX_WEBHOOKS:
+            raise InvalidArgument(
+                f"workspace '{ws}' already has {MAX_WEBHOOKS} webhooks.",
+                hint="Delete one you no longer need, or let one receiver handle several event types.",
+                details={"limit": MAX_WEBHOOKS},
+            )
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        rec = WebhookRecord(
+            f"wh_{secrets.token_hex(8)}", ws, checked, tuple(dict.fromkeys(events)), secret, self.service.clock.now()
+        )
+        await self.service.store.put_webhook(rec)
+        self._hooks[rec.webhook_id] = rec
+        self.hub.set_hooks(list(self._hooks.values()))
+        log.info("created webhook %s for %s (%s)", rec.webhook_id, ws, ",".join(rec.events))
+        return CreatedWebhook(**_info(rec).model_dump(), secret=secret)
+
+    async def list_webhooks(self, workspace_id: object, *, caller: Identity = LOCAL) -> WebhookList:
+        """A workspace's webhooks (never their secrets)."""
+        from ._service import require_admin
+
+        require_admin(caller, "managing webhooks")
+        ws = await self.service.known_workspace(workspace_id, caller)
+        return WebhookList(webhooks=[_info(h) for h in self._hooks.values() if h.workspace_id == ws])
+
+    async def delete_webhook(
+        self, workspace_id: object, webhook_id: object, *, caller: Identity = LOCAL
+    ) -> WebhookInfo:
+        """Remove a webhook; its undelivered messages are dropped."""
+        from ._service import require_admin
+
+        require_admin(caller, "managing webhooks")
+        ws = await self.service.known_workspace(workspace_id, caller)
+        rec = self._hooks.get(webhook_id) if isinstance(webhook_id, str) else None
+        if rec is None or rec.workspace_id != ws:
+            raise NotFound(
+                f"workspace '{ws}' has no webhook '{webhook_id}'.",
+                hint="list_webhooks shows the ids.",
+                details={"webhook_id": str(webhook_id)[:64]},
+            )
+        del self._hooks[rec.webhook_id]
+        self.hub.set_hooks(list(self._hooks.values()))
+        await self.service.store.delete_webhook(rec.webhook_id)
+        return _info(rec)
+
+    def workspace_deleted(self, workspace_id: str) -> None:
+        """The store dropped the workspace's webhooks: forget them here too."""
+        self._hooks = {k: h for k, h in self._hooks.items() if h.workspace_id != workspace_id}
+        self.hub.set_hooks(list(self._hooks.values()))
+        self._last.pop(workspace_id, None)
+
+
+def _info(h: WebhookRecord) -> WebhookInfo:
+    return WebhookInfo(
+        webhook_id=h.webhook_id,
+        workspace_id=h.workspace_id,
+        url=h.url,
+        events=list(h.events),
+        created_at=utc(h.created_at),
+    )

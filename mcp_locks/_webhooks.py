@@ -1,0 +1,270 @@
+"""Webhook deliveries from the durable outbox: signed (Standard Webhooks), at least once, retried for a day.
+
+The outbox rows are written by the workspace actors in the same transaction
+as the events they announce, so a crash loses none and a restart delivers
+what was left. The :class:`Dispatcher` is the only reader: it posts each due
+message with its own task (at most ``concurrency`` at a time per webhook),
+so a slow or dead receiver holds up only its own messages, never a lock
+operation or another receiver. Outcomes are written back in small batches;
+a message whose outcome was lost in a crash is simply delivered again, which
+at-least-once allows (receivers de-duplicate by the webhook-id header).
+
+Receivers must be http(s). Unless ``allow_private``, every address the host
+resolves to must be public (no loopback, private, link-local or reserved
+address: a guard against server-side request forgery), the request goes to
+the address that was checked (so a DNS answer cannot change in between),
+and redirects are not followed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+import httpx
+from standardwebhooks import Webhook
+
+from ._clock import Clock
+from ._errors import InvalidArgument
+from ._events import Delivery, WebhookRecord
+from ._store import Settle, Store
+
+__all__ = ["Dispatcher", "WebhookLimits", "check_webhook_url", "retry_delay"]
+
+log = logging.getLogger("mcp_locks.webhooks")
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookLimits:
+    """How deliveries are made and retried."""
+
+    #: Allow receivers on loopback and private addresses (MCP_LOCKS_WEBHOOKS_ALLOW_PRIVATE=1).
+    allow_private: bool = False
+    #: Deliveries in flight at once to one webhook.
+    concurrency: int = 64
+    #: Seconds a receiver has to answer one delivery.
+    timeout: float = 10.0
+    #: Seconds after an event when its delivery is given up (Standard Webhooks suggests about a day).
+    max_age: float = 86_400.0
+    #: First retry delay in seconds; each later one doubles, up to ``max_delay``.
+    first_delay: float = 5.0
+    max_delay: float = 3_600.0
+
+
+def retry_delay(attempts: int, limits: WebhookLimits, rng: Callable[[], float] = random.random) -> float:
+    """Seconds before retry number ``attempts`` (1 = after the first failure): exponential, capped, +-20% jitter."""
+    base: float = min(limits.first_delay * 2.0 ** min(attempts - 1, 30), limits.max_delay)
+    return base * (0.8 + 0.4 * rng())
+
+
+def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def check_webhook_url(url: object, allow_private: bool) -> str:
+    """The URL if it may receive webhooks (INVALID_ARGUMENT otherwise); literal addresses are checked here."""
+    if not isinstance(url, str) or not url or len(url) > 2048:
+        raise InvalidArgument("url must be an http(s) URL of at most 2048 characters.", details={"field": "url"})
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidArgument(
+            "url must be an absolute http:// or https:// URL.",
+            hint="For example https://hooks.example.com/mcp-locks.",
+            details={"field": "url"},
+        )
+    if parts.username or parts.password:
+        raise InvalidArgument("url must not hold a user name or password.", details={"field": "url"})
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+        ip = ipaddress.ip_address(parts.hostname)
+    except ValueError as e:
+        if "port" in str(e):
+            raise InvalidArgument("url has an invalid port.", details={"field": "url"}) from None
+        return url  # a host name: checked each time it is resolved
+    if not allow_private and not _public(ip):
+        raise _private(parts.hostname)
+    return url
+
+
+def _private(host: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"webhook receivers on loopback or private addresses are refused ({host}).",
+        hint="Use a public address, or start the server with MCP_LOCKS_WEBHOOKS_ALLOW_PRIVATE=1 if you trust"
+        " every admin with access to your private network.",
+        details={"field": "url"},
+    )
+
+
+class _Refused(Exception):
+    pass
+
+
+class Dispatcher:
+    """Delivers the outbox: one task per message in flight, outcomes written back in batches."""
+
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        hooks: Callable[[], dict[str, WebhookRecord]],
+        limits: WebhookLimits,
+        *,
+        on_outcome: Callable[[str], None] | None = None,
+        user_agent: str = "mcp-locks",
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.hooks = hooks
+        self.limits = limits
+        self.on_outcome = on_outcome
+        self.user_agent = user_agent
+        self.backlog = 0
+        self._inflight: set[str] = set()
+        self._per_hook: dict[str, int] = {}
+        self._wake = anyio.Event()
+        self._settle: list[tuple[str, Delivery | None, bool]] = []
+        self._flush = anyio.Event()
+        #: Set (and replaced) each time a batch of outcomes has been written to the store.
+        self.settled = anyio.Event()
+
+    def wake(self) -> None:
+        """New deliveries were committed (or a slot freed): look at the outbox now."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Deliver until cancelled."""
+        async with (
+            httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=self.limits.timeout) as client,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(self._flusher)
+            while True:
+                self._wake = anyio.Event()
+                started_all = await self._start_due(tg, client)
+                self.backlog, next_at = await self.store.delivery_backlog()
+                if not started_all:
+                    await self._wake.wait()  # woken when a slot frees
+                else:
+                    future = next_at if next_at is not None and next_at > self.clock.now() else None
+                    if next_at is not None and future is None and not self._inflight:
+                        future = self.clock.now() + 1.0  # due but skipped (a deleted webhook): look again soon
+                    await self.clock.wait(self._wake, future)
+
+    async def _start_due(self, tg: anyio.abc.TaskGroup, client: httpx.AsyncClient) -> bool:
+        """Start what is due and has a free slot; False if some due message had to wait for one."""
+        room = 1024 - len(self._inflight)
+        if room <= 0:
+            return False
+        due = await self.store.due_deliveries(self.clock.now(), room, frozenset(self._inflight))
+        hooks = self.hooks()
+        all_started = len(due) < room
+        for d in due:
+            hook = hooks.get(d.webhook_id)
+            if hook is None:
+                continue  # deleted meanwhile; its rows go with it
+            if self._per_hook.get(d.webhook_id, 0) >= self.limits.concurrency:
+                all_started = False
+                continue
+            self._inflight.add(d.delivery_id)
+            self._per_hook[d.webhook_id] = self._per_hook.get(d.webhook_id, 0) + 1
+            tg.start_soon(self._send, client, d, hook)
+        return all_started
+
+    async def _send(self, client: httpx.AsyncClient, d: Delivery, hook: WebhookRecord) -> None:
+        error: str | None
+        try:
+            error = await self._post(client, d, hook)
+        except Exception as e:  # never let one delivery take the dispatcher down
+            log.warning("webhook delivery %s failed unexpectedly", d.delivery_id, exc_info=True)
+            error = f"internal error: {type(e).__name__}"
+        self._per_hook[d.webhook_id] -= 1
+        now = self.clock.now()
+        if error is None:
+            self._settle.append((d.delivery_id, None, True))
+            outcome = "delivered"
+        else:
+            attempts = d.attempts + 1
+            at = now + retry_delay(attempts, self.limits)
+            dead = at - d.created_at > self.limits.max_age
+            self._settle.append((d.delivery_id, d._replace(attempts=attempts, next_at=at, last_error=error), dead))
+            outcome = "gave_up" if dead else "failed"
+            log.info("webhook %s delivery %s: %s (attempt %d)", d.webhook_id, d.delivery_id, error, attempts)
+        if self.on_outcome is not None:
+            self.on_outcome(outcome)
+        self._flush.set()
+
+    async def _post(self, client: httpx.AsyncClient, d: Delivery, hook: WebhookRecord) -> str | None:
+        parts = urlsplit(hook.url)
+        host = parts.hostname or ""
+        try:
+            addr = await self._resolve(host, parts.port or (443 if parts.scheme == "https" else 80))
+        except _Refused as e:
+            return str(e)
+        netloc = f"[{addr}]" if ":" in addr else addr
+        if parts.port:
+            netloc += f":{parts.port}"
+        target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+        sent_at = datetime.fromtimestamp(self.clock.now(), UTC)
+        headers = {
+            "host": parts.netloc.rpartition("@")[2],
+            "content-type": "application/json",
+            "user-agent": self.user_agent,
+            "webhook-id": d.delivery_id,
+            "webhook-timestamp": str(int(sent_at.timestamp())),
+            "webhook-signature": Webhook(hook.secret).sign(d.delivery_id, sent_at, d.payload),
+        }
+        try:
+            r = await client.post(
+                target, content=d.payload.encode(), headers=headers, extensions={"sni_hostname": host}
+            )
+        except httpx.HTTPError as e:
+            return f"{type(e).__name__}: {e}"[:300] or type(e).__name__
+        if 200 <= r.status_code < 300:
+            return None
+        return f"HTTP {r.status_code}"
+
+    async def _resolve(self, host: str, port: int) -> str:
+        try:
+            infos = await anyio.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as e:
+            raise _Refused(f"could not resolve {host}: {e}") from None
+        addrs = [str(info[4][0]) for info in infos]
+        if not addrs:
+            raise _Refused(f"{host} has no address")
+        if not self.limits.allow_private:
+            for a in addrs:
+                if not _public(ipaddress.ip_address(a.split("%")[0])):
+                    raise _Refused(f"{host} resolves to a private address ({a}); refused")
+        return addrs[0]
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._flush.wait()
+            await anyio.sleep(0.05)  # gather the outcomes of a burst into one transaction
+            self._flush = anyio.Event()
+            batch, self._settle = self._settle, []
+            settle = Settle(
+                done=tuple(i for i, _, ok in batch if ok),
+                retry=tuple(d for _, d, dead in batch if d is not None and not dead),
+                dead=tuple(d for _, d, dead in batch if d is not None and dead),
+            )
+            try:
+                await self.store.settle_deliveries(settle)
+            except Exception:
+                log.warning("could not record %d webhook outcomes; they will be delivered again", len(batch),
+                            exc_info=True)  # fmt: skip
+            # Only now may these rows be read again (a delivered one is gone; a failed one waits its turn).
+            for i, _, _ in batch:
+                self._inflight.discard(i)
+            self.wake()
+            done, self.settled = self.settled, anyio.Event()
+            done.set()
