@@ -66,7 +66,9 @@ def build_service(settings: Settings, store: Store | None = None, clock: Clock |
             audit=settings.audit,
             audit_days=settings.audit_days,
             webhooks=WebhookLimits(
-                allow_private=settings.webhooks_allow_private, concurrency=settings.webhook_concurrency
+                allow_private=settings.webhooks_allow_private,
+                concurrency=settings.webhook_concurrency,
+                worker=settings.store == "sqlite",  # deliveries in a process of their own, off the lock path
             ),
         ),
     )

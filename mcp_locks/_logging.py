@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["RedactSecrets", "RequestId", "configure_logging", "request_id"]
+__all__ = ["JsonFormatter", "RedactSecrets", "RequestId", "configure_logging", "request_id"]
 
 #: The id of the HTTP request being handled (in its task), for log lines.
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("mcp_locks_request_id", default=None)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import logging
 import secrets
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -12,14 +14,18 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
+import anyio.streams.text
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._errors import InvalidArgument, NotFound
 from ._events import WEBHOOK_EVENTS, EventHub, WebhookRecord
 from ._keys import LOCAL, Identity
+from ._logging import JsonFormatter
 from ._metrics import Metrics, WorkspaceGauges
 from ._models import AuditEvent, AuditPage, CreatedWebhook, WebhookInfo, WebhookList, utc
 from ._names import check_node_id
+from ._sqlite import SqliteStore
 from ._store import AuditQuery
 from ._table import Event
 from ._webhooks import Dispatcher, WebhookLimits, check_webhook_url
@@ -33,6 +39,8 @@ log = logging.getLogger("mcp_locks.observe")
 
 #: Seconds between sweeps of audit entries older than the retention.
 PRUNE_EVERY = 3_600.0
+#: Seconds between counts of the webhook backlog (for the metrics) when a worker process delivers.
+BACKLOG_EVERY = 5.0
 #: Most webhooks per workspace (each event is queued once per matching webhook).
 MAX_WEBHOOKS = 20
 
@@ -95,6 +103,10 @@ class Observability:
             service.store, service.clock, lambda: self._hooks, limits.webhooks, on_outcome=self._delivered
         )
         self.metrics = Metrics(self._gauges, lambda: self.dispatcher.backlog)
+        self._pokes: list[bytes] = []
+        self._poked = anyio.Event()
+        #: Set once the delivery worker process (if the store uses one) is up.
+        self.worker_ready = anyio.Event()
         hub.sink = self.metrics.sink()
         hub.on_enqueued = self.dispatcher.wake
 
@@ -103,8 +115,72 @@ class Observability:
         for h in await self.service.store.list_webhooks():
             self._hooks[h.webhook_id] = h
         self.hub.set_hooks(list(self._hooks.values()))
-        tg.start_soon(self.dispatcher.run)
+        store = self.service.store
+        if self.limits.webhooks.worker and isinstance(store, SqliteStore):
+            self.hub.on_enqueued = self._poke_worker
+            tg.start_soon(self._run_worker, store)
+            tg.start_soon(self._count_backlog)
+        else:
+            tg.start_soon(self.dispatcher.run)
         tg.start_soon(self._prune_loop)
+
+    # ------------------------------------------------------------------ the delivery worker process
+
+    def _poke_worker(self, what: bytes = b"w") -> None:
+        if what == b"h" or not self._pokes:
+            self._pokes.append(what)
+        self._poked.set()
+
+    async def _run_worker(self, store: SqliteStore) -> None:
+        """Keep a delivery process running beside the server (restarted if it dies); it ends when we do."""
+        wl = self.limits.webhooks
+        root = logging.getLogger()
+        fmt = "json" if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers) else "text"
+        cmd = [sys.executable, "-m", "mcp_locks._deliver", str(store.path), "--concurrency", str(wl.concurrency),
+               "--timeout", str(wl.timeout), "--log-level", logging.getLevelName(root.level).lower(),
+               "--log-format", fmt, *(["--allow-private"] if wl.allow_private else [])]  # fmt: skip
+        failures = 0
+        while True:
+            started = anyio.current_time()
+            try:
+                async with await anyio.open_process(
+                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
+                ) as p:
+                    assert p.stdin is not None
+                    assert p.stdout is not None
+                    self._pokes[:] = [b"h"]  # it loads the webhooks itself; then look at the outbox
+                    self._poked.set()
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._forward_pokes, p.stdin)
+                        async for chunk in anyio.streams.text.TextReceiveStream(p.stdout):
+                            for word in chunk.split():
+                                if word == "ready":
+                                    self.worker_ready.set()
+                                else:
+                                    self._delivered(word)
+                        tg.cancel_scope.cancel()
+                    code = await p.wait()
+            except OSError:
+                log.exception("could not start the webhook delivery worker")
+                code = None
+            log.warning("the webhook delivery worker stopped (exit status %s); restarting it", code)
+            failures = 1 if anyio.current_time() - started > 60 else failures + 1
+            await anyio.sleep(min(30.0, 0.25 * 2 ** min(failures, 7)))  # a crashing worker: at most every 30 s
+
+    async def _forward_pokes(self, stdin: anyio.abc.ByteSendStream) -> None:
+        while True:
+            await self._poked.wait()
+            self._poked = anyio.Event()
+            pokes, self._pokes = self._pokes, []
+            await stdin.send(b"".join(p + b"\n" for p in pokes))
+
+    async def _count_backlog(self) -> None:
+        while True:
+            try:
+                self.dispatcher.backlog, _ = await self.service.store.delivery_backlog()
+            except Exception:  # the gauge keeps its last value
+                log.debug("could not count the webhook backlog", exc_info=True)
+            await anyio.sleep(BACKLOG_EVERY)
 
     def _delivered(self, outcome: str) -> None:
         self.metrics.deliveries.labels(outcome).inc()
@@ -216,7 +292,7 @@ class Observability:
         )
         await self.service.store.put_webhook(rec)
         self._hooks[rec.webhook_id] = rec
-        self.hub.set_hooks(list(self._hooks.values()))
+        self._hooks_changed()
         log.info("created webhook %s for %s (%s)", rec.webhook_id, ws, ",".join(rec.events))
         return CreatedWebhook(**_info(rec).model_dump(), secret=secret)
 
@@ -246,13 +322,19 @@ class Observability:
         del self._hooks[rec.webhook_id]
         self.hub.set_hooks(list(self._hooks.values()))
         await self.service.store.delete_webhook(rec.webhook_id)
+        self._hooks_changed()
         return _info(rec)
 
     def workspace_deleted(self, workspace_id: str) -> None:
         """The store dropped the workspace's webhooks: forget them here too."""
         self._hooks = {k: h for k, h in self._hooks.items() if h.workspace_id != workspace_id}
-        self.hub.set_hooks(list(self._hooks.values()))
+        self._hooks_changed()
         self._last.pop(workspace_id, None)
+
+    def _hooks_changed(self) -> None:
+        self.hub.set_hooks(list(self._hooks.values()))
+        if self.hub.on_enqueued == self._poke_worker:
+            self._poke_worker(b"h")
 
 
 def _info(h: WebhookRecord) -> WebhookInfo:

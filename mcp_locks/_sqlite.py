@@ -241,8 +241,11 @@ class SqliteStore:
         *,
         sync: Literal["normal", "full"] = "normal",
         max_ended: int = 100_000,
+        checkpoint: bool = True,
     ) -> None:
         self.path = Path(path)
+        #: Run the WAL checkpointer (the server does; a helper process on the same file does not).
+        self.checkpoint = checkpoint
         self.sync = sync
         self.max_ended = max_ended
         self._db: sqlite3.Connection | None = None
@@ -277,7 +280,8 @@ class SqliteStore:
             db.close()
             raise
         self._db = db
-        self._start_checkpointer()
+        if self.checkpoint:
+            self._start_checkpointer()
         self._cold = {r[0] for r in db.execute("SELECT workspace_id FROM workspaces")}
 
     def _migrate(self, db: sqlite3.Connection) -> None:

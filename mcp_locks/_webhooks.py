@@ -18,6 +18,7 @@ and redirects are not followed.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import random
@@ -40,6 +41,9 @@ __all__ = ["Dispatcher", "WebhookLimits", "check_webhook_url", "retry_delay"]
 
 log = logging.getLogger("mcp_locks.webhooks")
 
+#: Most deliveries in flight at once, over all webhooks.
+MAX_INFLIGHT = 1024
+
 
 @dataclass(frozen=True, slots=True)
 class WebhookLimits:
@@ -56,6 +60,8 @@ class WebhookLimits:
     #: First retry delay in seconds; each later one doubles, up to ``max_delay``.
     first_delay: float = 5.0
     max_delay: float = 3_600.0
+    #: Deliver from a worker process of its own (SQLite store only), so posting never takes the server's CPU.
+    worker: bool = False
 
 
 def retry_delay(attempts: int, limits: WebhookLimits, rng: Callable[[], float] = random.random) -> float:
@@ -108,6 +114,24 @@ class _Refused(Exception):
     pass
 
 
+class _LazyClient:
+    """The HTTP client, made on the first delivery (building its TLS context costs tens of milliseconds)."""
+
+    def __init__(self, stack: contextlib.AsyncExitStack, limits: WebhookLimits) -> None:
+        self._stack = stack
+        self._limits = limits
+        self._client: httpx.AsyncClient | None = None
+
+    async def get(self) -> httpx.AsyncClient:
+        if self._client is None:
+            pool = httpx.Limits(max_connections=None, max_keepalive_connections=self._limits.concurrency)
+            client = self._client = httpx.AsyncClient(
+                follow_redirects=False, trust_env=False, timeout=self._limits.timeout, limits=pool
+            )
+            await self._stack.enter_async_context(client)  # set first: concurrent callers share this one
+        return self._client
+
+
 class Dispatcher:
     """Delivers the outbox: one task per message in flight, outcomes written back in batches."""
 
@@ -142,30 +166,34 @@ class Dispatcher:
 
     async def run(self) -> None:
         """Deliver until cancelled."""
-        async with (
-            httpx.AsyncClient(follow_redirects=False, trust_env=False, timeout=self.limits.timeout) as client,
-            anyio.create_task_group() as tg,
-        ):
+        async with contextlib.AsyncExitStack() as stack:
+            tg = await stack.enter_async_context(anyio.create_task_group())
+            client = _LazyClient(stack, self.limits)
             tg.start_soon(self._flusher)
+            counted_at = -1.0
+            next_at: float | None = None
             while True:
                 self._wake = anyio.Event()
-                started_all = await self._start_due(tg, client)
-                self.backlog, next_at = await self.store.delivery_backlog()
-                if not started_all:
-                    await self._wake.wait()  # woken when a slot frees
+                hooks = self.hooks()
+                # Only look at the outbox when some webhook has a free slot: a burst of commits while every
+                # receiver is busy costs one flag check each, not a query.
+                free = sum(max(0, self.limits.concurrency - self._per_hook.get(h, 0)) for h in hooks)
+                started_all = await self._start_due(tg, client, hooks, min(free, MAX_INFLIGHT)) if free else False
+                now = self.clock.now()
+                if now - counted_at >= 1.0 or started_all:
+                    self.backlog, next_at = await self.store.delivery_backlog()
+                    counted_at = now
+                if not started_all or self._inflight:
+                    await self._wake.wait()  # a slot frees (or a new message arrives)
                 else:
-                    future = next_at if next_at is not None and next_at > self.clock.now() else None
-                    if next_at is not None and future is None and not self._inflight:
-                        future = self.clock.now() + 1.0  # due but skipped (a deleted webhook): look again soon
-                    await self.clock.wait(self._wake, future)
+                    # Nothing in flight and nothing due: sleep until the next retry (or a new message).
+                    await self.clock.wait(self._wake, next_at if next_at is not None and next_at > now else None)
 
-    async def _start_due(self, tg: anyio.abc.TaskGroup, client: httpx.AsyncClient) -> bool:
+    async def _start_due(
+        self, tg: anyio.abc.TaskGroup, client: _LazyClient, hooks: dict[str, WebhookRecord], room: int
+    ) -> bool:
         """Start what is due and has a free slot; False if some due message had to wait for one."""
-        room = 1024 - len(self._inflight)
-        if room <= 0:
-            return False
         due = await self.store.due_deliveries(self.clock.now(), room, frozenset(self._inflight))
-        hooks = self.hooks()
         all_started = len(due) < room
         for d in due:
             hook = hooks.get(d.webhook_id)
@@ -179,7 +207,7 @@ class Dispatcher:
             tg.start_soon(self._send, client, d, hook)
         return all_started
 
-    async def _send(self, client: httpx.AsyncClient, d: Delivery, hook: WebhookRecord) -> None:
+    async def _send(self, client: _LazyClient, d: Delivery, hook: WebhookRecord) -> None:
         error: str | None
         try:
             error = await self._post(client, d, hook)
@@ -202,7 +230,7 @@ class Dispatcher:
             self.on_outcome(outcome)
         self._flush.set()
 
-    async def _post(self, client: httpx.AsyncClient, d: Delivery, hook: WebhookRecord) -> str | None:
+    async def _post(self, lazy: _LazyClient, d: Delivery, hook: WebhookRecord) -> str | None:
         parts = urlsplit(hook.url)
         host = parts.hostname or ""
         try:
@@ -222,6 +250,7 @@ class Dispatcher:
             "webhook-timestamp": str(int(sent_at.timestamp())),
             "webhook-signature": Webhook(hook.secret).sign(d.delivery_id, sent_at, d.payload),
         }
+        client = await lazy.get()
         try:
             r = await client.post(
                 target, content=d.payload.encode(), headers=headers, extensions={"sni_hostname": host}

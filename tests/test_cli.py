@@ -75,6 +75,17 @@ def test_the_file_store_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert summary["uploads"]["16"]["mib_per_s"] > 0
 
 
+@pytest.mark.slow
+def test_the_observability_benchmark_runs_end_to_end() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.observe", "--pairs", "40", "--runs", "1", "--delay", "0.05"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.splitlines()[-1])
+    assert set(result["median_pairs_per_s"]) == {"plain", "audit", "hook"}
+    assert result["median_drain_s"] >= 0
+
+
 def test_workspaces_create_and_list_work_on_a_data_dir(tmp_path: Path) -> None:
     import anyio
 

@@ -164,3 +164,47 @@ def test_everything_after_the_command_belongs_to_the_command(env: Env) -> None:
     done = env.run("exec", "--lock", "a.md", sys.executable, "-c", shown, "--url", "http://elsewhere", "--timeout", "5")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "--url http://elsewhere --timeout 5"
+
+
+def test_audit_tail_prints_the_last_events_oldest_first(env: Env) -> None:
+    env.lock_as("alice", "a.md")
+    env.lock_as("bob", "b.md")
+    out = env.run("audit", "tail", "-n", "3")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[2] for line in lines] == ["granted", "requested", "granted"]
+    assert "b.md  bob" in lines[-1]
+    assert "fence=2" in lines[-1]
+    only = env.run("audit", "tail", "--agent", "alice").stdout.splitlines()
+    assert len(only) == 2
+    assert all("alice" in line for line in only)
+
+
+def test_audit_tail_follow_prints_new_events_as_they_happen(env: Env) -> None:
+    cmd = [sys.executable, "-m", "mcp_locks", "audit", "tail", "-f"]
+    envvars = {**os.environ, "MCP_LOCKS_URL": env.url, "MCP_LOCKS_KEY": env.key}
+    with subprocess.Popen(cmd, env=envvars, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            env.lock_as("carol", "c.md")  # taken after the tail started (its log was empty)
+            seen = [proc.stdout.readline(), proc.stdout.readline()]  # bounded by the test's timeout
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    assert [line.split()[2] for line in seen] == ["requested", "granted"]
+    assert all("c.md  carol" in line for line in seen)
+
+
+def test_webhooks_commands_need_an_admin_key_and_manage_webhooks(env: Env) -> None:
+    refused = env.run("webhooks", "create", "https://example.com/h", "--event", "lock.granted")
+    assert refused.returncode == 1
+    assert "FORBIDDEN" in refused.stderr
+    admin, _ = anyio.run(lambda: env.service.create_key("root", [], "admin"))
+    env.key = admin
+    made = env.run("webhooks", "create", "https://example.com/h", "--event", "lock.granted", "--event", "file.written")
+    assert made.returncode == 0, made.stderr
+    wid = made.stdout.split()[0]
+    assert "secret: whsec_" in made.stdout
+    assert env.run("webhooks", "list").stdout.split() == [wid, "https://example.com/h", "lock.granted,file.written"]
+    assert env.run("webhooks", "delete", wid).stdout.strip() == f"deleted {wid}"
+    assert env.run("webhooks", "list").stdout == ""

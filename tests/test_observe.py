@@ -310,6 +310,22 @@ async def test_a_webhook_gets_each_event_signed_by_the_standard_webhooks_scheme(
     assert len({h["webhook-id"] for h, _ in rec.got}) == 2
 
 
+async def test_a_server_on_sqlite_delivers_from_a_worker_process_of_its_own(tmp_path: Path) -> None:
+    limits = ServiceLimits(observe=ObserveLimits(webhooks=WebhookLimits(allow_private=True, worker=True)))
+    async with receiver() as rec, LockService(SqliteStore(tmp_path / "l.db"), clock=Clock(), limits=limits) as s:
+        with anyio.fail_after(STEP * 3):  # a new Python process has to start
+            await s.observe.worker_ready.wait()
+        hook = await s.observe.create_webhook("default", rec.url, ["lock.granted"])
+        await s.lock("default", "a.md", "write")
+        await rec.until(1)
+        assert s.observe.dispatcher.backlog == 0  # the in-process dispatcher never ran
+        counted = 'mcp_locks_webhook_deliveries_total{outcome="delivered"} 1.0'
+        with anyio.fail_after(STEP):
+            while counted not in s.observe.metrics.render().decode():  # noqa: ASYNC110 - a report through a pipe
+                await anyio.sleep(0.01)
+    assert Webhook(hook.secret).verify(rec.got[0][1], rec.got[0][0])["data"]["node_id"] == "a.md"
+
+
 async def test_a_failed_delivery_is_retried_with_the_same_id_until_it_arrives(clock: ManualClock) -> None:
     async with receiver(fail=2) as rec, LockService(MemoryStore(), clock=clock, limits=PRIVATE_OK) as s:
         await s.observe.create_webhook("default", rec.url, ["lock.granted"])

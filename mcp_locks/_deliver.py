@@ -1,0 +1,80 @@
+"""The webhook delivery worker: ``python -m mcp_locks._deliver DB``, a process of its own beside the server.
+
+Posting a webhook costs far more CPU than granting a lock (an HTTP request
+through httpx: about 4 ms against 0.1 ms), so a server on the SQLite store
+delivers from a second process: it reads the outbox through its own
+connection to the same database and writes outcomes back, on the machine's
+other core, and the server's event loop only ever writes outbox rows (in
+the actors' commits). The server pokes it through stdin when it commits new
+deliveries (``w``) or when the webhooks change (``h``); it reports each
+outcome on stdout (one word per line) for the metrics. It exits when stdin
+closes, so it never outlives the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import sys
+
+import anyio
+
+from ._clock import Clock
+from ._events import WebhookRecord
+from ._logging import configure_logging
+from ._sqlite import SqliteStore
+from ._webhooks import Dispatcher, WebhookLimits
+
+__all__: list[str] = []
+
+log = logging.getLogger("mcp_locks.deliver")
+
+
+async def run(db: str, limits: WebhookLimits) -> None:
+    """Deliver from ``db``'s outbox until stdin closes."""
+    store = SqliteStore(db, checkpoint=False)
+    await store.open()
+    hooks: dict[str, WebhookRecord] = {}
+
+    async def reload() -> None:
+        nonlocal hooks
+        hooks = {h.webhook_id: h for h in await store.list_webhooks()}
+
+    def report(outcome: str) -> None:
+        sys.stdout.write(outcome + "\n")
+        sys.stdout.flush()
+
+    try:
+        await reload()
+        dispatcher = Dispatcher(store, Clock(), lambda: hooks, limits, on_outcome=report)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dispatcher.run)
+            report("ready")
+            async for line in anyio.wrap_file(sys.stdin):
+                if line.startswith("h"):
+                    await reload()
+                dispatcher.wake()
+            tg.cancel_scope.cancel()  # stdin closed: the server is gone
+    finally:
+        await store.close()
+
+
+def main() -> None:
+    """Parse the worker's flags (set by the server) and run it."""
+    p = argparse.ArgumentParser(prog="python -m mcp_locks._deliver")
+    p.add_argument("db")
+    p.add_argument("--allow-private", action="store_true")
+    p.add_argument("--concurrency", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=10.0)
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-format", default="text")
+    a = p.parse_args()
+    configure_logging(a.log_level, a.log_format)
+    limits = WebhookLimits(allow_private=a.allow_private, concurrency=a.concurrency, timeout=a.timeout)
+    with contextlib.suppress(KeyboardInterrupt):  # the server stops us by closing stdin; Ctrl-C reaches us too
+        anyio.run(run, a.db, limits)
+
+
+if __name__ == "__main__":
+    main()
