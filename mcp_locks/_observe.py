@@ -107,6 +107,9 @@ class Observability:
         self._poked = anyio.Event()
         #: Set once the delivery worker process (if the store uses one) is up.
         self.worker_ready = anyio.Event()
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._worker_store: SqliteStore | None = None
+        self._worker_started = False
         hub.sink = self.metrics.sink()
         hub.on_enqueued = self.dispatcher.wake
 
@@ -118,13 +121,22 @@ class Observability:
         store = self.service.store
         if self.limits.webhooks.worker and isinstance(store, SqliteStore):
             self.hub.on_enqueued = self._poke_worker
-            tg.start_soon(self._run_worker, store)
-            tg.start_soon(self._count_backlog)
+            self._tg = tg
+            self._worker_store = store
+            if self._hooks or (await store.delivery_backlog())[0]:
+                self._start_worker()  # else on the first webhook: most servers never need the process
         else:
             tg.start_soon(self.dispatcher.run)
         tg.start_soon(self._prune_loop)
 
     # ------------------------------------------------------------------ the delivery worker process
+
+    def _start_worker(self) -> None:
+        if self._worker_started or self._tg is None or self._worker_store is None:
+            return
+        self._worker_started = True
+        self._tg.start_soon(self._run_worker, self._worker_store)
+        self._tg.start_soon(self._count_backlog)
 
     def _poke_worker(self, what: bytes = b"w") -> None:
         if what == b"h" or not self._pokes:
@@ -334,6 +346,7 @@ class Observability:
     def _hooks_changed(self) -> None:
         self.hub.set_hooks(list(self._hooks.values()))
         if self.hub.on_enqueued == self._poke_worker:
+            self._start_worker()
             self._poke_worker(b"h")
 
 

@@ -40,6 +40,7 @@ TOOLS = {
     "delete_file",
     "list_files",
     "file_info",
+    "get_audit_log",
 }
 CODES = {
     "INVALID_ARGUMENT",

@@ -313,9 +313,9 @@ async def test_a_webhook_gets_each_event_signed_by_the_standard_webhooks_scheme(
 async def test_a_server_on_sqlite_delivers_from_a_worker_process_of_its_own(tmp_path: Path) -> None:
     limits = ServiceLimits(observe=ObserveLimits(webhooks=WebhookLimits(allow_private=True, worker=True)))
     async with receiver() as rec, LockService(SqliteStore(tmp_path / "l.db"), clock=Clock(), limits=limits) as s:
+        hook = await s.observe.create_webhook("default", rec.url, ["lock.granted"])  # starts the worker
         with anyio.fail_after(STEP * 3):  # a new Python process has to start
             await s.observe.worker_ready.wait()
-        hook = await s.observe.create_webhook("default", rec.url, ["lock.granted"])
         await s.lock("default", "a.md", "write")
         await rec.until(1)
         assert s.observe.dispatcher.backlog == 0  # the in-process dispatcher never ran

@@ -242,11 +242,11 @@ async def test_a_change_elsewhere_is_not_announced(server: Server, client: Clien
 
 
 async def test_the_event_reader_stops_when_the_last_subscriber_leaves(server: Server) -> None:
-    before = len(server.service._subscribers)
+    before = len(server.service.hub._subscribers)
     async with subscriber(server, workspace_uri("default")):
-        assert len(server.service._subscribers) == before + 1
+        assert len(server.service.hub._subscribers) == before + 1
     with anyio.fail_after(STEP):
-        while len(server.service._subscribers) > before:  # until the server notices that the client left
+        while len(server.service.hub._subscribers) > before:  # until the server notices that the client left
             await anyio.lowlevel.checkpoint()
 
 
