@@ -10,6 +10,7 @@ from importlib import resources
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+import anyio
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.mcpserver import MCPServer
 from mcp.server.sse import SseServerTransport
@@ -179,17 +180,23 @@ def build_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        path = None
+        persistent = not isinstance(svc.store, MemoryStore)
         async with svc, server.session_manager.run():
             if verifier is not None:
                 env_key = settings.admin_key.get_secret_value() if settings.admin_key else None
                 path = await bootstrap_admin_key(
-                    svc.store, settings.data_dir, env_key, svc.clock.now(), persistent=settings.store == "sqlite"
+                    svc.store, settings.data_dir, env_key, svc.clock.now(), persistent=persistent
                 )
                 if path is not None:
                     log.warning("created an admin key; it is in %s (mode 0600; keep it secret)", path)
             else:
                 log.warning("serving WITHOUT authentication (--insecure-no-auth): any local process can use it")
-            yield
+            try:
+                yield
+            finally:
+                if path is not None and not persistent:  # a memory store's key dies with it: leave no file behind
+                    await anyio.Path(path).unlink(missing_ok=True)
 
     routes: list[BaseRoute] = [
         Route("/", dashboard, methods=["GET"]),

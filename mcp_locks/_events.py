@@ -159,7 +159,8 @@ class EventHub:
         """After the commit: count, fan out, and wake the dispatcher if deliveries were queued."""
         sink = self.sink
         if sink is not None:
-            sink.commit_seconds(seconds)
+            if seconds:
+                sink.commit_seconds(seconds)
             if events:
                 sink.events(workspace_id, events)
         if events:

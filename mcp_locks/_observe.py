@@ -41,6 +41,8 @@ log = logging.getLogger("mcp_locks.observe")
 PRUNE_EVERY = 3_600.0
 #: Seconds between counts of the webhook backlog (for the metrics) when a worker process delivers.
 BACKLOG_EVERY = 5.0
+#: What the delivery worker reports per delivery (the metrics' outcome label).
+OUTCOMES = frozenset({"delivered", "failed", "gave_up"})
 #: Most webhooks per workspace (each event is queued once per matching webhook).
 MAX_WEBHOOKS = 20
 
@@ -168,12 +170,12 @@ class Observability:
                             for word in chunk.split():
                                 if word == "ready":
                                     self.worker_ready.set()
-                                else:
+                                elif word in OUTCOMES:
                                     self._delivered(word)
                         tg.cancel_scope.cancel()
                     code = await p.wait()
-            except OSError:
-                log.exception("could not start the webhook delivery worker")
+            except Exception:  # could not start it, or it died mid-write: never take the server down with it
+                log.exception("the webhook delivery worker failed")
                 code = None
             log.warning("the webhook delivery worker stopped (exit status %s); restarting it", code)
             failures = 1 if anyio.current_time() - started > 60 else failures + 1

@@ -139,8 +139,9 @@ CREATE TABLE IF NOT EXISTS audit (
     version INTEGER,
     PRIMARY KEY (workspace_id, seq)
 ) WITHOUT ROWID;
+-- By node: "who touched this file". No index on time: seq grows with it, so pruning
+-- finds its cut by binary search on the primary key (one index less on every commit).
 CREATE INDEX IF NOT EXISTS audit_node ON audit (workspace_id, node_id, seq);
-CREATE INDEX IF NOT EXISTS audit_at ON audit (at);
 CREATE TABLE IF NOT EXISTS webhooks (
     webhook_id TEXT PRIMARY KEY,
     workspace_id TEXT NOT NULL,
@@ -632,18 +633,42 @@ class SqliteStore:
         """Drop log entries and settled deliveries older than ``before``, a few thousand rows per transaction."""
         db = self.db
         dropped = 0
-        while True:
-            # Small transactions: this runs on the event loop, between lock commits.
-            cur = db.execute(
-                "DELETE FROM audit WHERE (workspace_id, seq) IN"
-                " (SELECT workspace_id, seq FROM audit WHERE at<? LIMIT 5000)",
-                (before,),
-            )
-            dropped += cur.rowcount
-            if cur.rowcount < 5000:
-                break
+        # Deleted workspaces keep their log (until pruned); they are all in `retired`.
+        for (ws,) in db.execute(
+            "SELECT workspace_id FROM workspaces UNION SELECT workspace_id FROM retired"
+        ).fetchall():
+            cut = self._audit_cut(ws, before)
+            while cut is not None:
+                # Small transactions: this runs on the event loop, between lock commits.
+                cur = db.execute(
+                    "DELETE FROM audit WHERE workspace_id=? AND seq IN"
+                    " (SELECT seq FROM audit WHERE workspace_id=? AND seq<=? LIMIT 5000)",
+                    (ws, ws, cut),
+                )
+                dropped += cur.rowcount
+                if cur.rowcount < 5000:
+                    break
         db.execute("DELETE FROM outbox WHERE dead=1 AND created_at<?", (before,))
         return dropped
+
+    def _audit_cut(self, ws: str, before: float) -> int | None:
+        """The highest seq of ``ws`` logged before ``before`` (a binary search: seq grows with time)."""
+        db = self.db
+        (lo,) = db.execute("SELECT min(seq) FROM audit WHERE workspace_id=?", (ws,)).fetchone()
+        (hi,) = db.execute("SELECT max(seq) FROM audit WHERE workspace_id=?", (ws,)).fetchone()
+        if lo is None:
+            return None
+        cut = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            row = db.execute(
+                "SELECT seq, at FROM audit WHERE workspace_id=? AND seq>=? ORDER BY seq LIMIT 1", (ws, mid)
+            ).fetchone()
+            if row is None or row[1] >= before:
+                hi = mid - 1
+            else:
+                cut, lo = row[0], row[0] + 1
+        return cut
 
     async def put_webhook(self, record: WebhookRecord) -> None:
         """Register a webhook."""

@@ -82,6 +82,23 @@ async def test_a_queued_request_is_logged_when_it_queues_and_with_its_wait_when_
     assert events[0].waited_ms == 1500
 
 
+async def test_renewals_upgrades_breaks_and_expiries_are_logged(service: LockService, clock: ManualClock) -> None:
+    g = await service.lock("default", "a.md", "read", agent="x", timeout=10)
+    await service.renew("default", g.token, 30)
+    up = await service.lock("default", "a.md", "write", agent="x", token=g.token)
+    await service.force_unlock("default", up.lock_id, "stuck for an hour")
+    await service.lock("default", "b.md", "write", agent="y", timeout=5)
+    clock.advance(6)
+    await service.status("default", "b.md")  # the actor notices the deadline
+    events = (await service.observe.audit_log("default")).events
+    kinds = [e.kind for e in reversed(events)]
+    assert kinds == ["requested", "granted", "renewed", "requested", "upgraded", "broken", "requested", "granted",
+                     "expired"]  # fmt: skip
+    broken = next(e for e in events if e.kind == "broken")
+    assert (broken.reason, broken.mode) == ("stuck for an hour", "write")
+    assert next(e for e in events if e.kind == "expired").held_ms == 5000  # ended at its deadline, not when seen
+
+
 async def test_file_writes_and_deletes_are_logged_with_version_and_fence(service: LockService) -> None:
     g = await service.lock("default", "notes.md", "write", agent="w")
     await service.files.write("default", "notes.md", b"one", token=g.token)
