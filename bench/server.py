@@ -61,14 +61,16 @@ def main() -> None:
     ap.add_argument("--store", choices=["memory", "sqlite"], default="sqlite")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--auth", action="store_true", help="check API keys (a fresh admin key is printed on stderr)")
+    ap.add_argument("--no-audit", dest="audit", action="store_false", help="serve with the audit log off")
     a = ap.parse_args()
     data_dir = a.data_dir or Path(tempfile.mkdtemp(prefix="mcp-locks-bench-"))
     admin_key: str | None = None
     if a.auth:
         admin_key, _ = new_key("bench", (), "admin", time.time())
-        settings = Settings(store=a.store, data_dir=data_dir, insecure_no_auth=False, admin_key=SecretStr(admin_key))
+        settings = Settings(store=a.store, data_dir=data_dir, insecure_no_auth=False, admin_key=SecretStr(admin_key),
+                            audit=a.audit)  # fmt: skip
     else:
-        settings = Settings(store=a.store, data_dir=data_dir, insecure_no_auth=True)
+        settings = Settings(store=a.store, data_dir=data_dir, insecure_no_auth=True, audit=a.audit)
     service = build_service(settings)
 
     async def noop() -> dict[str, bool]:

@@ -13,7 +13,7 @@ import anyio
 from ._clock import Clock
 from ._disk import WorkspaceDisk
 from ._errors import LockError, Unavailable
-from ._events import AppendEvents, Enqueue, EventHub
+from ._events import AppendEvents, EventHub
 from ._files import FileOp, FileTable
 from ._index import Claim
 from ._store import Store
@@ -388,9 +388,9 @@ class WorkspaceActor:
                 broken = True
         changes, table.changes = table.changes, []
         events, table.events = table.events, []
-        extra: list[AppendEvents | Enqueue] = []
+        extra: list[AppendEvents] = []
         if events and self.hub is not None and not broken:
-            # The audit rows and webhook deliveries of these events ride the same transaction.
+            # The events' audit rows (also the webhooks' outbox) ride the same transaction.
             events, extra = self.hub.stamp(self.workspace_id, events)
         took = 0.0
         if not broken and (changes or extra):
@@ -420,7 +420,7 @@ class WorkspaceActor:
             await self._recover(pending)
             return
         if self.hub is not None and (events or took):
-            self.hub.committed(self.workspace_id, events, extra, took)
+            self.hub.committed(self.workspace_id, events, took)
         pending.done.set()
         self._inflight = None
         for w in list(self._waiting.values()):

@@ -1,23 +1,24 @@
-"""Where committed events go: the audit log, the webhook outbox, live subscribers and metrics.
+"""Where committed events go: the audit log, webhooks, live subscribers and metrics.
 
 Events flow one way. The pure tables record :class:`Event` tuples; the actor
-stamps each with its place in the workspace's log (``seq``) and asks the
-:class:`EventHub` what else to write: an :class:`AppendEvents` for the audit
-log and an :class:`Enqueue` of webhook deliveries. Both ride the batch's one
-store transaction, so an event is logged and queued for delivery exactly when
-the change it describes is durable, and writing them costs no commit of its
-own. After the commit the hub hands the events to live subscribers (the SSE
-stream, MCP resource updates) and to the metrics, never blocking: a subscriber
-that falls behind loses events rather than slowing a lock.
+stamps each with its place in the workspace's log (``seq``) and the
+:class:`EventHub` adds an :class:`AppendEvents` to the batch, so the log rides
+the batch's one store transaction: an event is logged exactly when the change
+it describes is durable, at no commit of its own. The log is also the webhook
+outbox: the dispatcher tails it from each webhook's cursor (see
+``_webhooks``), so queueing a delivery costs the lock path nothing. After the
+commit the hub hands the events to live subscribers (the SSE stream, MCP
+resource updates) and to the metrics, never blocking: a subscriber that falls
+behind loses events rather than slowing a lock.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import anyio
@@ -26,14 +27,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from ._table import Event, EventKind
 
 __all__ = [
+    "TYPE_OF",
     "WEBHOOK_EVENTS",
     "AppendEvents",
     "Delivery",
-    "Enqueue",
     "EventHub",
     "EventSink",
     "WebhookRecord",
     "event_dict",
+    "webhook_body",
 ]
 
 log = logging.getLogger("mcp_locks.events")
@@ -47,7 +49,8 @@ WEBHOOK_EVENTS: dict[str, tuple[EventKind, ...]] = {
     "file.written": ("written",),
     "file.deleted": ("deleted",),
 }
-_TYPE_OF: dict[str, str] = {kind: t for t, kinds in WEBHOOK_EVENTS.items() for kind in kinds}
+#: The webhook event type of each log event kind that has one.
+TYPE_OF: dict[str, str] = {kind: t for t, kinds in WEBHOOK_EVENTS.items() for kind in kinds}
 
 
 class AppendEvents(NamedTuple):
@@ -57,7 +60,11 @@ class AppendEvents(NamedTuple):
 
 
 class Delivery(NamedTuple):
-    """One webhook message waiting in the outbox (``delivery_id`` is its webhook-id header, kept across retries)."""
+    """One webhook message: ``delivery_id`` is its webhook-id header, the same on every retry.
+
+    ``payload`` is the event as a compact JSON array; :func:`webhook_body` makes the request body from it.
+    A first attempt is read from the log (``row`` 0); one that failed waits in the outbox for its retry.
+    """
 
     delivery_id: str
     webhook_id: str
@@ -67,16 +74,16 @@ class Delivery(NamedTuple):
     attempts: int = 0
     next_at: float = 0.0
     last_error: str | None = None
-
-
-class Enqueue(NamedTuple):
-    """Store change: put webhook deliveries in the outbox."""
-
-    deliveries: tuple[Delivery, ...]
+    #: The store's handle on the row (SQLite's rowid), set when it is read back.
+    row: int = 0
 
 
 class WebhookRecord(NamedTuple):
-    """A registered webhook. ``secret`` (whsec_...) signs its deliveries; it is shown to the admin once."""
+    """A registered webhook. ``secret`` (whsec_...) signs its deliveries; it is shown to the admin once.
+
+    ``cursor`` is the last seq of its workspace's log it has dealt with: every matching event up to it
+    was delivered, or is in the outbox waiting for a retry.
+    """
 
     webhook_id: str
     workspace_id: str
@@ -84,13 +91,34 @@ class WebhookRecord(NamedTuple):
     events: tuple[str, ...]
     secret: str
     created_at: float
+    cursor: int = 0
+
+    @property
+    def kinds(self) -> tuple[EventKind, ...]:
+        """The log event kinds its event types cover."""
+        return tuple(k for t in self.events for k in WEBHOOK_EVENTS.get(t, ()))
 
 
 def event_dict(workspace_id: str, ev: Event) -> dict[str, object]:
-    """An event as JSON-ready data (the same fields as the AuditEvent model, times as ISO 8601)."""
-    from ._models import AuditEvent
+    """An event as JSON-ready data: the AuditEvent model's fields, times as ISO 8601 (built directly: hot path)."""
+    at = datetime.fromtimestamp(ev.at, UTC).isoformat().replace("+00:00", "Z")
+    return {
+        "seq": ev.seq, "workspace_id": workspace_id, "at": at, "kind": ev.kind, "node_id": ev.node_id,
+        "agent": ev.owner, "label": ev.label, "lock_id": ev.lock_id, "mode": ev.mode, "depth": ev.depth,
+        "fence": ev.fence, "waited_ms": ev.waited_ms, "held_ms": ev.held_ms, "code": ev.code, "by": ev.by,
+        "reason": ev.reason, "version": ev.version,
+    }  # fmt: skip
 
-    return AuditEvent.of(workspace_id, ev).model_dump(mode="json")
+
+def webhook_body(delivery: Delivery) -> str:
+    """The JSON body of a delivery, in the Standard Webhooks shape: ``{type, timestamp, data}``.
+
+    ``data`` is the event plus its ``event_id`` (``workspace:seq``, the same for every webhook and retry).
+    """
+    workspace_id, *fields = json.loads(delivery.payload)
+    data = event_dict(workspace_id, Event(*fields))
+    data["event_id"] = f"{workspace_id}:{data['seq']}"
+    return json.dumps({"type": delivery.event_type, "timestamp": data["at"], "data": data}, separators=(",", ":"))
 
 
 class EventSink(NamedTuple):
@@ -107,11 +135,11 @@ class EventHub:
         #: Whether events are written to the audit log (they are always published live).
         self.audit = audit
         self._seq: dict[str, int] = {}
-        self._hooks: dict[str, tuple[WebhookRecord, ...]] = {}
+        self._hooked: frozenset[str] = frozenset()  # workspaces with webhooks
         # Each subscriber, and whether it would rather be cut off than miss an event (it can replay the log).
         self._subscribers: dict[MemoryObjectSendStream[tuple[str, Event]], bool] = {}
-        #: Called after a commit that queued deliveries (the dispatcher's wake-up).
-        self.on_enqueued: Callable[[], None] | None = None
+        #: Called after a commit logged events in a workspace with webhooks (the dispatcher's wake-up).
+        self.on_logged: Callable[[], None] | None = None
         self.sink: EventSink | None = None
 
     # ------------------------------------------------------------------ inside the actor's step
@@ -121,42 +149,19 @@ class EventHub:
         if last_seq > self._seq.get(workspace_id, 0):
             self._seq[workspace_id] = last_seq
 
-    def stamp(self, workspace_id: str, events: list[Event]) -> tuple[list[Event], list[AppendEvents | Enqueue]]:
-        """Number ``events`` and return them with the store changes they need (audit rows, deliveries)."""
+    def stamp(self, workspace_id: str, events: list[Event]) -> tuple[list[Event], list[AppendEvents]]:
+        """Number ``events`` and return them with the store change that logs them (if the log is on)."""
         n = self._seq.get(workspace_id, 0)
         stamped = [ev._replace(seq=n + i) for i, ev in enumerate(events, start=1)]
         self._seq[workspace_id] = n + len(events)
-        changes: list[AppendEvents | Enqueue] = []
-        if self.audit:
-            changes.append(AppendEvents(tuple(stamped)))
-        hooks = self._hooks.get(workspace_id)
-        if hooks:
-            out = self._deliveries(workspace_id, hooks, stamped)
-            if out:
-                changes.append(Enqueue(tuple(out)))
-        return stamped, changes
+        return stamped, [AppendEvents(tuple(stamped))] if self.audit else []
 
-    @staticmethod
-    def _deliveries(workspace_id: str, hooks: tuple[WebhookRecord, ...], events: list[Event]) -> list[Delivery]:
-        out: list[Delivery] = []
-        for ev in events:
-            kind = _TYPE_OF.get(ev.kind)
-            if kind is None:
-                continue
-            data: dict[str, object] | None = None
-            for h in hooks:
-                if kind in h.events:
-                    if data is None:
-                        data = event_dict(workspace_id, ev)
-                        data["event_id"] = f"{workspace_id}:{ev.seq}"
-                    body = json.dumps({"type": kind, "timestamp": data["at"], "data": data}, separators=(",", ":"))
-                    out.append(Delivery(f"msg_{secrets.token_hex(12)}", h.webhook_id, kind, body, ev.at, 0, ev.at))
-        return out
+    def last_seq(self, workspace_id: str) -> int:
+        """The last seq handed out in ``workspace_id`` by this process (0 if none yet)."""
+        return self._seq.get(workspace_id, 0)
 
-    def committed(
-        self, workspace_id: str, events: list[Event], changes: Sequence[AppendEvents | Enqueue], seconds: float
-    ) -> None:
-        """After the commit: count, fan out, and wake the dispatcher if deliveries were queued."""
+    def committed(self, workspace_id: str, events: list[Event], seconds: float) -> None:
+        """After the commit: count, fan out, and wake the webhook dispatcher if the workspace has webhooks."""
         sink = self.sink
         if sink is not None:
             if seconds:
@@ -165,21 +170,12 @@ class EventHub:
                 sink.events(workspace_id, events)
         if events:
             self._fan_out(workspace_id, events)
-        if self.on_enqueued is not None and any(isinstance(c, Enqueue) for c in changes):
-            self.on_enqueued()
-
-    def forget(self, workspace_id: str) -> None:
-        """A workspace was deleted: drop its webhooks (its log's seq is kept, so a re-created one continues)."""
-        self._hooks.pop(workspace_id, None)
-
-    # ------------------------------------------------------------------ webhooks registry
+            if self.on_logged is not None and workspace_id in self._hooked:
+                self.on_logged()
 
     def set_hooks(self, hooks: Sequence[WebhookRecord]) -> None:
-        """Replace every workspace's webhooks."""
-        by_ws: dict[str, list[WebhookRecord]] = {}
-        for h in hooks:
-            by_ws.setdefault(h.workspace_id, []).append(h)
-        self._hooks = {ws: tuple(hs) for ws, hs in by_ws.items()}
+        """Which workspaces have webhooks (their commits wake the dispatcher)."""
+        self._hooked = frozenset(h.workspace_id for h in hooks)
 
     # ------------------------------------------------------------------ live subscribers
 

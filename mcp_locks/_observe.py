@@ -41,6 +41,8 @@ log = logging.getLogger("mcp_locks.observe")
 PRUNE_EVERY = 3_600.0
 #: Seconds between counts of the webhook backlog (for the metrics) when a worker process delivers.
 BACKLOG_EVERY = 5.0
+#: Least seconds between two pokes of the delivery worker (each costs a pipe write on the lock path's loop).
+POKE_EVERY = 0.01
 #: What the delivery worker reports per delivery (the metrics' outcome label).
 OUTCOMES = frozenset({"delivered", "failed", "gave_up"})
 #: Most webhooks per workspace (each event is queued once per matching webhook).
@@ -113,7 +115,7 @@ class Observability:
         self._worker_store: SqliteStore | None = None
         self._worker_started = False
         hub.sink = self.metrics.sink()
-        hub.on_enqueued = self.dispatcher.wake
+        hub.on_logged = self.dispatcher.wake
 
     async def start(self, tg: anyio.abc.TaskGroup) -> None:
         """Load the webhooks and start delivering and pruning (in the service's task group)."""
@@ -121,8 +123,12 @@ class Observability:
             self._hooks[h.webhook_id] = h
         self.hub.set_hooks(list(self._hooks.values()))
         store = self.service.store
-        if self.limits.webhooks.worker and isinstance(store, SqliteStore):
-            self.hub.on_enqueued = self._poke_worker
+        if not self.limits.audit:
+            if self._hooks:
+                log.warning("webhooks are not delivered while the audit log is off (--no-audit): they read it")
+            self.hub.on_logged = None
+        elif self.limits.webhooks.worker and isinstance(store, SqliteStore):
+            self.hub.on_logged = self._poke_worker
             self._tg = tg
             self._worker_store = store
             if self._hooks or (await store.delivery_backlog())[0]:
@@ -162,7 +168,7 @@ class Observability:
                 ) as p:
                     assert p.stdin is not None
                     assert p.stdout is not None
-                    self._pokes[:] = [b"h"]  # it loads the webhooks itself; then look at the outbox
+                    self._pokes[:] = [b"h"]  # it loads the webhooks itself; then looks at the logs
                     self._poked.set()
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._forward_pokes, p.stdin)
@@ -187,6 +193,7 @@ class Observability:
             self._poked = anyio.Event()
             pokes, self._pokes = self._pokes, []
             await stdin.send(b"".join(p + b"\n" for p in pokes))
+            await anyio.sleep(POKE_EVERY)  # a burst of commits becomes one poke, not one write each
 
     async def _count_backlog(self) -> None:
         while True:
@@ -300,10 +307,20 @@ class Observability:
                 hint="Delete one you no longer need, or let one receiver handle several event types.",
                 details={"limit": MAX_WEBHOOKS},
             )
+        if not self.limits.audit:
+            raise InvalidArgument(
+                "webhooks need the audit log, and this server runs with it off (--no-audit).",
+                hint="Restart the server with the audit log on, or follow GET /v1/workspaces/{w}/events instead.",
+                details={"field": "url"},
+            )
         secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        # It gets the events logged from now on: its cursor starts at the end of the log.
+        newest = await self.service.store.audit(AuditQuery(ws, limit=1))
+        cursor = max(self.hub.last_seq(ws), newest[0].seq if newest else 0)
         rec = WebhookRecord(
-            f"wh_{secrets.token_hex(8)}", ws, checked, tuple(dict.fromkeys(events)), secret, self.service.clock.now()
-        )
+            f"wh_{secrets.token_hex(8)}", ws, checked, tuple(dict.fromkeys(events)), secret,
+            self.service.clock.now(), cursor,
+        )  # fmt: skip
         await self.service.store.put_webhook(rec)
         self._hooks[rec.webhook_id] = rec
         self._hooks_changed()
@@ -347,7 +364,7 @@ class Observability:
 
     def _hooks_changed(self) -> None:
         self.hub.set_hooks(list(self._hooks.values()))
-        if self.hub.on_enqueued == self._poke_worker:
+        if self.hub.on_logged == self._poke_worker:
             self._start_worker()
             self._poke_worker(b"h")
 

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import anyio
+
 from ._errors import AlreadyExists
-from ._events import AppendEvents, Delivery, Enqueue, WebhookRecord
+from ._events import AppendEvents, Delivery, WebhookRecord
 from ._files import FileMeta, PutFile
 from ._keys import KeyRecord
 from ._store import (
@@ -42,6 +44,8 @@ __all__ = ["SqliteStore"]
 log = logging.getLogger("mcp_locks.sqlite")
 
 SCHEMA_VERSION = 4
+#: Most unread log events counted per webhook for the backlog gauge.
+MAX_COUNTED = 100_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -139,20 +143,25 @@ CREATE TABLE IF NOT EXISTS audit (
     version INTEGER,
     PRIMARY KEY (workspace_id, seq)
 ) WITHOUT ROWID;
--- By node: "who touched this file". No index on time: seq grows with it, so pruning
--- finds its cut by binary search on the primary key (one index less on every commit).
-CREATE INDEX IF NOT EXISTS audit_node ON audit (workspace_id, node_id, seq);
+-- No secondary index: each would cost a page write on every commit. Queries walk the
+-- workspace's log backwards on a reader connection in a thread (never on the lock path),
+-- and pruning finds its cut by binary search on seq, which grows with time.
 CREATE TABLE IF NOT EXISTS webhooks (
     webhook_id TEXT PRIMARY KEY,
     workspace_id TEXT NOT NULL,
     url TEXT NOT NULL,
     events TEXT NOT NULL,
     secret TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    -- The last seq of its workspace's log it has dealt with (delivered, or in the outbox for a retry).
+    cursor INTEGER NOT NULL DEFAULT 0
 );
--- The webhook outbox: a message stays until delivered (done_at set) or given up (dead=1).
+-- The webhook outbox holds only retries: a first attempt is read from the audit log (each
+-- webhook tails it from its cursor), and one that fails is written here by the dispatcher,
+-- until delivered (then deleted) or given up (dead=1).
 CREATE TABLE IF NOT EXISTS outbox (
-    delivery_id TEXT PRIMARY KEY,
+    id INTEGER PRIMARY KEY,
+    delivery_id TEXT NOT NULL,
     webhook_id TEXT NOT NULL,
     event_type TEXT NOT NULL,
     payload TEXT NOT NULL,
@@ -162,7 +171,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     dead INTEGER NOT NULL DEFAULT 0
 );
-CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_at) WHERE dead=0;
 """
 _AUDIT_COLS = (
     "seq, at, kind, node_id, agent, label, lock_id, mode, depth, fence, waiter_id, waited_ms, held_ms, code, by,"
@@ -254,6 +262,9 @@ class SqliteStore:
         self._fence_last: dict[str, int] = {}
         self._key_writes = 0  # bumped on every key change made here (other processes show in data_version)
         self._checkpointer: threading.Thread | None = None
+        # Reads that may take long (the audit log) run in threads on their own connection.
+        self._reader: sqlite3.Connection | None = None
+        self._reader_lock = threading.Lock()
         self._checkpoint_stop = threading.Event()
 
     @property
@@ -335,6 +346,10 @@ class SqliteStore:
             self._checkpoint_stop.set()
             self._checkpointer.join()
             self._checkpointer = None
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
         if self._db is not None:
             self._db.close()
             self._db = None
@@ -430,7 +445,6 @@ class SqliteStore:
         prune: Prune | None = None
         files: dict[str, FileMeta] = {}
         events: list[tuple[Any, ...]] = []
-        deliveries: list[Delivery] = []
         fence_last = 0
         for ch in changes:
             if isinstance(ch, PutLease):
@@ -462,8 +476,6 @@ class SqliteStore:
                 files[ch.meta.node_id] = ch.meta  # the last change to a file in a batch wins
             elif isinstance(ch, AppendEvents):
                 events.extend(_audit_row(workspace_id, ev) for ev in ch.events)
-            elif isinstance(ch, Enqueue):
-                deliveries.extend(ch.deliveries)
         db = self.db
         durable = reserve and self.sync != "full"
         if durable:
@@ -498,13 +510,6 @@ class SqliteStore:
                     )
                 if events:
                     db.executemany(f"INSERT INTO audit VALUES ({','.join('?' * 18)})", events)
-                if deliveries:
-                    # Only for webhooks that still exist (one deleted meanwhile gets nothing more).
-                    db.executemany(
-                        f"INSERT INTO outbox ({_OUTBOX_COLS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?"
-                        " WHERE EXISTS (SELECT 1 FROM webhooks WHERE webhook_id=?)",
-                        [(*d, d.webhook_id) for d in deliveries],
-                    )
                 if prune is not None:
                     db.execute(
                         "DELETE FROM locks WHERE workspace_id=? AND ended_at IS NOT NULL AND ended_at<?",
@@ -609,7 +614,11 @@ class SqliteStore:
     # ------------------------------------------------------------------ audit log and webhooks
 
     async def audit(self, query: AuditQuery) -> list[Event]:
-        """Matching events, newest first (by node through an index; by agent or time as a filtered scan)."""
+        """Matching events, newest first (oldest first with ``after_seq``).
+
+        Read on a connection of its own in a worker thread: a filter that matches little walks far
+        back through the log, and that walk must never hold up the event loop's lock commits.
+        """
         where = ["workspace_id=?"]
         args: list[Any] = [query.workspace_id]
         for cond, value in (
@@ -622,12 +631,20 @@ class SqliteStore:
             if value is not None:
                 where.append(cond)
                 args.append(value)
+        if query.kinds is not None:
+            where.append(f"kind IN ({','.join('?' * len(query.kinds))})")
+            args.extend(query.kinds)
         order = "ASC" if query.after_seq is not None else "DESC"
-        rows = self.db.execute(
-            f"SELECT {_AUDIT_COLS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?",
-            (*args, query.limit),
-        )
-        return [_event_from(r) for r in rows]
+        sql = f"SELECT {_AUDIT_COLS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
+
+        def read() -> list[Event]:
+            with self._reader_lock:
+                if self._reader is None:
+                    self._reader = sqlite3.connect(self.path, check_same_thread=False)
+                    self._reader.execute("PRAGMA query_only=1")
+                return [_event_from(r) for r in self._reader.execute(sql, (*args, query.limit))]
+
+        return await anyio.to_thread.run_sync(read)
 
     async def prune_audit(self, before: float) -> int:
         """Drop log entries and settled deliveries older than ``before``, a few thousand rows per transaction."""
@@ -673,18 +690,18 @@ class SqliteStore:
     async def put_webhook(self, record: WebhookRecord) -> None:
         """Register a webhook."""
         self.db.execute(
-            "INSERT INTO webhooks VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?)",
             (record.webhook_id, record.workspace_id, record.url, json.dumps(list(record.events)), record.secret,
-             record.created_at),
+             record.created_at, record.cursor),
         )  # fmt: skip
 
     async def list_webhooks(self) -> list[WebhookRecord]:
         """Every webhook, oldest first."""
         rows = self.db.execute(
-            "SELECT webhook_id, workspace_id, url, events, secret, created_at FROM webhooks"
+            "SELECT webhook_id, workspace_id, url, events, secret, created_at, cursor FROM webhooks"
             " ORDER BY created_at, webhook_id"
         )
-        return [WebhookRecord(i, ws, url, tuple(json.loads(ev)), sec, at) for i, ws, url, ev, sec, at in rows]
+        return [WebhookRecord(i, ws, url, tuple(json.loads(ev)), sec, at, c) for i, ws, url, ev, sec, at, c in rows]
 
     async def delete_webhook(self, webhook_id: str) -> WebhookRecord | None:
         """Remove a webhook and its undelivered messages."""
@@ -705,21 +722,31 @@ class SqliteStore:
     async def due_deliveries(self, now: float, limit: int, skip: frozenset[str]) -> list[Delivery]:
         """Due messages, oldest first."""
         rows = self.db.execute(
-            f"SELECT {_OUTBOX_COLS} FROM outbox WHERE dead=0 AND next_at<=? ORDER BY next_at LIMIT ?",
+            f"SELECT {_OUTBOX_COLS}, id FROM outbox WHERE dead=0 AND next_at<=? ORDER BY next_at LIMIT ?",
             (now, limit + len(skip)),
         )
         return [d for d in (Delivery(*r) for r in rows) if d.delivery_id not in skip][:limit]
 
     async def settle_deliveries(self, settle: Settle) -> None:
-        """Record outcomes in one transaction (not fsynced: a lost one is delivered again, at least once)."""
+        """Record outcomes and cursors in one transaction (not fsynced: a lost one is delivered again)."""
         db = self.db
+        fresh = [(d, 0) for d in settle.retry if not d.row] + [(d, 1) for d in settle.dead if not d.row]
+        known = [(d, 0) for d in settle.retry if d.row] + [(d, 1) for d in settle.dead if d.row]
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("DELETE FROM outbox WHERE delivery_id=?", [(i,) for i in settle.done])
+            db.executemany("DELETE FROM outbox WHERE id=?", [(d.row,) for d in settle.done if d.row])
             db.executemany(
-                "UPDATE outbox SET attempts=?, next_at=?, last_error=?, dead=? WHERE delivery_id=?",
-                [(d.attempts, d.next_at, d.last_error, 0, d.delivery_id) for d in settle.retry]
-                + [(d.attempts, d.next_at, d.last_error, 1, d.delivery_id) for d in settle.dead],
+                f"INSERT INTO outbox ({_OUTBOX_COLS}, dead) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM webhooks WHERE webhook_id=?)",
+                [(*d[:8], dead, d.webhook_id) for d, dead in fresh],
+            )
+            db.executemany(
+                "UPDATE outbox SET attempts=?, next_at=?, last_error=?, dead=? WHERE id=?",
+                [(d.attempts, d.next_at, d.last_error, dead, d.row) for d, dead in known],
+            )
+            db.executemany(
+                "UPDATE webhooks SET cursor=? WHERE webhook_id=? AND cursor<?",
+                [(seq, webhook_id, seq) for webhook_id, seq in settle.cursors],
             )
             db.execute("COMMIT")
         except BaseException:
@@ -727,8 +754,18 @@ class SqliteStore:
             raise
 
     async def delivery_backlog(self) -> tuple[int, float | None]:
-        """Waiting messages and the next due time."""
-        n, nxt = self.db.execute("SELECT count(*), min(next_at) FROM outbox WHERE dead=0").fetchone()
+        """Waiting messages (retries, and matching events after each webhook's cursor) and the next retry."""
+        db = self.db
+        n, nxt = db.execute("SELECT count(*), min(next_at) FROM outbox WHERE dead=0").fetchone()
+        for h in await self.list_webhooks():
+            kinds = h.kinds
+            # Bounded: a receiver down for a day must not make each count a walk through the whole log.
+            (unread,) = db.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM audit WHERE workspace_id=? AND seq>?"
+                f" AND kind IN ({','.join('?' * len(kinds))}) LIMIT {MAX_COUNTED})",
+                (h.workspace_id, h.cursor, *kinds),
+            ).fetchone()
+            n += unread
         return n, nxt
 
 

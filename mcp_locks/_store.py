@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ._errors import AlreadyExists, Locked, NotFound
-from ._events import AppendEvents, Delivery, Enqueue, WebhookRecord
+from ._events import AppendEvents, Delivery, WebhookRecord
 from ._files import FileMeta, PutFile
 from ._keys import KeyRecord
 from ._table import (
@@ -36,8 +37,8 @@ __all__ = [
     "workspace_not_found",
 ]
 
-#: What one actor batch commits: lock and file changes, audit rows and webhook deliveries.
-StoreChange = Change | AppendEvents | Enqueue
+#: What one actor batch commits: lock and file changes, and the audit rows of its events.
+StoreChange = Change | AppendEvents
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,8 @@ class AuditQuery:
     before_seq: int | None = None
     limit: int = 100
     after_seq: int | None = None
+    #: Only these kinds (None: all).
+    kinds: tuple[str, ...] | None = None
 
     def matches(self, ev: Event) -> bool:
         """Whether ``ev`` passes the filters (a store may filter in SQL instead)."""
@@ -63,20 +66,24 @@ class AuditQuery:
             and (self.since is None or ev.at >= self.since)
             and (self.before_seq is None or ev.seq < self.before_seq)
             and (self.after_seq is None or ev.seq > self.after_seq)
+            and (self.kinds is None or ev.kind in self.kinds)
         )
 
 
 @dataclass(frozen=True, slots=True)
 class Settle:
-    """What became of deliveries.
+    """What became of deliveries, and how far each webhook got in its workspace's log.
 
     ``done`` arrived; ``retry`` failed and go again at their ``next_at``; ``dead``
-    failed for the last time (kept, with their last error, until pruned).
+    failed for the last time (kept, with their last error, until pruned). A
+    delivery with ``row`` 0 was a first attempt, read from the log, and has no
+    outbox row yet. ``cursors`` moves webhooks' cursors forward (never back).
     """
 
-    done: tuple[str, ...] = ()
+    done: tuple[Delivery, ...] = ()
     retry: tuple[Delivery, ...] = ()
     dead: tuple[Delivery, ...] = ()
+    cursors: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,14 +200,14 @@ class Store(Protocol):
         ...
 
     async def due_deliveries(self, now: float, limit: int, skip: frozenset[str]) -> list[Delivery]:
-        """Up to ``limit`` undelivered messages due by ``now`` (not in ``skip``), oldest first."""
+        """Up to ``limit`` outbox messages (retries) due by ``now`` (not in ``skip``), oldest first."""
         ...
 
     async def settle_deliveries(self, settle: Settle) -> None:
-        """Record what became of deliveries (one transaction)."""
+        """Record what became of deliveries and move cursors (one transaction)."""
 
     async def delivery_backlog(self) -> tuple[int, float | None]:
-        """How many messages wait for delivery, and when the next is due (None: none waits)."""
+        """Messages waiting (retries, and matching events after each webhook's cursor), and the next retry time."""
         ...
 
 
@@ -228,6 +235,7 @@ class MemoryStore:
         self._hooks: dict[str, WebhookRecord] = {}
         self._outbox: dict[str, Delivery] = {}
         self._dead: dict[str, Delivery] = {}
+        self._rows = 0
 
     async def open(self) -> None:
         """Nothing to open."""
@@ -277,8 +285,6 @@ class MemoryStore:
         for ch in changes:
             if isinstance(ch, AppendEvents):
                 self._logs.setdefault(workspace_id, []).extend(ch.events)
-            elif isinstance(ch, Enqueue):
-                self._outbox.update((d.delivery_id, d) for d in ch.deliveries if d.webhook_id in self._hooks)
             else:
                 lock_changes.append(ch)
         apply_changes_to_memory(ws, lock_changes)
@@ -335,7 +341,14 @@ class MemoryStore:
         """Matching events, newest first (oldest first with ``after_seq``)."""
         log = self._logs.get(query.workspace_id, [])
         if query.after_seq is not None:
-            return [ev for ev in log if query.matches(ev)][: query.limit]
+            start = bisect.bisect_right(log, query.after_seq, key=lambda ev: ev.seq)  # seq grows along the log
+            out_after = []
+            for ev in log[start:]:
+                if query.matches(ev):
+                    out_after.append(ev)
+                    if len(out_after) == query.limit:
+                        break
+            return out_after
         out: list[Event] = []
         for ev in reversed(log):
             if query.since is not None and ev.at < query.since:
@@ -378,19 +391,31 @@ class MemoryStore:
         return due[:limit]
 
     async def settle_deliveries(self, settle: Settle) -> None:
-        """Record outcomes."""
-        for i in settle.done:
-            self._outbox.pop(i, None)
+        """Record outcomes and cursors."""
+        for d in settle.done:
+            self._outbox.pop(d.delivery_id, None)
         for d in settle.retry:
-            if d.delivery_id in self._outbox:
-                self._outbox[d.delivery_id] = d
+            if d.webhook_id in self._hooks:
+                self._outbox[d.delivery_id] = d if d.row else d._replace(row=self._next_row())
         for d in settle.dead:
-            if self._outbox.pop(d.delivery_id, None) is not None:
-                self._dead[d.delivery_id] = d
+            self._outbox.pop(d.delivery_id, None)
+            self._dead[d.delivery_id] = d
+        for webhook_id, seq in settle.cursors:
+            h = self._hooks.get(webhook_id)
+            if h is not None and seq > h.cursor:
+                self._hooks[webhook_id] = h._replace(cursor=seq)
+
+    def _next_row(self) -> int:
+        self._rows += 1
+        return self._rows
 
     async def delivery_backlog(self) -> tuple[int, float | None]:
-        """Waiting messages and the next due time."""
-        return len(self._outbox), min((d.next_at for d in self._outbox.values()), default=None)
+        """Waiting messages (retries and unread matching events) and the next retry time."""
+        unread = 0
+        for h in self._hooks.values():
+            kinds = h.kinds
+            unread += sum(1 for ev in self._logs.get(h.workspace_id, ()) if ev.seq > h.cursor and ev.kind in kinds)
+        return len(self._outbox) + unread, min((d.next_at for d in self._outbox.values()), default=None)
 
 
 def workspace_not_found(workspace_id: str) -> NotFound:

@@ -1,13 +1,14 @@
-"""Webhook deliveries from the durable outbox: signed (Standard Webhooks), at least once, retried for a day.
+"""Webhook deliveries: signed (Standard Webhooks), at least once, retried for a day.
 
-The outbox rows are written by the workspace actors in the same transaction
-as the events they announce, so a crash loses none and a restart delivers
-what was left. The :class:`Dispatcher` is the only reader: it posts each due
-message with its own task (at most ``concurrency`` at a time per webhook),
-so a slow or dead receiver holds up only its own messages, never a lock
-operation or another receiver. Outcomes are written back in small batches;
-a message whose outcome was lost in a crash is simply delivered again, which
-at-least-once allows (receivers de-duplicate by the webhook-id header).
+The audit log is the outbox. Each webhook has a cursor in its workspace's
+log; the :class:`Dispatcher` reads the matching events after it and posts
+each with its own task (at most ``concurrency`` at a time per webhook), so a
+slow or dead receiver holds up only its own messages, never a lock operation
+or another receiver. A failed first attempt moves to the retry table; the
+cursor then moves past it. Outcomes and cursors are written back in small
+batches; whatever was in flight when the process died is delivered again,
+which at-least-once allows (receivers de-duplicate by the webhook-id header,
+``msg_<webhook>_<seq>``, the same on every attempt).
 
 Receivers must be http(s). Unless ``allow_private``, every address the host
 resolves to must be public (no loopback, private, link-local or reserved
@@ -20,11 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import random
 import socket
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -34,8 +36,8 @@ from standardwebhooks import Webhook
 
 from ._clock import Clock
 from ._errors import InvalidArgument
-from ._events import Delivery, WebhookRecord
-from ._store import Settle, Store
+from ._events import TYPE_OF, Delivery, WebhookRecord, webhook_body
+from ._store import AuditQuery, Settle, Store
 
 __all__ = ["Dispatcher", "WebhookLimits", "check_webhook_url", "retry_delay"]
 
@@ -132,8 +134,26 @@ class _LazyClient:
         return self._client
 
 
+@dataclass(slots=True)
+class _Tail:
+    """Where one webhook is in its workspace's log: read up to ``fetched``; first attempts in flight."""
+
+    fetched: int
+    saved: int
+    pending: set[int] = field(default_factory=set)
+
+    @property
+    def cursor(self) -> int:
+        """Every matching event up to here is delivered or waits in the outbox."""
+        return min(self.pending) - 1 if self.pending else self.fetched
+
+
 class Dispatcher:
-    """Delivers the outbox: one task per message in flight, outcomes written back in batches."""
+    """Delivers webhooks: tails each webhook's workspace log for first attempts, and the outbox for retries.
+
+    Each message gets its own task (at most ``concurrency`` in flight per webhook); outcomes, new
+    retry rows and the webhooks' cursors are written back together in small batches.
+    """
 
     def __init__(
         self,
@@ -154,14 +174,15 @@ class Dispatcher:
         self.backlog = 0
         self._inflight: set[str] = set()
         self._per_hook: dict[str, int] = {}
+        self._tails: dict[str, _Tail] = {}
         self._wake = anyio.Event()
-        self._settle: list[tuple[str, Delivery | None, bool]] = []
+        self._settle: list[tuple[Delivery, bool, bool]] = []  # (the delivery as it now stands, arrived, given up)
         self._flush = anyio.Event()
         #: Set (and replaced) each time a batch of outcomes has been written to the store.
         self.settled = anyio.Event()
 
     def wake(self) -> None:
-        """New deliveries were committed (or a slot freed): look at the outbox now."""
+        """New events were logged (or a slot freed): look at the logs and the outbox now."""
         self._wake.set()
 
     async def run(self) -> None:
@@ -175,37 +196,62 @@ class Dispatcher:
             while True:
                 self._wake = anyio.Event()
                 hooks = self.hooks()
-                # Only look at the outbox when some webhook has a free slot: a burst of commits while every
-                # receiver is busy costs one flag check each, not a query.
-                free = sum(max(0, self.limits.concurrency - self._per_hook.get(h, 0)) for h in hooks)
-                started_all = await self._start_due(tg, client, hooks, min(free, MAX_INFLIGHT)) if free else False
+                for gone in self._tails.keys() - hooks.keys():
+                    del self._tails[gone]
+                await self._start_retries(tg, client, hooks)
+                for hook in hooks.values():
+                    await self._start_new(tg, client, hook)
                 now = self.clock.now()
-                if now - counted_at >= 1.0 or started_all:
+                if now - counted_at >= 1.0:
                     self.backlog, next_at = await self.store.delivery_backlog()
                     counted_at = now
-                if not started_all or self._inflight:
-                    await self._wake.wait()  # a slot frees (or a new message arrives)
-                else:
-                    # Nothing in flight and nothing due: sleep until the next retry (or a new message).
-                    await self.clock.wait(self._wake, next_at if next_at is not None and next_at > now else None)
+                # Woken by a commit in a workspace with webhooks, a freed slot, or the next retry's time.
+                await self.clock.wait(self._wake, next_at if next_at is not None and next_at > now else now + 1.0)
 
-    async def _start_due(
-        self, tg: anyio.abc.TaskGroup, client: _LazyClient, hooks: dict[str, WebhookRecord], room: int
-    ) -> bool:
-        """Start what is due and has a free slot; False if some due message had to wait for one."""
-        due = await self.store.due_deliveries(self.clock.now(), room, frozenset(self._inflight))
-        all_started = len(due) < room
-        for d in due:
+    def _free(self, webhook_id: str) -> int:
+        return self.limits.concurrency - self._per_hook.get(webhook_id, 0)
+
+    def _start(self, tg: anyio.abc.TaskGroup, client: _LazyClient, d: Delivery, hook: WebhookRecord) -> None:
+        self._inflight.add(d.delivery_id)
+        self._per_hook[d.webhook_id] = self._per_hook.get(d.webhook_id, 0) + 1
+        tg.start_soon(self._send, client, d, hook)
+
+    async def _start_retries(
+        self, tg: anyio.abc.TaskGroup, client: _LazyClient, hooks: dict[str, WebhookRecord]
+    ) -> None:
+        room = min(MAX_INFLIGHT - len(self._inflight), sum(max(0, self._free(h)) for h in hooks))
+        if room <= 0:
+            return
+        for d in await self.store.due_deliveries(self.clock.now(), room, frozenset(self._inflight)):
             hook = hooks.get(d.webhook_id)
-            if hook is None:
-                continue  # deleted meanwhile; its rows go with it
-            if self._per_hook.get(d.webhook_id, 0) >= self.limits.concurrency:
-                all_started = False
-                continue
-            self._inflight.add(d.delivery_id)
-            self._per_hook[d.webhook_id] = self._per_hook.get(d.webhook_id, 0) + 1
-            tg.start_soon(self._send, client, d, hook)
-        return all_started
+            if hook is not None and self._free(d.webhook_id) > 0:
+                self._start(tg, client, d, hook)
+
+    async def _start_new(self, tg: anyio.abc.TaskGroup, client: _LazyClient, hook: WebhookRecord) -> None:
+        """First attempts: the matching events logged after what this webhook has read."""
+        tail = self._tails.get(hook.webhook_id)
+        if tail is None:
+            tail = self._tails[hook.webhook_id] = _Tail(hook.cursor, hook.cursor)
+        room = min(self._free(hook.webhook_id), MAX_INFLIGHT - len(self._inflight))
+        if room <= 0:
+            return
+        newest = await self.store.audit(AuditQuery(hook.workspace_id, limit=1))
+        top = newest[0].seq if newest else 0
+        if top <= tail.fetched:
+            return
+        events = await self.store.audit(
+            AuditQuery(hook.workspace_id, after_seq=tail.fetched, before_seq=top + 1, kinds=hook.kinds, limit=room)
+        )
+        for ev in events:
+            payload = json.dumps([hook.workspace_id, *ev], separators=(",", ":"))
+            d = Delivery(f"msg_{hook.webhook_id}_{ev.seq}", hook.webhook_id, TYPE_OF[ev.kind], payload, ev.at, 0,
+                         ev.at)  # fmt: skip
+            tail.pending.add(ev.seq)
+            self._start(tg, client, d, hook)
+        # Read past everything up to top, unless the page was full (there may be more matching events).
+        tail.fetched = events[-1].seq if len(events) == room else top
+        if tail.cursor != tail.saved:
+            self._flush.set()
 
     async def _send(self, client: _LazyClient, d: Delivery, hook: WebhookRecord) -> None:
         error: str | None
@@ -215,15 +261,19 @@ class Dispatcher:
             log.warning("webhook delivery %s failed unexpectedly", d.delivery_id, exc_info=True)
             error = f"internal error: {type(e).__name__}"
         self._per_hook[d.webhook_id] -= 1
+        tail = self._tails.get(d.webhook_id)
+        if not d.row and tail is not None:
+            # Settled in the next flush, with the cursor past it (a failure then waits in the outbox).
+            tail.pending.discard(json.loads(d.payload)[-1])
         now = self.clock.now()
         if error is None:
-            self._settle.append((d.delivery_id, None, True))
+            self._settle.append((d, True, False))
             outcome = "delivered"
         else:
             attempts = d.attempts + 1
             at = now + retry_delay(attempts, self.limits)
             dead = at - d.created_at > self.limits.max_age
-            self._settle.append((d.delivery_id, d._replace(attempts=attempts, next_at=at, last_error=error), dead))
+            self._settle.append((d._replace(attempts=attempts, next_at=at, last_error=error), False, dead))
             outcome = "gave_up" if dead else "failed"
             log.info("webhook %s delivery %s: %s (attempt %d)", d.webhook_id, d.delivery_id, error, attempts)
         if self.on_outcome is not None:
@@ -242,19 +292,18 @@ class Dispatcher:
             netloc += f":{parts.port}"
         target = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
         sent_at = datetime.fromtimestamp(self.clock.now(), UTC)
+        body = webhook_body(d)
         headers = {
             "host": parts.netloc.rpartition("@")[2],
             "content-type": "application/json",
             "user-agent": self.user_agent,
             "webhook-id": d.delivery_id,
             "webhook-timestamp": str(int(sent_at.timestamp())),
-            "webhook-signature": Webhook(hook.secret).sign(d.delivery_id, sent_at, d.payload),
+            "webhook-signature": Webhook(hook.secret).sign(d.delivery_id, sent_at, body),
         }
         client = await lazy.get()
         try:
-            r = await client.post(
-                target, content=d.payload.encode(), headers=headers, extensions={"sni_hostname": host}
-            )
+            r = await client.post(target, content=body.encode(), headers=headers, extensions={"sni_hostname": host})
         except httpx.HTTPError as e:
             return f"{type(e).__name__}: {e}"[:300] or type(e).__name__
         if 200 <= r.status_code < 300:
@@ -281,19 +330,24 @@ class Dispatcher:
             await anyio.sleep(0.05)  # gather the outcomes of a burst into one transaction
             self._flush = anyio.Event()
             batch, self._settle = self._settle, []
+            moved = {k: t.cursor for k, t in self._tails.items() if t.cursor != t.saved}
             settle = Settle(
-                done=tuple(i for i, _, ok in batch if ok),
-                retry=tuple(d for _, d, dead in batch if d is not None and not dead),
-                dead=tuple(d for _, d, dead in batch if d is not None and dead),
+                done=tuple(d for d, ok, _ in batch if ok),
+                retry=tuple(d for d, ok, dead in batch if not ok and not dead),
+                dead=tuple(d for d, ok, dead in batch if not ok and dead),
+                cursors=tuple(moved.items()),
             )
             try:
                 await self.store.settle_deliveries(settle)
+                for k, seq in moved.items():
+                    if k in self._tails:
+                        self._tails[k].saved = seq
             except Exception:
                 log.warning("could not record %d webhook outcomes; they will be delivered again", len(batch),
                             exc_info=True)  # fmt: skip
             # Only now may these rows be read again (a delivered one is gone; a failed one waits its turn).
-            for i, _, _ in batch:
-                self._inflight.discard(i)
+            for d, _, _ in batch:
+                self._inflight.discard(d.delivery_id)
             self.wake()
             done, self.settled = self.settled, anyio.Event()
             done.set()

@@ -24,11 +24,13 @@ from starlette.routing import Route
 
 from mcp_locks import InvalidArgument, LockService, ManualClock, MemoryStore, SqliteStore
 from mcp_locks._clock import Clock
-from mcp_locks._events import Delivery
+from mcp_locks._events import Delivery, event_dict
 from mcp_locks._logging import JsonFormatter, RedactSecrets, RequestId, request_id
+from mcp_locks._models import AuditEvent
 from mcp_locks._observe import PRUNE_EVERY, ObserveLimits
 from mcp_locks._service import ServiceLimits
 from mcp_locks._store import AuditQuery, Store
+from mcp_locks._table import Event
 from mcp_locks._webhooks import WebhookLimits, retry_delay
 
 from .faces import Env, Face
@@ -412,6 +414,25 @@ async def test_webhooks_to_private_addresses_are_refused_unless_allowed(clock: M
             await s.observe.create_webhook("default", "https://example.com/x", ["lock.eaten"])
 
 
+async def test_webhooks_are_refused_when_the_audit_log_is_off(clock: ManualClock) -> None:
+    limits = ServiceLimits(observe=ObserveLimits(audit=False))
+    async with LockService(MemoryStore(), clock=clock, limits=limits) as s:
+        with pytest.raises(InvalidArgument, match="audit log"):
+            await s.observe.create_webhook("default", "https://example.com/h", ["lock.granted"])
+
+
+async def test_a_new_webhook_gets_only_the_events_logged_after_it_was_made(clock: ManualClock) -> None:
+    async with receiver() as rec, LockService(MemoryStore(), clock=clock, limits=PRIVATE_OK) as s:
+        await s.lock("default", "before.md", "write")
+        await s.observe.create_webhook("default", rec.url, ["lock.granted"])
+        await s.lock("default", "after.md", "write")
+        await rec.until(1)
+        await s.lock("default", "later.md", "write")
+        await rec.until(2)
+    nodes = [json.loads(body)["data"]["node_id"] for _, body in rec.got]
+    assert nodes == ["after.md", "later.md"]
+
+
 async def test_a_host_name_that_resolves_to_loopback_is_refused_at_delivery(clock: ManualClock) -> None:
     async with receiver() as rec, LockService(MemoryStore(), clock=clock) as s:
         port = rec.url.split(":")[2].split("/")[0]
@@ -516,3 +537,9 @@ async def test_json_logs_carry_the_request_id_and_never_a_secret(tmp_path: Path)
     assert "s" * 43 not in lines[0]
     assert "mlk_0123456789ab_<redacted>" in first["message"]
     assert request_id.get() is None
+
+
+@pytest.mark.parametrize("at", [1_800_000_000.0, 1_800_000_000.123456])
+def test_the_webhook_payload_has_exactly_the_audit_events_fields(at: float) -> None:
+    ev = Event("broken", at, "a.md", "x", "lk_1", "write", "node", 3, None, None, 1500, None, "root", "stuck", seq=7)
+    assert event_dict("default", ev) == AuditEvent.of("default", ev).model_dump(mode="json")
