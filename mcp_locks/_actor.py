@@ -253,7 +253,7 @@ class WorkspaceActor:
         )
         table.restore(snap.leases, snap.ended, snap.requests)
         if self.hub is not None:
-            self.hub.loaded(self.workspace_id, snap.event_seq)
+            self.hub.loaded(self.workspace_id, snap.event_seq, self.clock.now())
         disk = self.disk
         if disk is not None:
             files = FileTable(snap.files, disk.probe)

@@ -3,12 +3,13 @@
 Posting a webhook costs far more CPU than granting a lock (an HTTP request
 through httpx: about 4 ms against 0.1 ms), so a server on the SQLite store
 delivers from a second process: it tails the audit log and the retry table
-through its own connection to the same database and writes outcomes and
-cursors back, on the machine's other core, while the server's event loop
-only logs events (which it does anyway). The server pokes it through stdin
-when it commits events in a workspace with webhooks (``w``) or when the
-webhooks change (``h``); it reports each outcome on stdout (one word per
-line) for the metrics. It exits when stdin closes, so it never outlives the
+through its own read connection to the same database, on the machine's
+other core, while the server's event loop only logs events (which it does
+anyway). The server stays the database's one writer: the worker sends it
+each batch of outcomes and cursors as a ``settle <json>`` line on stdout
+(with one word per delivery outcome, for the metrics). The server pokes it
+through stdin when it commits events in a workspace with webhooks (``w``) or
+when the webhooks change (``h``). It exits when stdin closes, so it never outlives the
 server, and runs at a lower CPU priority (nice 10), so on a busy machine the
 lock path gets the processor first.
 """
@@ -17,6 +18,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -27,6 +30,7 @@ from ._clock import Clock
 from ._events import WebhookRecord
 from ._logging import configure_logging
 from ._sqlite import SqliteStore
+from ._store import Settle
 from ._webhooks import Dispatcher, WebhookLimits
 
 __all__: list[str] = []
@@ -47,15 +51,26 @@ async def run(db: str, limits: WebhookLimits) -> None:
         nonlocal hooks
         hooks = {h.webhook_id: h for h in await store.list_webhooks()}
 
-    def report(outcome: str) -> None:
-        sys.stdout.write(outcome + "\n")
+    def report(line: str) -> None:
+        sys.stdout.write(line + "\n")
         sys.stdout.flush()
+
+    async def record(settle: Settle) -> None:
+        # The server is the database's one writer: it records what we send here.
+        report("settle " + json.dumps(dataclasses.astuple(settle), separators=(",", ":")))
+
+    async def deliver(dispatcher: Dispatcher) -> None:
+        try:
+            await dispatcher.run()
+        except Exception:
+            log.exception("the webhook dispatcher failed; exiting (the server starts a new worker)")
+            os._exit(3)  # stdin's reader sits in a thread that cannot be cancelled
 
     try:
         await reload()
-        dispatcher = Dispatcher(store, Clock(), lambda: hooks, limits, on_outcome=report)
+        dispatcher = Dispatcher(store, Clock(), lambda: hooks, limits, on_outcome=report, record=record)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(dispatcher.run)
+            tg.start_soon(deliver, dispatcher)
             report("ready")
             async for line in anyio.wrap_file(sys.stdin):
                 if line.startswith("h"):

@@ -144,10 +144,16 @@ class EventHub:
 
     # ------------------------------------------------------------------ inside the actor's step
 
-    def loaded(self, workspace_id: str, last_seq: int) -> None:
-        """An actor loaded a workspace whose log ends at ``last_seq``: never hand out a seq twice."""
-        if last_seq > self._seq.get(workspace_id, 0):
-            self._seq[workspace_id] = last_seq
+    def loaded(self, workspace_id: str, last_seq: int, now: float) -> None:
+        """An actor loaded a workspace whose log ends at ``last_seq``: never hand out a seq twice.
+
+        Without a log (``audit`` off) nothing remembers the last seq across restarts, so the first
+        load in a process starts from the time in milliseconds: seqs still only grow, and a feed
+        resuming with Last-Event-ID after a restart misses nothing.
+        """
+        floor = last_seq if self.audit or workspace_id in self._seq else max(last_seq, int(now * 1000))
+        if floor > self._seq.get(workspace_id, 0):
+            self._seq[workspace_id] = floor
 
     def stamp(self, workspace_id: str, events: list[Event]) -> tuple[list[Event], list[AppendEvents]]:
         """Number ``events`` and return them with the store change that logs them (if the log is on)."""

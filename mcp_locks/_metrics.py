@@ -49,7 +49,9 @@ class _Live(Collector):
         yield waiting
         yield mailbox
         yield GaugeMetricFamily(
-            "mcp_locks_webhook_backlog", "Webhook deliveries waiting: retries, and logged events not yet sent.", value=self._backlog()
+            "mcp_locks_webhook_backlog",
+            "Webhook deliveries waiting: retries, and logged events not yet sent.",
+            value=self._backlog(),
         )
 
 

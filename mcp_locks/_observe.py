@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import secrets
 import subprocess
@@ -15,18 +16,18 @@ from typing import TYPE_CHECKING
 
 import anyio
 import anyio.abc
-import anyio.streams.text
+import anyio.streams.buffered
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._errors import InvalidArgument, NotFound
-from ._events import WEBHOOK_EVENTS, EventHub, WebhookRecord
+from ._events import WEBHOOK_EVENTS, Delivery, EventHub, WebhookRecord
 from ._keys import LOCAL, Identity
 from ._logging import JsonFormatter
 from ._metrics import Metrics, WorkspaceGauges
 from ._models import AuditEvent, AuditPage, CreatedWebhook, WebhookInfo, WebhookList, utc
 from ._names import check_node_id
 from ._sqlite import SqliteStore
-from ._store import AuditQuery
+from ._store import AuditQuery, Settle
 from ._table import Event
 from ._webhooks import Dispatcher, WebhookLimits, check_webhook_url
 
@@ -43,6 +44,8 @@ PRUNE_EVERY = 3_600.0
 BACKLOG_EVERY = 5.0
 #: Least seconds between two pokes of the delivery worker (each costs a pipe write on the lock path's loop).
 POKE_EVERY = 0.01
+#: Longest line the delivery worker may send (a batch of outcomes).
+MAX_WORKER_LINE = 64 << 20
 #: What the delivery worker reports per delivery (the metrics' outcome label).
 OUTCOMES = frozenset({"delivered", "failed", "gave_up"})
 #: Most webhooks per workspace (each event is queued once per matching webhook).
@@ -82,7 +85,8 @@ def _since(value: object) -> float | None:
 def _seq_cursor(cursor: object) -> int | None:
     if cursor is None:
         return None
-    if isinstance(cursor, str) and cursor.startswith("a") and cursor[1:].isdigit() and len(cursor) < 24:
+    if isinstance(cursor, str) and cursor.startswith("a") and cursor[1:].isascii() and cursor[1:].isdigit() \
+            and len(cursor) < 24:  # fmt: skip
         return int(cursor[1:])
     raise InvalidArgument(
         "cursor is not a cursor returned by get_audit_log.",
@@ -172,12 +176,18 @@ class Observability:
                     self._poked.set()
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._forward_pokes, p.stdin)
-                        async for chunk in anyio.streams.text.TextReceiveStream(p.stdout):
-                            for word in chunk.split():
-                                if word == "ready":
-                                    self.worker_ready.set()
-                                elif word in OUTCOMES:
-                                    self._delivered(word)
+                        lines = anyio.streams.buffered.BufferedByteReceiveStream(p.stdout)
+                        while True:
+                            try:
+                                line = (await lines.receive_until(b"\n", MAX_WORKER_LINE)).decode()
+                            except (anyio.EndOfStream, anyio.IncompleteRead):
+                                break
+                            if line.startswith("settle "):
+                                await self._record(store, line[7:])
+                            elif line == "ready":
+                                self.worker_ready.set()
+                            elif line in OUTCOMES:
+                                self._delivered(line)
                         tg.cancel_scope.cancel()
                     code = await p.wait()
             except Exception:  # could not start it, or it died mid-write: never take the server down with it
@@ -186,6 +196,23 @@ class Observability:
             log.warning("the webhook delivery worker stopped (exit status %s); restarting it", code)
             failures = 1 if anyio.current_time() - started > 60 else failures + 1
             await anyio.sleep(min(30.0, 0.25 * 2 ** min(failures, 7)))  # a crashing worker: at most every 30 s
+
+    async def _record(self, store: SqliteStore, text: str) -> None:
+        """Write what the worker reports (the server is the database's only writer), retrying until it sticks."""
+        done, retry, dead, cursors = json.loads(text)
+        settle = Settle(
+            tuple(Delivery(*d) for d in done),
+            tuple(Delivery(*d) for d in retry),
+            tuple(Delivery(*d) for d in dead),
+            tuple((w, c) for w, c in cursors),
+        )
+        for attempt in range(1_000_000):  # bounded; a full disk is retried every few seconds
+            try:
+                await store.settle_deliveries(settle)
+                return
+            except Exception:
+                log.warning("could not record webhook outcomes; trying again", exc_info=attempt == 0)
+                await anyio.sleep(min(5.0, 0.1 * 2**attempt))
 
     async def _forward_pokes(self, stdin: anyio.abc.ByteSendStream) -> None:
         while True:
@@ -350,9 +377,8 @@ class Observability:
                 hint="list_webhooks shows the ids.",
                 details={"webhook_id": str(webhook_id)[:64]},
             )
+        await self.service.store.delete_webhook(rec.webhook_id)  # first: if it fails, nothing changed
         del self._hooks[rec.webhook_id]
-        self.hub.set_hooks(list(self._hooks.values()))
-        await self.service.store.delete_webhook(rec.webhook_id)
         self._hooks_changed()
         return _info(rec)
 

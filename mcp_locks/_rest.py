@@ -531,7 +531,8 @@ def build_ops(service: LockService) -> list[Op]:
         last = r.headers.get("last-event-id") or r.query_params.get("after")
         after: int | None = None
         if last is not None:
-            if not last.strip().isdigit() or len(last) > 18:
+            last = last.strip()
+            if not (last.isascii() and last.isdigit()) or len(last) > 18:
                 raise InvalidArgument("Last-Event-ID must be the id of an event this stream sent (an integer).",
                                       details={"field": "Last-Event-ID"})  # fmt: skip
             after = int(last)

@@ -7,11 +7,12 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from ._errors import AlreadyExists
 from ._events import AppendEvents, Delivery, WebhookRecord
@@ -42,6 +43,7 @@ from ._table import (
 __all__ = ["SqliteStore"]
 
 log = logging.getLogger("mcp_locks.sqlite")
+T = TypeVar("T")
 
 SCHEMA_VERSION = 4
 #: Most unread log events counted per webhook for the backlog gauge.
@@ -171,6 +173,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     last_error TEXT,
     dead INTEGER NOT NULL DEFAULT 0
 );
+-- Written only by the dispatcher (never in a lock commit), so indexes cost the lock path nothing.
+CREATE UNIQUE INDEX IF NOT EXISTS outbox_id ON outbox (delivery_id);
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (dead, webhook_id, next_at);
 """
 _AUDIT_COLS = (
     "seq, at, kind, node_id, agent, label, lock_id, mode, depth, fence, waiter_id, waited_ms, held_ms, code, by,"
@@ -637,14 +642,19 @@ class SqliteStore:
         order = "ASC" if query.after_seq is not None else "DESC"
         sql = f"SELECT {_AUDIT_COLS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
 
-        def read() -> list[Event]:
+        return await self._read(lambda db: [_event_from(r) for r in db.execute(sql, (*args, query.limit))])
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on the reader connection in a worker thread (WAL: it never blocks the writer)."""
+
+        def run() -> T:
             with self._reader_lock:
                 if self._reader is None:
                     self._reader = sqlite3.connect(self.path, check_same_thread=False)
                     self._reader.execute("PRAGMA query_only=1")
-                return [_event_from(r) for r in self._reader.execute(sql, (*args, query.limit))]
+                return fn(self._reader)
 
-        return await anyio.to_thread.run_sync(read)
+        return await anyio.to_thread.run_sync(run)
 
     async def prune_audit(self, before: float) -> int:
         """Drop log entries and settled deliveries older than ``before``, a few thousand rows per transaction."""
@@ -656,7 +666,7 @@ class SqliteStore:
         ).fetchall():
             cut = self._audit_cut(ws, before)
             while cut is not None:
-                # Small transactions: this runs on the event loop, between lock commits.
+                # Small transactions on the event loop, yielding in between (lock commits go first).
                 cur = db.execute(
                     "DELETE FROM audit WHERE workspace_id=? AND seq IN"
                     " (SELECT seq FROM audit WHERE workspace_id=? AND seq<=? LIMIT 5000)",
@@ -665,6 +675,7 @@ class SqliteStore:
                 dropped += cur.rowcount
                 if cur.rowcount < 5000:
                     break
+                await anyio.lowlevel.checkpoint()  # let lock commits in between batches
         db.execute("DELETE FROM outbox WHERE dead=1 AND created_at<?", (before,))
         return dropped
 
@@ -675,6 +686,7 @@ class SqliteStore:
         (hi,) = db.execute("SELECT max(seq) FROM audit WHERE workspace_id=?", (ws,)).fetchone()
         if lo is None:
             return None
+        hi -= 1  # the newest entry always stays: the next seq continues from it, even after a restart
         cut = None
         while lo <= hi:
             mid = (lo + hi) // 2
@@ -719,11 +731,18 @@ class SqliteStore:
             raise
         return rec
 
-    async def due_deliveries(self, now: float, limit: int, skip: frozenset[str]) -> list[Delivery]:
-        """Due messages, oldest first."""
+    async def due_deliveries(
+        self, now: float, limit: int, skip: frozenset[str], webhook_ids: frozenset[str] | None = None
+    ) -> list[Delivery]:
+        """Due retries, oldest first (only of ``webhook_ids`` if given: those with a free slot)."""
+        where = "dead=0 AND next_at<=?"
+        args: list[Any] = [now]
+        if webhook_ids is not None:
+            where += f" AND webhook_id IN ({','.join('?' * len(webhook_ids))})"
+            args.extend(webhook_ids)
         rows = self.db.execute(
-            f"SELECT {_OUTBOX_COLS}, id FROM outbox WHERE dead=0 AND next_at<=? ORDER BY next_at LIMIT ?",
-            (now, limit + len(skip)),
+            f"SELECT {_OUTBOX_COLS}, id FROM outbox WHERE {where} ORDER BY next_at LIMIT ?",
+            (*args, limit + len(skip)),
         )
         return [d for d in (Delivery(*r) for r in rows) if d.delivery_id not in skip][:limit]
 
@@ -734,9 +753,10 @@ class SqliteStore:
         known = [(d, 0) for d in settle.retry if d.row] + [(d, 1) for d in settle.dead if d.row]
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.executemany("DELETE FROM outbox WHERE id=?", [(d.row,) for d in settle.done if d.row])
+            # By delivery_id: a first attempt that succeeded after a restart may already have a retry row.
+            db.executemany("DELETE FROM outbox WHERE delivery_id=?", [(d.delivery_id,) for d in settle.done])
             db.executemany(
-                f"INSERT INTO outbox ({_OUTBOX_COLS}, dead) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                f"INSERT OR IGNORE INTO outbox ({_OUTBOX_COLS}, dead) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
                 " WHERE EXISTS (SELECT 1 FROM webhooks WHERE webhook_id=?)",
                 [(*d[:8], dead, d.webhook_id) for d, dead in fresh],
             )
@@ -754,19 +774,26 @@ class SqliteStore:
             raise
 
     async def delivery_backlog(self) -> tuple[int, float | None]:
-        """Waiting messages (retries, and matching events after each webhook's cursor) and the next retry."""
-        db = self.db
-        n, nxt = db.execute("SELECT count(*), min(next_at) FROM outbox WHERE dead=0").fetchone()
-        for h in await self.list_webhooks():
-            kinds = h.kinds
-            # Bounded: a receiver down for a day must not make each count a walk through the whole log.
-            (unread,) = db.execute(
-                "SELECT count(*) FROM (SELECT 1 FROM audit WHERE workspace_id=? AND seq>?"
-                f" AND kind IN ({','.join('?' * len(kinds))}) LIMIT {MAX_COUNTED})",
-                (h.workspace_id, h.cursor, *kinds),
-            ).fetchone()
-            n += unread
-        return n, nxt
+        """Waiting messages (retries, and matching events after each webhook's cursor) and the next retry.
+
+        Counted on the reader connection in a thread: it walks the log, and must not hold up lock commits.
+        """
+        hooks = await self.list_webhooks()
+
+        def count(db: sqlite3.Connection) -> tuple[int, float | None]:
+            n, nxt = db.execute("SELECT count(*), min(next_at) FROM outbox WHERE dead=0").fetchone()
+            for h in hooks:
+                kinds = h.kinds
+                # Bounded: a receiver down for a day must not make each count a walk through the whole log.
+                (unread,) = db.execute(
+                    "SELECT count(*) FROM (SELECT 1 FROM audit WHERE workspace_id=? AND seq>?"
+                    f" AND kind IN ({','.join('?' * len(kinds))}) LIMIT {MAX_COUNTED})",
+                    (h.workspace_id, h.cursor, *kinds),
+                ).fetchone()
+                n += unread
+            return n, nxt
+
+        return await self._read(count)
 
 
 def _key_from(row: Sequence[Any]) -> KeyRecord:

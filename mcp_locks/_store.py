@@ -199,8 +199,10 @@ class Store(Protocol):
         """Remove a webhook and its undelivered messages; None if there was none."""
         ...
 
-    async def due_deliveries(self, now: float, limit: int, skip: frozenset[str]) -> list[Delivery]:
-        """Up to ``limit`` outbox messages (retries) due by ``now`` (not in ``skip``), oldest first."""
+    async def due_deliveries(
+        self, now: float, limit: int, skip: frozenset[str], webhook_ids: frozenset[str] | None = None
+    ) -> list[Delivery]:
+        """Up to ``limit`` retries due by ``now`` (not in ``skip``; of ``webhook_ids`` if given), oldest first."""
         ...
 
     async def settle_deliveries(self, settle: Settle) -> None:
@@ -363,7 +365,7 @@ class MemoryStore:
         """Drop entries older than ``before``."""
         dropped = 0
         for ws, log in self._logs.items():
-            keep = [ev for ev in log if ev.at >= before]
+            keep = [ev for ev in log[:-1] if ev.at >= before] + log[-1:]  # the newest stays: seq continues from it
             dropped += len(log) - len(keep)
             self._logs[ws] = keep
         self._dead = {k: d for k, d in self._dead.items() if d.created_at >= before}
@@ -384,10 +386,19 @@ class MemoryStore:
             self._outbox = {k: d for k, d in self._outbox.items() if d.webhook_id != webhook_id}
         return rec
 
-    async def due_deliveries(self, now: float, limit: int, skip: frozenset[str]) -> list[Delivery]:
-        """Due messages, oldest first."""
-        due = sorted((d for d in self._outbox.values() if d.next_at <= now and d.delivery_id not in skip),
-                     key=lambda d: (d.next_at, d.created_at))  # fmt: skip
+    async def due_deliveries(
+        self, now: float, limit: int, skip: frozenset[str], webhook_ids: frozenset[str] | None = None
+    ) -> list[Delivery]:
+        """Due retries, oldest first."""
+        wanted = webhook_ids if webhook_ids is not None else {d.webhook_id for d in self._outbox.values()}
+        due = sorted(
+            (
+                d
+                for d in self._outbox.values()
+                if d.next_at <= now and d.delivery_id not in skip and d.webhook_id in wanted
+            ),
+            key=lambda d: (d.next_at, d.created_at),
+        )
         return due[:limit]
 
     async def settle_deliveries(self, settle: Settle) -> None:

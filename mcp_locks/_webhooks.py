@@ -25,7 +25,7 @@ import json
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -72,9 +72,17 @@ def retry_delay(attempts: int, limits: WebhookLimits, rng: Callable[[], float] =
     return base * (0.8 + 0.4 * rng())
 
 
+#: IPv6 ranges that embed or reach IPv4 (or are deprecated site-local) that Python 3.11 calls global.
+_NOT_PUBLIC_V6 = tuple(ipaddress.ip_network(n) for n in ("::/96", "64:ff9b::/96", "64:ff9b:1::/48", "fec0::/10"))
+
+
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if inner is not None:
+            return _public(inner)
+        if any(ip in net for net in _NOT_PUBLIC_V6):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -93,10 +101,11 @@ def check_webhook_url(url: object, allow_private: bool) -> str:
         raise InvalidArgument("url must not hold a user name or password.", details={"field": "url"})
     try:
         parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise InvalidArgument("url has an invalid port (1-65535).", details={"field": "url"}) from None
+    try:
         ip = ipaddress.ip_address(parts.hostname)
-    except ValueError as e:
-        if "port" in str(e):
-            raise InvalidArgument("url has an invalid port.", details={"field": "url"}) from None
+    except ValueError:
         return url  # a host name: checked each time it is resolved
     if not allow_private and not _public(ip):
         raise _private(parts.hostname)
@@ -163,9 +172,12 @@ class Dispatcher:
         limits: WebhookLimits,
         *,
         on_outcome: Callable[[str], None] | None = None,
+        record: Callable[[Settle], Awaitable[None]] | None = None,
         user_agent: str = "mcp-locks",
     ) -> None:
         self.store = store
+        #: Writes outcomes and cursors (the store itself, or the worker's pipe to the server, the one writer).
+        self.record = record or store.settle_deliveries
         self.clock = clock
         self.hooks = hooks
         self.limits = limits
@@ -219,10 +231,12 @@ class Dispatcher:
     async def _start_retries(
         self, tg: anyio.abc.TaskGroup, client: _LazyClient, hooks: dict[str, WebhookRecord]
     ) -> None:
-        room = min(MAX_INFLIGHT - len(self._inflight), sum(max(0, self._free(h)) for h in hooks))
+        # Only webhooks with a free slot: one dead receiver's backlog never stands in front of another's retries.
+        open_ids = frozenset(h for h in hooks if self._free(h) > 0)
+        room = min(MAX_INFLIGHT - len(self._inflight), sum(self._free(h) for h in open_ids))
         if room <= 0:
             return
-        for d in await self.store.due_deliveries(self.clock.now(), room, frozenset(self._inflight)):
+        for d in await self.store.due_deliveries(self.clock.now(), room, frozenset(self._inflight), open_ids):
             hook = hooks.get(d.webhook_id)
             if hook is not None and self._free(d.webhook_id) > 0:
                 self._start(tg, client, d, hook)
@@ -303,12 +317,20 @@ class Dispatcher:
         }
         client = await lazy.get()
         try:
-            r = await client.post(target, content=body.encode(), headers=headers, extensions={"sni_hostname": host})
+            # One deadline for the whole exchange (httpx's applies per read: a trickling receiver could hold
+            # a slot for ever); the answer's body is never read.
+            with anyio.fail_after(self.limits.timeout):
+                async with client.stream(
+                    "POST", target, content=body.encode(), headers=headers, extensions={"sni_hostname": host}
+                ) as r:
+                    status = r.status_code
+        except TimeoutError:
+            return f"no answer within {self.limits.timeout:g} s"
         except httpx.HTTPError as e:
             return f"{type(e).__name__}: {e}"[:300] or type(e).__name__
-        if 200 <= r.status_code < 300:
+        if 200 <= status < 300:
             return None
-        return f"HTTP {r.status_code}"
+        return f"HTTP {status}"
 
     async def _resolve(self, host: str, port: int) -> str:
         try:
@@ -338,13 +360,17 @@ class Dispatcher:
                 cursors=tuple(moved.items()),
             )
             try:
-                await self.store.settle_deliveries(settle)
-                for k, seq in moved.items():
-                    if k in self._tails:
-                        self._tails[k].saved = seq
+                await self.record(settle)
             except Exception:
-                log.warning("could not record %d webhook outcomes; they will be delivered again", len(batch),
-                            exc_info=True)  # fmt: skip
+                # Keep it all: the cursors must not pass a failure that has no retry row yet.
+                log.warning("could not record %d webhook outcomes; trying again", len(batch), exc_info=True)
+                self._settle[:0] = batch
+                await anyio.sleep(1.0)
+                self._flush.set()
+                continue
+            for k, seq in moved.items():
+                if k in self._tails:
+                    self._tails[k].saved = seq
             # Only now may these rows be read again (a delivered one is gone; a failed one waits its turn).
             for d, _, _ in batch:
                 self._inflight.discard(d.delivery_id)

@@ -320,7 +320,8 @@ class LockClient:
         """
         ws = quote(workspace_id or self.workspace_id, safe="")
         last = after
-        for attempt in range(1_000_000):  # bounded; each reconnect waits up to 30 s
+        attempt = 0
+        for _ in range(1_000_000):  # bounded; each reconnect waits up to 30 s
             headers = {"Last-Event-ID": str(last)} if last is not None else {}
             try:
                 async with aconnect_sse(
@@ -336,10 +337,12 @@ class LockClient:
                     async for sse in source.aiter_sse():
                         event: dict[str, Any] = json.loads(sse.data)
                         last = event["seq"]
+                        attempt = 0  # a stream that worked: the next reconnect is quick again
                         yield event
             except httpx.TransportError:
                 pass  # dropped (or the read timed out past the 15 s keep-alives): reconnect
             await anyio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
+            attempt += 1
 
     async def create_webhook(
         self, url: str, events: Sequence[str], *, workspace_id: str | None = None

@@ -82,7 +82,7 @@ def test_the_observability_benchmark_runs_end_to_end() -> None:
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     result = json.loads(out.stdout.splitlines()[-1])
-    assert set(result["median_pairs_per_s"]) == {"plain", "audit", "hook"}
+    assert set(result["median_pairs_per_s"]) == {"plain", "audit", "quiet", "hook"}
     assert result["median_drain_s"] >= 0
 
 

@@ -29,7 +29,7 @@ from mcp_locks._logging import JsonFormatter, RedactSecrets, RequestId, request_
 from mcp_locks._models import AuditEvent
 from mcp_locks._observe import PRUNE_EVERY, ObserveLimits
 from mcp_locks._service import ServiceLimits
-from mcp_locks._store import AuditQuery, Store
+from mcp_locks._store import AuditQuery, Settle, Store
 from mcp_locks._table import Event
 from mcp_locks._webhooks import WebhookLimits, retry_delay
 
@@ -166,7 +166,31 @@ async def test_seq_does_not_repeat_when_an_idle_actor_reloads_without_an_audit_l
         await s.lock("default", "b.md", "read")
         again = [ev.seq for _, ev in [await events.receive(), await events.receive()]]
         assert (await s.observe.audit_log("default")).events == []  # nothing logged
-    assert (first, again) == ([1, 2], [3, 4])
+    base = int(clock.now() * 1000) - 5000  # without a log, seqs start from the first load's time in ms
+    assert (first, again) == ([base + 1, base + 2], [base + 3, base + 4])
+
+
+async def test_seq_keeps_growing_across_restarts_without_an_audit_log(tmp_path: Path, clock: ManualClock) -> None:
+    limits = ServiceLimits(observe=ObserveLimits(audit=False))
+    seqs = []
+    for _ in range(2):
+        async with LockService(SqliteStore(tmp_path / "l.db"), clock=clock, limits=limits) as s, s.subscribe() as ev:
+            await s.lock("default", "a.md", "read")
+            seqs.append((await ev.receive())[1].seq)
+        clock.advance(1)
+    assert seqs[1] > seqs[0]
+
+
+async def test_pruning_keeps_the_newest_entry_so_seq_never_restarts(tmp_path: Path, clock: ManualClock) -> None:
+    async with LockService(SqliteStore(tmp_path / "l.db"), clock=clock) as s:
+        await s.lock("default", "a.md", "read")
+        clock.advance(60 * 86_400)
+        await s.status("default", "a.md")  # its lease ended long ago: expired (seq 3)
+        await s.store.prune_audit(clock.now())  # everything is older than that: all but the newest go
+    async with LockService(SqliteStore(tmp_path / "l.db"), clock=clock) as s:
+        await s.lock("default", "b.md", "read")
+        seqs = [e.seq for e in (await s.observe.audit_log("default")).events]
+    assert seqs == [5, 4, 3]  # 3 stayed, and the count went on from it
 
 
 async def test_entries_older_than_the_retention_are_pruned_and_newer_ones_kept(
@@ -368,6 +392,27 @@ async def _outbox_after(s: LockService, attempts: int) -> Delivery:
             await settled.wait()
 
 
+async def test_outcomes_that_could_not_be_written_are_written_later_and_no_retry_is_lost(
+    clock: ManualClock,
+) -> None:
+    async with receiver(fail=1) as rec, LockService(MemoryStore(), clock=clock, limits=PRIVATE_OK) as s:
+        dispatcher = s.observe.dispatcher
+        real, failures = dispatcher.record, [OSError("disk full")]
+
+        async def flaky(settle: Settle) -> None:
+            if failures:
+                raise failures.pop()
+            await real(settle)
+
+        dispatcher.record = flaky
+        await s.observe.create_webhook("default", rec.url, ["lock.granted"])
+        await s.lock("default", "a.md", "write")
+        due = await _outbox_after(s, 1)  # the failed first attempt reached the retry table after all
+        clock.advance(due.next_at - clock.now())
+        await rec.until(1)
+    assert failures == []
+
+
 async def test_deliveries_left_in_the_outbox_are_sent_after_a_restart(tmp_path: Path, clock: ManualClock) -> None:
     db = tmp_path / "l.db"
     async with receiver(hold=anyio.Event()) as rec:
@@ -404,12 +449,16 @@ async def test_a_stalled_receiver_holds_up_neither_locks_nor_other_receivers(clo
 
 async def test_webhooks_to_private_addresses_are_refused_unless_allowed(clock: ManualClock) -> None:
     async with LockService(MemoryStore(), clock=clock) as s:
-        for url in ("http://127.0.0.1:9/x", "http://10.1.2.3/x", "http://[::1]/x", "http://169.254.169.254/x"):
+        for url in ("http://127.0.0.1:9/x", "http://10.1.2.3/x", "http://[::1]/x", "http://169.254.169.254/x",
+                    "http://[::ffff:127.0.0.1]/x", "http://[2002:7f00:1::]/x", "http://[64:ff9b::a00:1]/x"):  # fmt: skip
             with pytest.raises(InvalidArgument, match="private"):
                 await s.observe.create_webhook("default", url, ["lock.granted"])
-        for url in ("ftp://example.com/x", "http://user:pw@example.com/x", "/relative"):
+        bad = ("ftp://example.com/x", "http://user:pw@example.com/x", "/relative", "https://example.com:99999/x")
+        for url in bad:
             with pytest.raises(InvalidArgument):
                 await s.observe.create_webhook("default", url, ["lock.granted"])
+        made = await s.observe.create_webhook("default", "https://hooks.support.example.com/x", ["lock.granted"])
+        assert made.url == "https://hooks.support.example.com/x"  # a host name with 'port' in it is fine
         with pytest.raises(InvalidArgument, match="unknown event type"):
             await s.observe.create_webhook("default", "https://example.com/x", ["lock.eaten"])
 
