@@ -5,7 +5,8 @@
 Each run serves a fresh SQLite store in this process (the engine, the
 dispatcher and the audit log share one event loop, as in ``mcp-locks
 serve``) and times ``--pairs`` lock+unlock pairs from ``--callers`` tasks in
-four configurations, interleaved so drift in the machine's speed hits all alike:
+four configurations, interleaved and in rotating order (run r starts with the
+r-th), so drift in the machine's speed and any order effect hit all alike:
 
 * ``plain``: audit log off, no webhook (the baseline);
 * ``audit``: audit log on (the default), no webhook;
@@ -158,7 +159,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         drains: list[float] = []
         with tempfile.TemporaryDirectory(prefix="mcp-locks-bench-") as tmp:
             for run in range(args.runs):
-                for kind in rates:
+                order = list(rates)
+                order = order[run % len(order) :] + order[: run % len(order)]  # each config in each position
+                for kind in order:
                     rate, drained = await one_run(kind, args, receiver, Path(tmp))
                     rates[kind].append(rate)
                     if drained is not None:
