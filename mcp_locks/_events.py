@@ -129,15 +129,16 @@ class EventSink(NamedTuple):
 
 
 class EventHub:
-    """Stamps, logs, queues and fans out every workspace's committed events."""
+    """Stamps, logs and fans out every workspace's committed events."""
 
     def __init__(self, *, audit: bool = True) -> None:
         #: Whether events are written to the audit log (they are always published live).
         self.audit = audit
         self._seq: dict[str, int] = {}
         self._hooked: frozenset[str] = frozenset()  # workspaces with webhooks
-        # Each subscriber, and whether it would rather be cut off than miss an event (it can replay the log).
-        self._subscribers: dict[MemoryObjectSendStream[tuple[str, Event]], bool] = {}
+        # Each subscriber: whether it would rather be cut off than miss an event (it can replay the log),
+        # and the one workspace it follows (None: all).
+        self._subscribers: dict[MemoryObjectSendStream[tuple[str, Event]], tuple[bool, str | None]] = {}
         #: Called after a commit logged events in a workspace with webhooks (the dispatcher's wake-up).
         self.on_logged: Callable[[], None] | None = None
         self.sink: EventSink | None = None
@@ -186,7 +187,9 @@ class EventHub:
     # ------------------------------------------------------------------ live subscribers
 
     def _fan_out(self, workspace_id: str, events: list[Event]) -> None:
-        for send, cut_off in list(self._subscribers.items()):
+        for send, (cut_off, only) in list(self._subscribers.items()):
+            if only is not None and only != workspace_id:
+                continue
             for ev in events:
                 try:
                     send.send_nowait((workspace_id, ev))
@@ -211,15 +214,16 @@ class EventHub:
 
     @asynccontextmanager
     async def subscribe(
-        self, buffer: int = 10_000, *, cut_off: bool = False
+        self, buffer: int = 10_000, *, cut_off: bool = False, workspace_id: str | None = None
     ) -> AsyncIterator[MemoryObjectReceiveStream[tuple[str, Event]]]:
         """Receive ``(workspace_id, Event)`` for every committed event from now on, until the block exits.
 
         A subscriber more than ``buffer`` events behind misses events, or with ``cut_off`` sees its
         stream end (so it can resume from the audit log instead of silently skipping some).
+        With ``workspace_id``, only that workspace's events are sent.
         """
         send, recv = anyio.create_memory_object_stream[tuple[str, Event]](buffer)
-        self._subscribers[send] = cut_off
+        self._subscribers[send] = (cut_off, workspace_id)
         try:
             with recv:
                 yield recv

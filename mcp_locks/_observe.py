@@ -299,9 +299,11 @@ class Observability:
         return await self.service.store.audit(AuditQuery(workspace_id, limit=limit, after_seq=after))
 
     @asynccontextmanager
-    async def stream(self, buffer: int = 10_000) -> AsyncIterator[MemoryObjectReceiveStream[tuple[str, Event]]]:
-        """Live events; the stream ends if the reader falls ``buffer`` events behind (resume from the log)."""
-        async with self.hub.subscribe(buffer, cut_off=True) as recv:
+    async def stream(
+        self, workspace_id: str, buffer: int = 10_000
+    ) -> AsyncIterator[MemoryObjectReceiveStream[tuple[str, Event]]]:
+        """One workspace's live events; the stream ends if the reader falls ``buffer`` behind (resume from the log)."""
+        async with self.hub.subscribe(buffer, cut_off=True, workspace_id=workspace_id) as recv:
             yield recv
 
     # ------------------------------------------------------------------ webhooks (admin)

@@ -873,7 +873,7 @@ KEEPALIVE = 15
 async def _event_feed(service: LockService, workspace_id: str, after: int | None) -> AsyncIterator[ServerSentEvent]:
     """Logged events after ``after`` (if given), then live ones, each once, in seq order."""
     observe = service.observe
-    async with observe.stream() as live:  # subscribed before reading the log: nothing falls in between
+    async with observe.stream(workspace_id) as live:  # subscribed before reading the log: nothing falls in between
         last = after or 0
         if after is not None:
             while True:

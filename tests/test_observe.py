@@ -251,6 +251,7 @@ async def test_the_event_stream_sends_committed_events_and_resumes_after_last_ev
         async with http.stream("GET", url, headers=auth) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("text/event-stream")
+            await env.service.lock("team", "other.md", "write")  # another workspace: not on this stream
             g = await env.service.lock("default", "s.md", "write", agent="x")
             got = await _read_sse(r, 2)
         assert [(e, d["kind"], d["node_id"]) for _, e, d in got] == [
