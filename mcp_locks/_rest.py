@@ -537,7 +537,7 @@ def build_ops(service: LockService) -> list[Op]:
                                       details={"field": "Last-Event-ID"})  # fmt: skip
             after = int(last)
         return EventSourceResponse(
-            _event_feed(service, ws, after), ping=KEEPALIVE, headers={"Cache-Control": "no-store"}
+            _event_feed(service, ws, after, call.caller), ping=KEEPALIVE, headers={"Cache-Control": "no-store"}
         )
 
     async def create_webhook(call: Call) -> BaseModel:
@@ -868,10 +868,18 @@ def openapi(ops: list[Op], version: str) -> dict[str, Any]:
 
 #: Seconds between keep-alive comments on an event stream.
 KEEPALIVE = 15
+#: Seconds between checks that an open event stream's key is still live and still reaches its workspace.
+RECHECK_ACCESS = 15.0
 
 
-async def _event_feed(service: LockService, workspace_id: str, after: int | None) -> AsyncIterator[ServerSentEvent]:
-    """Logged events after ``after`` (if given), then live ones, each once, in seq order."""
+async def _event_feed(
+    service: LockService, workspace_id: str, after: int | None, caller: Identity
+) -> AsyncIterator[ServerSentEvent]:
+    """Logged events after ``after`` (if given), then live ones, each once, in seq order.
+
+    The stream ends when the caller's key is revoked or loses the workspace (checked every
+    :data:`RECHECK_ACCESS` seconds), or when the workspace is deleted.
+    """
     observe = service.observe
     async with observe.stream(workspace_id) as live:  # subscribed before reading the log: nothing falls in between
         last = after or 0
@@ -883,12 +891,27 @@ async def _event_feed(service: LockService, workspace_id: str, after: int | None
                     last = ev.seq
                 if len(page) < 1000:
                     break
-        async for ws, ev in live:
+        checked, seen = anyio.current_time(), service.access_changed
+        while True:
+            # At once after a revocation here; every RECHECK_ACCESS s for one made elsewhere (the CLI).
+            if seen.is_set() or anyio.current_time() - checked >= RECHECK_ACCESS:
+                checked, seen = anyio.current_time(), service.access_changed
+                if not await service.still_reaches(caller, workspace_id):
+                    return
+            try:
+                with anyio.fail_after(RECHECK_ACCESS):
+                    ws, ev = await live.receive()
+            except TimeoutError:
+                continue  # quiet: time to look at the key again
+            except anyio.EndOfStream:
+                # The reader fell far behind, or the server is stopping: the client reconnects with
+                # Last-Event-ID and gets the rest from the log.
+                return
+            if seen.is_set() and not await service.still_reaches(caller, workspace_id):
+                return
             if ws == workspace_id and ev.seq > last:
                 last = ev.seq
                 yield _sse(workspace_id, ev)
-    # The live stream ended: the reader fell far behind, or the server is stopping. The client reconnects
-    # with Last-Event-ID and gets the rest from the log.
 
 
 def _sse(workspace_id: str, ev: Event) -> ServerSentEvent:

@@ -283,6 +283,8 @@ class LockService:
         self._alarms: list[tuple[float, str]] = []
         self._alarm_wake = anyio.Event()
         self._create_lock = anyio.Lock()
+        #: Set (and replaced) when a key is revoked or a workspace deleted here: open streams look again.
+        self.access_changed = anyio.Event()
         self.hub = EventHub(audit=self.limits.observe.audit)
         #: The audit log, webhooks and metrics.
         self.observe = Observability(self, self.limits.observe, self.hub)
@@ -406,6 +408,22 @@ class LockService:
         """
         async with self.hub.subscribe(buffer) as recv:
             yield recv
+
+    def _access_changed(self) -> None:
+        done, self.access_changed = self.access_changed, anyio.Event()
+        done.set()
+
+    async def still_reaches(self, caller: Identity, workspace_id: str) -> bool:
+        """Whether ``caller``'s key is still live and still reaches ``workspace_id`` (for long-lived streams)."""
+        if not caller.authenticated:
+            return workspace_id in self._workspaces
+        rec = await self.store.get_key(caller.key_id)
+        return (
+            rec is not None
+            and rec.revoked_at is None
+            and workspace_id in self._workspaces
+            and (rec.role == "admin" or workspace_id in rec.workspaces)
+        )
 
     async def known_workspace(self, workspace_id: object, caller: Identity = LOCAL) -> str:
         """The workspace id if it exists and ``caller`` may use it (NOT_FOUND / FORBIDDEN otherwise)."""
@@ -532,6 +550,7 @@ class LockService:
         finally:
             self._deleting.discard(ws)
         self.observe.workspace_deleted(ws)
+        self._access_changed()
         log.info("deleted workspace %s", ws)
         return WorkspaceInfo(workspace_id=ws, description=rec.description, created_at=utc(rec.created_at))
 
@@ -563,6 +582,7 @@ class LockService:
                 details={"key_id": shown},
             )
         log.info("revoked key %s", kid)
+        self._access_changed()
         record = await self.store.get_key(kid)
         assert record is not None  # revoked keys are kept
         return record

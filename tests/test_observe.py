@@ -594,3 +594,38 @@ async def test_json_logs_carry_the_request_id_and_never_a_secret(tmp_path: Path)
 def test_the_webhook_payload_has_exactly_the_audit_events_fields(at: float) -> None:
     ev = Event("broken", at, "a.md", "x", "lk_1", "write", "node", 3, None, None, 1500, None, "root", "stuck", seq=7)
     assert event_dict("default", ev) == AuditEvent.of("default", ev).model_dump(mode="json")
+
+
+@pytest.mark.parametrize("where", ["server", "data-dir"])
+async def test_an_open_event_stream_ends_when_its_key_is_revoked(
+    env: Env, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    import mcp_locks._rest
+
+    # A revocation made elsewhere (the CLI, on the data dir) is seen at the next periodic look at the
+    # key: real time is the subject, so the period (15 s by default) is shortened here.
+    monkeypatch.setattr(mcp_locks._rest, "RECHECK_ACCESS", 0.05)
+    bob = next(r for r in await env.service.list_keys() if r.agent == "bob")
+
+    async def revoke() -> None:
+        if where == "server":
+            await env.service.revoke_key(bob.key_id)
+        else:
+            await env.service.store.revoke_key(bob.key_id, env.clock.now())
+
+    async with httpx.AsyncClient(timeout=STEP) as http:
+        url = f"{env.url}/v1/workspaces/default/events"
+        data: list[str] = []
+        async with http.stream("GET", url, headers={"Authorization": f"Bearer {env.bob}"}) as r:
+            await env.service.lock("default", "before.md", "read")
+            with anyio.fail_after(STEP):
+                async for line in r.aiter_lines():  # ends when the server ends the stream
+                    if line.startswith("data:"):
+                        data.append(line)
+                        if len(data) == 1:
+                            await revoke()
+                            if where == "data-dir":
+                                await anyio.sleep(0.2)  # past the shortened period
+                            await env.service.lock("default", "after.md", "read")
+    assert data
+    assert all("before.md" in line for line in data)  # nothing after the revocation reached bob
