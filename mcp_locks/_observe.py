@@ -118,6 +118,8 @@ class Observability:
         self._tg: anyio.abc.TaskGroup | None = None
         self._worker_store: SqliteStore | None = None
         self._worker_started = False
+        #: The delivery worker's process id while one runs.
+        self.worker_pid: int | None = None
         hub.sink = self.metrics.sink()
         hub.on_logged = self.dispatcher.wake
 
@@ -172,6 +174,7 @@ class Observability:
                 ) as p:
                     assert p.stdin is not None
                     assert p.stdout is not None
+                    self.worker_pid = p.pid
                     self._pokes[:] = [b"h"]  # it loads the webhooks itself; then looks at the logs
                     self._poked.set()
                     async with anyio.create_task_group() as tg:
@@ -193,6 +196,8 @@ class Observability:
             except Exception:  # could not start it, or it died mid-write: never take the server down with it
                 log.exception("the webhook delivery worker failed")
                 code = None
+            self.worker_pid = None
+            self.worker_ready = anyio.Event()
             log.warning("the webhook delivery worker stopped (exit status %s); restarting it", code)
             failures = 1 if anyio.current_time() - started > 60 else failures + 1
             await anyio.sleep(min(30.0, 0.25 * 2 ** min(failures, 7)))  # a crashing worker: at most every 30 s

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -368,6 +370,23 @@ async def test_a_server_on_sqlite_delivers_from_a_worker_process_of_its_own(tmp_
             while counted not in s.observe.metrics.render().decode():  # noqa: ASYNC110 - a report through a pipe
                 await anyio.sleep(0.01)
     assert Webhook(hook.secret).verify(rec.got[0][1], rec.got[0][0])["data"]["node_id"] == "a.md"
+
+
+async def test_a_killed_delivery_worker_is_restarted_and_delivers_what_was_logged_meanwhile(tmp_path: Path) -> None:
+    limits = ServiceLimits(observe=ObserveLimits(webhooks=WebhookLimits(allow_private=True, worker=True)))
+    async with receiver() as rec, LockService(SqliteStore(tmp_path / "l.db"), clock=Clock(), limits=limits) as s:
+        await s.observe.create_webhook("default", rec.url, ["lock.granted"])
+        with anyio.fail_after(STEP * 3):
+            await s.observe.worker_ready.wait()
+        pid = s.observe.worker_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await s.lock("default", "while-down.md", "write")  # logged while no worker runs
+        with anyio.fail_after(STEP * 3):  # the server notices, waits a moment, starts a new one
+            while s.observe.worker_pid in (None, pid) or not s.observe.worker_ready.is_set():  # noqa: ASYNC110
+                await anyio.sleep(0.05)  # another process's start: nothing here to wait on
+        await rec.until(1)
+    assert json.loads(rec.got[0][1])["data"]["node_id"] == "while-down.md"
 
 
 async def test_a_failed_delivery_is_retried_with_the_same_id_until_it_arrives(clock: ManualClock) -> None:
