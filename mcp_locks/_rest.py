@@ -8,9 +8,10 @@ error table.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_to_bytes
@@ -27,7 +28,15 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from ._auth import identity_of
-from ._errors import ERROR_TABLE, InvalidArgument, LockError, MethodNotAllowed, NotFound, UnsupportedMediaType
+from ._errors import (
+    ERROR_TABLE,
+    InvalidArgument,
+    LimitExceeded,
+    LockError,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedMediaType,
+)
 from ._files import FileMeta
 from ._keys import LOCAL, Identity
 from ._logging import redact
@@ -515,6 +524,7 @@ def build_ops(service: LockService) -> list[Op]:
         return info
 
     observe = service.observe
+    open_streams: dict[str, int] = {}  # key id -> event streams open now
 
     async def audit_log(call: Call) -> BaseModel:
         q = call.request.query_params
@@ -536,9 +546,15 @@ def build_ops(service: LockService) -> list[Op]:
                 raise InvalidArgument("Last-Event-ID must be the id of an event this stream sent (an integer).",
                                       details={"field": "Last-Event-ID"})  # fmt: skip
             after = int(last)
-        return EventSourceResponse(
-            _event_feed(service, ws, after, call.caller), ping=KEEPALIVE, headers={"Cache-Control": "no-store"}
-        )
+        who = call.caller.key_id or "local"
+        if open_streams.get(who, 0) >= MAX_STREAMS_PER_KEY:
+            raise LimitExceeded(
+                f"this key already has {MAX_STREAMS_PER_KEY} event streams open.",
+                hint="Close one (one stream per workspace is enough), or use another key.",
+                details={"limit": MAX_STREAMS_PER_KEY},
+            )
+        feed = _counted(open_streams, who, _event_feed(service, ws, after, call.caller))
+        return EventSourceResponse(feed, ping=KEEPALIVE, headers={"Cache-Control": "no-store"})
 
     async def create_webhook(call: Call) -> BaseModel:
         b: CreateWebhookRequest = call.body
@@ -868,13 +884,15 @@ def openapi(ops: list[Op], version: str) -> dict[str, Any]:
 
 #: Seconds between keep-alive comments on an event stream.
 KEEPALIVE = 15
+#: Most event streams one key may hold open at once.
+MAX_STREAMS_PER_KEY = 16
 #: Seconds between checks that an open event stream's key is still live and still reaches its workspace.
 RECHECK_ACCESS = 15.0
 
 
 async def _event_feed(
     service: LockService, workspace_id: str, after: int | None, caller: Identity
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncGenerator[ServerSentEvent, None]:
     """Logged events after ``after`` (if given), then live ones, each once, in seq order.
 
     The stream ends when the caller's key is revoked or loses the workspace (checked every
@@ -912,6 +930,21 @@ async def _event_feed(
             if ws == workspace_id and ev.seq > last:
                 last = ev.seq
                 yield _sse(workspace_id, ev)
+
+
+async def _counted(
+    counts: dict[str, int], who: str, feed: AsyncGenerator[ServerSentEvent, None]
+) -> AsyncIterator[ServerSentEvent]:
+    """``feed``, counted in ``counts[who]`` from its first step until it ends (or the client leaves)."""
+    counts[who] = counts.get(who, 0) + 1
+    try:
+        async with contextlib.aclosing(feed) as inner:  # closing this closes the feed (and its subscription)
+            async for item in inner:
+                yield item
+    finally:
+        counts[who] -= 1
+        if not counts[who]:
+            del counts[who]
 
 
 def _sse(workspace_id: str, ev: Event) -> ServerSentEvent:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -648,3 +649,29 @@ async def test_an_open_event_stream_ends_when_its_key_is_revoked(
                             await env.service.lock("default", "after.md", "read")
     assert data
     assert all("before.md" in line for line in data)  # nothing after the revocation reached bob
+
+
+async def test_a_key_may_hold_only_so_many_event_streams_and_a_closed_one_frees_its_place(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mcp_locks._rest
+
+    monkeypatch.setattr(mcp_locks._rest, "MAX_STREAMS_PER_KEY", 2)
+    url = f"{env.url}/v1/workspaces/default/events"
+    auth = {"Authorization": f"Bearer {env.bob}"}
+    before = len(env.service.hub._subscribers)
+    async with httpx.AsyncClient(timeout=STEP) as http, contextlib.AsyncExitStack() as stack:
+        for _ in range(2):
+            r = await stack.enter_async_context(http.stream("GET", url, headers=auth))
+            assert r.status_code == 200
+        await env.service.lock("default", "x.md", "read")  # both streams are running (and counted) now
+        await _read_sse(r, 1)
+        over = await http.get(url, headers=auth)
+        assert (over.status_code, over.json()["error"]["code"]) == (429, "LIMIT_EXCEEDED")
+        other = await http.get(
+            f"{env.url}/v1/workspaces/default/audit", headers={"Authorization": f"Bearer {env.alice}"}
+        )
+        assert other.status_code == 200
+    with anyio.fail_after(STEP):  # the server notices the clients left: their places and subscriptions are freed
+        while len(env.service.hub._subscribers) > before:  # noqa: ASYNC110 - nothing to wait on but the count
+            await anyio.sleep(0.01)
