@@ -11,7 +11,6 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import anyio
-from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.mcpserver import MCPServer
 from mcp.server.sse import SseServerTransport
 from mcp.server.transport_security import TransportSecuritySettings
@@ -23,7 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from ._auth import Guard, KeyVerifier, bootstrap_admin_key, identity_of, is_loopback
+from ._auth import Guard, KeyVerifier, bootstrap_admin_key, is_loopback
 from ._clock import Clock
 from ._errors import Forbidden
 from ._filesvc import FileLimits
@@ -31,7 +30,7 @@ from ._keys import LOCAL, NOBODY
 from ._logging import RequestId
 from ._mcp import build_mcp
 from ._observe import ObserveLimits
-from ._rest import OPENAPI_PATH, build_rest, error_response, http_error_handler
+from ._rest import OPENAPI_PATH, build_rest, caller_of, error_response, http_error_handler
 from ._service import LockService, ServiceLimits
 from ._settings import Settings
 from ._sqlite import SqliteStore
@@ -164,15 +163,12 @@ def build_app(
         return JSONResponse({"status": "ok", "version": __version__})
 
     async def metrics(request: Request) -> Response:
-        if not settings.metrics_public:
-            user = request.scope.get("user")
-            caller = identity_of(user.access_token) if isinstance(user, AuthenticatedUser) else fallback
-            if caller.role != "admin":
-                denied = Forbidden(
-                    "/metrics needs an admin key.",
-                    hint="Scrape it with an admin key (bearer_token in Prometheus), or serve with --metrics-public.",
-                )
-                return error_response(denied)
+        if not settings.metrics_public and caller_of(request, fallback).role != "admin":
+            denied = Forbidden(
+                "/metrics needs an admin key.",
+                hint="Scrape it with an admin key (bearer_token in Prometheus), or serve with --metrics-public.",
+            )
+            return error_response(denied)
         return Response(svc.observe.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def dashboard(request: Request) -> Response:

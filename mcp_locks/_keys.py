@@ -15,6 +15,8 @@ import re
 import secrets
 from typing import Literal, NamedTuple
 
+from ._errors import Forbidden
+
 __all__ = [
     "KEY_PREFIX",
     "LOCAL",
@@ -25,6 +27,7 @@ __all__ = [
     "new_key",
     "parse_key_id",
     "record_for",
+    "require_admin",
     "verify_key",
 ]
 
@@ -111,3 +114,12 @@ def verify_key(key: str, record: KeyRecord | None) -> Identity | None:
     if not hmac.compare_digest(key_digest(key), record.digest) or record.revoked_at is not None:
         return None
     return Identity(record.key_id, record.agent, record.role, record.workspaces)
+
+
+def require_admin(caller: Identity, what: str) -> None:
+    """FORBIDDEN unless ``caller`` holds an admin key (or the server runs without authentication)."""
+    if caller.role != "admin":
+        raise Forbidden(
+            f"{what} needs an admin key; this key (agent '{caller.agent}') is an agent key.",
+            hint="Ask whoever runs the server to do it, or to give you an admin key.",
+        )

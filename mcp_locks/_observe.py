@@ -21,7 +21,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._errors import InvalidArgument, NotFound
 from ._events import WEBHOOK_EVENTS, Delivery, EventHub, WebhookRecord
-from ._keys import LOCAL, Identity
+from ._keys import LOCAL, Identity, require_admin
 from ._logging import JsonFormatter
 from ._metrics import Metrics, WorkspaceGauges
 from ._models import AuditEvent, AuditPage, CreatedWebhook, WebhookInfo, WebhookList, utc
@@ -103,6 +103,7 @@ class Observability:
         self.limits = limits
         self.hub = hub
         self._hooks: dict[str, WebhookRecord] = {}
+        self._managing = anyio.Lock()  # creates and deletes of webhooks, one at a time
         self._last: dict[str, WorkspaceGauges] = {}
         #: Sweeps of the audit log so far; ``pruned`` is set (and replaced) after each.
         self.prune_passes = 0
@@ -317,8 +318,6 @@ class Observability:
         self, workspace_id: object, url: object, events: object, *, caller: Identity = LOCAL
     ) -> CreatedWebhook:
         """Register a webhook for some event types of one workspace; the signing secret is in this answer only."""
-        from ._service import require_admin
-
         require_admin(caller, "managing webhooks")
         ws = await self.service.known_workspace(workspace_id, caller)
         checked = check_webhook_url(url, self.limits.webhooks.allow_private)
@@ -335,36 +334,35 @@ class Observability:
                 hint=f"Pick from: {', '.join(WEBHOOK_EVENTS)}.",
                 details={"field": "events", "known": list(WEBHOOK_EVENTS)},
             )
-        if sum(h.workspace_id == ws for h in self._hooks.values()) >= MAX_WEBHOOKS:
-            raise InvalidArgument(
-                f"workspace '{ws}' already has {MAX_WEBHOOKS} webhooks.",
-                hint="Delete one you no longer need, or let one receiver handle several event types.",
-                details={"limit": MAX_WEBHOOKS},
-            )
         if not self.limits.audit:
             raise InvalidArgument(
                 "webhooks need the audit log, and this server runs with it off (--no-audit).",
                 hint="Restart the server with the audit log on, or follow GET /v1/workspaces/{w}/events instead.",
                 details={"field": "url"},
             )
-        secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        # It gets the events logged from now on: its cursor starts at the end of the log.
-        newest = await self.service.store.audit(AuditQuery(ws, limit=1))
-        cursor = max(self.hub.last_seq(ws), newest[0].seq if newest else 0)
-        rec = WebhookRecord(
-            f"wh_{secrets.token_hex(8)}", ws, checked, tuple(dict.fromkeys(events)), secret,
-            self.service.clock.now(), cursor,
-        )  # fmt: skip
-        await self.service.store.put_webhook(rec)
-        self._hooks[rec.webhook_id] = rec
-        self._hooks_changed()
+        async with self._managing:  # no await between the count and the registration of another create
+            if sum(h.workspace_id == ws for h in self._hooks.values()) >= MAX_WEBHOOKS:
+                raise InvalidArgument(
+                    f"workspace '{ws}' already has {MAX_WEBHOOKS} webhooks.",
+                    hint="Delete one you no longer need, or let one receiver handle several event types.",
+                    details={"limit": MAX_WEBHOOKS},
+                )
+            secret = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+            # It gets the events logged from now on: its cursor starts at the end of the log.
+            newest = await self.service.store.audit(AuditQuery(ws, limit=1))
+            cursor = max(self.hub.last_seq(ws), newest[0].seq if newest else 0)
+            rec = WebhookRecord(
+                f"wh_{secrets.token_hex(8)}", ws, checked, tuple(dict.fromkeys(events)), secret,
+                self.service.clock.now(), cursor,
+            )  # fmt: skip
+            await self.service.store.put_webhook(rec)
+            self._hooks[rec.webhook_id] = rec
+            self._hooks_changed()
         log.info("created webhook %s for %s (%s)", rec.webhook_id, ws, ",".join(rec.events))
         return CreatedWebhook(**_info(rec).model_dump(), secret=secret)
 
     async def list_webhooks(self, workspace_id: object, *, caller: Identity = LOCAL) -> WebhookList:
         """A workspace's webhooks (never their secrets)."""
-        from ._service import require_admin
-
         require_admin(caller, "managing webhooks")
         ws = await self.service.known_workspace(workspace_id, caller)
         return WebhookList(webhooks=[_info(h) for h in self._hooks.values() if h.workspace_id == ws])
@@ -373,20 +371,19 @@ class Observability:
         self, workspace_id: object, webhook_id: object, *, caller: Identity = LOCAL
     ) -> WebhookInfo:
         """Remove a webhook; its undelivered messages are dropped."""
-        from ._service import require_admin
-
         require_admin(caller, "managing webhooks")
         ws = await self.service.known_workspace(workspace_id, caller)
-        rec = self._hooks.get(webhook_id) if isinstance(webhook_id, str) else None
-        if rec is None or rec.workspace_id != ws:
-            raise NotFound(
-                f"workspace '{ws}' has no webhook '{webhook_id}'.",
-                hint="list_webhooks shows the ids.",
-                details={"webhook_id": str(webhook_id)[:64]},
-            )
-        await self.service.store.delete_webhook(rec.webhook_id)  # first: if it fails, nothing changed
-        del self._hooks[rec.webhook_id]
-        self._hooks_changed()
+        async with self._managing:
+            rec = self._hooks.get(webhook_id) if isinstance(webhook_id, str) else None
+            if rec is None or rec.workspace_id != ws:
+                raise NotFound(
+                    f"workspace '{ws}' has no webhook '{webhook_id}'.",
+                    hint="list_webhooks shows the ids.",
+                    details={"webhook_id": str(webhook_id)[:64]},
+                )
+            await self.service.store.delete_webhook(rec.webhook_id)  # first: if it fails, nothing changed
+            del self._hooks[rec.webhook_id]
+            self._hooks_changed()
         return _info(rec)
 
     def workspace_deleted(self, workspace_id: str) -> None:

@@ -38,7 +38,7 @@ from ._errors import (
     UnsupportedMediaType,
 )
 from ._files import FileMeta
-from ._keys import LOCAL, Identity
+from ._keys import LOCAL, Identity, require_admin
 from ._logging import redact
 from ._models import (
     AuditEvent,
@@ -79,10 +79,10 @@ from ._models import (
     WorkspaceOverview,
     parse_body,
 )
-from ._service import LockService, require_admin
+from ._service import LockService
 from ._table import Event
 
-__all__ = ["OPENAPI_PATH", "build_rest", "error_response", "http_error_handler"]
+__all__ = ["OPENAPI_PATH", "build_rest", "caller_of", "error_response", "http_error_handler"]
 
 OPENAPI_PATH = "/v1/openapi.json"
 
@@ -160,7 +160,8 @@ class Op:
     also: tuple[int, ...] = ()  # other success statuses with the same result (201 for a write that created)
 
 
-def _caller(request: Request, local: Identity) -> Identity:
+def caller_of(request: Request, local: Identity) -> Identity:
+    """Who a request speaks for: its verified key's identity, else ``local``."""
     user = request.scope.get("user")
     return identity_of(user.access_token) if isinstance(user, AuthenticatedUser) else local
 
@@ -231,7 +232,7 @@ def _endpoint(op: Op, local: Identity) -> Callable[[Request], Awaitable[Response
     async def endpoint(request: Request) -> Response:
         try:
             _check_raw_path(request)
-            caller = _caller(request, local)
+            caller = caller_of(request, local)
             if op.admin:
                 require_admin(caller, op.name.replace("_", " "))
             body = None

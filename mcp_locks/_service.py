@@ -29,7 +29,7 @@ from ._errors import AlreadyExists, Forbidden, InvalidArgument, LockError, NotFo
 from ._events import EventHub
 from ._filesvc import FileLimits, FileService, remove_tree
 from ._index import Claim, Depth, Mode
-from ._keys import LOCAL, Identity, KeyRecord, new_key
+from ._keys import LOCAL, Identity, KeyRecord, new_key, require_admin
 from ._logging import redact
 from ._models import (
     LockFilesResult,
@@ -157,15 +157,6 @@ def _who(caller: Identity, agent: object) -> _Who:
     label = _text(agent, "agent", 64)
     label = label.strip() or None if label is not None else None
     return _Who(caller.agent, label, caller.key_id, None if caller.role == "admin" else caller.key_id)
-
-
-def require_admin(caller: Identity, what: str) -> None:
-    """FORBIDDEN unless ``caller`` holds an admin key (or the server runs without authentication)."""
-    if caller.role != "admin":
-        raise Forbidden(
-            f"{what} needs an admin key; this key (agent '{caller.agent}') is an agent key.",
-            hint="Ask whoever runs the server to do it, or to give you an admin key.",
-        )
 
 
 def encode_cursor(after: tuple[str, str]) -> str:

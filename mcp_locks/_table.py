@@ -863,20 +863,7 @@ class LockTable:
 
     def _left(self, w: _Waiter, now: float, code: str) -> None:
         for c in w.items:
-            self.events.append(
-                Event(
-                    "left",
-                    now,
-                    c.node_id,
-                    w.owner,
-                    w.upgrade_of,
-                    c.mode,
-                    c.depth,
-                    waiter_id=w.waiter_id,
-                    code=code,
-                    label=w.label,
-                )
-            )
+            self.events.append(_claim_event("left", now, w, c, code=code))
 
     def holding(self, now: float, token: str, as_key: str | None = None) -> Lease | LockError:
         """The live lease ``token`` names, or the error saying why it is not live (FORBIDDEN is raised)."""
@@ -1160,19 +1147,7 @@ class LockTable:
             self._wait_heap[:] = [(x.deadline, x.waiter_id) for x in self._line()]
             heapq.heapify(self._wait_heap)
         for c in w.items:
-            self.events.append(
-                Event(
-                    "queued",
-                    w.enqueued_at,
-                    c.node_id,
-                    w.owner,
-                    w.upgrade_of,
-                    c.mode,
-                    c.depth,
-                    waiter_id=w.waiter_id,
-                    label=w.label,
-                )
-            )
+            self.events.append(_claim_event("queued", w.enqueued_at, w, c))
         return w.waiter_id
 
     def _drop_waiter(self, w: _Waiter) -> None:
@@ -1381,3 +1356,9 @@ class LockTable:
             hint="Retry with a longer wait, or work on something else and come back.",
             details={"waited_ms": round((now - w.enqueued_at) * 1000)},
         )
+
+
+def _claim_event(kind: EventKind, at: float, w: _Waiter, c: Claim, code: str | None = None) -> Event:
+    """An event about one claim of a waiter (queued, or left the line with ``code``)."""
+    return Event(kind, at, c.node_id, w.owner, w.upgrade_of, c.mode, c.depth, waiter_id=w.waiter_id, code=code,
+                 label=w.label)  # fmt: skip

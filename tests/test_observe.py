@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import httpx
 import pytest
 from anyio import wait_all_tasks_blocked
@@ -25,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mcp_locks import InvalidArgument, LockService, ManualClock, MemoryStore, SqliteStore
+from mcp_locks import InvalidArgument, LockService, ManualClock, MemoryStore, NotFound, SqliteStore
 from mcp_locks._clock import Clock
 from mcp_locks._events import Delivery, event_dict
 from mcp_locks._logging import JsonFormatter, RedactSecrets, RequestId, request_id
@@ -675,3 +676,30 @@ async def test_a_key_may_hold_only_so_many_event_streams_and_a_closed_one_frees_
     with anyio.fail_after(STEP):  # the server notices the clients left: their places and subscriptions are freed
         while len(env.service.hub._subscribers) > before:  # noqa: ASYNC110 - nothing to wait on but the count
             await anyio.sleep(0.01)
+
+
+async def test_two_deletes_of_one_webhook_at_once_one_deletes_and_the_other_is_not_found(
+    clock: ManualClock,
+) -> None:
+    async with LockService(MemoryStore(), clock=clock) as s:
+        hook = await s.observe.create_webhook("default", "https://example.com/h", ["lock.granted"])
+        real = s.store.delete_webhook
+
+        async def slow_delete(webhook_id: str) -> Any:
+            await anyio.lowlevel.checkpoint()  # as a networked store would: the other delete runs meanwhile
+            return await real(webhook_id)
+
+        s.store.delete_webhook = slow_delete  # type: ignore[method-assign]
+        results: list[str] = []
+
+        async def delete() -> None:
+            try:
+                results.append((await s.observe.delete_webhook("default", hook.webhook_id)).webhook_id)
+            except NotFound as e:
+                results.append(e.code)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(delete)
+            tg.start_soon(delete)
+        assert sorted(results) == sorted([hook.webhook_id, "NOT_FOUND"])
+        assert (await s.observe.list_webhooks("default")).webhooks == []
