@@ -67,6 +67,15 @@ def _count(value: object, field: str, lo: int = 0) -> int:
     return value
 
 
+def _pread(fd: int, n: int, offset: int) -> bytes:
+    """Up to ``n`` bytes at ``offset``; nothing past the end.
+
+    os.pread itself fails on an offset past 2**63 (OverflowError) or one whose end would pass it
+    (EINVAL), and any offset is a valid argument.
+    """
+    return b"" if offset >= os.fstat(fd).st_size else os.pread(fd, n, offset)
+
+
 def _as_text(data: bytes, eof: bool) -> tuple[str, str, int]:
     """(content, encoding, bytes used): UTF-8 text when it is, else base64; a character cut at the end waits."""
     try:
@@ -249,7 +258,7 @@ class FileService:
         n = min(n, self.limits.max_read)
         ws, meta, fd = await self.open(workspace_id, node_id, token, caller=caller)
         try:
-            data = await anyio.to_thread.run_sync(os.pread, fd, n, off)
+            data = await anyio.to_thread.run_sync(_pread, fd, n, off)
         finally:
             os.close(fd)
         size = meta.size if meta.tracked else max(meta.size, off + len(data))

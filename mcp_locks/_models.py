@@ -12,9 +12,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._errors import InvalidArgument
 from ._files import FileMeta
 from ._keys import KeyRecord
+from ._names import _AGENT_RE, _WORKSPACE_RE
 from ._table import Event, EventKind, Lease, NodeStatus, WaiterView
 
 __all__ = [
+    "AGENT_PATTERN",
+    "WORKSPACE_PATTERN",
     "AuditEvent",
     "AuditPage",
     "CompleteUploadRequest",
@@ -63,6 +66,10 @@ __all__ = [
     "unknown_field",
     "utc",
 ]
+
+#: The name rules of _names.py, anchored, for the JSON schemas (the service checks them and names the field).
+WORKSPACE_PATTERN = f"^{_WORKSPACE_RE.pattern}$"
+AGENT_PATTERN = f"^{_AGENT_RE.pattern}$"
 
 ModeIn = Literal["read", "write", "shared", "exclusive"]
 Mode = Literal["read", "write"]
@@ -547,7 +554,9 @@ class UploadInfo(_Out):
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: a REST body is checked against the schema the OpenAPI document shows. Lax parsing would take
+    # {"wait": true} as a one-second wait and {"timeout": "60"} as a number, which the document calls invalid.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class LockRequest(_In):
@@ -602,7 +611,7 @@ class ForceUnlockRequest(_In):
 class CreateWorkspaceRequest(_In):
     """Body of POST /v1/workspaces (admin)."""
 
-    workspace_id: str = Field(description="1-63 of a-z 0-9 _ -.")
+    workspace_id: str = Field(description="1-63 of a-z 0-9 _ -.", json_schema_extra={"pattern": WORKSPACE_PATTERN})
     description: str | None = None
 
 
@@ -636,7 +645,10 @@ class CreateWebhookRequest(_In):
 class CreateKeyRequest(_In):
     """Body of POST /v1/admin/keys (admin)."""
 
-    agent: str = Field(description="The agent's name: the owner of every lock taken with the key.")
+    agent: str = Field(
+        description="The agent's name: the owner of every lock taken with the key.",
+        json_schema_extra={"pattern": AGENT_PATTERN},
+    )
     workspaces: list[str] = Field(default_factory=list, description="Workspaces the key reaches.", max_length=100)
     role: Literal["agent", "admin"] = "agent"
 

@@ -25,7 +25,7 @@ from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Match, Route
 
 from ._auth import identity_of
 from ._errors import (
@@ -41,6 +41,7 @@ from ._files import FileMeta
 from ._keys import LOCAL, Identity, require_admin
 from ._logging import redact
 from ._models import (
+    WORKSPACE_PATTERN,
     AuditEvent,
     AuditPage,
     CompleteUploadRequest,
@@ -115,13 +116,30 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     path = redact(str(request.scope.get("path", ""))[:200])  # a token may sit in a mistyped path
     if status == 405:
+        allowed = _allowed_methods(request)
         return error_response(
             MethodNotAllowed(
                 f"{request.method} is not allowed on {path}.",
                 hint=f"See {OPENAPI_PATH} for the methods of each route.",
-            )
+                details={"allowed": allowed},
+            ),
+            headers={"Allow": ", ".join(allowed)},  # RFC 9110 §15.5.6: a 405 must list what is allowed
         )
     return error_response(NotFound(f"no route {path}.", hint=f"See {OPENAPI_PATH} for the routes."))
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods of every route whose path matches the request's.
+
+    Each operation is a route of its own, so Starlette's ``Allow`` would name only the first route
+    that matched the path, not all the methods of the path.
+    """
+    router = request.scope.get("router")
+    methods: set[str] = set()
+    for route in getattr(router, "routes", ()):
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= route.methods
+    return sorted(methods)
 
 
 @dataclass(frozen=True)
@@ -289,7 +307,8 @@ def _if_version(request: Request) -> int | None:
     if match is not None:
         tag = match.strip().removeprefix("W/").strip('"')
         head = tag.split("-", 1)[0]
-        if not head.isdigit():
+        # ASCII digits only, and few: int() refuses "²" (a digit to isdigit) and numbers over 4300 digits.
+        if not (head.isascii() and head.isdigit()) or len(head) > 18:
             raise InvalidArgument(
                 "If-Match must be an ETag this server returned (or a version number).",
                 hint="Send the ETag header of the version you read.",
@@ -604,6 +623,7 @@ def build_ops(service: LockService) -> list[Op]:
             AuditEvent,
             stream=True,
             headers=(("Last-Event-ID", "The last id you received: events after it are sent first."),),
+            query=(("after", "integer", "Last-Event-ID for clients that cannot set headers (EventSource)."),),
             tags=("observe",),
         ),
         Op(
@@ -663,9 +683,11 @@ def build_ops(service: LockService) -> list[Op]:
                                          ("agent", "string", "Label shown as modified_by's label.")), tags=("files",)),
         Op("DELETE", f"{ws_files}/{{node_id:path}}", "delete_file", "Delete the file, under the same rules as PUT.",
            delete_file, FileWritten, headers=write_headers,
-           query=(("if_version", "integer", "The version you expect."),), tags=("files",)),
+           query=(("if_version", "integer", "The version you expect."),
+                  ("agent", "string", "Label shown as modified_by's label.")), tags=("files",)),
         Op("GET", "/v1/workspaces/{workspace_id}/file-info/{node_id:path}", "file_info",
            "Metadata, lock status, and whether you may read or write the file now.", file_info, FileStatus,
+           query=(("agent", "string", "Who asks, without keys; with a key only a label."),),
            tags=("files",)),
         Op("POST", ws_up, "create_upload", "Start a resumable upload for a large file.", create_upload, UploadInfo,
            UploadRequest, status=201, tags=("files",)),
@@ -800,6 +822,15 @@ _PARAMS = {
 }
 
 
+_STRING: dict[str, Any] = {"type": "string", "minLength": 1}
+#: What the routes and the service accept, so a client (or a fuzzer) can tell a bad id from an unknown one.
+_PARAM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "workspace_id": {"type": "string", "pattern": WORKSPACE_PATTERN},
+    "token": {"type": "string", "pattern": f"^{_TokenConvertor.regex}$"},  # else the path names no route
+    "index": {"type": "integer", "minimum": 0},
+}
+
+
 def openapi(ops: list[Op], version: str) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``ops``, with schemas from the same pydantic models."""
     models: set[type[BaseModel]] = {ErrorBody}
@@ -818,7 +849,13 @@ def openapi(ops: list[Op], version: str) -> dict[str, Any]:
     for op in ops:
         path = _doc_path(op.path)
         params: list[dict[str, Any]] = [
-            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}, "description": _PARAMS[name]}
+            {
+                "name": name,
+                "in": "path",
+                "required": True,
+                "schema": _PARAM_SCHEMAS.get(name, _STRING),
+                "description": _PARAMS[name],
+            }
             for name in _path_names(path)
         ]
         params += [

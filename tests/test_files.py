@@ -294,6 +294,14 @@ async def test_a_long_file_is_read_in_pages_without_splitting_a_character(
         assert "".join(pages) == text
 
 
+@pytest.mark.parametrize("offset", [5, 2**62, 2**63 - 1, 2**63, 10**40])
+async def test_a_read_from_any_offset_past_the_end_is_empty_and_at_the_end(svc: LockService, offset: int) -> None:
+    # os.pread refuses offsets past 2**63 (and ones whose end would pass it): such a read once was INTERNAL.
+    await svc.files.write(None, "t.md", b"hello", if_version=0)
+    page = await svc.files.read(None, "t.md", offset=offset)
+    assert (page.content, page.length, page.eof, page.next_offset) == ("", 0, True, None)
+
+
 async def test_list_files_pages_in_path_order_and_hides_the_state_folder(svc: LockService) -> None:
     names = ["b.md", "a/z.md", "a.md", "a/b/c.md", "c/d.md"]
     for n in names:

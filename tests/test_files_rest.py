@@ -83,6 +83,21 @@ async def test_a_malformed_if_match_is_an_invalid_argument(env: Env, http: httpx
     assert r.json()["error"]["details"]["field"] == "if-match"
 
 
+@pytest.mark.parametrize(
+    "value",
+    [b"\xb2", b"9" * 5000, b'"' + b"9" * 5000 + b'-abc"'],
+    ids=["superscript-two", "5000-digits", "5000-digit-etag"],
+)
+async def test_an_if_match_that_int_cannot_read_is_an_invalid_argument_not_a_crash(
+    env: Env, http: httpx.AsyncClient, value: bytes
+) -> None:
+    # str.isdigit() says yes to '²' and int() refuses numbers of over 4300 digits: both once gave a 500.
+    for method in ("PUT", "DELETE"):
+        r = await http.request(method, "/files/a.md", content=b"x", headers=auth(env.alice, **{"If-Match": value}))
+        assert (r.status_code, r.json()["error"]["code"]) == (422, "INVALID_ARGUMENT")
+        assert r.json()["error"]["details"]["field"] == "if-match"
+
+
 async def test_a_put_with_the_lock_token_header_writes_under_the_lock(env: Env, http: httpx.AsyncClient) -> None:
     grant = (await http.post("/nodes/r.md/lock", json={"mode": "write"}, headers=auth(env.alice))).json()
     r = await http.put(

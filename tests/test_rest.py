@@ -252,6 +252,56 @@ async def test_unknown_routes_and_methods_get_the_one_error_body(api: Api) -> No
     assert (r.status_code, code_of(r)) == (405, "METHOD_NOT_ALLOWED")
 
 
+async def test_a_method_not_allowed_names_every_method_of_the_path_in_allow(api: Api) -> None:
+    # RFC 9110: a 405 must carry Allow. Each operation is a route of its own, so all of the path's count.
+    r = await api.http.put(f"{api.url}{NODE}")
+    assert (r.status_code, code_of(r)) == (405, "METHOD_NOT_ALLOWED")
+    assert r.headers["allow"] == "DELETE, GET, HEAD, POST"
+    assert r.json()["error"]["details"]["allowed"] == ["DELETE", "GET", "HEAD", "POST"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (NODE, {"wait": True}),
+        (NODE, {"timeout": "60"}),
+        (f"{NODE}/renew", {"token": "mlt_x", "timeout": False}),
+        ("/v1/workspaces/default/locks/batch", {"items": [{"node_id": "a"}], "timeout": "60"}),
+    ],
+    ids=["bool-wait", "string-timeout", "bool-renew-timeout", "string-batch-timeout"],
+)
+async def test_a_body_value_of_the_wrong_json_type_is_refused_not_converted(
+    api: Api, path: str, body: dict[str, Any]
+) -> None:
+    # Lax parsing once took {"wait": true} as a one-second wait: the body must match the documented schema.
+    r = await api.http.post(f"{api.url}{path}", json=body)
+    assert code_of(r) == "INVALID_ARGUMENT"
+    assert r.json()["error"]["details"]["field"] in body
+    assert (await api.call("status", "GET", NODE)).json()["locked"] is False
+
+
+async def test_the_openapi_document_states_the_rules_of_ids_tokens_and_chunk_numbers(api: Api) -> None:
+    ops = {op["operationId"]: op for methods in api.doc["paths"].values() for op in methods.values()}
+    params = {p["name"]: p["schema"] for op in ops.values() for p in op.get("parameters", []) if p["in"] == "path"}
+    assert params["workspace_id"]["pattern"] == "^[a-z0-9_-]{1,63}$"
+    assert params["token"]["pattern"] == "^mlt_[A-Za-z0-9_-]+$"  # any other text names no route
+    assert params["index"] == {"type": "integer", "minimum": 0}
+    schemas = api.doc["components"]["schemas"]
+    assert schemas["CreateWorkspaceRequest"]["properties"]["workspace_id"]["pattern"] == "^[a-z0-9_-]{1,63}$"
+    assert schemas["CreateKeyRequest"]["properties"]["agent"]["pattern"].startswith("^[A-Za-z0-9]")
+    bad = await api.call("lock", "POST", "/v1/workspaces/Not_Valid/nodes/a/lock", json={})
+    assert code_of(bad) == "INVALID_ARGUMENT"  # what the pattern says is what the server refuses
+
+
+async def test_the_openapi_document_lists_every_query_parameter_a_route_reads(api: Api) -> None:
+    # delete_file and file_info read ?agent= and the event stream ?after=, once without saying so.
+    ops = {op["operationId"]: op for methods in api.doc["paths"].values() for op in methods.values()}
+    query = {name: {p["name"] for p in op.get("parameters", []) if p["in"] == "query"} for name, op in ops.items()}
+    assert {"if_version", "agent"} <= query["delete_file"]
+    assert "agent" in query["file_info"]
+    assert "after" in query["events"]
+
+
 async def test_admin_routes_manage_keys_and_workspaces(api: Api) -> None:
     admin = {"Authorization": f"Bearer {api.admin}"}
     made = await api.call("create_workspace", "POST", "/v1/workspaces", json={"workspace_id": "docs"}, headers=admin)
