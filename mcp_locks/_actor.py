@@ -118,6 +118,7 @@ class WorkspaceActor:
         self._rearm = anyio.Event()
         self._timer_at: float | None = None
         self._waiting: dict[int, Waiting] = {}
+        self._decided: list[Waiting] = []  # given an outcome in the current step, woken once it commits
         self.stopped = False
         self.next_deadline: float | None = None
 
@@ -307,6 +308,7 @@ class WorkspaceActor:
                 w.outcome = err
             w.done.set()
         self._waiting.clear()
+        self._decided.clear()
 
     async def _loop(self) -> None:
         idle_since = self.clock.now()
@@ -423,8 +425,9 @@ class WorkspaceActor:
             self.hub.committed(self.workspace_id, events, took)
         pending.done.set()
         self._inflight = None
-        for w in list(self._waiting.values()):
-            if w.outcome is not None:
+        decided, self._decided = self._decided, []
+        for w in decided:  # only those decided in this step: not a walk over everyone in line
+            if self._waiting.get(w.waiter_id) is w:
                 del self._waiting[w.waiter_id]
                 w.done.set()
 
@@ -435,6 +438,7 @@ class WorkspaceActor:
                 w = self._waiting.get(wid)
                 if w is not None:
                     w.outcome = outcome
+                    self._decided.append(w)
                 elif isinstance(outcome, Granted):  # pragma: no cover - every waiter has a listener
                     self._give_back(table, now, outcome.leases, False, ("", None))
 
@@ -450,6 +454,7 @@ class WorkspaceActor:
             w.outcome = err
             w.done.set()
         self._waiting.clear()
+        self._decided.clear()
         old = self.table
         try:
             self.table = await self._load(first_waiter_id=old.next_waiter_id if old is not None else 1)

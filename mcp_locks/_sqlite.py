@@ -8,6 +8,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -46,6 +47,8 @@ log = logging.getLogger("mcp_locks.sqlite")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 4
+#: Page cache of the writer connection, KiB.
+CACHE_KIB = 65_536
 #: Most unread log events counted per webhook for the backlog gauge.
 MAX_COUNTED = 100_000
 
@@ -184,9 +187,15 @@ _AUDIT_COLS = (
 _OUTBOX_COLS = "delivery_id, webhook_id, event_type, payload, created_at, attempts, next_at, last_error"
 
 
-def _audit_row(ws: str, ev: Event) -> tuple[Any, ...]:
-    return (ws, ev.seq, ev.at, ev.kind, ev.node_id, ev.owner, ev.label, ev.lock_id, ev.mode, ev.depth, ev.fence,
-            ev.waiter_id, ev.waited_ms, ev.held_ms, ev.code, ev.by, ev.reason, ev.version)  # fmt: skip
+#: Audit columns in the order of :class:`Event`'s fields, so a row is ``(workspace_id, *event)``.
+_AUDIT_INSERT = (
+    "INSERT INTO audit (workspace_id, kind, at, node_id, agent, lock_id, mode, depth, fence, waiter_id, waited_ms,"
+    f" held_ms, code, by, reason, label, version, seq) VALUES ({','.join('?' * 18)})"
+)
+assert Event._fields == (
+    "kind", "at", "node_id", "owner", "lock_id", "mode", "depth", "fence", "waiter_id", "waited_ms", "held_ms",
+    "code", "by", "reason", "label", "version", "seq",
+)  # fmt: skip
 
 
 def _event_from(row: Sequence[Any]) -> Event:
@@ -207,33 +216,21 @@ _ADDED_COLUMNS = {
 _WS_COLS = "workspace_id, description, created_at, root"
 
 
-def _lease_row(ws: str, le: Lease) -> tuple[Any, ...]:
-    return (
-        ws,
-        le.lock_id,
-        le.token,
-        le.node_id,
-        le.mode,
-        le.depth,
-        le.owner,
-        le.note,
-        le.fence,
-        le.acquired_at,
-        le.expires_at,
-        le.timeout,
-        le.waited_ms,
-        le.request_id,
-        le.label,
-        le.key_id,
-    )
-
-
-def _lease_from(row: Sequence[Any]) -> Lease:
-    return Lease(*row)
+assert Lease._fields == tuple(_LEASE_COLS.replace(" ", "").split(","))  # so a row is (workspace_id, *lease)
+#: A new lease's row, or a renewed / changed lease's row updated in place. (INSERT OR REPLACE deleted
+#: the row and appended a new one: at a million rows a renewal cost 24 µs p50 / 105 µs mean that way,
+#: 17 / 66 µs in place.) The end columns are cleared as a replaced row's were.
+_PUT_LEASE = (
+    f"INSERT INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 16)})"
+    " ON CONFLICT (workspace_id, lock_id) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in Lease._fields[1:])
+    + ", ended_at = NULL, end_reason = NULL, end_by = NULL, end_why = NULL"
+)
+_lease_from = partial(tuple.__new__, Lease)  # a row of _LEASE_COLS as a Lease, without a Python-level call
 
 
 def _lease_json(le: Lease) -> list[Any]:
-    return list(_lease_row("", le)[1:])
+    return list(le)
 
 
 class SqliteStore:
@@ -291,6 +288,10 @@ class SqliteStore:
         db.execute("PRAGMA busy_timeout=5000")
         # Checkpoints (which fsync) run on a thread of their own, not inside a commit on the event loop.
         db.execute("PRAGMA wal_autocheckpoint=0")
+        # Up to 64 MiB of page cache (the default is 2 MiB): a batch of 100,000 expiries and grants
+        # touches ~50 MiB of pages, and with the default it commits ~15% slower (bench/scale.py).
+        # Small commits never fill it; the memory is taken only as pages are used.
+        db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         try:
             self._migrate(db)
         except BaseException:
@@ -389,12 +390,7 @@ class SqliteStore:
     async def load(self, workspace_id: str) -> Snapshot:
         """Read the workspace's state."""
         db = self.db
-        leases = [
-            _lease_from(r)
-            for r in db.execute(
-                f"SELECT {_LEASE_COLS} FROM locks WHERE workspace_id=? AND ended_at IS NULL", (workspace_id,)
-            )
-        ]
+        leases = list(map(_lease_from, db.execute(self._live_query(workspace_id), (workspace_id,))))
         ended = [
             Ended(*row)
             for row in db.execute(
@@ -431,6 +427,24 @@ class SqliteStore:
             fence_last = max(fence_last, self._fence_last.get(workspace_id, 0))
         (seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM audit WHERE workspace_id=?", (workspace_id,)).fetchone()
         return Snapshot(leases, ended, requests, fence_last + 1, reserved, files, seq)
+
+    def _live_query(self, workspace_id: str) -> str:
+        """How to read a workspace's held locks: the plan SQLite picks by itself is the slowest one.
+
+        Through the primary key it visits rows in lock-id order, a random page each (3.6 s
+        for a million). A workspace that owns most rows is read by scanning the table in
+        its own order instead (1.7 s); a small one by collecting its rowids from the key,
+        then reading them in rowid order.
+        """
+        db = self.db
+        (mine,) = db.execute("SELECT count(*) FROM locks WHERE workspace_id=?", (workspace_id,)).fetchone()
+        (top,) = db.execute("SELECT coalesce(max(rowid), 0) FROM locks").fetchone()
+        if 2 * mine >= top:
+            return f"SELECT {_LEASE_COLS} FROM locks NOT INDEXED WHERE workspace_id=? AND ended_at IS NULL"
+        return (
+            f"SELECT {_LEASE_COLS} FROM locks WHERE rowid IN (SELECT rowid FROM locks WHERE workspace_id=?)"
+            " AND ended_at IS NULL"
+        )
 
     async def commit(self, workspace_id: str, changes: Sequence[StoreChange]) -> None:
         """Apply a batch as one transaction (fsynced when it reserves fences).
@@ -480,7 +494,7 @@ class SqliteStore:
             elif isinstance(ch, PutFile):
                 files[ch.meta.node_id] = ch.meta  # the last change to a file in a batch wins
             elif isinstance(ch, AppendEvents):
-                events.extend(_audit_row(workspace_id, ev) for ev in ch.events)
+                events.extend([(workspace_id, *ev) for ev in ch.events])
         db = self.db
         durable = reserve and self.sync != "full"
         if durable:
@@ -489,10 +503,7 @@ class SqliteStore:
             db.execute("BEGIN IMMEDIATE")
             try:
                 if puts:
-                    db.executemany(
-                        f"INSERT OR REPLACE INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 16)})",
-                        [_lease_row(workspace_id, le) for le in puts.values()],
-                    )
+                    db.executemany(_PUT_LEASE, [(workspace_id, *le) for le in puts.values()])
                 if ends:
                     db.executemany(
                         "UPDATE locks SET ended_at=?, end_reason=?, end_by=?, end_why=?"
@@ -514,7 +525,7 @@ class SqliteStore:
                         [(workspace_id, *m[:7], int(m.deleted), m.pending, m.mtime_ns) for m in files.values()],
                     )
                 if events:
-                    db.executemany(f"INSERT INTO audit VALUES ({','.join('?' * 18)})", events)
+                    db.executemany(_AUDIT_INSERT, events)
                 if prune is not None:
                     db.execute(
                         "DELETE FROM locks WHERE workspace_id=? AND ended_at IS NOT NULL AND ended_at<?",
@@ -545,8 +556,9 @@ class SqliteStore:
 
     async def deadlines(self) -> dict[str, float]:
         """Earliest expiry per workspace."""
+        # A scan in table order: through the primary key (SQLite's own choice) it is 5x slower.
         rows = self.db.execute(
-            "SELECT workspace_id, min(expires_at) FROM locks WHERE ended_at IS NULL GROUP BY workspace_id"
+            "SELECT workspace_id, min(expires_at) FROM locks NOT INDEXED WHERE ended_at IS NULL GROUP BY workspace_id"
         )
         return {ws: t for ws, t in rows}
 
