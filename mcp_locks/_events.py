@@ -159,7 +159,9 @@ class EventHub:
     def stamp(self, workspace_id: str, events: list[Event]) -> tuple[list[Event], list[AppendEvents]]:
         """Number ``events`` and return them with the store change that logs them (if the log is on)."""
         n = self._seq.get(workspace_id, 0)
-        stamped = [ev._replace(seq=n + i) for i, ev in enumerate(events, start=1)]
+        # Built directly (seq is the last field): _replace costs ~1.5 µs an event, 0.3 s for 200k in one batch.
+        new = tuple.__new__
+        stamped = [new(Event, (*ev[:-1], n + i)) for i, ev in enumerate(events, start=1)]
         self._seq[workspace_id] = n + len(events)
         return stamped, [AppendEvents(tuple(stamped))] if self.audit else []
 

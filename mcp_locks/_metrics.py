@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter as Tally
 from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
@@ -90,18 +91,24 @@ class Metrics:
         return EventSink(self._count, self._commit.observe)
 
     def _count(self, workspace_id: str, events: Sequence[Event]) -> None:
-        for ev in events:
-            kind = ev.kind
+        # Counters move once per kind per batch (a batch of 100,000 expiries is one step), histograms per event.
+        kinds = Tally(ev.kind for ev in events)
+        for kind, n in kinds.items():
             c = self._by_kind.get(kind)
             if c is None:
                 c = self._by_kind[kind] = self._events.labels(kind)
-            c.inc()
+            c.inc(n)
+        if grants := kinds["granted"] + kinds["upgraded"] + kinds["downgraded"]:
+            self._grants.inc(grants)
+        for kind, counter in (("released", self._releases), ("expired", self._expiries), ("broken", self._breaks)):
+            if kinds[kind]:
+                counter.inc(kinds[kind])
+        for ev in events:
+            kind = ev.kind
             if kind in ("granted", "upgraded", "downgraded"):
-                self._grants.inc()
                 if ev.waited_ms is not None:
                     self._wait.observe(ev.waited_ms / 1000)
             elif kind in ("released", "expired", "broken"):
-                (self._releases if kind == "released" else self._expiries if kind == "expired" else self._breaks).inc()
                 if ev.held_ms is not None:
                     self._hold.observe(ev.held_ms / 1000)
             elif kind == "denied":

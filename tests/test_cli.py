@@ -86,6 +86,22 @@ def test_the_observability_benchmark_runs_end_to_end() -> None:
     assert result["median_drain_s"] >= 0
 
 
+@pytest.mark.slow
+def test_the_scale_benchmark_runs_end_to_end() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.scale", "--runs", "1", "--held", "2000", "--waiters", "200", "--expiring", "200"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    medians = {
+        line.split(" ", 2)[0]: json.loads(line.split(" ", 2)[2])
+        for line in out.stdout.splitlines()
+        if line.split(" ", 2)[1:2] == ["median"]
+    }
+    assert medians["waiters"]["granted"] == 200
+    assert medians["expiry"]["granted"] == 200
+    assert medians["held"]["restart_s"] > 0
+
+
 def test_workspaces_create_and_list_work_on_a_data_dir(tmp_path: Path) -> None:
     import anyio
 

@@ -82,7 +82,16 @@ def test_the_checker_finds_a_double_grant_planted_in_the_history(torture: Tortur
 
 def test_the_checker_finds_a_lost_write_planted_in_the_history(torture: Torture) -> None:
     ops = torture.ops
-    final = next(o for o in ops if o.kind == "read" and o.args.get("final") and o.ok and o.out["version"] >= 2)
+    acked: dict[str, int] = {}
+    for o in ops:
+        if o.kind == "write" and o.ok:
+            acked[o.args["node"]] = acked.get(o.args["node"], 0) + 1
+    # A file whose every version was acknowledged (no write of unknown outcome took effect on it).
+    final = next(
+        o for o in ops
+        if o.kind == "read" and o.args.get("final") and o.ok and o.out["version"] >= 2
+        and acked.get(o.args["node"]) == o.out["version"]
+    )  # fmt: skip
     older = next(
         o for o in ops if o.kind == "write" and o.ok and o.args["node"] == final.args["node"]
         and o.out["version"] == final.out["version"] - 1
