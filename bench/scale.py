@@ -404,6 +404,30 @@ def waiter_node(i: int) -> str:
     return f"busy/d{i // 1000:03d}/f{i % 1000:03d}.txt"
 
 
+class Waiters:
+    """Counts the grants of ``n`` waiting callers; ``done`` is set when the last one has its lock."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.granted = 0
+        self.last_grant = 0.0
+        self.done = anyio.Event()
+        self.failures: list[str] = []
+
+    async def wait(self, i: int, call: Callable[[], Awaitable[Any]]) -> None:
+        """Run waiter ``i``'s lock call and record its grant."""
+        try:
+            g = await call()
+        except Exception as e:  # reported, not raised: one failure must not hide the figures
+            self.failures.append(repr(e)[:200])
+            return
+        assert g.owner == f"w{i}"
+        self.granted += 1
+        self.last_grant = time.perf_counter()
+        if self.granted == self.n:
+            self.done.set()
+
+
 async def run_waiters(a: argparse.Namespace) -> dict[str, float]:
     """``--shape distinct``: a waiter per held node. ``shared``: every waiter wants a read lock on one node
     held by one write lock, so one release grants them all at once."""
@@ -426,24 +450,14 @@ async def run_waiters(a: argparse.Namespace) -> dict[str, float]:
             assert table is not None
             gc.collect()
             rss0 = rss()
-            granted = 0
-            last_grant = 0.0
-            all_granted = anyio.Event()
-            failures: list[str] = []
+            ws = Waiters(n)
+            failures = ws.failures
             mode = "read" if shared else "write"
 
             async def waiter(i: int) -> None:
-                nonlocal granted, last_grant
-                try:
-                    g = await service.lock(None, wanted(i), mode=mode, wait=WAIT, timeout=HELD_LEASE, agent=f"w{i}")
-                except Exception as e:  # reported, not raised: one failure must not hide the figures
-                    failures.append(repr(e)[:200])
-                    return
-                assert g.owner == f"w{i}"
-                granted += 1
-                last_grant = time.perf_counter()
-                if granted == n:
-                    all_granted.set()
+                await ws.wait(
+                    i, lambda: service.lock(None, wanted(i), mode=mode, wait=WAIT, timeout=HELD_LEASE, agent=f"w{i}")
+                )
 
             async with anyio.create_task_group() as tg:
                 t0 = time.perf_counter()
@@ -475,12 +489,12 @@ async def run_waiters(a: argparse.Namespace) -> dict[str, float]:
                             rg.start_soon(releaser)
                     out["release_calls_s"] = time.perf_counter() - t1
                     with anyio.fail_after(DEADLINE):
-                        await all_granted.wait()
+                        await ws.done.wait()
                 # Granted (committed, waiter woken) by the end of the commit that served the last one.
-                out["drain_committed_s"] = store.last_commit_before(last_grant) - t1
-                out["drain_s"] = last_grant - t1
+                out["drain_committed_s"] = store.last_commit_before(ws.last_grant) - t1
+                out["drain_s"] = ws.last_grant - t1
                 out["drain_cpu_s"] = time.process_time() - c1
-                out["granted"] = granted
+                out["granted"] = ws.granted
             gc.collect()
             out["rss_mib_after"] = rss() / 2**20
             assert table.waiter_count == 0
@@ -530,23 +544,13 @@ async def run_expiry(a: argparse.Namespace) -> dict[str, float]:
                     tg.start_soon(holder)
             out["fill_s"] = time.perf_counter() - t0
             tables = [service._actor(w).table for w in names]
-            granted = 0
-            last_grant = 0.0
-            all_granted = anyio.Event()
-            failures: list[str] = []
+            ws = Waiters(n)
+            failures = ws.failures
 
             async def waiter(i: int) -> None:
-                nonlocal granted, last_grant
-                try:
-                    g = await service.lock(ws_of(i), exp_node(i), wait=WAIT, timeout=HELD_LEASE, agent=f"w{i}")
-                except Exception as e:
-                    failures.append(repr(e)[:200])
-                    return
-                assert g.owner == f"w{i}"
-                granted += 1
-                last_grant = time.perf_counter()
-                if granted == n:
-                    all_granted.set()
+                await ws.wait(
+                    i, lambda: service.lock(ws_of(i), exp_node(i), wait=WAIT, timeout=HELD_LEASE, agent=f"w{i}")
+                )
 
             gc.collect()
             rss0 = rss()
@@ -572,13 +576,13 @@ async def run_expiry(a: argparse.Namespace) -> dict[str, float]:
                 with Profile(a.profile, "expiry"):
                     clock.advance(EXPIRY_LEASE + 1.0)
                     with anyio.fail_after(DEADLINE):
-                        await all_granted.wait()
+                        await ws.done.wait()
                 # All expired and all granted, durably (the waiters are woken) when that commit returns;
                 # each waiter's call has returned (with its service result built) by last_grant.
-                out["expire_to_committed_s"] = store.last_commit_before(last_grant) - t2
-                out["expire_to_all_granted_s"] = last_grant - t2
+                out["expire_to_committed_s"] = store.last_commit_before(ws.last_grant) - t2
+                out["expire_to_all_granted_s"] = ws.last_grant - t2
                 out["cpu_s"] = time.process_time() - c0
-                out["granted"] = granted
+                out["granted"] = ws.granted
             assert all(t is not None and len(t) == per_ws and t.waiter_count == 0 for t in tables)
     return out
 
