@@ -100,14 +100,18 @@ class Client:
     def call(
         self, kind: str, args: dict[str, Any], method: str, path: str, *, body: Any = None, headers: Any = None,
         content: bytes | None = None,
-    ) -> tuple[bool, Any, httpx.Response | None]:  # fmt: skip
-        """Send one request; record it; (True, json) on success, (False, code) on a refusal; raise Gone if unknown."""
+    ) -> tuple[int, bool, Any]:  # fmt: skip
+        """Send one request and record it: (call id, True, the response) or (call id, False, the refusal's code).
+
+        On success the caller records the answer (it knows what to keep of it); raises Gone when the
+        outcome is unknown.
+        """
         op = self.rec.invoke(kind, args)  # type: ignore[arg-type]
         try:
             r = self.http.request(method, path, json=body, headers=headers, content=content)
         except httpx.ConnectError:
             self.rec.done(op, False, {"code": "NO_CONNECTION"})  # refused before anything was sent
-            return False, "NO_CONNECTION", None
+            return op, False, "NO_CONNECTION"
         except httpx.HTTPError as e:
             raise Gone(str(e)) from None
         if r.status_code >= 500:
@@ -115,8 +119,8 @@ class Client:
         if r.status_code >= 400:
             code = r.json()["error"]["code"]
             self.rec.done(op, False, {"code": code})
-            return False, code, r
-        return True, r, r
+            return op, False, code
+        return op, True, r
 
     def forget(self, token: str) -> None:
         """A call on this token had an unknown outcome: a careful client stops using the lease."""
@@ -127,16 +131,13 @@ class Client:
     def lock(self, node: str, mode: str, depth: str, wait: float) -> dict[str, Any] | None:
         args = {"node": node, "mode": mode, "depth": depth, "timeout": LEASE, "wait": wait}
         body = {"mode": mode, "depth": depth, "timeout": LEASE, "wait": wait, "agent": self.name}
-        ok, r, _ = self.call("lock", args, "POST", f"/v1/workspaces/{WS}/nodes/{quote(node)}/lock", body=body)
+        op, ok, r = self.call("lock", args, "POST", f"/v1/workspaces/{WS}/nodes/{quote(node)}/lock", body=body)
         if not ok:
             return None
         g = _grant(r.json())
-        self.rec.done(self._last(), True, g)
+        self.rec.done(op, True, g)
         self.held[g["token"]] = g
         return g
-
-    def _last(self) -> int:
-        return self.rec._next  # the id of the call just made (one call at a time per client)
 
     def lock_files(self, folder: str) -> None:
         names = self.rng.sample(FILES, self.rng.choice((2, 3)))
@@ -147,10 +148,10 @@ class Client:
             "wait": self.rng.choice((0, 0.5)),
             "agent": self.name,
         }
-        ok, r, _ = self.call("lock_files", {"items": items}, "POST", f"/v1/workspaces/{WS}/locks/batch", body=body)
+        op, ok, r = self.call("lock_files", {"items": items}, "POST", f"/v1/workspaces/{WS}/locks/batch", body=body)
         if ok:
             grants = [_grant(x) for x in r.json()["locks"]]
-            self.rec.done(self._last(), True, {"grants": grants})
+            self.rec.done(op, True, {"grants": grants})
             for g in grants:
                 self.held[g["token"]] = g
 
@@ -159,13 +160,13 @@ class Client:
         args = {"node": g["node"], "mode": mode, "depth": g["depth"], "token": g["token"], "timeout": LEASE}
         body = {"mode": mode, "depth": g["depth"], "timeout": LEASE, "wait": 0, "token": g["token"]}
         try:
-            ok, r, _ = self.call("lock", args, "POST", f"/v1/workspaces/{WS}/nodes/{quote(g['node'])}/lock", body=body)
+            op, ok, r = self.call("lock", args, "POST", f"/v1/workspaces/{WS}/nodes/{quote(g['node'])}/lock", body=body)
         except Gone:
             self.forget(g["token"])
             raise
         if ok:
             ng = _grant(r.json())
-            self.rec.done(self._last(), True, ng)
+            self.rec.done(op, True, ng)
             self.held[g["token"]] = ng
         elif r in ("LOCK_EXPIRED", "LOCK_NOT_FOUND", "LOCK_BROKEN"):
             self.forget(g["token"])
@@ -173,14 +174,14 @@ class Client:
     def renew(self, g: dict[str, Any]) -> None:
         path = f"/v1/workspaces/{WS}/nodes/{quote(g['node'])}/lock/renew"
         try:
-            ok, r, _ = self.call("renew", {"token": g["token"], "timeout": LEASE}, "POST", path,
+            op, ok, r = self.call("renew", {"token": g["token"], "timeout": LEASE}, "POST", path,
                                  body={"token": g["token"], "timeout": LEASE})  # fmt: skip
         except Gone:
             self.forget(g["token"])
             raise
         if ok:
             until = _when(r.json()["expires_at"])
-            self.rec.done(self._last(), True, {"expires_at": until})
+            self.rec.done(op, True, {"expires_at": until})
             g["expires_at"] = until
         else:
             self.forget(g["token"])
@@ -188,9 +189,9 @@ class Client:
     def unlock(self, g: dict[str, Any]) -> None:
         self.forget(g["token"])
         path = f"/v1/workspaces/{WS}/nodes/{quote(g['node'])}/lock"
-        ok, _r, _ = self.call("unlock", {"token": g["token"]}, "DELETE", path, headers={"Lock-Token": g["token"]})
+        op, ok, _r = self.call("unlock", {"token": g["token"]}, "DELETE", path, headers={"Lock-Token": g["token"]})
         if ok:
-            self.rec.done(self._last(), True, {})
+            self.rec.done(op, True, {})
 
     def write_if_version(self, node: str, version: int, value: Any, inc: bool = False) -> None:
         """Write without a lock, over the version read (0: create only)."""
@@ -199,10 +200,10 @@ class Client:
             args["inc"] = True
         # The agent names the writer (no keys in the torture): another agent's lock on the file refuses it.
         path = f"/v1/workspaces/{WS}/files/{quote(node)}?if_version={version}&agent={self.name}"
-        ok, r, _ = self.call("write", args, "PUT", path, content=json.dumps(value).encode())
+        op, ok, r = self.call("write", args, "PUT", path, content=json.dumps(value).encode())
         if ok:
             f = r.json()["file"]
-            self.rec.done(self._last(), True, {"version": f["version"], "fence": f["fence"]})
+            self.rec.done(op, True, {"version": f["version"], "fence": f["fence"]})
 
     def write(self, g: dict[str, Any], node: str, value: Any, inc: bool = False) -> bool:
         self.seq += 1
@@ -210,14 +211,14 @@ class Client:
         if inc:
             args["inc"] = True
         try:
-            ok, r, _ = self.call("write", args, "PUT", f"/v1/workspaces/{WS}/files/{quote(node)}",
+            op, ok, r = self.call("write", args, "PUT", f"/v1/workspaces/{WS}/files/{quote(node)}",
                                  headers={"Lock-Token": g["token"]}, content=json.dumps(value).encode())  # fmt: skip
         except Gone:
             self.forget(g["token"])
             raise
         if ok:
             f = r.json()["file"]
-            self.rec.done(self._last(), True, {"version": f["version"], "fence": f["fence"]})
+            self.rec.done(op, True, {"version": f["version"], "fence": f["fence"]})
         elif r in ("LOCK_EXPIRED", "LOCK_NOT_FOUND", "LOCK_BROKEN"):
             self.forget(g["token"])
         return bool(ok)
@@ -232,7 +233,7 @@ class Client:
             args["final"] = True
         headers = {"Lock-Token": token} if token else None
         try:
-            ok, r, _ = self.call("read", args, "GET", f"/v1/workspaces/{WS}/files/{quote(node)}", headers=headers)
+            op, ok, r = self.call("read", args, "GET", f"/v1/workspaces/{WS}/files/{quote(node)}", headers=headers)
         except Gone:
             if token is not None:
                 self.forget(token)
@@ -243,7 +244,7 @@ class Client:
             return False, r
         value = json.loads(r.content)
         self.last_version = int(r.headers["X-Version"])
-        self.rec.done(self._last(), True, {"version": self.last_version, "value": value})
+        self.rec.done(op, True, {"version": self.last_version, "value": value})
         return True, value
 
     def increment_if_version(self) -> None:

@@ -235,6 +235,7 @@ def step(state: State, op: Op) -> list[State]:
     if kind == "write" and token is None:
         return _write_if_version(state, op)
     if kind in ("renew", "unlock", "write"):
+        assert token is not None  # a renew or unlock always names its lease; a write without one was handled
         h = _find(holds, token)
         if op.ok is False:
             return _gone(state, op, token) if op.code in TOKEN_GONE else [state]
