@@ -12,12 +12,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ._errors import InvalidArgument
 from ._files import FileMeta
 from ._keys import KeyRecord
-from ._names import _AGENT_RE, _WORKSPACE_RE
+from ._names import AGENT_PATTERN, WORKSPACE_PATTERN
 from ._table import Event, EventKind, Lease, NodeStatus, WaiterView
 
 __all__ = [
-    "AGENT_PATTERN",
-    "WORKSPACE_PATTERN",
     "AuditEvent",
     "AuditPage",
     "CompleteUploadRequest",
@@ -66,10 +64,6 @@ __all__ = [
     "unknown_field",
     "utc",
 ]
-
-#: The name rules of _names.py, anchored, for the JSON schemas (the service checks them and names the field).
-WORKSPACE_PATTERN = f"^{_WORKSPACE_RE.pattern}$"
-AGENT_PATTERN = f"^{_AGENT_RE.pattern}$"
 
 ModeIn = Literal["read", "write", "shared", "exclusive"]
 Mode = Literal["read", "write"]

@@ -8,8 +8,10 @@ import re
 from ._errors import InvalidArgument
 
 __all__ = [
+    "AGENT_PATTERN",
     "DEFAULT_WORKSPACE",
     "MAX_NODE_ID_BYTES",
+    "WORKSPACE_PATTERN",
     "ancestors",
     "check_agent_name",
     "check_node_id",
@@ -23,6 +25,9 @@ _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 #: Names with a meaning of their own: unnamed callers without authentication, and the fallback identities.
 RESERVED_AGENTS = frozenset({"anonymous", "local", "nobody"})
 _AGENT_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+#: The same rules, anchored, for JSON schemas (the checks below name the field when they refuse).
+WORKSPACE_PATTERN = f"^{_WORKSPACE_RE.pattern}$"
+AGENT_PATTERN = f"^{_AGENT_RE.pattern}$"
 
 
 def check_agent_name(value: object, field: str = "agent") -> str:

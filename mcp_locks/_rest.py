@@ -41,7 +41,6 @@ from ._files import FileMeta
 from ._keys import LOCAL, Identity, require_admin
 from ._logging import redact
 from ._models import (
-    WORKSPACE_PATTERN,
     AuditEvent,
     AuditPage,
     CompleteUploadRequest,
@@ -80,6 +79,7 @@ from ._models import (
     WorkspaceOverview,
     parse_body,
 )
+from ._names import WORKSPACE_PATTERN
 from ._service import LockService
 from ._table import Event
 
