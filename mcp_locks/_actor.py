@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import anyio
 
@@ -16,13 +17,17 @@ from ._errors import LockError, Unavailable
 from ._events import AppendEvents, EventHub
 from ._files import FileOp, FileTable
 from ._index import Claim
-from ._store import Store
+from ._store import SharedStore, Snapshot, Store, StoreChange, TakeOutcome, WaiterOutcome
 from ._table import Granted, Lease, Limits, LockTable, Queued
 
 __all__ = ["Waiting", "WorkspaceActor"]
 
 log = logging.getLogger("mcp_locks.actor")
 T = TypeVar("T")
+
+#: Seconds between catch-up steps of an actor whose callers wait in line on a shared store: the fallback
+#: for a lost notification (a grant decided on another server is otherwise heard of within milliseconds).
+POLL_INTERVAL = 1.0
 
 
 def _not_in_place(node_id: str) -> Unavailable:
@@ -121,6 +126,12 @@ class WorkspaceActor:
         self._decided: list[Waiting] = []  # given an outcome in the current step, woken once it commits
         self.stopped = False
         self.next_deadline: float | None = None
+        #: Other servers change this workspace too (a shared store): each step first catches up.
+        self.shared = store.shared
+        self._sync_wanted = False  # another server may have decided something for our waiters
+        self._poll_at = math.inf
+        self._skew = 0.0  # the database's clock minus ours (shared stores)
+        self._extra: list[StoreChange] = []  # outcomes for other servers' waiters, and ours taken
 
     # ------------------------------------------------------------------ callers
 
@@ -245,19 +256,35 @@ class WorkspaceActor:
 
     async def _load(self, first_waiter_id: int = 1) -> LockTable:
         snap = await self.store.load(self.workspace_id)
+        return await self._rebuild(snap, first_waiter_id, None, sweep=True)
+
+    async def _rebuild(self, snap: Snapshot, first_waiter_id: int, old: LockTable | None, *, sweep: bool) -> LockTable:
+        """A table (and file records) from ``snap``; a catch-up snapshot (``delta``) is merged into ``old``'s."""
         table = LockTable(
             self.workspace_id,
             limits=self.limits,
             fence_next=snap.fence_next,
             fence_reserved=snap.fence_reserved,
-            first_waiter_id=first_waiter_id,
+            first_waiter_id=max(first_waiter_id, snap.next_waiter),
         )
-        table.restore(snap.leases, snap.ended, snap.requests)
+        table.track_waiters = self.shared
+        if snap.delta and old is not None:
+            table.restore(snap.leases, (), (), snap.waiters)
+            table.carry_memory(old, snap.ended, snap.requests, snap.dropped)
+        else:
+            table.restore(snap.leases, snap.ended, snap.requests, snap.waiters)
+        if old is not None:
+            table.retired = old.retired  # a workspace being deleted stays so
         if self.hub is not None:
             self.hub.loaded(self.workspace_id, snap.event_seq, self.clock.now())
         disk = self.disk
         if disk is not None:
-            files = FileTable(snap.files, disk.probe)
+            metas = snap.files
+            if snap.delta:
+                merged = {m.node_id: m for m in self.files.records()}
+                merged.update((m.node_id, m) for m in snap.files)
+                metas = list(merged.values())
+            files = FileTable(metas, disk.probe)
             pending = files.pending()
             try:
                 if pending:
@@ -265,9 +292,10 @@ class WorkspaceActor:
                     redone = await anyio.to_thread.run_sync(disk.recover, pending)
                     if redone:
                         log.warning("finished %d interrupted file change(s) in %s", redone, self.workspace_id)
-                # Staged files no record names are writes that never committed (a failed batch, a crash).
-                keep = {m.pending for m in pending if m.pending}
-                await anyio.to_thread.run_sync(disk.sweep, keep)
+                if sweep:
+                    # Staged files no record names are writes that never committed (a failed batch, a crash).
+                    keep = {m.pending for m in pending if m.pending}
+                    await anyio.to_thread.run_sync(disk.sweep, keep)
             except Exception:
                 # The locks need no disk: they keep working; file calls report the disk's state themselves.
                 log.exception("could not tidy the file store of %s", self.workspace_id)
@@ -310,14 +338,23 @@ class WorkspaceActor:
         self._waiting.clear()
         self._decided.clear()
 
+    def poke(self) -> None:
+        """Another server changed the workspace: catch up soon if callers here wait in line (it may have served them)."""
+        if self._waiting and not self.stopped:
+            self._sync_wanted = True
+            self._wake.set()
+
     async def _loop(self) -> None:
         idle_since = self.clock.now()
         while True:
-            now = self.clock.now()
+            # Deadlines are in the store's clock when it has one (shared stores): ours plus the measured skew.
+            now = self.clock.now() + self._skew
             table = self.table
             assert table is not None
             deadline = table.next_deadline()
-            if not self._mailbox.calls and (deadline is None or deadline > now):
+            if self.shared and self._waiting and now >= self._poll_at:
+                self._sync_wanted = True
+            if not self._mailbox.calls and not self._sync_wanted and (deadline is None or deadline > now):
                 if not self._waiting and now - idle_since >= self.idle_timeout:
                     # No await between this check and returning: nothing can slip into the mailbox.
                     self.next_deadline = deadline
@@ -327,12 +364,14 @@ class WorkspaceActor:
                 if not self._waiting:
                     idle_at = idle_since + self.idle_timeout
                     wake_at = idle_at if wake_at is None else min(wake_at, idle_at)
+                elif self.shared:
+                    wake_at = self._poll_at if wake_at is None else min(wake_at, self._poll_at)
                 self._wake = anyio.Event()
-                self._arm(wake_at)
+                self._arm(None if wake_at is None else wake_at - self._skew)
                 await self._wake.wait()
                 continue
             await self._step()
-            idle_since = self.clock.now()
+            idle_since = self.clock.now() + self._skew
 
     def _arm(self, when: float | None) -> None:
         """Make sure the timer wakes the loop by ``when`` (a later time already armed is brought forward)."""
@@ -353,12 +392,23 @@ class WorkspaceActor:
                 self._wake.set()
 
     async def _step(self) -> None:
-        table = self.table
-        assert table is not None
         pending, self._mailbox = self._mailbox, _Batch()
         self._inflight = pending
+        if self.shared:
+            self._sync_wanted = False
+            try:
+                now = await self._begin()
+            except Exception as e:
+                log.warning("could not begin a step in %s: %s", self.workspace_id, e)
+                await self._end(ok=False)
+                await self._recover(pending, e if isinstance(e, LockError) else None)
+                return
+            self._poll_at = now + POLL_INTERVAL
+        else:
+            now = self.clock.now()
+        table = self.table
+        assert table is not None
         batch = pending.calls
-        now = self.clock.now()
         broken = False
         try:
             table.expire(now)
@@ -394,8 +444,11 @@ class WorkspaceActor:
         if events and self.hub is not None and not broken:
             # The events' audit rows (also the webhooks' outbox) ride the same transaction.
             events, extra = self.hub.stamp(self.workspace_id, events)
+        if self._extra:
+            extra = [*extra, *self._extra]  # type: ignore[list-item]
+            self._extra = []
         took = 0.0
-        if not broken and (changes or extra):
+        if not broken and (changes or extra or self.shared):  # a shared store's step ends with its commit
             try:
                 started = time.perf_counter()
                 await self.store.commit(self.workspace_id, [*changes, *extra] if extra else changes)
@@ -418,6 +471,8 @@ class WorkspaceActor:
                     owner.result, owner.error = None, _not_in_place(ops[i].node_id)
             files.applied([op for i, op in enumerate(ops) if i not in failed], table)
             files.carry([ops[i] for i in failed])
+        if self.shared:
+            await self._end(ok=not broken)  # only now: no other server reads the files before they are in place
         if broken:
             await self._recover(pending)
             return
@@ -439,14 +494,62 @@ class WorkspaceActor:
                 if w is not None:
                     w.outcome = outcome
                     self._decided.append(w)
+                elif self.shared:  # another server's waiter: that server answers it
+                    self._extra.append(WaiterOutcome(wid, outcome))
                 elif isinstance(outcome, Granted):  # pragma: no cover - every waiter has a listener
                     self._give_back(table, now, outcome.leases, False, ("", None))
 
-    async def _recover(self, batch: _Batch) -> None:
-        err = Unavailable(
+    # ------------------------------------------------------------------ shared stores
+
+    async def _begin(self) -> float:
+        """Take the workspace across the cluster and catch up with what other servers did; returns ``now``."""
+        begun = await cast(SharedStore, self.store).begin(self.workspace_id)
+        local = self.clock.now()
+        now = begun.now if begun.now is not None else local
+        self._skew = now - local
+        snap = begun.snapshot
+        if snap is None:
+            return now
+        old = self.table
+        table = self.table = await self._rebuild(snap, old.next_waiter_id if old else 1, old, sweep=False)
+        for wid in snap.mine:
+            if wid not in self._waiting:  # its caller here left while a step failed: leave the line for it
+                table.cancel(now, wid)
+        for wid, w in self._waiting.items():
+            outcome = begun.outcomes.pop(wid, None)
+            if outcome is not None:  # another server served (or timed out) our waiter
+                w.outcome = outcome
+                self._decided.append(w)
+                self._extra.append(TakeOutcome(wid))
+            elif not table.has_waiter(wid) and w.outcome is None:
+                w.outcome = Unavailable(
+                    "this request's place in line was lost (the workspace was deleted, or this server lost the"
+                    " database for a while).",
+                    hint="Retry the call.",
+                )
+                self._decided.append(w)
+        for wid, outcome in begun.outcomes.items():  # decided for callers who are gone: give back their grants
+            self._extra.append(TakeOutcome(wid))
+            if isinstance(outcome, Granted):
+                self._give_back(table, now, outcome.leases, False, ("", None))
+        table.regrant(now)  # waiters of a server that died may have left the line
+        self._take_outcomes(table, now)
+        return now
+
+    async def _end(self, ok: bool) -> None:
+        """Give the workspace back to the cluster (rolling back what was not committed)."""
+        try:
+            with anyio.CancelScope(shield=True):
+                await cast(SharedStore, self.store).end(self.workspace_id, ok)
+        except Exception as e:
+            log.warning("could not end a step in %s: %s", self.workspace_id, e)
+
+    async def _recover(self, batch: _Batch, error: LockError | None = None) -> None:
+        err = error or Unavailable(
             "the lock store could not commit this change; nothing in it took effect.",
             hint="Retry in a few seconds; locks committed before are unchanged.",
         )
+        self._extra = []
         for c in batch.calls:
             c.result, c.error = None, err
         batch.done.set()

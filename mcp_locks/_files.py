@@ -178,6 +178,10 @@ class FileTable:
         """The change to ``node_id`` recorded in this batch but not yet on disk, if any (read its staged file)."""
         return self._unapplied.get(node_id)
 
+    def records(self) -> list[FileMeta]:
+        """Every file's committed record (a server catching up on a shared store merges changes into them)."""
+        return list(self._meta.values())
+
     def record(self, node_id: str) -> FileMeta | None:
         """The stored record of ``node_id`` (a tombstone included), if any."""
         return self._meta.get(node_id)

@@ -246,6 +246,8 @@ class SqliteStore:
     microseconds, far less than handing it to a worker thread would.
     """
 
+    shared = False
+
     def __init__(
         self,
         path: str | os.PathLike[str],

@@ -5,9 +5,9 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from ._errors import AlreadyExists, Locked, NotFound
+from ._errors import AlreadyExists, LockError, Locked, NotFound
 from ._events import AppendEvents, Delivery, WebhookRecord
 from ._files import FileMeta, PutFile
 from ._keys import KeyRecord
@@ -17,28 +17,47 @@ from ._table import (
     Ended,
     EndLease,
     Event,
+    Granted,
     Lease,
     Prune,
     PutLease,
     PutRequest,
     RequestRecord,
     ReserveFences,
+    WaiterRecord,
 )
 
 __all__ = [
     "AuditQuery",
+    "Begun",
     "MemoryStore",
     "Settle",
+    "SharedStore",
     "Snapshot",
     "Store",
     "StoreChange",
+    "TakeOutcome",
+    "WaiterOutcome",
     "WorkspaceRecord",
     "workspace_in_use",
     "workspace_not_found",
 ]
 
+class WaiterOutcome(NamedTuple):
+    """Store change (shared stores): this server decided the fate of another server's waiter; that one answers it."""
+
+    waiter_id: int
+    outcome: Granted | LockError
+
+
+class TakeOutcome(NamedTuple):
+    """Store change (shared stores): this server answered its waiter with the outcome another server decided."""
+
+    waiter_id: int
+
+
 #: What one actor batch commits: lock and file changes, and the audit rows of its events.
-StoreChange = Change | AppendEvents
+StoreChange = Change | AppendEvents | WaiterOutcome | TakeOutcome
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +128,26 @@ class Snapshot:
     files: list[FileMeta] = field(default_factory=list)
     #: The last seq in the workspace's audit log (0 if empty).
     event_seq: int = 0
+    #: Shared stores: every server's waiters, in line order, and the first id no waiter has had.
+    waiters: list[WaiterRecord] = field(default_factory=list)
+    next_waiter: int = 1
+    #: Shared stores: the ids of the waiters whose callers wait on this server.
+    mine: frozenset[int] = frozenset()
+    #: Shared stores, when catching up: ``ended``, ``requests`` and ``files`` hold only what changed since
+    #: this server last saw the workspace (``dropped``: request ids forgotten since); leases and waiters are whole.
+    delta: bool = False
+    dropped: list[tuple[str, str]] = field(default_factory=list)
+
+
+class Begun(NamedTuple):
+    """A shared store's answer to ``begin``: the workspace is this server's until ``end``."""
+
+    #: The database's clock (None: the server's own clock rules, as in tests with a manual clock).
+    now: float | None
+    #: Set when another server changed the workspace since this one last saw it: the state to catch up from.
+    snapshot: Snapshot | None
+    #: Outcomes other servers decided for this server's waiters.
+    outcomes: dict[int, Granted | LockError]
 
 
 class Store(Protocol):
@@ -116,9 +155,16 @@ class Store(Protocol):
 
     ``commit`` must be atomic (all of a batch or none) and durable before it
     returns, and a batch holding :class:`ReserveFences` must survive power
-    loss, not only a crash of the process. A store shared by several server
-    processes (PostgreSQL) serialises commits per workspace itself.
+    loss, not only a crash of the process.
+
+    A store shared by several server processes (``shared``: PostgreSQL) also
+    has ``begin(workspace_id) -> Begun`` and ``end(workspace_id, ok)``: an
+    actor's step runs between them, holding the workspace across the cluster,
+    and ``commit`` commits that step's transaction.
     """
+
+    #: Whether other server processes change the same workspaces (see above).
+    shared: bool
 
     async def open(self) -> None:
         """Create or migrate the schema; called once before anything else."""
@@ -213,6 +259,17 @@ class Store(Protocol):
         ...
 
 
+class SharedStore(Store, Protocol):
+    """A store several server processes share: each actor step runs between ``begin`` and ``end``."""
+
+    async def begin(self, workspace_id: str) -> Begun:
+        """Hold the workspace across the cluster, open the step's transaction, and report what changed."""
+        ...
+
+    async def end(self, workspace_id: str, ok: bool) -> None:
+        """Let the workspace go (after the step's files are in place); roll back if the step was not committed."""
+
+
 @dataclass
 class _MemWorkspace:
     record: WorkspaceRecord
@@ -226,6 +283,8 @@ class _MemWorkspace:
 
 class MemoryStore:
     """A store in process memory, for tests and throwaway servers: it forgets everything on exit."""
+
+    shared = False
 
     def __init__(self) -> None:
         self._ws: dict[str, _MemWorkspace] = {}
@@ -287,7 +346,7 @@ class MemoryStore:
         for ch in changes:
             if isinstance(ch, AppendEvents):
                 self._logs.setdefault(workspace_id, []).extend(ch.events)
-            else:
+            elif not isinstance(ch, WaiterOutcome | TakeOutcome):  # only shared stores record those
                 lock_changes.append(ch)
         apply_changes_to_memory(ws, lock_changes)
         self.commits += 1

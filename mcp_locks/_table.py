@@ -33,6 +33,7 @@ __all__ = [
     "ANONYMOUS",
     "Change",
     "DropRequest",
+    "DropWaiter",
     "EndLease",
     "Ended",
     "Granted",
@@ -43,9 +44,11 @@ __all__ = [
     "Prune",
     "PutLease",
     "PutRequest",
+    "PutWaiter",
     "Queued",
     "RequestRecord",
     "ReserveFences",
+    "WaiterRecord",
     "WaiterView",
     "new_lock_id",
     "new_token",
@@ -205,7 +208,36 @@ class Prune(NamedTuple):
     requests_before: float
 
 
-Change = PutLease | EndLease | PutRequest | DropRequest | ReserveFences | Prune | PutFile
+class WaiterRecord(NamedTuple):
+    """A request waiting in line, as a store shared by several servers keeps it (see ``track_waiters``)."""
+
+    waiter_id: int
+    owner: str
+    items: tuple[Claim, ...]
+    timeout: float
+    note: str | None
+    request_id: str | None
+    fingerprint: str | None
+    enqueued_at: float
+    deadline: float
+    upgrade_of: str | None = None
+    label: str | None = None
+    key_id: str | None = None
+
+
+class PutWaiter(NamedTuple):
+    """Store change: a request joined the line (recorded only when the table tracks waiters)."""
+
+    record: WaiterRecord
+
+
+class DropWaiter(NamedTuple):
+    """Store change: a request left the line, granted or not (recorded only when the table tracks waiters)."""
+
+    waiter_id: int
+
+
+Change = PutLease | EndLease | PutRequest | DropRequest | ReserveFences | Prune | PutFile | PutWaiter | DropWaiter
 
 EventKind = Literal[
     "requested",
@@ -443,6 +475,9 @@ class LockTable:
         self._prune_check = 0.0
         #: Set when the workspace is being deleted: no new lock is granted or queued.
         self.retired = False
+        #: Record the line in :attr:`changes` too (``PutWaiter`` / ``DropWaiter``), for a store that several
+        #: servers share: there the line is global, and each server's table holds every server's waiters.
+        self.track_waiters = False
         self._lease_heap: list[tuple[float, str]] = []
         # Claims that stopped holding anyone back since the last grant pass (see _promote).
         self._freed: list[ClaimLike] = []
@@ -454,7 +489,11 @@ class LockTable:
     # ------------------------------------------------------------------ restore
 
     def restore(
-        self, leases: Iterable[Lease], ended: Iterable[Ended] = (), requests: Iterable[RequestRecord] = ()
+        self,
+        leases: Iterable[Lease],
+        ended: Iterable[Ended] = (),
+        requests: Iterable[RequestRecord] = (),
+        waiters: Iterable[WaiterRecord] = (),
     ) -> None:
         """Load persisted state into an empty table (records nothing in :attr:`changes`)."""
         # In bulk (a million leases load in seconds): one heapify, one sorted-list build.
@@ -478,6 +517,38 @@ class LockTable:
             self._remember_end(e)
         for r in sorted(requests, key=lambda r: r.created_at):
             self._remember_request(r)
+        for wr in sorted(waiters):  # by waiter_id: the order of the line
+            w = _Waiter(*wr)
+            self._next_waiter = max(self._next_waiter, w.waiter_id + 1)
+            self._put_in_line(w)
+
+    def carry_memory(
+        self,
+        old: LockTable,
+        ended: Iterable[Ended],
+        requests: Iterable[RequestRecord],
+        dropped: Iterable[tuple[str, str]],
+    ) -> None:
+        """Take over ``old``'s remembered endings and request ids, then add what changed since.
+
+        A server catching up on a shared store rebuilds its table from the held leases and the
+        line, which are small; endings and request ids only accumulate, so only the new ones are read.
+        """
+        self._ended, self._requests, self._handed_out = old._ended, old._requests, old._handed_out
+        old._ended, old._requests, old._handed_out = OrderedDict(), OrderedDict(), set()
+        self._next_prune, self._prune_check = old._next_prune, old._prune_check
+        for e in sorted(ended, key=lambda e: e.at):
+            self._remember_end(e)
+        for r in sorted(requests, key=lambda r: r.created_at):
+            self._remember_request(r)
+        for key in dropped:
+            self._requests.pop(key, None)
+            self._handed_out.discard(key)
+
+    def regrant(self, now: float) -> None:
+        """Grant, in line order, every waiter that can go now (after waiters were restored or dropped)."""
+        self.expire(now)
+        self._promote_all(now)
 
     # ------------------------------------------------------------------ queries
 
@@ -1195,6 +1266,14 @@ class LockTable:
             )
         w.waiter_id = self._next_waiter
         self._next_waiter += 1
+        self._put_in_line(w)
+        if self.track_waiters:
+            self.changes.append(PutWaiter(WaiterRecord(*(getattr(w, f) for f in WaiterRecord._fields))))
+        for c in w.items:
+            self.events.append(_claim_event("queued", w.enqueued_at, w, c))
+        return w.waiter_id
+
+    def _put_in_line(self, w: _Waiter) -> None:
         if w.upgrade_of:
             self._upgrades[w.waiter_id] = w
             self._upgrade_of[w.upgrade_of] = w.waiter_id
@@ -1210,9 +1289,6 @@ class LockTable:
         if len(self._wait_heap) > 2 * self.waiter_count + 1024:
             self._wait_heap[:] = [(x.deadline, x.waiter_id) for x in self._line()]
             heapq.heapify(self._wait_heap)
-        for c in w.items:
-            self.events.append(_claim_event("queued", w.enqueued_at, w, c))
-        return w.waiter_id
 
     def _drop_waiter(self, w: _Waiter, freed: bool = True) -> None:
         """Take ``w`` out of the line; ``freed``: it leaves without being granted (so it may let others through)."""
@@ -1233,6 +1309,8 @@ class LockTable:
             del self._waiters_of[ident]
         if w.request_id is not None:
             self._pending.pop((w.owner, w.request_id), None)
+        if self.track_waiters:
+            self.changes.append(DropWaiter(w.waiter_id))
 
     def _promote(self, now: float) -> None:
         """Grant, in line order, every waiter that conflicts with no holder and no waiter still ahead of it.
