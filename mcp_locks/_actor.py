@@ -339,7 +339,7 @@ class WorkspaceActor:
         self._decided.clear()
 
     def poke(self) -> None:
-        """Another server changed the workspace: catch up soon if callers here wait in line (it may have served them)."""
+        """Another server changed the workspace: catch up soon if callers wait here (it may have served them)."""
         if self._waiting and not self.stopped:
             self._sync_wanted = True
             self._wake.set()

@@ -52,6 +52,10 @@ def build_store(settings: Settings) -> Store:
     """The store the settings ask for."""
     if settings.store == "memory":
         return MemoryStore()
+    if settings.postgres:
+        from ._postgres import PostgresStore  # psycopg is loaded only by servers that use it
+
+        return PostgresStore(settings.store)
     return SqliteStore(settings.db_path, sync=settings.sync)
 
 
@@ -75,7 +79,7 @@ def build_service(settings: Settings, store: Store | None = None, clock: Clock |
     files = FileLimits(
         max_file_size=settings.max_file_size, chunk_size=settings.chunk_size, upload_ttl=settings.upload_ttl
     )
-    files_dir = settings.files_dir if settings.store == "sqlite" else None  # memory: a temporary folder
+    files_dir = settings.files_dir if settings.store != "memory" else None  # memory: a temporary folder
     return LockService(
         store or build_store(settings), clock=clock, limits=limits, files_dir=files_dir, file_limits=files
     )

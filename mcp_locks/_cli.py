@@ -40,6 +40,27 @@ def _settings(**flags: Any) -> Settings:
         raise click.ClickException(str(e)) from None
 
 
+def _without_password(url: str) -> str:
+    """A database URL fit to print."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _check_postgres(url: str) -> None:
+    """Connect once before listening, so an unreachable database is a clear message, not a traceback."""
+    import psycopg
+
+    try:
+        psycopg.connect(url, connect_timeout=5).close()
+    except psycopg.Error as e:
+        raise click.ClickException(f"cannot reach PostgreSQL at {_without_password(url)}: {e}") from None
+
+
 def _check_store(settings: Settings) -> None:
     """Open the database once before listening, so a bad data dir is a clear message, not a traceback."""
     import sqlite3
@@ -164,9 +185,10 @@ def main(config: Path | None) -> None:
 )
 @click.option(
     "--store",
-    type=click.Choice(["sqlite", "memory"]),
+    metavar="sqlite|memory|postgresql://...",
     default=None,
-    help="sqlite (durable, default) or memory (forgets everything on exit).",
+    help="sqlite (durable, default), memory (forgets everything on exit), or a PostgreSQL URL: several servers on"
+    " one database act as one (give them one shared --data-dir for file content).",
 )
 @click.option(
     "--sync",
@@ -216,11 +238,15 @@ def serve(**flags: Any) -> None:
     if settings.store == "sqlite":
         _check_store(settings)
         claim = _claim_data_dir(settings.data_dir)  # held until the server stops (or the process dies)
+    elif settings.postgres:
+        _check_postgres(settings.store)  # several servers share it (and the data dir): nothing to claim
     try:
         sock = _bind(settings.host, settings.port)
         host, port = sock.getsockname()[:2]
         shown = f"[{host}]" if ":" in host else host
-        where = f"{settings.db_path}" if settings.store == "sqlite" else "memory (nothing is kept after exit)"
+        where = {"sqlite": f"{settings.db_path}", "memory": "memory (nothing is kept after exit)"}.get(
+            settings.store, f"PostgreSQL {_without_password(settings.store)}, files in {settings.files_dir}"
+        )
         click.echo(f"mcp-locks {__version__} listening on http://{shown}:{port}/mcp", err=True)
         click.echo(f"data: {where}", err=True)
         if settings.insecure_no_auth:

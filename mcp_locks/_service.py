@@ -16,7 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, cast
 
 import anyio
 import anyio.abc
@@ -50,7 +50,7 @@ from ._models import (
 )
 from ._names import DEFAULT_WORKSPACE, check_agent_name, check_node_id, check_workspace_id
 from ._observe import Observability, ObserveLimits
-from ._store import Store, WorkspaceRecord, workspace_in_use
+from ._store import SharedStore, Store, WorkspaceRecord, workspace_in_use
 from ._table import ANONYMOUS, Event, Granted, Lease, Limits, LockTable, NodeStatus, WaiterView
 
 __all__ = ["LockService", "ServiceLimits"]
@@ -301,6 +301,8 @@ class LockService:
             for ws, when in (await self.store.deadlines()).items():
                 self._set_alarm(ws, when)
             self._tg.start_soon(self._alarm_loop)
+            if self.store.shared:
+                self._tg.start_soon(cast(SharedStore, self.store).watch, self._poked)
             await self.observe.start(self._tg)
             stack.callback(self.hub.close)  # first on the way out: live feeds end, their readers return
         except BaseException:
@@ -343,6 +345,12 @@ class LockService:
 
         self._tg.start_soon(run)
         return scope
+
+    def _poked(self, workspace_id: str | None) -> None:
+        """Another server committed to ``workspace_id`` (None: to any): its actor here catches up if callers wait."""
+        actors = self._actors.values() if workspace_id is None else filter(None, [self._actors.get(workspace_id)])
+        for actor in list(actors):
+            actor.poke()
 
     def _set_alarm(self, workspace_id: str, when: float) -> None:
         heapq.heappush(self._alarms, (when, workspace_id))

@@ -26,8 +26,10 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address to listen on.")
     port: int = Field(8765, ge=0, le=65535, description="Port to listen on (0 = any free port).")
     data_dir: Path = Field(default_factory=default_data_dir, description="Where the SQLite database is kept.")
-    store: Literal["sqlite", "memory"] = Field(
-        "sqlite", description="'sqlite' (durable) or 'memory' (forgets on exit)."
+    store: str = Field(
+        "sqlite",
+        description="'sqlite' (durable, one server), 'memory' (forgets on exit), or a postgresql://... URL"
+        " (several servers share it and act as one; they must share the data directory too, for file content).",
     )
     sync: Literal["normal", "full"] = Field(
         "normal", description="SQLite durability: 'normal' survives a process crash, 'full' also a power loss."
@@ -86,6 +88,18 @@ class Settings(BaseSettings):
 
             limits.parse(v)  # ValueError names the bad text
         return v or None
+
+    @field_validator("store")
+    @classmethod
+    def _store_kind(cls, v: str) -> str:
+        if v in ("sqlite", "memory") or v.startswith(("postgresql://", "postgres://")):
+            return v
+        raise ValueError("store must be 'sqlite', 'memory' or a postgresql://user@host:port/database URL")
+
+    @property
+    def postgres(self) -> bool:
+        """Whether the store is a PostgreSQL database shared with other servers."""
+        return self.store.startswith(("postgresql://", "postgres://"))
 
     @property
     def files_dir(self) -> Path:

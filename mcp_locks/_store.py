@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
-from ._errors import AlreadyExists, LockError, Locked, NotFound
+from ._errors import AlreadyExists, Locked, LockError, NotFound
 from ._events import AppendEvents, Delivery, WebhookRecord
 from ._files import FileMeta, PutFile
 from ._keys import KeyRecord
@@ -42,6 +42,7 @@ __all__ = [
     "workspace_in_use",
     "workspace_not_found",
 ]
+
 
 class WaiterOutcome(NamedTuple):
     """Store change (shared stores): this server decided the fate of another server's waiter; that one answers it."""
@@ -268,6 +269,12 @@ class SharedStore(Store, Protocol):
 
     async def end(self, workspace_id: str, ok: bool) -> None:
         """Let the workspace go (after the step's files are in place); roll back if the step was not committed."""
+
+    async def watch(self, poke: Callable[[str | None], None]) -> None:
+        """Run until cancelled, calling ``poke`` with each workspace another server commits to.
+
+        ``poke(None)``: anything may have changed unseen (after a lost connection).
+        """
 
 
 @dataclass

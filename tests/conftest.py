@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -12,10 +12,12 @@ import pytest
 from mcp_locks import Settings, build_app
 from mcp_locks._clock import ManualClock
 from mcp_locks._service import LockService
+from mcp_locks._postgres import PostgresStore
 from mcp_locks._sqlite import SqliteStore
 from mcp_locks._store import MemoryStore, Store
 
 from .faces import FACES, Env, Face, McpFace, RestFace
+from .pg import PG_URL, pg_schema
 from .servers import serve_app
 
 
@@ -29,11 +31,16 @@ def clock() -> ManualClock:
     return ManualClock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+@pytest.fixture(params=["memory", "sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "memory":
-        return MemoryStore()
-    return SqliteStore(tmp_path / "locks.db")
+        yield MemoryStore()
+    elif request.param == "sqlite":
+        yield SqliteStore(tmp_path / "locks.db")
+    else:
+        with pg_schema() as schema:
+            # The manual clock rules here, as with the other stores (servers use the database's clock).
+            yield PostgresStore(PG_URL, schema=schema, db_clock=False)
 
 
 @pytest.fixture
