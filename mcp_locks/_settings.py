@@ -31,6 +31,9 @@ class Settings(BaseSettings):
         description="'sqlite' (durable, one server), 'memory' (forgets on exit), or a postgresql://... URL"
         " (several servers share it and act as one; they must share the data directory too, for file content).",
     )
+    pg_schema: str = Field(
+        "public", pattern=r"^[a-z_][a-z0-9_]{0,40}$", description="PostgreSQL store: the schema its tables live in."
+    )
     sync: Literal["normal", "full"] = Field(
         "normal", description="SQLite durability: 'normal' survives a process crash, 'full' also a power loss."
     )

@@ -1,0 +1,89 @@
+"""Several real ``mcp-locks serve`` processes on one PostgreSQL schema (and one data dir), for tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+@dataclass
+class Node:
+    """One server process of a cluster."""
+
+    name: str
+    dsn: str
+    schema: str
+    data: Path
+    extra: tuple[str, ...] = ()
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    log: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log = self.data / f"{self.name}.log"
+
+    def start(self) -> None:
+        """Start the process on a free port; return once it answers /healthz."""
+        start = self.log.stat().st_size if self.log.exists() else 0
+        env = {**os.environ, "MCP_LOCKS_PG_SCHEMA": self.schema}
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mcp_locks", "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir",
+                 str(self.data), "--store", self.dsn, "--insecure-no-auth", "--log-level", "warning", *self.extra],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = re.findall(r"listening on (http://127\.0\.0\.1:\d+)/", self.log.read_bytes()[start:].decode())
+            if m:
+                self.url = m[-1]
+                break
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        else:
+            raise RuntimeError(f"{self.name} did not start: {self.log.read_text()[-2000:]}")
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} never became healthy: {self.log.read_text()[-2000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to tidy up."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it does not stop in time."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@contextlib.contextmanager
+def cluster(dsn: str, schema: str, data: Path, n: int = 3, extra: tuple[str, ...] = ()) -> Iterator[list[Node]]:
+    """``n`` servers on ``dsn``/``schema`` sharing ``data``; all stopped on exit."""
+    nodes = [Node(f"s{i + 1}", dsn, schema, data, extra) for i in range(n)]
+    try:
+        for node in nodes:
+            node.start()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()

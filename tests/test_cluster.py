@@ -1,0 +1,306 @@
+"""Three ``mcp-locks serve`` processes on one PostgreSQL database behave as one server.
+
+Real processes, real HTTP, real time: waits are bounded by ``fail_after`` and polls of the
+servers' own status (there is no event to await across processes).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+import httpx
+import pytest
+
+from .cluster import Node, cluster
+from .pg import PG_URL, pg_schema
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+WS = "default"
+# Leases long enough to outlast every step of a test; only the dead-server test waits for one to end.
+LEASE = 30
+# The shortest lease the API allows, for the test about a lease ending after its server died.
+SHORT_LEASE = 1
+STEP = 15  # upper bound on any one wait
+
+
+@pytest.fixture(scope="module")
+def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
+    """One cluster of three for the module: each test uses node names of its own."""
+    with pg_schema() as schema, cluster(PG_URL, schema, tmp_path_factory.mktemp("cluster")) as ns:
+        yield ns
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=STEP + 5) as h:
+        yield h
+
+
+def _node() -> str:
+    return f"n-{secrets.token_hex(4)}.txt"
+
+
+async def lock(
+    http: httpx.AsyncClient, node: Node, path: str, *, agent: str = "a", wait: float = 0, mode: str = "write",
+    timeout: float = LEASE,
+) -> httpx.Response:  # fmt: skip
+    body = {"mode": mode, "timeout": timeout, "wait": wait, "agent": agent}
+    return await http.post(f"{node.url}/v1/workspaces/{WS}/nodes/{quote(path)}/lock", json=body)
+
+
+async def unlock(http: httpx.AsyncClient, node: Node, path: str, token: str) -> None:
+    r = await http.request(
+        "DELETE", f"{node.url}/v1/workspaces/{WS}/nodes/{quote(path)}/lock", headers={"Lock-Token": token}
+    )
+    assert r.status_code == 200, r.text
+
+
+async def status(http: httpx.AsyncClient, node: Node, path: str) -> dict[str, Any]:
+    r = await http.get(f"{node.url}/v1/workspaces/{WS}/nodes/{quote(path)}/lock")
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+async def until_waiters(http: httpx.AsyncClient, node: Node, path: str, n: int) -> None:
+    """Poll ``node``'s view of ``path`` until ``n`` requests wait in line there."""
+    with anyio.fail_after(STEP):
+        while len((await status(http, node, path))["waiters"]) != n:
+            await anyio.sleep(0.02)
+
+
+async def test_a_lock_taken_through_one_server_conflicts_on_the_others(
+    nodes: list[Node], http: httpx.AsyncClient
+) -> None:
+    a, b, c = nodes
+    path = _node()
+    r = await lock(http, a, path)
+    assert r.status_code == 200, r.text
+    for other in (b, c):
+        refused = await lock(http, other, path, agent="b")
+        assert refused.status_code == 423
+        assert refused.json()["error"]["code"] == "LOCKED"
+        st = await status(http, other, path)
+        assert [h["lock_id"] for h in st["holders"]] == [r.json()["lock_id"]]
+
+
+async def test_a_release_on_one_server_hands_the_lock_to_a_waiter_on_another(
+    nodes: list[Node], http: httpx.AsyncClient
+) -> None:
+    a, b, _ = nodes
+    path = _node()
+    first = (await lock(http, a, path)).json()
+    got: dict[str, Any] = {}
+
+    async def wait_on_b() -> None:
+        r = await lock(http, b, path, agent="b", wait=STEP)
+        assert r.status_code == 200, r.text
+        got.update(r.json())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait_on_b)
+        await until_waiters(http, a, path, 1)  # a sees b's waiter: the line is shared
+        await unlock(http, a, path, first["token"])
+    assert got["owner"] == "b"
+    assert got["fence"] > first["fence"]  # fences grow across servers
+
+
+async def test_waiters_on_different_servers_are_served_in_the_order_they_queued(
+    nodes: list[Node], http: httpx.AsyncClient
+) -> None:
+    path = _node()
+    holder = (await lock(http, nodes[0], path, agent="h")).json()
+    order: list[str] = []
+    fences: list[int] = []
+
+    async def wait(node: Node, agent: str) -> None:
+        r = await lock(http, node, path, agent=agent, wait=STEP)
+        assert r.status_code == 200, r.text
+        order.append(agent)
+        fences.append(r.json()["fence"])
+        await unlock(http, node, path, r.json()["token"])  # hands on to the next in line
+
+    async with anyio.create_task_group() as tg:
+        # Queued on servers 2, 3, 1, 2 in that order (each seen in line before the next joins).
+        for i, node in enumerate([nodes[1], nodes[2], nodes[0], nodes[1]]):
+            tg.start_soon(wait, node, f"w{i}")
+            await until_waiters(http, nodes[(i + 1) % 3], path, i + 1)
+        await unlock(http, nodes[2], path, holder["token"])
+    assert order == ["w0", "w1", "w2", "w3"]
+    assert fences == sorted(fences)
+
+
+async def test_a_deadlock_across_servers_is_refused(nodes: list[Node], http: httpx.AsyncClient) -> None:
+    a, b, c = nodes
+    f1, f2 = _node(), _node()
+    x1 = (await lock(http, a, f1, agent="x")).json()
+    y2 = (await lock(http, b, f2, agent="y")).json()
+    async with anyio.create_task_group() as tg:
+
+        async def x_waits_for_f2() -> None:
+            r = await lock(http, c, f2, agent="x", wait=STEP)
+            assert r.status_code == 200, r.text  # granted once y gives up f2
+
+        tg.start_soon(x_waits_for_f2)
+        await until_waiters(http, a, f2, 1)
+        r = await lock(http, a, f1, agent="y", wait=STEP)  # y would wait for x, who waits for y
+        assert r.status_code == 409, r.text
+        assert r.json()["error"]["code"] == "DEADLOCK"
+        await unlock(http, b, f2, y2["token"])
+    await unlock(http, a, f1, x1["token"])
+
+
+async def test_no_increment_is_lost_on_a_counter_written_through_every_server(
+    nodes: list[Node], http: httpx.AsyncClient
+) -> None:
+    path = f"counter-{secrets.token_hex(4)}.json"
+    rounds, workers = 8, 6
+
+    async def worker(i: int) -> None:
+        node = nodes[i % 3]
+        for _ in range(rounds):
+            g = (await lock(http, node, path, agent=f"w{i}", wait=STEP)).json()
+            url = f"{node.url}/v1/workspaces/{WS}/files/{quote(path)}"
+            r = await http.get(url, headers={"Lock-Token": g["token"]})
+            assert r.status_code in (200, 404), r.text
+            value = json.loads(r.content) if r.status_code == 200 else 0
+            w = await http.put(url, content=json.dumps(value + 1).encode(), headers={"Lock-Token": g["token"]})
+            assert w.status_code in (200, 201), w.text
+            await unlock(http, node, path, g["token"])
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
+            for i in range(workers):
+                tg.start_soon(worker, i)
+    for node in nodes:  # every server reads the same content and version
+        r = await http.get(f"{node.url}/v1/workspaces/{WS}/files/{quote(path)}")
+        assert json.loads(r.content) == rounds * workers
+        info = await http.get(f"{node.url}/v1/workspaces/{WS}/file-info/{quote(path)}")
+        assert info.json()["file"]["version"] == rounds * workers
+
+
+async def test_a_write_with_a_stale_token_is_refused_on_every_server(
+    nodes: list[Node], http: httpx.AsyncClient
+) -> None:
+    a, b, c = nodes
+    path = _node()
+    old = (await lock(http, a, path, timeout=SHORT_LEASE)).json()
+    with anyio.fail_after(STEP):  # real time: the lease must end
+        while (await lock(http, b, path, agent="b")).status_code != 200:
+            await anyio.sleep(0.1)
+    r = await http.put(
+        f"{c.url}/v1/workspaces/{WS}/files/{quote(path)}", content=b"late", headers={"Lock-Token": old["token"]}
+    )
+    assert r.status_code == 410, r.text
+    assert r.json()["error"]["code"] == "LOCK_EXPIRED"
+
+
+async def test_a_server_that_dies_leaves_the_line_and_its_clients_locks_end_by_lease(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    with pg_schema() as schema, cluster(PG_URL, schema, tmp_path) as (a, b, c):
+        path = _node()
+        holder = (await lock(http, a, path)).json()
+        dead_lease = (await lock(http, b, "other.txt", timeout=SHORT_LEASE)).json()
+
+        async def wait_on_b() -> None:
+            with pytest.raises(httpx.TransportError):  # its server is killed under it
+                await lock(http, b, path, agent="doomed", wait=STEP)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_on_b)
+            await until_waiters(http, c, path, 1)
+            await anyio.to_thread.run_sync(b.kill)
+        granted: dict[str, Any] = {}
+
+        async def wait_on_c() -> None:
+            r = await lock(http, c, path, agent="c", wait=STEP)
+            assert r.status_code == 200, r.text
+            granted.update(r.json())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(wait_on_c)
+            await until_waiters(http, a, path, 1)  # the dead server's waiter is gone; only c's remains
+            await unlock(http, a, path, holder["token"])
+        assert granted["owner"] == "c"
+        with anyio.fail_after(STEP):  # the dead server's client's lock ends by lease, on the servers left
+            while (await status(http, a, "other.txt"))["locked"]:
+                await anyio.sleep(0.1)
+        r = await http.get(f"{c.url}/v1/workspaces/{WS}/nodes/other.txt/lock", headers={"Lock-Token": dead_lease["token"]})
+        assert r.json()["yours"]["held"] is False
+
+
+class PgProxy:
+    """A TCP relay from a loopback port to PostgreSQL that a test can cut and restore."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.open = True
+        self.scopes: set[anyio.CancelScope] = set()
+
+    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        task_status.started()
+        async with listener:
+            await listener.serve(self._relay)
+
+    async def _relay(self, client: anyio.abc.SocketStream) -> None:
+        async with client:
+            if not self.open:
+                return
+            up = await anyio.connect_tcp("127.0.0.1", 5432)
+            async with up, anyio.create_task_group() as tg:
+                self.scopes.add(tg.cancel_scope)
+
+                async def pump(x: anyio.abc.SocketStream, y: anyio.abc.SocketStream) -> None:
+                    try:
+                        async for chunk in x:
+                            await y.send(chunk)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                        pass
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(pump, client, up)
+                tg.start_soon(pump, up, client)
+            self.scopes.discard(tg.cancel_scope)
+
+    def cut(self) -> None:
+        self.open = False
+        for s in list(self.scopes):
+            s.cancel()
+
+
+async def test_a_server_cut_off_from_the_database_answers_503_and_recovers_when_it_is_back(
+    tmp_path: Path, http: httpx.AsyncClient
+) -> None:
+    proxy = PgProxy()
+    async with anyio.create_task_group() as tg:
+        await tg.start(proxy.serve)
+        via = PG_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        with pg_schema() as schema:
+            (node,) = [Node("cut", via, schema, tmp_path)]
+            await anyio.to_thread.run_sync(node.start)
+            try:
+                path = _node()
+                held = await lock(http, node, path)
+                assert held.status_code == 200, held.text
+                proxy.cut()
+                r = await lock(http, node, _node())
+                assert r.status_code == 503, r.text
+                assert r.json()["error"]["code"] == "UNAVAILABLE"
+                proxy.open = True  # the database is back: the server reconnects, and nothing acknowledged is lost
+                with anyio.fail_after(STEP):
+                    while (r := await lock(http, node, path, agent="b")).status_code == 503:
+                        await anyio.sleep(0.1)
+                assert r.status_code == 423, r.text  # the lock granted before the cut still holds
+                assert r.json()["error"]["code"] == "LOCKED"
+            finally:
+                await anyio.to_thread.run_sync(node.stop)
+        tg.cancel_scope.cancel()
