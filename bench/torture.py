@@ -29,7 +29,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +45,7 @@ from urllib.parse import quote
 import anyio
 import httpx
 
+from bench.cluster import Node
 from bench.safety.checker import check
 from bench.safety.history import Recorder, load
 
@@ -335,68 +335,26 @@ def client_main(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------- the server and the proxy
 
 
-@dataclass
-class Server:
-    """``mcp-locks serve`` on a folder that outlives each process."""
-
-    data: Path
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    port: int = 0
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "mcp_locks", "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir",
-                 str(self.data), "--insecure-no-auth", "--log-level", "warning"],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            )  # fmt: skip
-        start = self.log.stat().st_size if self.log.exists() else 0
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            text = self.log.read_bytes()[start:].decode(errors="replace")
-            m = re.findall(r"listening on http://127\.0\.0\.1:(\d+)/", text)
-            if m:
-                self.port = int(m[-1])
-                break
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited; see {self.log}")
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"server did not start; see {self.log}")
-        for _ in range(200):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{self.port}/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"server never became healthy; see {self.log}")
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-
 class Proxy:
-    """A TCP relay on loopback whose connections a nemesis can cut all at once."""
+    """A TCP relay on loopback whose connections a nemesis can cut all at once.
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
+    With several servers (a cluster on one database) each connection goes to the next live one.
+    """
+
+    def __init__(self, servers: list[Node]) -> None:
+        self.servers = servers
         self.scopes: set[anyio.CancelScope] = set()
         self.port = 0
+        self._next = 0
 
     async def _relay(self, client: anyio.abc.SocketStream) -> None:
         async with client:
+            live = [s for s in self.servers if s.up]
+            if not live:
+                return
+            self._next += 1
             try:
-                up = await anyio.connect_tcp("127.0.0.1", self.server.port)
+                up = await anyio.connect_tcp("127.0.0.1", live[self._next % len(live)].port)
             except OSError:
                 return
             async with up, anyio.create_task_group() as tg:
@@ -435,7 +393,7 @@ class Run:
     args: argparse.Namespace
     dir: Path
     rng: random.Random
-    server: Server
+    servers: list[Node]
     proxy: Proxy
     until: float = 0.0
     clients: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -483,10 +441,11 @@ class Run:
             elif what == "cut":
                 self.proxy.cut()
                 self.nemesis["cut"] += 1
-            elif what == "crash":
-                self.server.kill()
+            elif what == "crash":  # with several servers: one of them, while the others go on
+                server = rng.choice(self.servers)
+                server.kill()
                 await anyio.sleep(rng.uniform(0.1, 0.8))
-                await anyio.to_thread.run_sync(self.server.start)
+                await anyio.to_thread.run_sync(server.start)
                 self.nemesis["crash"] += 1
 
     async def main(self) -> None:
@@ -526,6 +485,13 @@ def final_reads(url: str, out: Path) -> None:
                     time.sleep(0.2)
 
 
+def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.torture", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd")
@@ -540,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=5)
     p.add_argument("--seed", type=int)
     p.add_argument("--keep", action="store_true", help="keep the history and the server's folder")
+    p.add_argument("--store", help="a postgresql:// URL: run --servers servers on it (a new schema, dropped after)")
+    p.add_argument("--servers", type=int, default=1)
     args = p.parse_args(argv)
     if args.cmd == "client":
         client_main(args)
@@ -547,23 +515,28 @@ def main(argv: list[str] | None = None) -> int:
     if args.minutes:
         args.seconds = args.minutes * 60
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**32)
+    cluster = f" --store {args.store} --servers {args.servers}" if args.store else ""
     print(f"seed {seed}  (replay: python -m bench.torture --seconds {args.seconds:g} --clients {args.clients}"
-          f" --seed {seed})", flush=True)  # fmt: skip
+          f" --seed {seed}{cluster})", flush=True)  # fmt: skip
+    if args.servers > 1 and not args.store:
+        p.error("--servers above 1 needs --store postgresql://...")
     work = Path(tempfile.mkdtemp(prefix="mcp-locks-torture-"))
-    server = Server(work / "data", work / "server.log")
+    schema = f"torture_{seed}" if args.store else None
+    servers = [Node(f"server{i + 1}", args.store, schema, work / "data") for i in range(args.servers)]
     (work / "history").mkdir()
-    run = Run(args, work / "history", random.Random(seed), server, Proxy(server))
+    run = Run(args, work / "history", random.Random(seed), servers, Proxy(servers))
     failed = True
     try:
-        server.start()
+        for server in servers:
+            server.start()
         started = time.time()
         try:
             anyio.run(run.main)
-        except Exception as e:  # the server would not restart, say: no verdict on the history
-            print(f"torture stopped early: {e!r}; see {server.log}", flush=True)
+        except Exception as e:  # a server would not restart, say: no verdict on the history
+            print(f"torture stopped early: {e!r}; see {work}", flush=True)
             return 2
         time.sleep(LEASE + 0.5)  # every lease is over: the final reads see only what was acknowledged
-        final_reads(f"http://127.0.0.1:{server.port}", run.dir / "final.jsonl")
+        final_reads(f"http://127.0.0.1:{servers[0].port}", run.dir / "final.jsonl")
         ran = time.time() - started
         ops = load(sorted(run.dir.glob("*.jsonl")))
         report = check(ops)
@@ -573,6 +546,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": seed,
             "seconds": round(ran, 1),
             "clients": args.clients,
+            "servers": args.servers,
             "client_processes": run.made,
             "calls": len(ops),
             "answered": sum(o.known for o in ops),
@@ -591,11 +565,16 @@ def main(argv: list[str] | None = None) -> int:
             if proc.poll() is None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
-        server.stop()
+        for server in servers:
+            server.stop()
         if failed or args.keep:
             print(f"kept: {work}", flush=True)
+            if schema:
+                print(f"kept schema: {schema}", flush=True)
         else:
             shutil.rmtree(work, ignore_errors=True)
+            if schema and args.store:
+                _drop_schema(args.store, schema)
     return 1 if failed else 0
 
 

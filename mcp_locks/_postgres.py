@@ -232,6 +232,11 @@ _AUDIT_INSERT = (
 _OUTBOX_COLS = "delivery_id, webhook_id, event_type, payload, created_at, attempts, next_at, last_error"
 _WS_COLS = "workspace_id, description, created_at, root"
 _FILE_COLS = "node_id, version, size, sha256, modified_at, modified_by, fence, deleted, pending, mtime_ns"
+_STATE = """
+SELECT version, extract(epoch FROM clock_timestamp())::float8,
+       EXISTS (SELECT 1 FROM waiters w WHERE w.workspace_id = %(ws)s AND w.server_id <> %(me)s)
+FROM workspaces WHERE workspace_id = %(ws)s
+"""
 # Waiters of servers with no connection left: they left with their server (and so do its undelivered outcomes).
 _PURGE = f"""
 WITH w AS (
@@ -484,7 +489,7 @@ class PostgresStore:
         """The workspace's whole state, as of one moment."""
         async with self._conn() as conn, conn.transaction():
             await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            snap, version = await self._snapshot(conn, workspace_id, None)
+            snap, version, _ = await self._snapshot(conn, workspace_id, None)
         self._known[workspace_id] = version
         return snap
 
@@ -492,13 +497,19 @@ class PostgresStore:
         """Hold ``workspace_id`` across the cluster and open a transaction; catch up if another server moved it."""
         if workspace_id in self._held:
             raise RuntimeError(f"a step is already open on {workspace_id}")
+        key = self._key(workspace_id)
         for attempt in (1, 2):
             conn = await self._getconn()
             try:
-                await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (self._key(workspace_id),))
+                # One round trip: take the workspace, open the transaction, read its version and the clock.
+                async with conn.pipeline():
+                    await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (key,))
+                    await conn.execute("BEGIN")
+                    cur = await conn.execute(_STATE, {"ws": workspace_id, "me": self.server_id})
+                row = await cur.fetchone()
                 break
             except psycopg.errors.LockNotAvailable:
-                await self._putconn(conn, broken=False)
+                await self._putconn(conn, broken=True)
                 raise Unavailable(
                     f"another server has held workspace '{workspace_id}' for over {self.timeout:g} s.",
                     hint="Retry in a few seconds; if it persists, a server is stuck: restart it.",
@@ -507,33 +518,24 @@ class PostgresStore:
                 await self._putconn(conn, broken=True)
                 if attempt == 2:  # the first may have been a pooled connection from before a database restart
                     raise _unavailable(e) from None
-        self._held[workspace_id] = (conn, -1, False)
+        self._held[workspace_id] = (conn, -1, False)  # from here on, end() lets go of the workspace
         try:
-            await conn.execute("BEGIN")
-            cur = await conn.execute(
-                "SELECT version, extract(epoch FROM clock_timestamp())::float8 FROM workspaces WHERE workspace_id=%s",
-                (workspace_id,),
-            )
-            row = await cur.fetchone()
             if row is None:
                 raise workspace_not_found(workspace_id)
-            version, now = row
-            cur = await conn.execute(_PURGE, {"ws": workspace_id, "me": self.server_id})
-            purged = await cur.fetchone()
-            left = purged[0] if purged else 0
-            gone = left > 0
-            if gone:
-                log.info("%d waiter(s) of stopped servers left the line in %s", left, workspace_id)
+            version, now, others = row
+            gone = False
+            if others:  # other servers' waiters are in line: are those servers still there?
+                cur = await conn.execute(_PURGE, {"ws": workspace_id, "me": self.server_id})
+                purged = await cur.fetchone()
+                left = purged[0] if purged else 0
+                gone = left > 0
+                if gone:
+                    log.info("%d waiter(s) of stopped servers left the line in %s", left, workspace_id)
             known = self._known.get(workspace_id)
             snapshot = None
             outcomes: dict[int, Granted | LockError] = {}
             if known != version or gone:
-                snapshot, version = await self._snapshot(conn, workspace_id, known)
-                cur = await conn.execute(
-                    "SELECT waiter_id, outcome FROM outcomes WHERE workspace_id=%s AND server_id=%s",
-                    (workspace_id, self.server_id),
-                )
-                outcomes = {wid: _outcome_from(doc) for wid, doc in await cur.fetchall()}
+                snapshot, version, outcomes = await self._snapshot(conn, workspace_id, known)
                 self._known[workspace_id] = version
             # After a purge the commit moves the version on even with nothing else to write: every server catches up.
             self._held[workspace_id] = (conn, version, gone)
@@ -543,65 +545,79 @@ class PostgresStore:
             raise _unavailable(e) from None
         return Begun(now if self.db_clock else None, snapshot, outcomes)
 
-    async def _snapshot(self, conn: psycopg.AsyncConnection[Any], ws: str, since: int | None) -> tuple[Snapshot, int]:
-        cur = await conn.execute(
-            "SELECT version, fence_last, fence_reserved, next_waiter, event_seq FROM workspaces WHERE workspace_id=%s",
-            (ws,),
-        )
-        row = await cur.fetchone()
+    async def _snapshot(
+        self, conn: psycopg.AsyncConnection[Any], ws: str, since: int | None
+    ) -> tuple[Snapshot, int, dict[int, Granted | LockError]]:
+        """The workspace's state, its version, and what other servers decided for this server's waiters.
+
+        With ``since``: only what changed after that version (leases and the line are always whole).
+        Read in one round trip.
+        """
+        delta = since is not None
+        after = since if since is not None else -1
+        async with conn.pipeline():
+            c_ws = await conn.execute(
+                "SELECT version, fence_last, fence_reserved, next_waiter, event_seq FROM workspaces"
+                " WHERE workspace_id=%s",
+                (ws,),
+            )
+            c_leases = await conn.execute(
+                f"SELECT {_LEASE_COLS} FROM locks WHERE workspace_id=%s AND ended_at IS NULL", (ws,)
+            )
+            ended_cols = "SELECT lock_id, token, node_id, owner, end_reason, ended_at, end_by, end_why FROM locks"
+            if delta:
+                c_ended = await conn.execute(
+                    f"{ended_cols} WHERE workspace_id=%s AND ended_at IS NOT NULL AND ver>%s", (ws, after)
+                )
+            else:
+                c_ended = await conn.execute(
+                    f"{ended_cols} WHERE workspace_id=%s AND ended_at IS NOT NULL ORDER BY ended_at DESC LIMIT %s",
+                    (ws, self.max_ended),
+                )
+            c_requests = await conn.execute(
+                "SELECT owner, request_id, fingerprint, leases, created_at, dropped FROM requests"
+                " WHERE workspace_id=%s AND ver>%s" + ("" if delta else " AND NOT dropped"),
+                (ws, after),
+            )
+            c_files = await conn.execute(
+                f"SELECT {_FILE_COLS} FROM files WHERE workspace_id=%s AND ver>%s", (ws, after)
+            )
+            c_waiters = await conn.execute(
+                "SELECT record, server_id FROM waiters WHERE workspace_id=%s ORDER BY waiter_id", (ws,)
+            )
+            c_outcomes = await conn.execute(
+                "SELECT waiter_id, outcome FROM outcomes WHERE workspace_id=%s AND server_id=%s", (ws, self.server_id)
+            )
+        row = await c_ws.fetchone()
         if row is None:
             raise workspace_not_found(ws)
         version, fence_last, reserved, next_waiter, event_seq = row
-        cur = await conn.execute(f"SELECT {_LEASE_COLS} FROM locks WHERE workspace_id=%s AND ended_at IS NULL", (ws,))
-        leases = [Lease(*r) for r in await cur.fetchall()]
-        delta = since is not None
-        if delta:
-            cur = await conn.execute(
-                "SELECT lock_id, token, node_id, owner, end_reason, ended_at, end_by, end_why FROM locks"
-                " WHERE workspace_id=%s AND ended_at IS NOT NULL AND ver>%s",
-                (ws, since),
-            )
-        else:
-            cur = await conn.execute(
-                "SELECT lock_id, token, node_id, owner, end_reason, ended_at, end_by, end_why FROM locks"
-                " WHERE workspace_id=%s AND ended_at IS NOT NULL ORDER BY ended_at DESC LIMIT %s",
-                (ws, self.max_ended),
-            )
-        ended = [Ended(*r) for r in await cur.fetchall()]
-        cur = await conn.execute(
-            "SELECT owner, request_id, fingerprint, leases, created_at, dropped FROM requests"
-            " WHERE workspace_id=%s AND ver>%s" + ("" if delta else " AND NOT dropped"),
-            (ws, since if delta else -1),
-        )
+        leases = [Lease(*r) for r in await c_leases.fetchall()]
+        ended = [Ended(*r) for r in await c_ended.fetchall()]
         requests: list[RequestRecord] = []
         dropped: list[tuple[str, str]] = []
-        for owner, rid, fp, les, created, gone in await cur.fetchall():
+        for owner, rid, fp, les, created, gone in await c_requests.fetchall():
             if gone:
                 dropped.append((owner, rid))
             else:
                 requests.append(RequestRecord(owner, rid, fp, tuple(Lease(*x) for x in json.loads(les)), created))
-        cur = await conn.execute(
-            f"SELECT {_FILE_COLS} FROM files WHERE workspace_id=%s AND ver>%s", (ws, since if delta else -1)
-        )
         files = [
             FileMeta(node, version_, size, sha, at, by, fence, deleted, pending, True, mtime_ns)
-            for node, version_, size, sha, at, by, fence, deleted, pending, mtime_ns in await cur.fetchall()
+            for node, version_, size, sha, at, by, fence, deleted, pending, mtime_ns in await c_files.fetchall()
         ]
-        cur = await conn.execute(
-            "SELECT record, server_id FROM waiters WHERE workspace_id=%s ORDER BY waiter_id", (ws,)
-        )
         waiters: list[WaiterRecord] = []
         mine: set[int] = set()
-        for doc, server in await cur.fetchall():
+        for doc, server in await c_waiters.fetchall():
             w = _waiter_from(doc)
             waiters.append(w)
             if server == self.server_id:
                 mine.add(w.waiter_id)
+        outcomes = {wid: _outcome_from(doc) for wid, doc in await c_outcomes.fetchall()}
         snap = Snapshot(
             leases, ended, requests, fence_last + 1, reserved, files, event_seq, waiters, next_waiter,
             frozenset(mine), delta, dropped,
         )  # fmt: skip
-        return snap, version
+        return snap, version, outcomes
 
     async def commit(self, workspace_id: str, changes: Sequence[StoreChange]) -> None:
         """Write the step's changes, move the workspace's version on, notify the other servers, and commit."""
@@ -623,6 +639,16 @@ class PostgresStore:
         if not changes and not bump:
             await conn.execute("COMMIT")  # nothing changed: nobody needs to catch up
             return
+        async with conn.pipeline():  # every write in one round trip, the commit in a second
+            cur = await self._write_changes(conn, ws, seen, changes)
+        if cur.rowcount != 1:  # cannot happen while the advisory lock is held; never commit over another server
+            raise Unavailable(f"workspace '{ws}' moved under this step.", hint="Retry the call.")
+        await conn.execute("COMMIT")
+        self._known[ws] = seen + 1
+
+    async def _write_changes(
+        self, conn: psycopg.AsyncConnection[Any], ws: str, seen: int, changes: Sequence[StoreChange]
+    ) -> psycopg.AsyncCursor[Any]:
         ver = seen + 1
         puts: dict[str, Lease] = {}
         ends: dict[str, tuple[Any, ...]] = {}
@@ -729,11 +755,8 @@ class PostgresStore:
             " event_seq=greatest(event_seq, %s) WHERE workspace_id=%s AND version=%s",
             (ver, fence_last, reserve, next_waiter, event_seq, ws, seen),
         )
-        if cur.rowcount != 1:  # cannot happen while the advisory lock is held; never commit over another server
-            raise Unavailable(f"workspace '{ws}' moved under this step.", hint="Retry the call.")
         await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{ws}\t{self.server_id}"))
-        await conn.execute("COMMIT")
-        self._known[ws] = ver
+        return cur
 
     async def end(self, workspace_id: str, ok: bool) -> None:
         """Roll back what was not committed and let the workspace go."""

@@ -11,8 +11,8 @@ import pytest
 
 from mcp_locks import Settings, build_app
 from mcp_locks._clock import ManualClock
-from mcp_locks._service import LockService
 from mcp_locks._postgres import PostgresStore
+from mcp_locks._service import LockService
 from mcp_locks._sqlite import SqliteStore
 from mcp_locks._store import MemoryStore, Store
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +17,8 @@ import anyio
 import httpx
 import pytest
 
-from .cluster import Node, cluster
+from bench.cluster import Node, cluster
+
 from .pg import PG_URL, pg_schema
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -68,11 +69,23 @@ async def status(http: httpx.AsyncClient, node: Node, path: str) -> dict[str, An
     return dict(r.json())
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], every: float = 0.02) -> None:
+    """Poll ``check`` until it holds (another process's state has no event to await), for at most STEP seconds."""
+    with anyio.fail_after(STEP):
+        for _ in range(int(STEP / every) + 1):
+            if await check():
+                return
+            await anyio.sleep(every)
+    raise AssertionError("the condition never held")
+
+
 async def until_waiters(http: httpx.AsyncClient, node: Node, path: str, n: int) -> None:
     """Poll ``node``'s view of ``path`` until ``n`` requests wait in line there."""
-    with anyio.fail_after(STEP):
-        while len((await status(http, node, path))["waiters"]) != n:
-            await anyio.sleep(0.02)
+
+    async def seen() -> bool:
+        return len((await status(http, node, path))["waiters"]) == n
+
+    await eventually(seen)
 
 
 async def test_a_lock_taken_through_one_server_conflicts_on_the_others(
@@ -191,9 +204,11 @@ async def test_a_write_with_a_stale_token_is_refused_on_every_server(
     a, b, c = nodes
     path = _node()
     old = (await lock(http, a, path, timeout=SHORT_LEASE)).json()
-    with anyio.fail_after(STEP):  # real time: the lease must end
-        while (await lock(http, b, path, agent="b")).status_code != 200:
-            await anyio.sleep(0.1)
+
+    async def taken() -> bool:  # real time: the lease must end
+        return (await lock(http, b, path, agent="b")).status_code == 200
+
+    await eventually(taken, 0.1)
     r = await http.put(
         f"{c.url}/v1/workspaces/{WS}/files/{quote(path)}", content=b"late", headers={"Lock-Token": old["token"]}
     )
@@ -229,10 +244,14 @@ async def test_a_server_that_dies_leaves_the_line_and_its_clients_locks_end_by_l
             await until_waiters(http, a, path, 1)  # the dead server's waiter is gone; only c's remains
             await unlock(http, a, path, holder["token"])
         assert granted["owner"] == "c"
-        with anyio.fail_after(STEP):  # the dead server's client's lock ends by lease, on the servers left
-            while (await status(http, a, "other.txt"))["locked"]:
-                await anyio.sleep(0.1)
-        r = await http.get(f"{c.url}/v1/workspaces/{WS}/nodes/other.txt/lock", headers={"Lock-Token": dead_lease["token"]})
+
+        async def ended() -> bool:  # the dead server's client's lock ends by lease, on the servers left
+            return not (await status(http, a, "other.txt"))["locked"]
+
+        await eventually(ended, 0.1)
+        r = await http.get(
+            f"{c.url}/v1/workspaces/{WS}/nodes/other.txt/lock", headers={"Lock-Token": dead_lease["token"]}
+        )
         assert r.json()["yours"]["held"] is False
 
 
@@ -296,9 +315,14 @@ async def test_a_server_cut_off_from_the_database_answers_503_and_recovers_when_
                 assert r.status_code == 503, r.text
                 assert r.json()["error"]["code"] == "UNAVAILABLE"
                 proxy.open = True  # the database is back: the server reconnects, and nothing acknowledged is lost
-                with anyio.fail_after(STEP):
-                    while (r := await lock(http, node, path, agent="b")).status_code == 503:
-                        await anyio.sleep(0.1)
+                answers: list[httpx.Response] = []
+
+                async def back() -> bool:
+                    answers.append(await lock(http, node, path, agent="b"))
+                    return answers[-1].status_code != 503
+
+                await eventually(back, 0.1)
+                r = answers[-1]
                 assert r.status_code == 423, r.text  # the lock granted before the cut still holds
                 assert r.json()["error"]["code"] == "LOCKED"
             finally:

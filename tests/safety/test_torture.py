@@ -12,14 +12,19 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from bench.safety.checker import SLACK, check
 from bench.safety.history import Op, load
 
+from ..pg import PG_URL, need_pg
+
 ROOT = Path(__file__).resolve().parents[2]
 #: Long enough for every nemesis (each kind is forced once early) and a few hundred grants on 2 vCPUs.
 SECONDS = 75
+#: Three servers on one PostgreSQL database; the crash nemesis kills one of them (at least once) while the rest go on.
+CLUSTER_SECONDS = 60
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -31,13 +36,13 @@ class Torture:
     output: str
 
 
-@pytest.fixture(scope="module")
-def torture() -> Iterator[Torture]:
+def _torture(seconds: float, *extra: str) -> Iterator[Torture]:
     proc = subprocess.run(
-        [sys.executable, "-m", "bench.torture", "--seconds", str(SECONDS), "--clients", "5", "--keep"],
+        [sys.executable, "-m", "bench.torture", "--seconds", str(seconds), "--clients", "5", "--keep", *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=360, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     kept = re.search(r"^kept: (\S+)$", proc.stdout, re.MULTILINE)
+    schema = re.search(r"^kept schema: (\S+)$", proc.stdout, re.MULTILINE)
     try:
         m = re.search(r"^result (.*)$", proc.stdout, re.MULTILINE)
         assert m, proc.stdout + proc.stderr[-4000:]
@@ -46,6 +51,20 @@ def torture() -> Iterator[Torture]:
     finally:
         if kept:
             shutil.rmtree(kept.group(1), ignore_errors=True)
+        if schema:
+            with psycopg.connect(PG_URL, autocommit=True) as conn:
+                conn.execute(f"DROP SCHEMA IF EXISTS {schema.group(1)} CASCADE")
+
+
+@pytest.fixture(scope="module")
+def torture() -> Iterator[Torture]:
+    yield from _torture(SECONDS)
+
+
+@pytest.fixture(scope="module")
+def cluster_torture() -> Iterator[Torture]:
+    need_pg()
+    yield from _torture(CLUSTER_SECONDS, "--store", PG_URL, "--servers", "3")
 
 
 def test_a_torture_run_with_every_nemesis_breaks_no_promise(torture: Torture) -> None:
@@ -54,6 +73,17 @@ def test_a_torture_run_with_every_nemesis_breaks_no_promise(torture: Torture) ->
     assert r["undecided"] == [], torture.output
     assert "exit status 0" in torture.output
     assert set(r["nemesis"]) == {"pause", "kill", "cut", "crash"}, r
+    assert r["granted"] >= 100, r
+    assert r["writes_acknowledged"] >= 50, r
+
+
+def test_three_servers_on_one_database_with_one_killed_mid_run_break_no_promise(cluster_torture: Torture) -> None:
+    r = cluster_torture.result
+    assert r["servers"] == 3
+    assert r["violations"] == 0, cluster_torture.output
+    assert r["undecided"] == [], cluster_torture.output
+    assert "exit status 0" in cluster_torture.output
+    assert r["nemesis"].get("crash", 0) >= 1, r
     assert r["granted"] >= 100, r
     assert r["writes_acknowledged"] >= 50, r
 

@@ -1,4 +1,7 @@
-"""Several real ``mcp-locks serve`` processes on one PostgreSQL schema (and one data dir), for tests and benchmarks."""
+"""Real ``mcp-locks serve`` processes, alone or several on one PostgreSQL schema (and one data dir).
+
+Used by the cluster tests, the torture run and bench/multinode.py.
+"""
 
 from __future__ import annotations
 
@@ -18,35 +21,50 @@ import httpx
 
 @dataclass
 class Node:
-    """One server process of a cluster."""
+    """One server process on a data dir that outlives it; with ``dsn``, on that PostgreSQL database's ``schema``."""
 
     name: str
-    dsn: str
-    schema: str
+    dsn: str | None
+    schema: str | None
     data: Path
     extra: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
+    #: Set once the process answers /healthz (empty while it starts or after it is killed).
     url: str = ""
     log: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.log = self.data / f"{self.name}.log"
 
+    @property
+    def up(self) -> bool:
+        """Whether the process runs and has answered /healthz."""
+        return self.proc is not None and self.proc.poll() is None and bool(self.url)
+
+    @property
+    def port(self) -> int:
+        """Its port (0 while not up)."""
+        return int(self.url.rsplit(":", 1)[1]) if self.url else 0
+
     def start(self) -> None:
         """Start the process on a free port; return once it answers /healthz."""
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.url = ""
         start = self.log.stat().st_size if self.log.exists() else 0
-        env = {**os.environ, "MCP_LOCKS_PG_SCHEMA": self.schema}
+        env = {**os.environ, "MCP_LOCKS_PG_SCHEMA": self.schema} if self.schema else None
+        store = ("--store", self.dsn) if self.dsn else ()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "mcp_locks", "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir",
-                 str(self.data), "--store", self.dsn, "--insecure-no-auth", "--log-level", "warning", *self.extra],
+                 str(self.data), *store, "--insecure-no-auth", "--log-level", "warning", *self.extra],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env,
             )  # fmt: skip
         deadline = time.monotonic() + 30
+        url = ""
         while time.monotonic() < deadline:
             m = re.findall(r"listening on (http://127\.0\.0\.1:\d+)/", self.log.read_bytes()[start:].decode())
             if m:
-                self.url = m[-1]
+                url = m[-1]
                 break
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name} exited: {self.log.read_text()[-2000:]}")
@@ -55,7 +73,8 @@ class Node:
             raise RuntimeError(f"{self.name} did not start: {self.log.read_text()[-2000:]}")
         while time.monotonic() < deadline:
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    self.url = url  # only now is it up (a proxy sends it connections from here on)
                     return
             time.sleep(0.05)
         raise RuntimeError(f"{self.name} never became healthy: {self.log.read_text()[-2000:]}")
