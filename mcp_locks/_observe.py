@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import anyio
 import anyio.abc
@@ -27,7 +27,7 @@ from ._metrics import Metrics, WorkspaceGauges
 from ._models import AuditEvent, AuditPage, CreatedWebhook, WebhookInfo, WebhookList, utc
 from ._names import check_node_id
 from ._sqlite import SqliteStore
-from ._store import AuditQuery, Settle
+from ._store import AuditQuery, Settle, SharedStore
 from ._table import Event
 from ._webhooks import Dispatcher, WebhookLimits, check_webhook_url
 
@@ -44,6 +44,8 @@ PRUNE_EVERY = 3_600.0
 BACKLOG_EVERY = 5.0
 #: Least seconds between two pokes of the delivery worker (each costs a pipe write on the lock path's loop).
 POKE_EVERY = 0.01
+#: Seconds between the cluster's webhook deliverer's reads of the webhooks (other servers add and delete them).
+HOOKS_REFRESH = 1.0
 #: Longest line the delivery worker may send (a batch of outcomes).
 MAX_WORKER_LINE = 64 << 20
 #: What the delivery worker reports per delivery (the metrics' outcome label).
@@ -134,6 +136,9 @@ class Observability:
             if self._hooks:
                 log.warning("webhooks are not delivered while the audit log is off (--no-audit): they read it")
             self.hub.on_logged = None
+        elif store.shared:
+            # Several servers, one log: one of them (whichever holds the role) delivers for the cluster.
+            tg.start_soon(cast(SharedStore, store).lead, "webhooks", self._deliver_for_the_cluster)
         elif self.limits.webhooks.worker and isinstance(store, SqliteStore):
             self.hub.on_logged = self._poke_worker
             self._tg = tg
@@ -143,6 +148,21 @@ class Observability:
         else:
             tg.start_soon(self.dispatcher.run)
         tg.start_soon(self._prune_loop)
+
+    async def _deliver_for_the_cluster(self) -> None:
+        """Deliver every server's events; webhooks made or deleted on other servers are picked up as it goes."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self.dispatcher.run)
+            while True:
+                await anyio.sleep(HOOKS_REFRESH)
+                await self._refresh_hooks()
+
+    async def _refresh_hooks(self) -> None:
+        """Read the webhooks again (a shared store: other servers add and delete them too)."""
+        hooks = {h.webhook_id: h for h in await self.service.store.list_webhooks()}
+        if hooks != self._hooks:
+            self._hooks = hooks
+            self.hub.set_hooks(list(hooks.values()))
 
     # ------------------------------------------------------------------ the delivery worker process
 
@@ -365,6 +385,8 @@ class Observability:
         """A workspace's webhooks (never their secrets)."""
         require_admin(caller, "managing webhooks")
         ws = await self.service.known_workspace(workspace_id, caller)
+        if self.service.store.shared:
+            await self._refresh_hooks()
         return WebhookList(webhooks=[_info(h) for h in self._hooks.values() if h.workspace_id == ws])
 
     async def delete_webhook(
@@ -374,6 +396,8 @@ class Observability:
         require_admin(caller, "managing webhooks")
         ws = await self.service.known_workspace(workspace_id, caller)
         async with self._managing:
+            if self.service.store.shared:
+                await self._refresh_hooks()
             rec = self._hooks.get(webhook_id) if isinstance(webhook_id, str) else None
             if rec is None or rec.workspace_id != ws:
                 raise NotFound(

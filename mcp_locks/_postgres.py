@@ -6,7 +6,7 @@ import json
 import logging
 import re
 import secrets
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -63,6 +63,9 @@ IDLE_IN_STEP = 30.0
 POOL_SIZE = 16
 #: Seconds between attempts to get the notification connection back.
 RELISTEN_AFTER = 0.5
+#: Seconds between a standby server's attempts to take a cluster-wide role (webhook delivery), and between
+#: the holder's checks that it still has it.
+LEADER_RETRY = 2.0
 #: Every server names its connections ``mcp-locks:<server id>``: a server whose connections are all gone is
 #: dead, and its waiters leave the line with it.
 APP_PREFIX = "mcp-locks:"
@@ -414,6 +417,33 @@ class PostgresStore:
             except (psycopg.Error, OSError) as e:
                 log.warning("lost the notification connection (%s); reconnecting", e)
             await anyio.sleep(RELISTEN_AFTER)
+
+    async def lead(self, role: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run until cancelled: whenever this server is the cluster's one holder of ``role``, run ``work``.
+
+        The role is a session advisory lock on a connection of its own: if this server dies or loses
+        the database, the lock goes with the session, and another server takes the role within
+        :data:`LEADER_RETRY` seconds; ``work`` here is cancelled as soon as the connection is found gone.
+        """
+        key = f"lead/{self.schema}/{role}"
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs) as conn:
+                    while True:
+                        cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
+                        row = await cur.fetchone()
+                        if row and row[0]:
+                            break
+                        await anyio.sleep(LEADER_RETRY)
+                    log.info("this server now runs %s for the cluster", role)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(work)
+                        while True:  # still ours? (the session holds the role)
+                            await anyio.sleep(LEADER_RETRY)
+                            await conn.execute("SELECT 1")
+            except (psycopg.Error, OSError) as e:
+                log.warning("lost the connection that holds %s (%s); trying again", role, e)
+            await anyio.sleep(LEADER_RETRY)
 
     # ------------------------------------------------------------------ workspaces
 

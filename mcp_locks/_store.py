@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ._errors import AlreadyExists, Locked, LockError, NotFound
 from ._events import AppendEvents, Delivery, WebhookRecord
@@ -269,6 +269,9 @@ class SharedStore(Store, Protocol):
 
     async def end(self, workspace_id: str, ok: bool) -> None:
         """Let the workspace go (after the step's files are in place); roll back if the step was not committed."""
+
+    async def lead(self, role: str, work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        """Run until cancelled, running ``work`` whenever this server is the cluster's one holder of ``role``."""
 
     async def watch(self, poke: Callable[[str | None], None]) -> None:
         """Run until cancelled, calling ``poke`` with each workspace another server commits to.

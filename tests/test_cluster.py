@@ -16,10 +16,15 @@ from urllib.parse import quote
 import anyio
 import httpx
 import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from bench.cluster import Node, cluster
 
 from .pg import PG_URL, pg_schema
+from .servers import serve_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -34,7 +39,8 @@ STEP = 15  # upper bound on any one wait
 @pytest.fixture(scope="module")
 def nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Node]]:
     """One cluster of three for the module: each test uses node names of its own."""
-    with pg_schema() as schema, cluster(PG_URL, schema, tmp_path_factory.mktemp("cluster")) as ns:
+    data = tmp_path_factory.mktemp("cluster")
+    with pg_schema() as schema, cluster(PG_URL, schema, data, extra=("--webhooks-allow-private",)) as ns:
         yield ns
 
 
@@ -253,6 +259,38 @@ async def test_a_server_that_dies_leaves_the_line_and_its_clients_locks_end_by_l
             f"{c.url}/v1/workspaces/{WS}/nodes/other.txt/lock", headers={"Lock-Token": dead_lease["token"]}
         )
         assert r.json()["yours"]["held"] is False
+
+
+async def test_webhooks_get_every_servers_events_exactly_once(nodes: list[Node], http: httpx.AsyncClient) -> None:
+    got: list[dict[str, Any]] = []
+    arrived = anyio.Event()
+
+    async def hook(request: Request) -> Response:
+        nonlocal arrived
+        got.append(json.loads(await request.body()))
+        arrived.set()
+        return Response(status_code=204)
+
+    async with serve_app(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as url:
+        ws = f"hooks-{secrets.token_hex(3)}"
+        r = await http.post(f"{nodes[0].url}/v1/workspaces", json={"workspace_id": ws})
+        assert r.status_code == 201, r.text
+        r = await http.post(  # registered on the second server
+            f"{nodes[1].url}/v1/workspaces/{ws}/webhooks", json={"url": f"{url}/hook", "events": ["lock.granted"]}
+        )
+        assert r.status_code == 201, r.text
+        fences = []
+        for node in nodes:  # a grant through every server
+            r = await http.post(f"{node.url}/v1/workspaces/{ws}/nodes/{_node()}/lock", json={"timeout": LEASE})
+            assert r.status_code == 200, r.text
+            fences.append(r.json()["fence"])
+        with anyio.fail_after(STEP):
+            while len(got) < len(nodes):
+                arrived = anyio.Event()
+                await arrived.wait()
+        # Give a second deliverer (there must be none) the time the first one took, then count.
+        await anyio.sleep(2)
+    assert sorted(p["data"]["fence"] for p in got) == sorted(fences)
 
 
 class PgProxy:
