@@ -548,6 +548,12 @@ class PostgresStore:
                 await self._putconn(conn, broken=True)
                 if attempt == 2:  # the first may have been a pooled connection from before a database restart
                     raise _unavailable(e) from None
+            except BaseException as e:  # cancelled, or any other failure: the connection's state is unknown
+                with anyio.CancelScope(shield=True):
+                    await self._putconn(conn, broken=True)
+                if isinstance(e, psycopg.Error):
+                    raise _unavailable(e) from None
+                raise
         self._held[workspace_id] = (conn, -1, False)  # from here on, end() lets go of the workspace
         try:
             if row is None:
