@@ -149,7 +149,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for label, wss in (("one workspace", ["default"]), ("64 workspaces", spread)):
                 runs = [anyio.run(throughput, nodes, wss, args.clients, args.seconds) for _ in range(args.runs)]
                 key = f"{kind} x{n}, {label}"
-                result["throughput"][key] = {"median": round(statistics.median(runs), 1), "runs": [round(r, 1) for r in runs]}
+                result["throughput"][key] = {
+                    "median": round(statistics.median(runs), 1),
+                    "runs": [round(r, 1) for r in runs],
+                }
                 print(f"{key}: {statistics.median(runs):.1f} pairs/s  {[round(r) for r in runs]}", flush=True)
             pairs = [("same server", nodes[0], nodes[0])]
             if n > 1:

@@ -132,6 +132,7 @@ class WorkspaceActor:
         self._poll_at = math.inf
         self._skew = 0.0  # the database's clock minus ours (shared stores)
         self._extra: list[StoreChange] = []  # outcomes for other servers' waiters, and ours taken
+        self._mine: frozenset[int] = frozenset()  # our waiters in the line as last loaded (shared stores)
 
     # ------------------------------------------------------------------ callers
 
@@ -268,6 +269,7 @@ class WorkspaceActor:
             first_waiter_id=max(first_waiter_id, snap.next_waiter),
         )
         table.track_waiters = self.shared
+        self._mine = snap.mine
         if snap.delta and old is not None:
             table.restore(snap.leases, (), (), snap.waiters)
             table.carry_memory(old, snap.ended, snap.requests, snap.dropped)
@@ -508,13 +510,18 @@ class WorkspaceActor:
         now = begun.now if begun.now is not None else local
         self._skew = now - local
         snap = begun.snapshot
+        table = self.table
+        assert table is not None
+        if snap is not None:
+            table = self.table = await self._rebuild(snap, table.next_waiter_id, table, sweep=False)
+        if self._mine:
+            # Our waiters whose callers were answered while a step failed (or a previous actor stopped):
+            # nobody listens for them here any more, so they leave the line.
+            for wid in self._mine - self._waiting.keys():
+                table.cancel(now, wid)
+            self._mine = frozenset()
         if snap is None:
             return now
-        old = self.table
-        table = self.table = await self._rebuild(snap, old.next_waiter_id if old else 1, old, sweep=False)
-        for wid in snap.mine:
-            if wid not in self._waiting:  # its caller here left while a step failed: leave the line for it
-                table.cancel(now, wid)
         for wid, w in self._waiting.items():
             outcome = begun.outcomes.pop(wid, None)
             if outcome is not None:  # another server served (or timed out) our waiter
