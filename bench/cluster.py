@@ -96,9 +96,15 @@ class Node:
 
 
 @contextlib.contextmanager
-def cluster(dsn: str, schema: str, data: Path, n: int = 3, extra: tuple[str, ...] = ()) -> Iterator[list[Node]]:
-    """``n`` servers on ``dsn``/``schema`` sharing ``data``; all stopped on exit."""
-    nodes = [Node(f"s{i + 1}", dsn, schema, data, extra) for i in range(n)]
+def cluster(
+    dsn: str, schema: str, data: Path, n: int = 3, extra: tuple[str, ...] = (), *, shared_folder: bool = False
+) -> Iterator[list[Node]]:
+    """``n`` servers on ``dsn``/``schema``, each with a data dir of its own under ``data`` (file content is in
+    the database), or all on ``data`` itself with ``shared_folder`` (``--pg-files folder``); stopped on exit."""
+    if shared_folder:
+        nodes = [Node(f"s{i + 1}", dsn, schema, data, ("--pg-files", "folder", *extra)) for i in range(n)]
+    else:
+        nodes = [Node(f"s{i + 1}", dsn, schema, data / f"s{i + 1}", extra) for i in range(n)]
     try:
         for node in nodes:
             node.start()

@@ -107,32 +107,34 @@ async def handoff(holder: Node, waiter: Node, samples: int) -> list[float]:
     out: list[float] = []
     async with httpx.AsyncClient(timeout=30) as h:
         for k in range(samples):
-            path = f"/v1/workspaces/default/nodes/handoff-{k}.txt/lock"
-            held = (await h.post(holder.url + path, json={"mode": "write", "timeout": LEASE})).json()
-            granted = anyio.Event()
-            at: list[float] = []
-
-            async def wait(path: str = path) -> None:
-                r = await h.post(waiter.url + path, json={"mode": "write", "timeout": LEASE, "wait": 20})
-                at.append(time.perf_counter())
-                assert r.status_code == 200, r.text
-                await h.request("DELETE", waiter.url + path, headers={"Lock-Token": r.json()["token"]})
-                granted.set()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(wait)
-                with anyio.fail_after(20):  # the waiter is in line (seen through the holder's server)
-                    for _ in range(2000):
-                        st = (await h.get(holder.url + path)).json()
-                        if st["waiters"]:
-                            break
-                        await anyio.sleep(0.005)
-                released = time.perf_counter()
-                await h.request("DELETE", holder.url + path, headers={"Lock-Token": held["token"]})
-                with anyio.fail_after(20):
-                    await granted.wait()
-            out.append((at[0] - released) * 1000)
+            out.append(await _one_handoff(h, holder, waiter, f"/v1/workspaces/default/nodes/handoff-{k}.txt/lock"))
     return out
+
+
+async def _one_handoff(h: httpx.AsyncClient, holder: Node, waiter: Node, path: str) -> float:
+    held = (await h.post(holder.url + path, json={"mode": "write", "timeout": LEASE})).json()
+    granted = anyio.Event()
+    at: list[float] = []
+
+    async def wait() -> None:
+        r = await h.post(waiter.url + path, json={"mode": "write", "timeout": LEASE, "wait": 20})
+        at.append(time.perf_counter())
+        assert r.status_code == 200, r.text
+        await h.request("DELETE", waiter.url + path, headers={"Lock-Token": r.json()["token"]})
+        granted.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        with anyio.fail_after(20):  # the waiter is in line (seen through the holder's server)
+            for _ in range(4000):
+                if (await h.get(holder.url + path)).json()["waiters"]:
+                    break
+                await anyio.sleep(0.005)
+        released = time.perf_counter()
+        await h.request("DELETE", holder.url + path, headers={"Lock-Token": held["token"]})
+        with anyio.fail_after(20):
+            await granted.wait()
+    return (at[0] - released) * 1000
 
 
 def _pct(xs: list[float], q: float) -> float:

@@ -522,7 +522,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--servers above 1 needs --store postgresql://...")
     work = Path(tempfile.mkdtemp(prefix="mcp-locks-torture-"))
     schema = f"torture_{seed}" if args.store else None
-    servers = [Node(f"server{i + 1}", args.store, schema, work / "data") for i in range(args.servers)]
+    # On PostgreSQL each server has a folder of its own: file content is in the database, each folder a copy.
+    servers = [
+        Node(f"server{i + 1}", args.store, schema, work / (f"data{i + 1}" if args.store else "data"))
+        for i in range(args.servers)
+    ]
     (work / "history").mkdir()
     run = Run(args, work / "history", random.Random(seed), servers, Proxy(servers))
     failed = True

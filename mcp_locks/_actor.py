@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, TypeVar, cast
 
 import anyio
@@ -14,10 +15,10 @@ import anyio
 from ._clock import Clock
 from ._disk import WorkspaceDisk
 from ._errors import LockError, Unavailable
-from ._events import AppendEvents, EventHub
-from ._files import FileOp, FileTable
+from ._events import EventHub
+from ._files import FileMeta, FileOp, FileTable
 from ._index import Claim
-from ._store import SharedStore, Snapshot, Store, StoreChange, TakeOutcome, WaiterOutcome
+from ._store import PutContent, SharedStore, Snapshot, Store, StoreChange, TakeOutcome, WaiterOutcome
 from ._table import Granted, Lease, Limits, LockTable, Queued
 
 __all__ = ["Waiting", "WorkspaceActor"]
@@ -133,6 +134,11 @@ class WorkspaceActor:
         self._skew = 0.0  # the database's clock minus ours (shared stores)
         self._extra: list[StoreChange] = []  # outcomes for other servers' waiters, and ours taken
         self._mine: frozenset[int] = frozenset()  # our waiters in the line as last loaded (shared stores)
+        #: File content lives in the shared store: this server's folder is a copy it keeps up to date. Not for
+        #: a workspace bound to a project folder: edits made there outside mcp-locks must never be overwritten,
+        #: so every server must reach that folder itself.
+        self.copies = self.shared and cast(SharedStore, store).content and not (disk is not None and disk.bound)
+        self._check_copies = True  # after a load: compare every file's copy with its record (in the next step)
 
     # ------------------------------------------------------------------ callers
 
@@ -442,13 +448,17 @@ class WorkspaceActor:
                 broken = True
         changes, table.changes = table.changes, []
         events, table.events = table.events, []
-        extra: list[AppendEvents] = []
+        extra: list[StoreChange] = []
         if events and self.hub is not None and not broken:
             # The events' audit rows (also the webhooks' outbox) ride the same transaction.
-            events, extra = self.hub.stamp(self.workspace_id, events)
+            events, logged = self.hub.stamp(self.workspace_id, events)
+            extra = [*logged]
         if self._extra:
-            extra = [*extra, *self._extra]  # type: ignore[list-item]
+            extra += self._extra
             self._extra = []
+        if self.copies and files.ops and self.disk is not None and not broken:
+            disk = self.disk  # the content of each write goes into the same transaction as its record
+            extra += [PutContent(op.node_id, partial(disk.open_staged, op.staged)) for op in files.ops if not op.delete]
         took = 0.0
         if not broken and (changes or extra or self.shared):  # a shared store's step ends with its commit
             try:
@@ -514,6 +524,12 @@ class WorkspaceActor:
         assert table is not None
         if snap is not None:
             table = self.table = await self._rebuild(snap, table.next_waiter_id, table, sweep=False)
+        if self.copies:
+            if self._check_copies:
+                await self._copy_files(self.files.records())
+                self._check_copies = False
+            elif snap is not None and snap.files:
+                await self._copy_files(snap.files)  # what other servers wrote since this one last looked
         if self._mine:
             # Our waiters whose callers were answered while a step failed (or a previous actor stopped):
             # nobody listens for them here any more, so they leave the line.
@@ -542,6 +558,46 @@ class WorkspaceActor:
         table.regrant(now)  # waiters of a server that died may have left the line
         self._take_outcomes(table, now)
         return now
+
+    async def _copy_files(self, metas: list[FileMeta]) -> None:
+        """Bring this server's copies of ``metas`` up to date from the store (inside a step: nobody writes meanwhile).
+
+        A copy gets its record's size, content hash and mtime, so reads see it as the version the record
+        names. A copy that cannot be made is logged; reads of that file then answer UNAVAILABLE until a
+        later step makes it.
+        """
+        disk = self.disk
+        if disk is None:
+            return
+        store = cast(SharedStore, self.store)
+        for m in metas:
+            found = await anyio.to_thread.run_sync(disk.probe, m.node_id)
+            if m.deleted:
+                if found is not None and found.kind == "file":
+                    marker = await anyio.to_thread.run_sync(disk.marker)
+                    await anyio.to_thread.run_sync(disk.apply, [FileOp(m.node_id, marker, True)])
+                continue
+            if found is not None and found.kind == "file" and (found.size, found.mtime_ns) == (m.size, m.mtime_ns):
+                continue  # this server wrote it, or copied it before
+            f = await anyio.to_thread.run_sync(disk.staging)
+            try:
+                async for chunk in store.read_content(self.workspace_id, m.node_id):
+                    await anyio.to_thread.run_sync(f.write, chunk)
+                staged = await anyio.to_thread.run_sync(f.finish)
+            except LockError as e:  # no content for it in the store
+                await anyio.to_thread.run_sync(f.discard)
+                log.error("cannot copy '%s' in %s: %s", m.node_id, self.workspace_id, e.code)
+                continue
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(f.discard)
+                raise
+            if (staged.size, staged.sha256) != (m.size, m.sha256):
+                await anyio.to_thread.run_sync(disk.discard, staged.name)
+                log.error("the stored content of '%s' in %s does not match its record", m.node_id, self.workspace_id)
+                continue
+            await anyio.to_thread.run_sync(disk.set_mtime, staged.name, m.mtime_ns)
+            await anyio.to_thread.run_sync(disk.apply, [FileOp(m.node_id, staged.name, False)])
 
     async def _end(self, ok: bool) -> None:
         """Give the workspace back to the cluster (rolling back what was not committed)."""

@@ -55,7 +55,7 @@ def build_store(settings: Settings) -> Store:
     if settings.postgres:
         from ._postgres import PostgresStore  # psycopg is loaded only by servers that use it
 
-        return PostgresStore(settings.store, schema=settings.pg_schema)
+        return PostgresStore(settings.store, schema=settings.pg_schema, files=settings.pg_files)
     return SqliteStore(settings.db_path, sync=settings.sync)
 
 

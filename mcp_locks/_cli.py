@@ -23,6 +23,7 @@ from ._runtime import tune_gc
 from ._service import issue_key
 from ._settings import Settings, default_data_dir, load_settings
 from ._sqlite import SqliteStore
+from ._store import Store
 
 __all__ = ["main"]
 
@@ -191,6 +192,13 @@ def main(config: Path | None) -> None:
     " one database act as one (give them one shared --data-dir for file content).",
 )
 @click.option(
+    "--pg-files",
+    type=click.Choice(["database", "folder"]),
+    default=None,
+    help="With a PostgreSQL store: file content in the database (default; each server's --data-dir holds its own"
+    " copy) or only in --data-dir, which every server must then share.",
+)
+@click.option(
     "--sync",
     type=click.Choice(["normal", "full"]),
     default=None,
@@ -328,18 +336,28 @@ _data_dir_option = click.option(
 )
 
 
-def _with_store(data_dir: Path | None, action: Callable[[SqliteStore], Awaitable[None]]) -> None:
-    """Run ``action`` on the SQLite store of a data dir (a running server on it sees the result)."""
+def _with_store(data_dir: Path | None, action: Callable[[Store], Awaitable[None]]) -> None:
+    """Run ``action`` on the store of a data dir, or on the PostgreSQL database ``MCP_LOCKS_STORE`` names.
+
+    A running server sees the result.
+    """
     import sqlite3
 
     import anyio
 
     settings = _settings(data_dir=data_dir)
-    if not settings.db_path.exists():
+    store: Store
+    if settings.postgres:
+        from ._postgres import PostgresStore
+
+        _check_postgres(settings.store)
+        store = PostgresStore(settings.store, schema=settings.pg_schema, files=settings.pg_files)
+    elif not settings.db_path.exists():
         raise click.ClickException(
             f"no lock database at {settings.db_path}. Start the server once (mcp-locks serve), or pass --data-dir."
         )
-    store = SqliteStore(settings.db_path, sync=settings.sync)
+    else:
+        store = SqliteStore(settings.db_path, sync=settings.sync)
 
     async def run() -> None:
         await store.open()
@@ -354,6 +372,10 @@ def _with_store(data_dir: Path | None, action: Callable[[SqliteStore], Awaitable
         raise click.ClickException(e.text()) from None
     except (OSError, sqlite3.Error) as e:
         raise click.ClickException(f"cannot use the lock database {settings.db_path}: {e}.") from None
+    except Exception as e:  # psycopg's errors, when the store is PostgreSQL
+        if not settings.postgres:
+            raise
+        raise click.ClickException(f"cannot use the lock database: {e}.") from None
 
 
 @main.group()
@@ -395,7 +417,7 @@ def workspaces_create(workspace_id: str, description: str | None, root: Path | N
         # Agents could read the lock database (every token) or write into it through the file tools.
         raise click.ClickException(f"{bound} overlaps the server's data directory {data}; bind another folder.")
 
-    async def action(store: SqliteStore) -> None:
+    async def action(store: Store) -> None:
         ws = check_workspace_id(workspace_id)
         if bound is not None:
             for other in await store.list_workspaces():
@@ -423,13 +445,16 @@ def workspaces_delete(workspace_id: str, data_dir: Path | None) -> None:
     """
     settings = _settings(data_dir=data_dir)
 
-    async def action(store: SqliteStore) -> None:
+    async def action(store: Store) -> None:
         ws = check_workspace_id(workspace_id)
         if ws == "default":
             raise click.ClickException("the workspace 'default' cannot be deleted.")
         await store.delete_workspace(ws, time.time())
         click.echo(f"deleted workspace {ws}")
 
+    if settings.postgres:  # the database's own lock keeps the delete safe beside running servers
+        _with_store(data_dir, action)
+        return
     if not settings.db_path.exists():
         _with_store(data_dir, action)  # says there is no database
     instead = f"delete through it (DELETE /v1/workspaces/{workspace_id[:63]} with an admin key), or stop it first."
@@ -445,7 +470,7 @@ def workspaces_list(data_dir: Path | None) -> None:
     Example: mcp-locks workspaces list --data-dir ./locks-data
     """
 
-    async def action(store: SqliteStore) -> None:
+    async def action(store: Store) -> None:
         for rec in await store.list_workspaces():
             created = datetime.fromtimestamp(rec.created_at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
             click.echo(f"{rec.workspace_id}\t{created}\t{rec.description or ''}")
@@ -475,7 +500,7 @@ def keys_create(agent: str, workspace_ids: tuple[str, ...], role: str, data_dir:
     Example: mcp-locks keys create --agent alice --workspace default --workspace team-a
     """
 
-    async def action(store: SqliteStore) -> None:
+    async def action(store: Store) -> None:
         key, record = await issue_key(store, agent, list(workspace_ids), role, time.time())
         click.echo(key)
         click.echo(f"key {record.key_id} for {record.agent} ({role}); shown once, keep it secret", err=True)
@@ -491,7 +516,7 @@ def keys_list(data_dir: Path | None) -> None:
     Example: mcp-locks keys list
     """
 
-    async def action(store: SqliteStore) -> None:
+    async def action(store: Store) -> None:
         for r in await store.list_keys():
             state = "revoked" if r.revoked_at is not None else "active"
             reach = "*" if r.role == "admin" else ",".join(r.workspaces) or "-"  # "-": reaches none
@@ -509,7 +534,7 @@ def keys_revoke(key_id: str, data_dir: Path | None) -> None:
     Example: mcp-locks keys revoke 3f9a1c0b7d2e
     """
 
-    async def action(store: SqliteStore) -> None:
+    async def action(store: Store) -> None:
         if not await store.revoke_key(key_id, time.time()):
             raise click.ClickException(f"no active key '{key_id[:32]}'. See: mcp-locks keys list")
         click.echo(f"revoked {key_id}")

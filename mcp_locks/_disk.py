@@ -328,6 +328,10 @@ class WorkspaceDisk:
             f.discard()
             raise
 
+    def set_mtime(self, name: str, mtime_ns: int) -> None:
+        """Give a staged file the modification time its record names (a copy made from the database)."""
+        os.utime(name, ns=(mtime_ns, mtime_ns), dir_fd=self.state_dir("staging"), follow_symlinks=False)
+
     def marker(self) -> str:
         """An empty staged file whose existence says "this delete is still to be done on disk"."""
         return self.stage(()).name

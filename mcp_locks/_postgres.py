@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import secrets
-from collections.abc import Callable, Coroutine, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from typing import Any, Literal
 
 import anyio
 import psycopg
 from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
-from ._errors import ERROR_TABLE, AlreadyExists, InvalidArgument, LockError, Unavailable
+from ._errors import ERROR_TABLE, AlreadyExists, InvalidArgument, LockError, NotFound, Unavailable
 from ._events import AppendEvents, Delivery, WebhookRecord
 from ._files import FileMeta, PutFile
 from ._index import Claim
@@ -23,6 +24,7 @@ from ._keys import KeyRecord
 from ._store import (
     AuditQuery,
     Begun,
+    PutContent,
     Settle,
     Snapshot,
     StoreChange,
@@ -61,6 +63,8 @@ STORE_TIMEOUT = 5.0
 IDLE_IN_STEP = 30.0
 #: Connections per server process.
 POOL_SIZE = 16
+#: Bytes per row of file content (well below bytea's 1 GB limit, and small enough to stream).
+CONTENT_CHUNK = 1 << 20
 #: Seconds between attempts to get the notification connection back.
 RELISTEN_AFTER = 0.5
 #: Seconds between a standby server's attempts to take a cluster-wide role (webhook delivery), and between
@@ -204,6 +208,15 @@ CREATE TABLE IF NOT EXISTS waiters (
     record JSONB NOT NULL,
     PRIMARY KEY (workspace_id, waiter_id)
 );
+-- File content (files=database): the current version of each file, in chunks, written in the same
+-- transaction as its metadata.
+CREATE TABLE IF NOT EXISTS contents (
+    workspace_id TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    chunk INTEGER NOT NULL,
+    data BYTEA NOT NULL,
+    PRIMARY KEY (workspace_id, node_id, chunk)
+);
 -- What one server decided for another server's waiter (granted, timed out...), until that server answers it.
 CREATE TABLE IF NOT EXISTS outcomes (
     workspace_id TEXT NOT NULL,
@@ -315,9 +328,13 @@ class PostgresStore:
     its clients' locks end by lease. A server that cannot reach the database
     answers UNAVAILABLE.
 
-    File content lives in the data directory, which all servers must share
-    (one host, or a shared mount); its metadata and versions live here, and a
-    write's fence check commits in the same transaction as its metadata.
+    File metadata and versions live here, and a write's fence check commits in
+    the same transaction as its metadata. With ``files="database"`` (the
+    default) the content is written here in that transaction too (chunks of
+    :data:`CONTENT_CHUNK` bytes), and each server's own folder holds a copy
+    that it brings up to date as it catches up, before anyone reads it. With
+    ``files="folder"`` the content lives only in the data directory, which all
+    servers must then share (one host, or a shared mount).
     """
 
     shared = True
@@ -327,6 +344,7 @@ class PostgresStore:
         dsn: str,
         *,
         schema: str | None = None,
+        files: Literal["database", "folder"] = "database",
         db_clock: bool = True,
         max_ended: int = 100_000,
         pool_size: int = POOL_SIZE,
@@ -336,6 +354,8 @@ class PostgresStore:
             raise ValueError(f"schema {schema!r}: use lower-case letters, digits and _")
         self.dsn = dsn
         self.schema = schema or "public"
+        #: File content in the database (each server's folder is its own copy) or in one shared folder.
+        self.content = files == "database"
         self.db_clock = db_clock
         self.max_ended = max_ended
         self.timeout = timeout
@@ -363,7 +383,7 @@ class PostgresStore:
 
     async def open(self) -> None:
         """Create the schema (one server at a time) and open the pool."""
-        async with await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs) as conn:
+        async with self._own_connection() as conn:
             if self.schema != "public":
                 await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.schema}")
             async with conn.transaction():
@@ -407,7 +427,7 @@ class PostgresStore:
         """Call ``poke(workspace_id)`` when another server commits to it; ``poke(None)``: anything may have changed."""
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs) as conn:
+                async with self._own_connection() as conn:
                     await conn.execute(f"LISTEN {self.channel}")
                     poke(None)  # what was sent while we were not listening is lost: look at everything
                     async for n in conn.notifies():
@@ -428,7 +448,7 @@ class PostgresStore:
         key = f"lead/{self.schema}/{role}"
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs) as conn:
+                async with self._own_connection() as conn:
                     while True:
                         cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (key,))
                         row = await cur.fetchone()
@@ -693,6 +713,7 @@ class PostgresStore:
         outcomes: list[tuple[Any, ...]] = []
         taken: list[tuple[Any, ...]] = []
         files: dict[str, FileMeta] = {}
+        contents: dict[str, PutContent] = {}
         events: list[tuple[Any, ...]] = []
         prune: Prune | None = None
         reserve = fence_last = event_seq = 0
@@ -728,6 +749,8 @@ class PostgresStore:
                 prune = ch
             elif isinstance(ch, PutFile):
                 files[ch.meta.node_id] = ch.meta
+            elif isinstance(ch, PutContent):
+                contents[ch.node_id] = ch
             elif isinstance(ch, AppendEvents):
                 events.extend([(ws, *ev) for ev in ch.events])
                 if ch.events:
@@ -775,6 +798,15 @@ class PostgresStore:
                 + ", ".join(f"{c} = excluded.{c}" for c in [*_FILE_COLS.split(", ")[1:], "ver"]),
                 [(ws, *m[:7], m.deleted, m.pending, m.mtime_ns, ver) for m in files.values()],
             )
+        if self.content and (files or contents):
+            # A deleted file's content goes; a written one's is replaced (a write retried after a failed
+            # rename sends its content again, without a new record).
+            clear = {node for node, m in files.items() if m.deleted} | contents.keys()
+            await conn.cursor().executemany(
+                "DELETE FROM contents WHERE workspace_id=%s AND node_id=%s", [(ws, node) for node in clear]
+            )
+            for put in contents.values():
+                await self._put_content(conn, ws, put)
         if events:
             await conn.cursor().executemany(_AUDIT_INSERT, events)
         if prune is not None:
@@ -793,6 +825,44 @@ class PostgresStore:
         )
         await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{ws}\t{self.server_id}"))
         return cur
+
+    @staticmethod
+    async def _put_content(conn: psycopg.AsyncConnection[Any], ws: str, put: PutContent) -> None:
+        fd = await anyio.to_thread.run_sync(put.open)
+        try:
+            chunk = 0
+            while True:
+                data = await anyio.to_thread.run_sync(os.read, fd, CONTENT_CHUNK)
+                if not data and chunk:
+                    break
+                await conn.execute("INSERT INTO contents VALUES (%s, %s, %s, %s)", (ws, put.node_id, chunk, data))
+                chunk += 1
+                if not data:  # an empty file is one empty chunk: "no rows" means "no content here"
+                    break
+        finally:
+            os.close(fd)
+
+    async def read_content(self, workspace_id: str, node_id: str) -> AsyncIterator[bytes]:
+        """A file's committed content, a chunk at a time (on the step's connection inside a step).
+
+        Raises NOT_FOUND if the database holds no content for it (written while files were in a folder).
+        """
+        held = self._held.get(workspace_id)
+        async with AsyncExitStack() as stack:
+            conn = held[0] if held is not None else await stack.enter_async_context(self._conn())
+            chunk = 0
+            while True:
+                cur = await conn.execute(
+                    "SELECT data FROM contents WHERE workspace_id=%s AND node_id=%s AND chunk=%s",
+                    (workspace_id, node_id, chunk),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    if chunk == 0:
+                        raise NotFound(f"the database holds no content for '{node_id}'.")
+                    return
+                yield bytes(row[0])
+                chunk += 1
 
     async def end(self, workspace_id: str, ok: bool) -> None:
         """Roll back what was not committed and let the workspace go."""
@@ -966,6 +1036,16 @@ class PostgresStore:
         return int(n), nxt
 
     # ------------------------------------------------------------------ connections
+
+    @asynccontextmanager
+    async def _own_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A connection outside the pool (the listener's, a role's), closed however its user ends."""
+        conn = await psycopg.AsyncConnection.connect(self.dsn, **self._kwargs)
+        try:
+            yield conn
+        finally:
+            with anyio.CancelScope(shield=True):  # a cancelled task must still close it
+                await conn.close()
 
     def _conn(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
         """A pooled connection (autocommit; ``conn.transaction()`` for several statements)."""

@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     pg_schema: str = Field(
         "public", pattern=r"^[a-z_][a-z0-9_]{0,40}$", description="PostgreSQL store: the schema its tables live in."
     )
+    pg_files: Literal["database", "folder"] = Field(
+        "database",
+        description="PostgreSQL store: file content in the database (each server's data dir holds its own copy)"
+        " or only in the data dir, which every server must then share.",
+    )
     sync: Literal["normal", "full"] = Field(
         "normal", description="SQLite durability: 'normal' survives a process crash, 'full' also a power loss."
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
@@ -31,6 +31,7 @@ __all__ = [
     "AuditQuery",
     "Begun",
     "MemoryStore",
+    "PutContent",
     "Settle",
     "SharedStore",
     "Snapshot",
@@ -57,8 +58,18 @@ class TakeOutcome(NamedTuple):
     waiter_id: int
 
 
+class PutContent(NamedTuple):
+    """Store change (shared stores that keep file content): the content of a file written in this batch.
+
+    ``open`` returns a new read descriptor of its staged file; the store reads it and closes it.
+    """
+
+    node_id: str
+    open: Callable[[], int]
+
+
 #: What one actor batch commits: lock and file changes, and the audit rows of its events.
-StoreChange = Change | AppendEvents | WaiterOutcome | TakeOutcome
+StoreChange = Change | AppendEvents | WaiterOutcome | TakeOutcome | PutContent
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +274,14 @@ class Store(Protocol):
 class SharedStore(Store, Protocol):
     """A store several server processes share: each actor step runs between ``begin`` and ``end``."""
 
+    #: Whether file content lives in the store (each server's folder is then its own copy, brought up to
+    #: date as it catches up) rather than in one folder every server shares.
+    content: bool
+
+    def read_content(self, workspace_id: str, node_id: str) -> AsyncIterator[bytes]:
+        """The committed content of a file, in chunks (inside a step: as of that step)."""
+        ...
+
     async def begin(self, workspace_id: str) -> Begun:
         """Hold the workspace across the cluster, open the step's transaction, and report what changed."""
         ...
@@ -356,7 +375,7 @@ class MemoryStore:
         for ch in changes:
             if isinstance(ch, AppendEvents):
                 self._logs.setdefault(workspace_id, []).extend(ch.events)
-            elif not isinstance(ch, WaiterOutcome | TakeOutcome):  # only shared stores record those
+            elif not isinstance(ch, WaiterOutcome | TakeOutcome | PutContent):  # only shared stores record those
                 lock_changes.append(ch)
         apply_changes_to_memory(ws, lock_changes)
         self.commits += 1

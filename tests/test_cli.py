@@ -13,6 +13,8 @@ from click.testing import CliRunner
 from mcp_locks import __version__
 from mcp_locks._cli import main
 
+from .pg import PG_URL, need_pg
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -100,6 +102,24 @@ def test_the_scale_benchmark_runs_end_to_end() -> None:
     assert medians["waiters"]["granted"] == 200
     assert medians["expiry"]["granted"] == 200
     assert medians["held"]["restart_s"] > 0
+
+
+@pytest.mark.slow
+def test_the_multinode_benchmark_runs_end_to_end() -> None:
+    need_pg()
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.multinode", "--runs", "1", "--seconds", "0.3", "--clients", "3", "--samples", "2",
+         "--pg", PG_URL],
+        cwd=ROOT, capture_output=True, text=True, timeout=240, check=True,
+    )  # fmt: skip
+    result = json.loads(out.stdout.rsplit("result ", 1)[1])
+    assert set(result["throughput"]) == {
+        f"{kind} x{n}, {where}"
+        for kind, n in (("sqlite", 1), ("pg", 1), ("pg", 2), ("pg", 3))
+        for where in ("one workspace", "64 workspaces")
+    }
+    assert all(v["median"] > 0 for v in result["throughput"].values())
+    assert result["handoff_ms"]["pg x3, across servers"]["p50"] > 0
 
 
 def test_workspaces_create_and_list_work_on_a_data_dir(tmp_path: Path) -> None:

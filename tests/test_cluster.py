@@ -204,6 +204,44 @@ async def test_no_increment_is_lost_on_a_counter_written_through_every_server(
         assert info.json()["file"]["version"] == rounds * workers
 
 
+async def test_a_file_written_through_one_server_reads_the_same_through_the_others(
+    nodes: list[Node], http: httpx.AsyncClient
+) -> None:
+    a, b, c = nodes  # each with a folder of its own: the content travels through the database
+    path = f"big-{secrets.token_hex(4)}.bin"
+    big = secrets.token_bytes(2_500_000)  # several of the store's chunks
+
+    def url(node: Node) -> str:
+        return f"{node.url}/v1/workspaces/{WS}/files/{quote(path)}"
+
+    r = await http.put(url(a), content=big, headers={"If-None-Match": "*"})  # create only
+    assert r.status_code == 201, r.text
+    for node in (b, c, a):
+        r = await http.get(url(node))
+        assert r.status_code == 200, r.text
+        assert r.content == big
+    r = await http.put(url(c), content=b"second", headers={"If-Match": '"1"'})  # optimistic, by version
+    assert r.status_code in (200, 201), r.text
+    for node in (a, b):
+        r = await http.get(url(node))
+        assert (r.content, r.headers["etag"].split("-")[0]) == (b"second", '"2')
+    r = await http.delete(url(b), headers={"If-Match": '"2"'})
+    assert r.status_code == 200, r.text
+    for node in (a, c):
+        assert (await http.get(url(node))).status_code == 404
+
+
+async def test_servers_sharing_one_folder_write_and_read_one_copy(tmp_path: Path, http: httpx.AsyncClient) -> None:
+    with pg_schema() as schema, cluster(PG_URL, schema, tmp_path, n=2, shared_folder=True) as (a, b):
+        r = await http.put(
+            f"{a.url}/v1/workspaces/{WS}/files/shared.txt", content=b"one copy", headers={"If-None-Match": "*"}
+        )
+        assert r.status_code == 201, r.text
+        assert (await http.get(f"{b.url}/v1/workspaces/{WS}/files/shared.txt")).content == b"one copy"
+        assert (tmp_path / "files" / WS / "shared.txt").read_bytes() == b"one copy"
+        assert not (tmp_path / "s2").exists()
+
+
 async def test_a_write_with_a_stale_token_is_refused_on_every_server(
     nodes: list[Node], http: httpx.AsyncClient
 ) -> None:
