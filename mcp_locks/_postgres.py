@@ -805,8 +805,9 @@ class PostgresStore:
             await conn.cursor().executemany(
                 "DELETE FROM contents WHERE workspace_id=%s AND node_id=%s", [(ws, node) for node in clear]
             )
-            for put in contents.values():
-                await self._put_content(conn, ws, put)
+            for node, put in contents.items():
+                if not (node in files and files[node].deleted):  # written, then deleted, in one batch
+                    await self._put_content(conn, ws, put)
         if events:
             await conn.cursor().executemany(_AUDIT_INSERT, events)
         if prune is not None:

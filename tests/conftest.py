@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -52,9 +52,19 @@ async def service(store: Store, clock: ManualClock) -> AsyncIterator[LockService
 # ---------------------------------------------------------------------- a keyed server, over every face
 
 
-@pytest.fixture
-async def env(tmp_path: Path) -> AsyncIterator[Env]:
-    service = LockService(MemoryStore(), clock=ManualClock())
+@pytest.fixture(params=["memory", "postgresql"])
+async def env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
+    async with AsyncExitStack() as stack:
+        if request.param == "memory":
+            store: Store = MemoryStore()
+        else:
+            store = PostgresStore(PG_URL, schema=stack.enter_context(pg_schema()), db_clock=False)
+        yield await stack.enter_async_context(_keyed_env(store, tmp_path))
+
+
+@asynccontextmanager
+async def _keyed_env(store: Store, tmp_path: Path) -> AsyncIterator[Env]:
+    service = LockService(store, clock=ManualClock())
     app = build_app(Settings(store="memory", data_dir=tmp_path), service)
     async with serve_app(app) as url:
         await service.create_workspace("team")
