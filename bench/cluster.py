@@ -105,6 +105,13 @@ def cluster(
         nodes = [Node(f"s{i + 1}", dsn, schema, data, ("--pg-files", "folder", *extra)) for i in range(n)]
     else:
         nodes = [Node(f"s{i + 1}", dsn, schema, data / f"s{i + 1}", extra) for i in range(n)]
+    with running(nodes):
+        yield nodes
+
+
+@contextlib.contextmanager
+def running(nodes: list[Node]) -> Iterator[list[Node]]:
+    """Start ``nodes`` one after the other; stop every one on exit."""
     try:
         for node in nodes:
             node.start()

@@ -34,7 +34,7 @@ from typing import Any
 import anyio
 import httpx
 
-from bench.cluster import Node
+from bench.cluster import Node, running
 
 PG = "postgresql://postgres@127.0.0.1:5432/test"
 WORKSPACES = 64
@@ -49,14 +49,11 @@ def servers(kind: str, n: int, pg: str) -> Iterator[list[Node]]:
 
     work = Path(tempfile.mkdtemp(prefix="mcp-locks-multinode-"))
     schema = f"bench_{secrets.token_hex(4)}" if kind == "pg" else None
-    nodes = [Node(f"s{i + 1}", pg if schema else None, schema, work) for i in range(n)]
+    nodes = [Node(f"s{i + 1}", pg if schema else None, schema, work / f"s{i + 1}") for i in range(n)]
     try:
-        for node in nodes:
-            node.start()
-        yield nodes
+        with running(nodes):
+            yield nodes
     finally:
-        for node in nodes:
-            node.stop()
         shutil.rmtree(work, ignore_errors=True)
         if schema:
             with psycopg.connect(pg, autocommit=True) as conn:

@@ -21,6 +21,19 @@ from ._events import AppendEvents, Delivery, WebhookRecord
 from ._files import FileMeta, PutFile
 from ._index import Claim
 from ._keys import KeyRecord
+from ._rows import (
+    LEASE_COLS,
+    OUTBOX_COLS,
+    WEBHOOK_COLS,
+    WS_COLS,
+    audit_insert,
+    audit_select,
+    event_from,
+    key_from,
+    key_row,
+    webhook_from,
+    webhook_row,
+)
 from ._store import (
     AuditQuery,
     Begun,
@@ -226,27 +239,13 @@ CREATE TABLE IF NOT EXISTS outcomes (
     PRIMARY KEY (workspace_id, waiter_id)
 )
 """
-_LEASE_COLS = (
-    "lock_id, token, node_id, mode, depth, owner, note, fence, acquired_at, expires_at, timeout, waited_ms, request_id,"
-    " label, key_id"
-)
-assert Lease._fields == tuple(_LEASE_COLS.replace(" ", "").split(","))
 _PUT_LEASE = (
-    f"INSERT INTO locks (workspace_id, ver, {_LEASE_COLS}) VALUES ({','.join(['%s'] * 17)})"
+    f"INSERT INTO locks (workspace_id, ver, {LEASE_COLS}) VALUES ({','.join(['%s'] * 17)})"
     " ON CONFLICT (workspace_id, lock_id) DO UPDATE SET ver = excluded.ver, "
     + ", ".join(f"{c} = excluded.{c}" for c in Lease._fields[1:])
     + ", ended_at = NULL, end_reason = NULL, end_by = NULL, end_why = NULL"
 )
-_AUDIT_COLS = (
-    "seq, at, kind, node_id, agent, label, lock_id, mode, depth, fence, waiter_id, waited_ms, held_ms, code, by,"
-    " reason, version"
-)
-_AUDIT_INSERT = (
-    "INSERT INTO audit (workspace_id, kind, at, node_id, agent, lock_id, mode, depth, fence, waiter_id, waited_ms,"
-    f" held_ms, code, by, reason, label, version, seq) VALUES ({','.join(['%s'] * 18)})"
-)
-_OUTBOX_COLS = "delivery_id, webhook_id, event_type, payload, created_at, attempts, next_at, last_error"
-_WS_COLS = "workspace_id, description, created_at, root"
+_AUDIT_INSERT = audit_insert("%s")
 _FILE_COLS = "node_id, version, size, sha256, modified_at, modified_by, fence, deleted, pending, mtime_ns"
 _STATE = """
 SELECT version, extract(epoch FROM clock_timestamp())::float8,
@@ -266,12 +265,6 @@ WITH w AS (
 )
 SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM o)
 """
-
-
-def _event_from(row: Sequence[Any]) -> Event:
-    seq, at, kind, node, agent, label, lock_id, mode, depth, fence, wid, waited, held, code, by, reason, ver = row
-    return Event(kind, at, node, agent, lock_id, mode, depth, fence, wid, waited, held, code, by, reason, label, ver,
-                 seq)  # fmt: skip
 
 
 def _outcome_json(outcome: Granted | LockError) -> str:
@@ -294,11 +287,6 @@ def _waiter_json(r: WaiterRecord) -> str:
 
 def _waiter_from(doc: list[Any]) -> WaiterRecord:
     return WaiterRecord(doc[0], doc[1], tuple(Claim(*c) for c in doc[2]), *doc[3:])
-
-
-def _key_from(row: Sequence[Any]) -> KeyRecord:
-    key_id, agent, workspaces, role, created_at, digest, revoked_at = row
-    return KeyRecord(key_id, agent, tuple(json.loads(workspaces)), role, created_at, bytes(digest), revoked_at)
 
 
 def _unavailable(e: Exception) -> Unavailable:
@@ -487,12 +475,12 @@ class PostgresStore:
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
         """The workspace, or None."""
-        rows = await self._fetch(f"SELECT {_WS_COLS} FROM workspaces WHERE workspace_id=%s", (workspace_id,))
+        rows = await self._fetch(f"SELECT {WS_COLS} FROM workspaces WHERE workspace_id=%s", (workspace_id,))
         return WorkspaceRecord(*rows[0]) if rows else None
 
     async def list_workspaces(self) -> list[WorkspaceRecord]:
         """Every workspace, by id."""
-        return [WorkspaceRecord(*r) for r in await self._fetch(f"SELECT {_WS_COLS} FROM workspaces ORDER BY 1")]
+        return [WorkspaceRecord(*r) for r in await self._fetch(f"SELECT {WS_COLS} FROM workspaces ORDER BY 1")]
 
     async def delete_workspace(self, workspace_id: str, now: float) -> None:
         """Delete a workspace holding no live lock; its waiters on every server get NOT_FOUND / UNAVAILABLE."""
@@ -618,7 +606,7 @@ class PostgresStore:
                 (ws,),
             )
             c_leases = await conn.execute(
-                f"SELECT {_LEASE_COLS} FROM locks WHERE workspace_id=%s AND ended_at IS NULL", (ws,)
+                f"SELECT {LEASE_COLS} FROM locks WHERE workspace_id=%s AND ended_at IS NULL", (ws,)
             )
             ended_cols = "SELECT lock_id, token, node_id, owner, end_reason, ended_at, end_by, end_why FROM locks"
             if delta:
@@ -902,18 +890,18 @@ class PostgresStore:
         async with self._conn() as conn, conn.transaction():
             await conn.execute(
                 "INSERT INTO keys VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (r.key_id, r.agent, json.dumps(list(r.workspaces)), r.role, r.created_at, r.digest, r.revoked_at),
+                key_row(r),
             )
             await conn.execute("UPDATE cluster SET keys_version = keys_version + 1")
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         """The key record, or None."""
         rows = await self._fetch("SELECT * FROM keys WHERE key_id=%s", (key_id,))
-        return _key_from(rows[0]) if rows else None
+        return key_from(rows[0]) if rows else None
 
     async def list_keys(self) -> list[KeyRecord]:
         """Every key record, oldest first."""
-        return [_key_from(r) for r in await self._fetch("SELECT * FROM keys ORDER BY created_at, key_id")]
+        return [key_from(r) for r in await self._fetch("SELECT * FROM keys ORDER BY created_at, key_id")]
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         """Mark a key revoked; False if there is no such unrevoked key."""
@@ -928,24 +916,8 @@ class PostgresStore:
 
     async def audit(self, query: AuditQuery) -> list[Event]:
         """Matching events, newest first (oldest first with ``after_seq``)."""
-        where = ["workspace_id=%s"]
-        args: list[Any] = [query.workspace_id]
-        for cond, value in (
-            ("node_id=%s", query.node_id),
-            ("agent=%s", query.agent),
-            ("at>=%s", query.since),
-            ("seq<%s", query.before_seq),
-            ("seq>%s", query.after_seq),
-        ):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
-        if query.kinds is not None:
-            where.append("kind = ANY(%s)")
-            args.append(list(query.kinds))
-        order = "ASC" if query.after_seq is not None else "DESC"
-        sql = f"SELECT {_AUDIT_COLS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT %s"
-        return [_event_from(r) for r in await self._fetch(sql, (*args, query.limit))]
+        sql, args = audit_select(query, "%s", "kind = ANY({})")
+        return [event_from(r) for r in await self._fetch(sql, args)]
 
     async def prune_audit(self, before: float) -> int:
         """Drop log entries older than ``before`` (the newest of each workspace stays) and settled deliveries as old."""
@@ -961,20 +933,13 @@ class PostgresStore:
 
     async def put_webhook(self, record: WebhookRecord) -> None:
         """Register a webhook."""
-        r = record
         async with self._conn() as conn:
-            await conn.execute(
-                "INSERT INTO webhooks VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (r.webhook_id, r.workspace_id, r.url, json.dumps(list(r.events)), r.secret, r.created_at, r.cursor),
-            )
+            await conn.execute("INSERT INTO webhooks VALUES (%s, %s, %s, %s, %s, %s, %s)", webhook_row(record))
 
     async def list_webhooks(self) -> list[WebhookRecord]:
         """Every webhook, oldest first."""
-        rows = await self._fetch(
-            "SELECT webhook_id, workspace_id, url, events, secret, created_at, cursor FROM webhooks"
-            " ORDER BY created_at, webhook_id"
-        )
-        return [WebhookRecord(i, ws, url, tuple(json.loads(ev)), sec, at, c) for i, ws, url, ev, sec, at, c in rows]
+        rows = await self._fetch(f"SELECT {WEBHOOK_COLS} FROM webhooks ORDER BY created_at, webhook_id")
+        return [webhook_from(r) for r in rows]
 
     async def delete_webhook(self, webhook_id: str) -> WebhookRecord | None:
         """Remove a webhook and its undelivered messages."""
@@ -996,7 +961,7 @@ class PostgresStore:
             where += " AND webhook_id = ANY(%s)"
             args.append(list(webhook_ids))
         rows = await self._fetch(
-            f"SELECT {_OUTBOX_COLS}, id FROM outbox WHERE {where} ORDER BY next_at LIMIT %s",
+            f"SELECT {OUTBOX_COLS}, id FROM outbox WHERE {where} ORDER BY next_at LIMIT %s",
             (*args, limit + len(skip)),
         )
         return [d for d in (Delivery(*r) for r in rows) if d.delivery_id not in skip][:limit]
@@ -1009,7 +974,7 @@ class PostgresStore:
             cur = conn.cursor()
             await cur.executemany("DELETE FROM outbox WHERE delivery_id=%s", [(d.delivery_id,) for d in settle.done])
             await cur.executemany(
-                f"INSERT INTO outbox ({_OUTBOX_COLS}, dead) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s"
+                f"INSERT INTO outbox ({OUTBOX_COLS}, dead) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s"
                 " WHERE EXISTS (SELECT 1 FROM webhooks WHERE webhook_id=%s) ON CONFLICT DO NOTHING",
                 [(*d[:8], dead, d.webhook_id) for d, dead in fresh],
             )

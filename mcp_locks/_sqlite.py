@@ -19,6 +19,19 @@ from ._errors import AlreadyExists
 from ._events import AppendEvents, Delivery, WebhookRecord
 from ._files import FileMeta, PutFile
 from ._keys import KeyRecord
+from ._rows import (
+    LEASE_COLS,
+    OUTBOX_COLS,
+    WEBHOOK_COLS,
+    WS_COLS,
+    audit_insert,
+    audit_select,
+    event_from,
+    key_from,
+    key_row,
+    webhook_from,
+    webhook_row,
+)
 from ._store import (
     AuditQuery,
     Settle,
@@ -180,53 +193,22 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_id ON outbox (delivery_id);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (dead, webhook_id, next_at);
 """
-_AUDIT_COLS = (
-    "seq, at, kind, node_id, agent, label, lock_id, mode, depth, fence, waiter_id, waited_ms, held_ms, code, by,"
-    " reason, version"
-)
-_OUTBOX_COLS = "delivery_id, webhook_id, event_type, payload, created_at, attempts, next_at, last_error"
-
-
-#: Audit columns in the order of :class:`Event`'s fields, so a row is ``(workspace_id, *event)``.
-_AUDIT_INSERT = (
-    "INSERT INTO audit (workspace_id, kind, at, node_id, agent, lock_id, mode, depth, fence, waiter_id, waited_ms,"
-    f" held_ms, code, by, reason, label, version, seq) VALUES ({','.join('?' * 18)})"
-)
-assert Event._fields == (
-    "kind", "at", "node_id", "owner", "lock_id", "mode", "depth", "fence", "waiter_id", "waited_ms", "held_ms",
-    "code", "by", "reason", "label", "version", "seq",
-)  # fmt: skip
-
-
-def _event_from(row: Sequence[Any]) -> Event:
-    seq, at, kind, node, agent, label, lock_id, mode, depth, fence, wid, waited, held, code, by, reason, ver = row
-    return Event(kind, at, node, agent, lock_id, mode, depth, fence, wid, waited, held, code, by, reason, label, ver,
-                 seq)  # fmt: skip
-
-
-_LEASE_COLS = (
-    "lock_id, token, node_id, mode, depth, owner, note, fence, acquired_at, expires_at, timeout, waited_ms, request_id,"
-    " label, key_id"
-)
 #: Columns added after schema 1, by table, with their types: added in place when an older database is opened.
 _ADDED_COLUMNS = {
     "locks": {"label": "TEXT", "key_id": "TEXT", "end_by": "TEXT", "end_why": "TEXT"},
     "workspaces": {"root": "TEXT"},
 }
-_WS_COLS = "workspace_id, description, created_at, root"
-
-
-assert Lease._fields == tuple(_LEASE_COLS.replace(" ", "").split(","))  # so a row is (workspace_id, *lease)
+_AUDIT_INSERT = audit_insert("?")
 #: A new lease's row, or a renewed / changed lease's row updated in place. (INSERT OR REPLACE deleted
 #: the row and appended a new one: at a million rows a renewal cost 24 µs p50 / 105 µs mean that way,
 #: 17 / 66 µs in place.) The end columns are cleared as a replaced row's were.
 _PUT_LEASE = (
-    f"INSERT INTO locks (workspace_id, {_LEASE_COLS}) VALUES ({','.join('?' * 16)})"
+    f"INSERT INTO locks (workspace_id, {LEASE_COLS}) VALUES ({','.join('?' * 16)})"
     " ON CONFLICT (workspace_id, lock_id) DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in Lease._fields[1:])
     + ", ended_at = NULL, end_reason = NULL, end_by = NULL, end_why = NULL"
 )
-_lease_from = partial(tuple.__new__, Lease)  # a row of _LEASE_COLS as a Lease, without a Python-level call
+_lease_from = partial(tuple.__new__, Lease)  # a row of LEASE_COLS as a Lease, without a Python-level call
 
 
 def _lease_json(le: Lease) -> list[Any]:
@@ -381,12 +363,12 @@ class SqliteStore:
 
     async def get_workspace(self, workspace_id: str) -> WorkspaceRecord | None:
         """The workspace, or None."""
-        row = self.db.execute(f"SELECT {_WS_COLS} FROM workspaces WHERE workspace_id=?", (workspace_id,)).fetchone()
+        row = self.db.execute(f"SELECT {WS_COLS} FROM workspaces WHERE workspace_id=?", (workspace_id,)).fetchone()
         return WorkspaceRecord(*row) if row else None
 
     async def list_workspaces(self) -> list[WorkspaceRecord]:
         """Every workspace, by id."""
-        rows = self.db.execute(f"SELECT {_WS_COLS} FROM workspaces ORDER BY workspace_id")
+        rows = self.db.execute(f"SELECT {WS_COLS} FROM workspaces ORDER BY workspace_id")
         return [WorkspaceRecord(*r) for r in rows]
 
     async def load(self, workspace_id: str) -> Snapshot:
@@ -442,9 +424,9 @@ class SqliteStore:
         (mine,) = db.execute("SELECT count(*) FROM locks WHERE workspace_id=?", (workspace_id,)).fetchone()
         (top,) = db.execute("SELECT coalesce(max(rowid), 0) FROM locks").fetchone()
         if 2 * mine >= top:
-            return f"SELECT {_LEASE_COLS} FROM locks NOT INDEXED WHERE workspace_id=? AND ended_at IS NULL"
+            return f"SELECT {LEASE_COLS} FROM locks NOT INDEXED WHERE workspace_id=? AND ended_at IS NULL"
         return (
-            f"SELECT {_LEASE_COLS} FROM locks WHERE rowid IN (SELECT rowid FROM locks WHERE workspace_id=?)"
+            f"SELECT {LEASE_COLS} FROM locks WHERE rowid IN (SELECT rowid FROM locks WHERE workspace_id=?)"
             " AND ended_at IS NULL"
         )
 
@@ -575,17 +557,17 @@ class SqliteStore:
         r = record
         self.db.execute(
             "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (r.key_id, r.agent, json.dumps(list(r.workspaces)), r.role, r.created_at, r.digest, r.revoked_at),
+            key_row(r),
         )
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         """The key record, or None."""
         row = self.db.execute("SELECT * FROM keys WHERE key_id=?", (key_id,)).fetchone()
-        return _key_from(row) if row else None
+        return key_from(row) if row else None
 
     async def list_keys(self) -> list[KeyRecord]:
         """Every key record, oldest first."""
-        return [_key_from(r) for r in self.db.execute("SELECT * FROM keys ORDER BY created_at, key_id")]
+        return [key_from(r) for r in self.db.execute("SELECT * FROM keys ORDER BY created_at, key_id")]
 
     async def revoke_key(self, key_id: str, now: float) -> bool:
         """Mark a key revoked; False if there is no such (unrevoked) key."""
@@ -638,25 +620,8 @@ class SqliteStore:
         Read on a connection of its own in a worker thread: a filter that matches little walks far
         back through the log, and that walk must never hold up the event loop's lock commits.
         """
-        where = ["workspace_id=?"]
-        args: list[Any] = [query.workspace_id]
-        for cond, value in (
-            ("node_id=?", query.node_id),
-            ("agent=?", query.agent),
-            ("at>=?", query.since),
-            ("seq<?", query.before_seq),
-            ("seq>?", query.after_seq),
-        ):
-            if value is not None:
-                where.append(cond)
-                args.append(value)
-        if query.kinds is not None:
-            where.append(f"kind IN ({','.join('?' * len(query.kinds))})")
-            args.extend(query.kinds)
-        order = "ASC" if query.after_seq is not None else "DESC"
-        sql = f"SELECT {_AUDIT_COLS} FROM audit WHERE {' AND '.join(where)} ORDER BY seq {order} LIMIT ?"
-
-        return await self._read(lambda db: [_event_from(r) for r in db.execute(sql, (*args, query.limit))])
+        sql, args = audit_select(query, "?", "kind IN ({})")
+        return await self._read(lambda db: [event_from(r) for r in db.execute(sql, args)])
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the reader connection in a worker thread (WAL: it never blocks the writer)."""
@@ -715,19 +680,12 @@ class SqliteStore:
 
     async def put_webhook(self, record: WebhookRecord) -> None:
         """Register a webhook."""
-        self.db.execute(
-            "INSERT INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (record.webhook_id, record.workspace_id, record.url, json.dumps(list(record.events)), record.secret,
-             record.created_at, record.cursor),
-        )  # fmt: skip
+        self.db.execute("INSERT INTO webhooks VALUES (?, ?, ?, ?, ?, ?, ?)", webhook_row(record))
 
     async def list_webhooks(self) -> list[WebhookRecord]:
         """Every webhook, oldest first."""
-        rows = self.db.execute(
-            "SELECT webhook_id, workspace_id, url, events, secret, created_at, cursor FROM webhooks"
-            " ORDER BY created_at, webhook_id"
-        )
-        return [WebhookRecord(i, ws, url, tuple(json.loads(ev)), sec, at, c) for i, ws, url, ev, sec, at, c in rows]
+        rows = self.db.execute(f"SELECT {WEBHOOK_COLS} FROM webhooks ORDER BY created_at, webhook_id")
+        return [webhook_from(r) for r in rows]
 
     async def delete_webhook(self, webhook_id: str) -> WebhookRecord | None:
         """Remove a webhook and its undelivered messages."""
@@ -755,7 +713,7 @@ class SqliteStore:
             where += f" AND webhook_id IN ({','.join('?' * len(webhook_ids))})"
             args.extend(webhook_ids)
         rows = self.db.execute(
-            f"SELECT {_OUTBOX_COLS}, id FROM outbox WHERE {where} ORDER BY next_at LIMIT ?",
+            f"SELECT {OUTBOX_COLS}, id FROM outbox WHERE {where} ORDER BY next_at LIMIT ?",
             (*args, limit + len(skip)),
         )
         return [d for d in (Delivery(*r) for r in rows) if d.delivery_id not in skip][:limit]
@@ -770,7 +728,7 @@ class SqliteStore:
             # By delivery_id: a first attempt that succeeded after a restart may already have a retry row.
             db.executemany("DELETE FROM outbox WHERE delivery_id=?", [(d.delivery_id,) for d in settle.done])
             db.executemany(
-                f"INSERT OR IGNORE INTO outbox ({_OUTBOX_COLS}, dead) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
+                f"INSERT OR IGNORE INTO outbox ({OUTBOX_COLS}, dead) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ?"
                 " WHERE EXISTS (SELECT 1 FROM webhooks WHERE webhook_id=?)",
                 [(*d[:8], dead, d.webhook_id) for d, dead in fresh],
             )
@@ -808,8 +766,3 @@ class SqliteStore:
             return n, nxt
 
         return await self._read(count)
-
-
-def _key_from(row: Sequence[Any]) -> KeyRecord:
-    key_id, agent, workspaces, role, created_at, digest, revoked_at = row
-    return KeyRecord(key_id, agent, tuple(json.loads(workspaces)), role, created_at, bytes(digest), revoked_at)

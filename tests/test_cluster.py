@@ -94,6 +94,27 @@ async def until_waiters(http: httpx.AsyncClient, node: Node, path: str, n: int) 
     await eventually(seen)
 
 
+async def hand_over(
+    http: httpx.AsyncClient, holder: Node, token: str, waiter: Node, path: str, agent: str
+) -> dict[str, Any]:
+    """Queue ``agent`` for ``path`` on ``waiter``; once ``holder`` shows it in line, release ``token`` there.
+
+    Returns the waiter's grant. ``holder`` seeing the waiter proves the line is shared.
+    """
+    got: dict[str, Any] = {}
+
+    async def wait() -> None:
+        r = await lock(http, waiter, path, agent=agent, wait=STEP)
+        assert r.status_code == 200, r.text
+        got.update(r.json())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(wait)
+        await until_waiters(http, holder, path, 1)
+        await unlock(http, holder, path, token)
+    return got
+
+
 async def test_a_lock_taken_through_one_server_conflicts_on_the_others(
     nodes: list[Node], http: httpx.AsyncClient
 ) -> None:
@@ -115,17 +136,7 @@ async def test_a_release_on_one_server_hands_the_lock_to_a_waiter_on_another(
     a, b, _ = nodes
     path = _node()
     first = (await lock(http, a, path)).json()
-    got: dict[str, Any] = {}
-
-    async def wait_on_b() -> None:
-        r = await lock(http, b, path, agent="b", wait=STEP)
-        assert r.status_code == 200, r.text
-        got.update(r.json())
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(wait_on_b)
-        await until_waiters(http, a, path, 1)  # a sees b's waiter: the line is shared
-        await unlock(http, a, path, first["token"])
+    got = await hand_over(http, a, first["token"], b, path, "b")
     assert got["owner"] == "b"
     assert got["fence"] > first["fence"]  # fences grow across servers
 
@@ -276,17 +287,8 @@ async def test_a_server_that_dies_leaves_the_line_and_its_clients_locks_end_by_l
             tg.start_soon(wait_on_b)
             await until_waiters(http, c, path, 1)
             await anyio.to_thread.run_sync(b.kill)
-        granted: dict[str, Any] = {}
-
-        async def wait_on_c() -> None:
-            r = await lock(http, c, path, agent="c", wait=STEP)
-            assert r.status_code == 200, r.text
-            granted.update(r.json())
-
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait_on_c)
-            await until_waiters(http, a, path, 1)  # the dead server's waiter is gone; only c's remains
-            await unlock(http, a, path, holder["token"])
+        # The dead server's waiter is gone: a sees only c's, and c gets the lock.
+        granted = await hand_over(http, a, holder["token"], c, path, "c")
         assert granted["owner"] == "c"
 
         async def ended() -> bool:  # the dead server's client's lock ends by lease, on the servers left
