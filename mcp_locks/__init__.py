@@ -45,6 +45,7 @@ from ._models import (
     WorkspaceInfo,
     WorkspaceList,
 )
+from ._postgres import PostgresStore
 from ._service import LockService, ServiceLimits
 from ._settings import Settings
 from ._sqlite import SqliteStore
@@ -84,6 +85,7 @@ __all__ = [
     "MemoryStore",
     "MethodNotAllowed",
     "NotFound",
+    "PostgresStore",
     "RateLimited",
     "RenewResult",
     "ServiceLimits",

@@ -30,6 +30,7 @@ from ._keys import LOCAL, NOBODY
 from ._logging import RequestId
 from ._mcp import build_mcp
 from ._observe import ObserveLimits
+from ._postgres import PostgresStore
 from ._rest import OPENAPI_PATH, build_rest, caller_of, error_response, http_error_handler
 from ._service import LockService, ServiceLimits
 from ._settings import Settings
@@ -53,8 +54,6 @@ def build_store(settings: Settings) -> Store:
     if settings.store == "memory":
         return MemoryStore()
     if settings.postgres:
-        from ._postgres import PostgresStore  # psycopg is loaded only by servers that use it
-
         return PostgresStore(settings.store, schema=settings.pg_schema, files=settings.pg_files)
     return SqliteStore(settings.db_path, sync=settings.sync)
 
