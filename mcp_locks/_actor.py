@@ -570,15 +570,28 @@ class WorkspaceActor:
         if disk is None:
             return
         store = cast(SharedStore, self.store)
-        for m in metas:
-            found = await anyio.to_thread.run_sync(disk.probe, m.node_id)
+
+        def stale() -> list[FileMeta]:  # one trip to a worker thread for all the stat calls
+            out = []
+            for m in metas:
+                try:
+                    found = disk.probe(m.node_id)
+                except LockError as e:  # this one path cannot be looked at: the others still can
+                    log.error("cannot look at '%s' in %s: %s", m.node_id, self.workspace_id, e.code)
+                    continue
+                here = found is not None and found.kind == "file"
+                if m.deleted:
+                    if here:
+                        out.append(m)
+                elif not here or found is None or (found.size, found.mtime_ns) != (m.size, m.mtime_ns):
+                    out.append(m)  # missing, or not the version the record names
+            return out
+
+        for m in await anyio.to_thread.run_sync(stale):
             if m.deleted:
-                if found is not None and found.kind == "file":
-                    marker = await anyio.to_thread.run_sync(disk.marker)
-                    await anyio.to_thread.run_sync(disk.apply, [FileOp(m.node_id, marker, True)])
+                marker = await anyio.to_thread.run_sync(disk.marker)
+                await anyio.to_thread.run_sync(disk.apply, [FileOp(m.node_id, marker, True)])
                 continue
-            if found is not None and found.kind == "file" and (found.size, found.mtime_ns) == (m.size, m.mtime_ns):
-                continue  # this server wrote it, or copied it before
             f = await anyio.to_thread.run_sync(disk.staging)
             try:
                 async for chunk in store.read_content(self.workspace_id, m.node_id):
