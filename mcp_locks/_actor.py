@@ -263,6 +263,7 @@ class WorkspaceActor:
 
     async def _load(self, first_waiter_id: int = 1) -> LockTable:
         snap = await self.store.load(self.workspace_id)
+        self._check_copies = True  # (shared stores) a load may follow a failed step: look at every copy again
         return await self._rebuild(snap, first_waiter_id, None, sweep=True)
 
     async def _rebuild(self, snap: Snapshot, first_waiter_id: int, old: LockTable | None, *, sweep: bool) -> LockTable:

@@ -8,7 +8,7 @@ import os
 import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, Literal
 
 import anyio
@@ -1013,17 +1013,22 @@ class PostgresStore:
             with anyio.CancelScope(shield=True):  # a cancelled task must still close it
                 await conn.close()
 
-    def _conn(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]:
-        """A pooled connection (autocommit; ``conn.transaction()`` for several statements)."""
-        return self._pool.connection(timeout=self.timeout)
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """A pooled connection (autocommit; ``conn.transaction()`` for several statements).
 
-    async def _fetch(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        Losing the database (or waiting too long for a connection) is UNAVAILABLE, whatever was asked.
+        """
         try:
-            async with self._conn() as conn:
-                cur = await conn.execute(sql.encode(), tuple(args))
-                return list(await cur.fetchall())
+            async with self._pool.connection(timeout=self.timeout) as conn:
+                yield conn
         except (psycopg.OperationalError, TimeoutError) as e:
             raise _unavailable(e) from None
+
+    async def _fetch(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._conn() as conn:
+            cur = await conn.execute(sql.encode(), tuple(args))
+            return list(await cur.fetchall())
 
     async def _getconn(self) -> psycopg.AsyncConnection[Any]:
         try:
