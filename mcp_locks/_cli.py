@@ -189,7 +189,7 @@ def main(config: Path | None) -> None:
     metavar="sqlite|memory|postgresql://...",
     default=None,
     help="sqlite (durable, default), memory (forgets everything on exit), or a PostgreSQL URL: several servers on"
-    " one database act as one (give them one shared --data-dir for file content).",
+    " one database act as one (see --pg-files for where file content goes).",
 )
 @click.option(
     "--pg-files",
@@ -247,7 +247,7 @@ def serve(**flags: Any) -> None:
         _check_store(settings)
         claim = _claim_data_dir(settings.data_dir)  # held until the server stops (or the process dies)
     elif settings.postgres:
-        _check_postgres(settings.store)  # several servers share it (and the data dir): nothing to claim
+        _check_postgres(settings.store)  # several servers share the database: there is no folder to claim
     try:
         sock = _bind(settings.host, settings.port)
         host, port = sock.getsockname()[:2]

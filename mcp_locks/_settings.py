@@ -29,7 +29,7 @@ class Settings(BaseSettings):
     store: str = Field(
         "sqlite",
         description="'sqlite' (durable, one server), 'memory' (forgets on exit), or a postgresql://... URL"
-        " (several servers share it and act as one; they must share the data directory too, for file content).",
+        " (several servers share it and act as one; see pg_files).",
     )
     pg_schema: str = Field(
         "public", pattern=r"^[a-z_][a-z0-9_]{0,40}$", description="PostgreSQL store: the schema its tables live in."

@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from mcp_locks._actor import WorkspaceActor
-from mcp_locks._clock import Clock
+from mcp_locks._clock import Clock, ManualClock
 from mcp_locks._errors import LockError
 from mcp_locks._postgres import PostgresStore
 from mcp_locks._service import LockService
@@ -163,3 +163,15 @@ async def test_a_workspace_deleted_through_one_server_is_gone_on_the_other(
     with pytest.raises(LockError) as err:
         await b.lock("temp", "f.txt", timeout=LEASE)
     assert err.value.code == "NOT_FOUND"
+
+
+async def test_leases_are_stamped_with_the_databases_clock_not_the_servers() -> None:
+    skewed = ManualClock(start=946_684_800.0)  # this server's clock says 2000-01-01
+    with pg_schema() as schema:
+        async with LockService(PostgresStore(PG_URL, schema=schema), clock=skewed) as svc:
+            g = await svc.lock("default", "f.txt", timeout=LEASE)
+            with psycopg.connect(PG_URL) as conn:
+                row = conn.execute("SELECT extract(epoch FROM clock_timestamp())::float8").fetchone()
+            assert row is not None
+            assert abs(g.acquired_at.timestamp() - row[0]) < STEP
+            assert abs((g.expires_at - g.acquired_at).total_seconds() - LEASE) < 1e-3
