@@ -324,20 +324,8 @@ class Limits:
     fence_block: int = 10_000
 
 
-@dataclass(slots=True)
-class _Waiter:
-    waiter_id: int
-    owner: str
-    items: tuple[Claim, ...]
-    timeout: float
-    note: str | None
-    request_id: str | None
-    fingerprint: str | None
-    enqueued_at: float
-    deadline: float
-    upgrade_of: str | None = None
-    label: str | None = None
-    key_id: str | None = None
+#: A waiter in the table is its record (waiter_id 0 until it joins the line).
+_Waiter = WaiterRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -517,8 +505,7 @@ class LockTable:
             self._remember_end(e)
         for r in sorted(requests, key=lambda r: r.created_at):
             self._remember_request(r)
-        for wr in sorted(waiters):  # by waiter_id: the order of the line
-            w = _Waiter(*wr)
+        for w in sorted(waiters):  # by waiter_id: the order of the line
             self._next_waiter = max(self._next_waiter, w.waiter_id + 1)
             self._put_in_line(w)
 
@@ -1264,11 +1251,11 @@ class LockTable:
                 hint="Retry later with wait=0, or work on other files meanwhile.",
                 details={"limit": self.limits.max_waiters},
             )
-        w.waiter_id = self._next_waiter
+        w = w._replace(waiter_id=self._next_waiter)
         self._next_waiter += 1
         self._put_in_line(w)
         if self.track_waiters:
-            self.changes.append(PutWaiter(WaiterRecord(*(getattr(w, f) for f in WaiterRecord._fields))))
+            self.changes.append(PutWaiter(w))
         for c in w.items:
             self.events.append(_claim_event("queued", w.enqueued_at, w, c))
         return w.waiter_id
