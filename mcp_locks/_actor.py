@@ -530,7 +530,8 @@ class WorkspaceActor:
                 await self._copy_files(self.files.records())
                 self._check_copies = False
             elif snap is not None and snap.files:
-                await self._copy_files(snap.files)  # what other servers wrote since this one last looked
+                # What other servers wrote since this one last looked: copied whatever the disk shows.
+                await self._copy_files(snap.files, changed=snap.delta)
         if self._mine:
             # Our waiters whose callers were answered while a step failed (or a previous actor stopped):
             # nobody listens for them here any more, so they leave the line.
@@ -560,12 +561,14 @@ class WorkspaceActor:
         self._take_outcomes(table, now)
         return now
 
-    async def _copy_files(self, metas: list[FileMeta]) -> None:
+    async def _copy_files(self, metas: list[FileMeta], *, changed: bool = False) -> None:
         """Bring this server's copies of ``metas`` up to date from the store (inside a step: nobody writes meanwhile).
 
         A copy gets its record's size, content hash and mtime, so reads see it as the version the record
-        names. A copy that cannot be made is logged; reads of that file then answer UNAVAILABLE until a
-        later step makes it.
+        names. Without ``changed``, a copy whose size and mtime already match its record is left as it
+        is (every version has a precise mtime of its own); with it, every record is known to be newer
+        than this server's copy. A copy that cannot be made is logged; reads of that file then answer
+        UNAVAILABLE until a later step makes it.
         """
         disk = self.disk
         if disk is None:
@@ -584,7 +587,7 @@ class WorkspaceActor:
                 if m.deleted:
                     if here:
                         out.append(m)
-                elif not here or found is None or (found.size, found.mtime_ns) != (m.size, m.mtime_ns):
+                elif changed or not here or found is None or (found.size, found.mtime_ns) != (m.size, m.mtime_ns):
                     out.append(m)  # missing, or not the version the record names
             return out
 

@@ -35,8 +35,12 @@ write version that skips or repeats fails the search.
 - no lease ends before its deadline: a refusal saying the lease is over,
   answered before the deadline the holder last learnt ("lease ended early").
 
-What a maybe-happened lock does is not checked: its token never reached
-anyone, so "it was never granted" is always a consistent reading.
+What a maybe-happened new lock does is not checked: its token never reached
+anyone, so "it was never granted" is always a consistent reading. A
+maybe-happened upgrade, downgrade or re-lease of a held lease is different:
+its holder knows the token, and if it took effect (a downgrade lets readers
+in) the rest of the history may depend on it. It is tried both ways: not
+done, or done, lasting at least its timeout from when it was sent.
 """
 
 from __future__ import annotations
@@ -199,6 +203,20 @@ def _grant(state: State, op: Op, new: list[Hold], replacing: Hold | None = None)
     return [(frozenset([*kept, *new]), files, max(last, *(h.fence for h in new)))]
 
 
+def _maybe_changed(state: State, op: Op, token: str) -> list[State]:
+    """A maybe-happened upgrade, downgrade or re-lease: not done, or done (its new fence, if any, unknown)."""
+    holds, files, last = state
+    h = _find(holds, token)
+    if h is None or not _live(h, op):
+        return [state]
+    done = h._replace(mode=op.args["mode"], expires=op.call + op.args["timeout"])  # the earliest it could end
+    for o in holds:
+        if o.token != h.token and _conflict(o.node, o.depth, o.mode, done.node, done.depth, done.mode):
+            if not _may_be_over(o, op):
+                return [state]  # an upgrade that could not have been granted yet
+    return [state, ((holds - {h}) | {done}, files, last)]
+
+
 def _gone(state: State, op: Op, token: str) -> list[State]:
     """A refusal saying the lease is over: fine if it is not in the model or may have expired."""
     holds, files, last = state
@@ -221,6 +239,8 @@ def step(state: State, op: Op) -> list[State]:
     token = a.get("token")
     if kind in ("lock", "lock_files"):
         if op.ok is None:
+            if kind == "lock" and token is not None:
+                return _maybe_changed(state, op, token)
             return []  # a maybe-happened grant is read as "never granted" (see module docstring)
         if kind == "lock" and token is not None:  # an upgrade (or re-lease) of a held lease
             h = _find(holds, token)

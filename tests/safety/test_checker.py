@@ -202,6 +202,30 @@ def test_an_unlock_that_maybe_happened_may_have_freed_the_lock() -> None:
     assert check(h.ops).ok
 
 
+def test_a_downgrade_that_maybe_happened_may_have_let_a_reader_in() -> None:
+    h = History()
+    t = h.grant(0.0, 0.1, "f")  # a write lock...
+    h._add("lock", 0.2, None, {"node": "f", "mode": "read", "depth": "node", "token": t, "timeout": LEASE}, None, {})
+    h.grant(0.5, 0.6, "f", mode="read", client="b")  # ...yet a reader got in: only if the downgrade happened
+    assert kinds(h) == set()
+
+
+def test_a_reader_let_in_over_a_write_lock_with_no_downgrade_sent_is_caught() -> None:
+    h = History()
+    h.grant(0.0, 0.1, "f")
+    h.grant(0.5, 0.6, "f", mode="read", client="b")
+    assert "not linearizable" in kinds(h) or "double grant" in kinds(h)
+
+
+def test_an_upgrade_that_maybe_happened_may_have_kept_others_out() -> None:
+    h = History()
+    t = h.grant(0.0, 0.1, "f", mode="read")
+    h._add("lock", 0.2, None, {"node": "f", "mode": "write", "depth": "node", "token": t, "timeout": LEASE}, None, {})
+    h.refused("lock", 0.5, 0.6, "LOCKED", node="f", mode="read", depth="node", client="b")
+    h.refused("lock", 0.7, 0.8, "LOCKED", node="f", mode="write", depth="node", client="c")
+    assert kinds(h) == set()
+
+
 def test_a_write_that_maybe_happened_may_be_in_the_final_state_or_not() -> None:
     for final in (("x", 1), ("y", 2)):
         h = History()

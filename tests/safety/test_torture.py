@@ -43,15 +43,18 @@ def _torture(seconds: float, *extra: str) -> Iterator[Torture]:
     )  # fmt: skip
     kept = re.search(r"^kept: (\S+)$", proc.stdout, re.MULTILINE)
     schema = re.search(r"^kept schema: (\S+)$", proc.stdout, re.MULTILINE)
+    broken = True  # a run that broke a promise keeps its history and servers' logs, to be read
     try:
         m = re.search(r"^result (.*)$", proc.stdout, re.MULTILINE)
         assert m, proc.stdout + proc.stderr[-4000:]
         ops = load(sorted(Path(kept.group(1), "history").glob("*.jsonl"))) if kept else []
-        yield Torture(json.loads(m.group(1)), ops, proc.stdout + f"\nexit status {proc.returncode}")
+        result = json.loads(m.group(1))
+        broken = result["violations"] > 0
+        yield Torture(result, ops, proc.stdout + f"\nexit status {proc.returncode}")
     finally:
-        if kept:
+        if kept and not broken:
             shutil.rmtree(kept.group(1), ignore_errors=True)
-        if schema:
+        if schema and not broken:
             with psycopg.connect(PG_URL, autocommit=True) as conn:
                 conn.execute(f"DROP SCHEMA IF EXISTS {schema.group(1)} CASCADE")
 
