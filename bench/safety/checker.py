@@ -211,9 +211,12 @@ def _maybe_changed(state: State, op: Op, token: str) -> list[State]:
         return [state]
     done = h._replace(mode=op.args["mode"], expires=op.call + op.args["timeout"])  # the earliest it could end
     for o in holds:
-        if o.token != h.token and _conflict(o.node, o.depth, o.mode, done.node, done.depth, done.mode):
-            if not _may_be_over(o, op):
-                return [state]  # an upgrade that could not have been granted yet
+        if (
+            o.token != h.token
+            and _conflict(o.node, o.depth, o.mode, done.node, done.depth, done.mode)
+            and not _may_be_over(o, op)
+        ):
+            return [state]  # an upgrade that could not have been granted yet
     return [state, ((holds - {h}) | {done}, files, last)]
 
 
