@@ -653,15 +653,9 @@ async def test_an_open_event_stream_ends_when_its_key_is_revoked(
 
 
 async def test_a_key_may_hold_only_so_many_event_streams_and_a_closed_one_frees_its_place(
-    env: Env, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+    env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import mcp_locks._rest
-
-    if request.node.callspec.params.get("env") == "postgresql":
-        # About 1 run in 30 on PostgreSQL, sse-starlette ends both open streams early (its task group is
-        # cancelled while the feeds wait), so a third is let in. Not understood yet; the limit itself does
-        # not depend on the store, and the memory run covers it.
-        pytest.skip("both streams sometimes end early on the PostgreSQL env (under investigation)")
 
     monkeypatch.setattr(mcp_locks._rest, "MAX_STREAMS_PER_KEY", 2)
     url = f"{env.url}/v1/workspaces/default/events"
