@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -36,6 +37,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -338,23 +340,21 @@ def client_main(args: argparse.Namespace) -> None:
 class Proxy:
     """A TCP relay on loopback whose connections a nemesis can cut all at once.
 
-    With several servers (a cluster on one database) each connection goes to the next live one.
+    ``target`` names the port each new connection goes to (None: refuse it).
     """
 
-    def __init__(self, servers: list[Node]) -> None:
-        self.servers = servers
+    def __init__(self, target: Callable[[], int | None]) -> None:
+        self.target = target
         self.scopes: set[anyio.CancelScope] = set()
         self.port = 0
-        self._next = 0
 
     async def _relay(self, client: anyio.abc.SocketStream) -> None:
         async with client:
-            live = [s for s in self.servers if s.up]
-            if not live:
+            port = self.target()
+            if port is None:
                 return
-            self._next += 1
             try:
-                up = await anyio.connect_tcp("127.0.0.1", live[self._next % len(live)].port)
+                up = await anyio.connect_tcp("127.0.0.1", port)
             except OSError:
                 return
             async with up, anyio.create_task_group() as tg:
@@ -380,7 +380,19 @@ class Proxy:
         listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
         self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
         task_status.started()
-        await listener.serve(self._relay)
+        async with listener:
+            await listener.serve(self._relay)
+
+
+def round_robin(nodes: list[Node]) -> Callable[[], int | None]:
+    """Each call: the port of the next node that is up (None if none is)."""
+    turn = itertools.count()
+
+    def pick() -> int | None:
+        live = [n for n in nodes if n.up]
+        return live[next(turn) % len(live)].port if live else None
+
+    return pick
 
 
 # ---------------------------------------------------------------- the run
@@ -528,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(args.servers)
     ]
     (work / "history").mkdir()
-    run = Run(args, work / "history", random.Random(seed), servers, Proxy(servers))
+    run = Run(args, work / "history", random.Random(seed), servers, Proxy(round_robin(servers)))
     failed = True
     try:
         for server in servers:

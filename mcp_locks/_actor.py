@@ -330,6 +330,8 @@ class WorkspaceActor:
                 tg.cancel_scope.cancel()
         finally:
             self.stopped = True
+            if self.shared:  # cancelled mid-step: let go of the workspace (no-op if this server holds none)
+                await self._end(ok=False)
             self._fail_all(Unavailable("the server is shutting down.", hint="Retry against the restarted server."))
 
     def _fail_all(self, err: LockError) -> None:

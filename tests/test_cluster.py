@@ -11,7 +11,7 @@ import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import anyio
 import httpx
@@ -22,6 +22,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from bench.cluster import Node, cluster
+from bench.torture import Proxy
 
 from .pg import PG_URL, pg_schema
 from .servers import serve_app
@@ -333,54 +334,15 @@ async def test_webhooks_get_every_servers_events_exactly_once(nodes: list[Node],
     assert sorted(p["data"]["fence"] for p in got) == sorted(fences)
 
 
-class PgProxy:
-    """A TCP relay from a loopback port to PostgreSQL that a test can cut and restore."""
-
-    def __init__(self) -> None:
-        self.port = 0
-        self.open = True
-        self.scopes: set[anyio.CancelScope] = set()
-
-    async def serve(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
-        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-        self.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-        task_status.started()
-        async with listener:
-            await listener.serve(self._relay)
-
-    async def _relay(self, client: anyio.abc.SocketStream) -> None:
-        async with client:
-            if not self.open:
-                return
-            up = await anyio.connect_tcp("127.0.0.1", 5432)
-            async with up, anyio.create_task_group() as tg:
-                self.scopes.add(tg.cancel_scope)
-
-                async def pump(x: anyio.abc.SocketStream, y: anyio.abc.SocketStream) -> None:
-                    try:
-                        async for chunk in x:
-                            await y.send(chunk)
-                    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-                        pass
-                    tg.cancel_scope.cancel()
-
-                tg.start_soon(pump, client, up)
-                tg.start_soon(pump, up, client)
-            self.scopes.discard(tg.cancel_scope)
-
-    def cut(self) -> None:
-        self.open = False
-        for s in list(self.scopes):
-            s.cancel()
-
-
 async def test_a_server_cut_off_from_the_database_answers_503_and_recovers_when_it_is_back(
     tmp_path: Path, http: httpx.AsyncClient
 ) -> None:
-    proxy = PgProxy()
+    reachable = True  # the database, through the proxy
+    db = urlsplit(PG_URL)
+    proxy = Proxy(lambda: (db.port or 5432) if reachable else None)
     async with anyio.create_task_group() as tg:
         await tg.start(proxy.serve)
-        via = PG_URL.replace("127.0.0.1:5432", f"127.0.0.1:{proxy.port}")
+        via = PG_URL.replace(db.netloc.rsplit("@", 1)[-1], f"127.0.0.1:{proxy.port}")
         with pg_schema() as schema:
             (node,) = [Node("cut", via, schema, tmp_path)]
             await anyio.to_thread.run_sync(node.start)
@@ -388,11 +350,12 @@ async def test_a_server_cut_off_from_the_database_answers_503_and_recovers_when_
                 path = _node()
                 held = await lock(http, node, path)
                 assert held.status_code == 200, held.text
+                reachable = False
                 proxy.cut()
                 r = await lock(http, node, _node())
                 assert r.status_code == 503, r.text
                 assert r.json()["error"]["code"] == "UNAVAILABLE"
-                proxy.open = True  # the database is back: the server reconnects, and nothing acknowledged is lost
+                reachable = True  # the database is back: the server reconnects, and nothing acknowledged is lost
                 answers: list[httpx.Response] = []
 
                 async def back() -> bool:
