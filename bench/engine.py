@@ -21,17 +21,18 @@ from pathlib import Path
 
 import anyio
 
-from mcp_locks import LockService, SqliteStore
-from mcp_locks._index import Claim
-from mcp_locks._runtime import tune_gc
-from mcp_locks._table import Granted
+from mcp_locks.cli.runtime import tune_gc
+from mcp_locks.core.claims import Claim
+from mcp_locks.core.records import Granted
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.sqlite import SqliteStore
 
 
 class ActorFace:
     """Lock and release through the workspace actor (table + actor + store), without the service's models."""
 
     def __init__(self, service: LockService) -> None:
-        self.actor = service._actor("default")  # the engine itself, under the service layer
+        self.actor = service.registry.actor("default")  # the engine itself, under the service layer
 
     async def lock(self, node: str) -> str:
         claim = (Claim(node, "write", "node"),)

@@ -46,8 +46,8 @@ from typing import Any
 import anyio
 import httpx
 
-from mcp_locks import LockService
-from mcp_locks._sqlite import SqliteStore
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.sqlite import SqliteStore
 
 PAYLOAD = os.urandom(4096)
 CHUNK = 16 << 20

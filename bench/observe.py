@@ -44,11 +44,11 @@ from pathlib import Path
 import anyio
 import httpx
 
-from mcp_locks import LockService, SqliteStore
-from mcp_locks._observe import ObserveLimits
-from mcp_locks._runtime import tune_gc
-from mcp_locks._service import ServiceLimits
-from mcp_locks._webhooks import WebhookLimits
+from mcp_locks.cli.runtime import tune_gc
+from mcp_locks.engine.lock_service import LockService, ServiceLimits
+from mcp_locks.observe.observability import ObserveLimits
+from mcp_locks.observe.webhooks import WebhookLimits
+from mcp_locks.stores.sqlite import SqliteStore
 
 _RECEIVER = r"""
 import asyncio, sys, uvicorn

@@ -192,8 +192,9 @@ async def key_check_us(n: int = 20_000) -> dict[str, float]:
     ``key_check_us`` is their difference, the cost every authenticated request
     pays; ``cold_key_us`` is the first check of a key (store lookup and digest compare).
     """
-    from mcp_locks import LockService, SqliteStore
-    from mcp_locks._auth import Guard, KeyVerifier
+    from mcp_locks.engine.lock_service import LockService
+    from mcp_locks.faces.auth import Guard, KeyVerifier
+    from mcp_locks.stores.sqlite import SqliteStore
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})

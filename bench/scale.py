@@ -63,14 +63,14 @@ from typing import Any
 
 import anyio
 
-from mcp_locks import LockService, SqliteStore
-from mcp_locks._clock import ManualClock
-from mcp_locks._index import Claim
-from mcp_locks._observe import ObserveLimits
-from mcp_locks._runtime import tune_gc
-from mcp_locks._service import MAX_ITEMS, ServiceLimits
-from mcp_locks._store import StoreChange
-from mcp_locks._table import Granted, Limits
+from mcp_locks.cli.runtime import tune_gc
+from mcp_locks.core.claims import Claim
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.core.records import Granted, StoreChange
+from mcp_locks.core.table import Limits
+from mcp_locks.engine.lock_service import MAX_ITEMS, LockService, ServiceLimits
+from mcp_locks.observe.observability import ObserveLimits
+from mcp_locks.stores.sqlite import SqliteStore
 
 #: Locks held at the "small" measuring point.
 SMALL = 1_000
@@ -199,7 +199,7 @@ class ActorFace:
     """The workspace actor (table + actor + SQLite) without the service's checks and models."""
 
     def __init__(self, service: LockService, ws: str = "default") -> None:
-        self.actor = service._actor(ws)
+        self.actor = service.registry.actor(ws)
 
     async def lock(self, node: str, timeout: float = HELD_LEASE) -> str:
         claim = (Claim(node, "write", "node"),)
@@ -387,7 +387,7 @@ async def run_held(a: argparse.Namespace) -> dict[str, float]:
             t2 = time.perf_counter()
             prof.stop()
             assert st.holders, st
-            table = service._actor("default").table
+            table = service.registry.actor("default").table
             assert table is not None
             assert len(table) >= a.held, len(table)
             out["restart_open_s"] = t1 - t0
@@ -446,7 +446,7 @@ async def run_waiters(a: argparse.Namespace) -> dict[str, float]:
             held = 1 if shared else n
             tokens = {i: "" for i in range(held)}
             await fill(face, 0, held, a.fill_callers, tokens, node=wanted, timeout=HELD_LEASE, agent="holder")
-            table = service._actor("default").table
+            table = service.registry.actor("default").table
             assert table is not None
             gc.collect()
             rss0 = rss()
@@ -543,7 +543,7 @@ async def run_expiry(a: argparse.Namespace) -> dict[str, float]:
                 for _ in range(CONC_CALLERS):
                     tg.start_soon(holder)
             out["fill_s"] = time.perf_counter() - t0
-            tables = [service._actor(w).table for w in names]
+            tables = [service.registry.actor(w).table for w in names]
             ws = Waiters(n)
             failures = ws.failures
 

@@ -34,10 +34,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mcp_locks import LockGrant, LockInfo, Settings, UnlockResult, build_app, build_mcp, build_service
-from mcp_locks._keys import new_key
-from mcp_locks._mcp import build_tools
-from mcp_locks._runtime import tune_gc
+from mcp_locks import Settings, build_app
+from mcp_locks.cli.runtime import tune_gc
+from mcp_locks.core.keys import new_key
+from mcp_locks.core.models import LockGrant, LockInfo, UnlockResult
+from mcp_locks.faces.app import build_service
+from mcp_locks.faces.mcp.tools import build_mcp, build_tools
 from tests.servers import free_socket
 
 

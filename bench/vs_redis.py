@@ -82,9 +82,10 @@ import redis
 import redis.asyncio
 import redis.asyncio.lock
 
-from mcp_locks import LockService, SqliteStore
-from mcp_locks._runtime import tune_gc
+from mcp_locks.cli.runtime import tune_gc
 from mcp_locks.client import LockClient
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.sqlite import SqliteStore
 
 from ._proc import bench_server
 

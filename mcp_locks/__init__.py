@@ -1,110 +1,138 @@
 """mcp-locks: secure file locks for teams of AI agents, served as an MCP tool server.
 
-The public surface is re-exported here; everything else lives in private modules.
+The public surface: the clients (:class:`LockClient`, :class:`SyncLockClient`, :class:`McpLockClient`),
+what they hand back or raise (:class:`Lease`, :class:`LeaseLost`, :class:`LockError` and its subclasses),
+and what embeds the server (:func:`build_app`, :class:`Settings`). Names load on first use, so importing
+the package (or :mod:`mcp_locks.client`) costs no server module; everything else is internal.
 """
 
-from ._app import __version__, build_app, build_service, build_store
-from ._clock import Clock, ManualClock
-from ._errors import (
-    ERROR_TABLE,
-    AlreadyExists,
-    BadHost,
-    Deadlock,
-    Forbidden,
-    Internal,
-    InvalidArgument,
-    LimitExceeded,
-    LockBroken,
-    Locked,
-    LockError,
-    LockExpired,
-    LockNotFound,
-    MethodNotAllowed,
-    NotFound,
-    RateLimited,
-    TooLarge,
-    Unauthenticated,
-    Unavailable,
-    WaitTimeout,
-)
-from ._keys import LOCAL, Identity, KeyRecord
-from ._mcp import build_mcp
-from ._mcp_client import McpLockClient
-from ._models import (
-    LockFilesResult,
-    LockGrant,
-    LockInfo,
-    LockItem,
-    LockPage,
-    LockStatus,
-    RenewResult,
-    UnlockFilesResult,
-    UnlockOutcome,
-    UnlockResult,
-    WaiterInfo,
-    WorkspaceInfo,
-    WorkspaceList,
-)
-from ._postgres import PostgresStore
-from ._service import LockService, ServiceLimits
-from ._settings import Settings
-from ._sqlite import SqliteStore
-from ._store import MemoryStore, Store
-from ._table import Lease, Limits, LockTable
+from __future__ import annotations
 
-__all__ = [
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mcp_locks.client import Lease, LeaseLost, LockClient, McpLockClient, SyncLockClient
+    from mcp_locks.core.errors import (
+        ERROR_TABLE,
+        AlreadyExists,
+        BadHost,
+        Deadlock,
+        Forbidden,
+        Internal,
+        InvalidArgument,
+        LimitExceeded,
+        LockBroken,
+        Locked,
+        LockError,
+        LockExpired,
+        LockNotFound,
+        MethodNotAllowed,
+        NotFound,
+        RateLimited,
+        StaleFence,
+        TooLarge,
+        Unauthenticated,
+        Unavailable,
+        UnsupportedMediaType,
+        VersionMismatch,
+        WaitTimeout,
+    )
+    from mcp_locks.faces.app import build_app
+    from mcp_locks.settings import Settings
+
+    __version__: str
+
+_ERRORS = [
     "ERROR_TABLE",
-    "LOCAL",
     "AlreadyExists",
     "BadHost",
-    "Clock",
     "Deadlock",
     "Forbidden",
-    "Identity",
     "Internal",
     "InvalidArgument",
-    "KeyRecord",
-    "Lease",
     "LimitExceeded",
-    "Limits",
     "LockBroken",
+    "Locked",
     "LockError",
     "LockExpired",
-    "LockFilesResult",
-    "LockGrant",
-    "LockInfo",
-    "LockItem",
     "LockNotFound",
-    "LockPage",
-    "LockService",
-    "LockStatus",
-    "LockTable",
-    "Locked",
-    "ManualClock",
-    "McpLockClient",
-    "MemoryStore",
     "MethodNotAllowed",
     "NotFound",
-    "PostgresStore",
     "RateLimited",
-    "RenewResult",
-    "ServiceLimits",
-    "Settings",
-    "SqliteStore",
-    "Store",
+    "StaleFence",
     "TooLarge",
     "Unauthenticated",
     "Unavailable",
-    "UnlockFilesResult",
-    "UnlockOutcome",
-    "UnlockResult",
+    "UnsupportedMediaType",
+    "VersionMismatch",
     "WaitTimeout",
-    "WaiterInfo",
-    "WorkspaceInfo",
-    "WorkspaceList",
+]
+#: Where each public name lives; it is imported from there on first use.
+_WHERE: dict[str, str] = {
+    **dict.fromkeys(["Lease", "LeaseLost", "LockClient", "McpLockClient", "SyncLockClient"], "mcp_locks.client"),
+    **dict.fromkeys(_ERRORS, "mcp_locks.core.errors"),
+    "build_app": "mcp_locks.faces.app",
+    "Settings": "mcp_locks.settings",
+}
+
+__all__ = [
+    "ERROR_TABLE",
+    "AlreadyExists",
+    "BadHost",
+    "Deadlock",
+    "Forbidden",
+    "Internal",
+    "InvalidArgument",
+    "Lease",
+    "LeaseLost",
+    "LimitExceeded",
+    "LockBroken",
+    "LockClient",
+    "LockError",
+    "LockExpired",
+    "LockNotFound",
+    "Locked",
+    "McpLockClient",
+    "MethodNotAllowed",
+    "NotFound",
+    "RateLimited",
+    "Settings",
+    "StaleFence",
+    "SyncLockClient",
+    "TooLarge",
+    "Unauthenticated",
+    "Unavailable",
+    "UnsupportedMediaType",
+    "VersionMismatch",
+    "WaitTimeout",
     "__version__",
     "build_app",
-    "build_mcp",
-    "build_service",
-    "build_store",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name from its module on first use (PEP 562)."""
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'mcp_locks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(where), name)
+    globals()[name] = value
+    return value
+
+
+def _version() -> str:
+    # importlib.metadata costs ~25 ms to import: only a caller that asks for the version pays it.
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mcp-locks")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0.0.0"
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,5 +1,5 @@
 """``python -m mcp_locks`` runs the command line."""
 
-from ._cli import main
+from mcp_locks.cli.main import main
 
 main()

@@ -10,11 +10,11 @@ import httpx
 import pytest
 
 from mcp_locks import Settings, build_app
-from mcp_locks._clock import ManualClock
-from mcp_locks._postgres import PostgresStore
-from mcp_locks._service import LockService
-from mcp_locks._sqlite import SqliteStore
-from mcp_locks._store import MemoryStore, Store
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import MemoryStore, Store
+from mcp_locks.stores.postgres import PostgresStore
+from mcp_locks.stores.sqlite import SqliteStore
 
 from .faces import FACES, Env, Face, McpFace, RestFace
 from .pg import PG_URL, pg_schema

@@ -13,7 +13,9 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
-from mcp_locks import ERROR_TABLE, LockService, ManualClock
+from mcp_locks import ERROR_TABLE
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.engine.lock_service import LockService
 
 FACES = ["rest", "mcp-modern", "mcp-legacy", "mcp-sse"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from mcp_locks._table import Event
+from mcp_locks.core.records import Event
 
 # Upper bound on any single wait in a test; a correct run never gets near it.
 STEP = 10

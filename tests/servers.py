@@ -15,7 +15,10 @@ import anyio
 import uvicorn
 from starlette.types import ASGIApp
 
-from mcp_locks import LockService, ManualClock, MemoryStore, Settings, build_app
+from mcp_locks import Settings, build_app
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import MemoryStore
 
 
 def free_socket(host: str = "127.0.0.1") -> socket.socket:

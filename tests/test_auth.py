@@ -10,8 +10,10 @@ import anyio
 import httpx
 import pytest
 
-from mcp_locks import AlreadyExists, LockService, MemoryStore, Settings, build_app
-from mcp_locks._auth import bootstrap_admin_key
+from mcp_locks import AlreadyExists, Settings, build_app
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.faces.auth import bootstrap_admin_key
+from mcp_locks.stores.base import MemoryStore
 
 from .faces import Env, Face, Outcome
 from .helpers import until_event
@@ -272,7 +274,7 @@ async def test_without_auth_the_agent_argument_names_the_owner(tmp_path: Path) -
 
 
 async def test_an_admin_key_from_the_environment_is_registered_and_no_file_is_written(tmp_path: Path) -> None:
-    from mcp_locks._keys import new_key
+    from mcp_locks.core.keys import new_key
 
     key, _ = new_key("ops", (), "admin", 0)
     service = LockService(MemoryStore())

@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from mcp_locks import __version__
-from mcp_locks._cli import main
+from mcp_locks.cli.main import main
 
 from .pg import PG_URL, need_pg
 
@@ -125,7 +125,8 @@ def test_the_multinode_benchmark_runs_end_to_end() -> None:
 def test_workspaces_create_and_list_work_on_a_data_dir(tmp_path: Path) -> None:
     import anyio
 
-    from mcp_locks import LockService, SqliteStore
+    from mcp_locks.engine.lock_service import LockService
+    from mcp_locks.stores.sqlite import SqliteStore
 
     async def first_start() -> None:
         async with LockService(SqliteStore(tmp_path / "locks.db")):
@@ -159,7 +160,8 @@ def test_a_malformed_admin_key_setting_is_a_clear_message_not_a_traceback(tmp_pa
 def test_a_workspace_bound_to_a_folder_serves_that_folders_files(tmp_path: Path) -> None:
     import anyio
 
-    from mcp_locks import LockService, SqliteStore
+    from mcp_locks.engine.lock_service import LockService
+    from mcp_locks.stores.sqlite import SqliteStore
 
     project, data = tmp_path / "project", tmp_path / "data"
     project.mkdir()
@@ -190,7 +192,7 @@ def test_a_workspace_bound_to_a_folder_serves_that_folders_files(tmp_path: Path)
 def test_settings_come_from_flags_then_environment_then_a_config_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mcp_locks._settings import load_settings
+    from mcp_locks.settings import load_settings
 
     config = tmp_path / "mcp-locks.toml"
     config.write_text("port = 9001\nmax_file_size = 4096\nrate_limit = '10/second'\n")

@@ -13,8 +13,10 @@ import anyio
 import httpx
 import pytest
 
-from mcp_locks import LockService, MemoryStore, Settings, build_app
-from mcp_locks._cli_client import EXIT_BUSY, parse_lock_spec
+from mcp_locks import Settings, build_app
+from mcp_locks.cli.remote import EXIT_BUSY, parse_lock_spec
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import MemoryStore
 
 from .servers import serve_in_thread
 

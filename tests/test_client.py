@@ -11,8 +11,11 @@ import httpx
 import pytest
 import stamina
 
-from mcp_locks import LockBroken, Locked, LockService, MemoryStore, Settings, build_app
-from mcp_locks.client import RENEW_FRACTION, LeaseLost, LockClient, SyncLockClient
+from mcp_locks import LockBroken, Locked, Settings, build_app
+from mcp_locks.client import LeaseLost, LockClient, SyncLockClient
+from mcp_locks.client.rest import RENEW_FRACTION
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import MemoryStore
 
 from .helpers import STEP, until_event
 from .servers import KeyedServer, keyed_server, serve_in_thread

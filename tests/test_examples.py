@@ -16,7 +16,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mcp_locks import LockService, MemoryStore, Settings, build_app
+from mcp_locks import Settings, build_app
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import MemoryStore
 
 from .servers import serve_app
 

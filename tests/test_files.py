@@ -11,13 +11,16 @@ from pathlib import Path
 import anyio
 import pytest
 
-from mcp_locks import LockError, LockService, ManualClock, MemoryStore
-from mcp_locks._files import FileMeta, FileTable, PutFile
-from mcp_locks._filesvc import FileLimits
-from mcp_locks._index import Claim
-from mcp_locks._sqlite import SqliteStore
-from mcp_locks._store import Store
-from mcp_locks._table import LockTable
+from mcp_locks import LockError
+from mcp_locks.core.claims import Claim
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.core.files import FileTable
+from mcp_locks.core.records import FileMeta, PutFile
+from mcp_locks.core.table import LockTable
+from mcp_locks.engine.file_service import FileLimits
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import MemoryStore, Store
+from mcp_locks.stores.sqlite import SqliteStore
 
 from .faces import Face
 
@@ -149,7 +152,7 @@ def test_a_lock_whose_fence_is_older_than_the_files_last_write_is_stale() -> Non
 
 
 def test_later_steps_of_a_batch_see_a_write_that_is_not_on_disk_yet() -> None:
-    from mcp_locks._files import OnDisk, Staged
+    from mcp_locks.core.records import OnDisk, Staged
 
     table = LockTable("w")
     old = FileMeta("a.md", 1, 3, None, 0.0, "bob", 0, mtime_ns=1)
@@ -538,7 +541,7 @@ async def test_a_change_the_disk_refuses_answers_unavailable_and_the_next_batch_
 
 
 def test_a_file_and_a_path_below_it_in_one_batch_cannot_both_be_written() -> None:
-    from mcp_locks._files import Staged
+    from mcp_locks.core.records import Staged
 
     table = LockTable("w")
     files = FileTable([], lambda n: None)  # nothing on disk yet

@@ -9,8 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from mcp_locks import LockService, ManualClock, MemoryStore, Settings, build_app
-from mcp_locks._filesvc import FileLimits
+from mcp_locks import Settings, build_app
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.engine.file_service import FileLimits
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import MemoryStore
 
 from .faces import Env
 from .servers import serve_app

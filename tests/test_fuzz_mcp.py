@@ -24,7 +24,11 @@ from mcp import Client
 from mcp.server.mcpserver import MCPServer
 from mcp_types import CallToolResult, TextContent
 
-from mcp_locks import ERROR_TABLE, LOCAL, Identity, LockService, MemoryStore, ServiceLimits, build_mcp
+from mcp_locks import ERROR_TABLE
+from mcp_locks.core.keys import LOCAL, Identity
+from mcp_locks.engine.lock_service import LockService, ServiceLimits
+from mcp_locks.faces.mcp.tools import build_mcp
+from mcp_locks.stores.base import MemoryStore
 
 from .helpers import STEP
 

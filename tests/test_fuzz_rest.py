@@ -26,8 +26,8 @@ from schemathesis import Case, CheckContext, HookContext, Response
 from starlette.testclient import TestClient
 
 from mcp_locks import ERROR_TABLE, Settings, build_app
-from mcp_locks._keys import new_key
-from mcp_locks._names import WORKSPACE_PATTERN
+from mcp_locks.core.keys import new_key
+from mcp_locks.core.names import WORKSPACE_PATTERN
 
 from .helpers import STEP
 from .servers import serve_in_thread

@@ -10,10 +10,11 @@ import httpx
 import pytest
 from click.testing import CliRunner, Result
 
-from mcp_locks import LockService, SqliteStore
-from mcp_locks._cli import main
-from mcp_locks._keys import KEY_PREFIX, new_key, parse_key_id, verify_key
-from mcp_locks._store import Store
+from mcp_locks.cli.main import main
+from mcp_locks.core.keys import KEY_PREFIX, new_key, parse_key_id, verify_key
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import Store
+from mcp_locks.stores.sqlite import SqliteStore
 
 T0 = 1_800_000_000.0
 
@@ -186,7 +187,7 @@ def test_workspaces_delete_refuses_a_workspace_with_live_locks(tmp_path: Path) -
 
 
 def test_workspaces_delete_refuses_while_a_server_uses_the_data_dir(tmp_path: Path) -> None:
-    from mcp_locks._cli import _claim_data_dir
+    from mcp_locks.cli.main import _claim_data_dir
 
     _first_start(tmp_path)
     claim = _claim_data_dir(tmp_path)  # what a running server holds

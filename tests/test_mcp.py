@@ -15,8 +15,12 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp_types import CallToolResult, TextContent
 
-from mcp_locks import LOCAL, Identity, LockService, ManualClock, MemoryStore, Settings, build_app, build_mcp
-from mcp_locks._mcp import PROGRESS_EVERY, with_progress
+from mcp_locks import Settings, build_app
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.core.keys import LOCAL, Identity
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.faces.mcp.tools import PROGRESS_EVERY, build_mcp, with_progress
+from mcp_locks.stores.base import MemoryStore
 
 from .helpers import until_event
 from .servers import serve_app

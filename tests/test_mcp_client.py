@@ -11,17 +11,10 @@ import anyio
 import httpx2
 import pytest
 
-from mcp_locks import (
-    Clock,
-    InvalidArgument,
-    LockBroken,
-    Locked,
-    McpLockClient,
-    RateLimited,
-    Unauthenticated,
-    Unavailable,
-)
-from mcp_locks.client import RENEW_FRACTION, LeaseLost
+from mcp_locks import InvalidArgument, LockBroken, Locked, McpLockClient, RateLimited, Unauthenticated, Unavailable
+from mcp_locks.client import LeaseLost
+from mcp_locks.client.rest import RENEW_FRACTION
+from mcp_locks.core.clock import Clock
 
 from .helpers import STEP, until_event
 from .servers import free_socket

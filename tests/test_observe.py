@@ -26,16 +26,16 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from mcp_locks import InvalidArgument, LockService, ManualClock, MemoryStore, NotFound, SqliteStore
-from mcp_locks._clock import Clock
-from mcp_locks._events import Delivery, event_dict
-from mcp_locks._logging import JsonFormatter, RedactSecrets, RequestId, request_id
-from mcp_locks._models import AuditEvent
-from mcp_locks._observe import PRUNE_EVERY, ObserveLimits
-from mcp_locks._service import ServiceLimits
-from mcp_locks._store import AuditQuery, Settle, Store
-from mcp_locks._table import Event
-from mcp_locks._webhooks import WebhookLimits, retry_delay
+from mcp_locks import InvalidArgument, NotFound
+from mcp_locks.core.clock import Clock, ManualClock
+from mcp_locks.core.models import AuditEvent
+from mcp_locks.core.records import AuditQuery, Delivery, Event, Settle, event_dict
+from mcp_locks.engine.lock_service import LockService, ServiceLimits
+from mcp_locks.observe.logging import JsonFormatter, RedactSecrets, RequestId, request_id
+from mcp_locks.observe.observability import PRUNE_EVERY, ObserveLimits
+from mcp_locks.observe.webhooks import WebhookLimits, retry_delay
+from mcp_locks.stores.base import MemoryStore, Store
+from mcp_locks.stores.sqlite import SqliteStore
 
 from .faces import Env, Face
 from .helpers import STEP, until_event
@@ -584,7 +584,7 @@ async def test_json_logs_carry_the_request_id_and_never_a_secret(tmp_path: Path)
     handler = Collect()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(RedactSecrets())
-    from mcp_locks._logging import _WithRequestId
+    from mcp_locks.observe.logging import _WithRequestId
 
     handler.addFilter(_WithRequestId())
     logger = logging.getLogger("mcp_locks.test")
@@ -621,11 +621,11 @@ def test_the_webhook_payload_has_exactly_the_audit_events_fields(at: float) -> N
 async def test_an_open_event_stream_ends_when_its_key_is_revoked(
     env: Env, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    import mcp_locks._rest
+    import mcp_locks.faces.rest.ops
 
     # A revocation made elsewhere (the CLI, on the data dir) is seen at the next periodic look at the
     # key: real time is the subject, so the period (15 s by default) is shortened here.
-    monkeypatch.setattr(mcp_locks._rest, "RECHECK_ACCESS", 0.05)
+    monkeypatch.setattr(mcp_locks.faces.rest.ops, "RECHECK_ACCESS", 0.05)
     bob = next(r for r in await env.service.list_keys() if r.agent == "bob")
 
     async def revoke() -> None:
@@ -655,9 +655,9 @@ async def test_an_open_event_stream_ends_when_its_key_is_revoked(
 async def test_a_key_may_hold_only_so_many_event_streams_and_a_closed_one_frees_its_place(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mcp_locks._rest
+    import mcp_locks.faces.rest.ops
 
-    monkeypatch.setattr(mcp_locks._rest, "MAX_STREAMS_PER_KEY", 2)
+    monkeypatch.setattr(mcp_locks.faces.rest.ops, "MAX_STREAMS_PER_KEY", 2)
     url = f"{env.url}/v1/workspaces/default/events"
     auth = {"Authorization": f"Bearer {env.bob}"}
     before = len(env.service.hub._subscribers)

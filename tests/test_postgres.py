@@ -14,11 +14,11 @@ import anyio
 import psycopg
 import pytest
 
-from mcp_locks._actor import WorkspaceActor
-from mcp_locks._clock import Clock, ManualClock
-from mcp_locks._errors import LockError
-from mcp_locks._postgres import PostgresStore
-from mcp_locks._service import LockService
+from mcp_locks.core.clock import Clock, ManualClock
+from mcp_locks.core.errors import LockError
+from mcp_locks.engine.actor import WorkspaceActor
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.postgres import PostgresStore
 
 from .pg import PG_URL, pg_schema
 
@@ -136,7 +136,7 @@ async def test_a_waiter_whose_server_failed_a_step_leaves_the_line(
         tg.start_soon(wait_on_b)
         await queued(a, "f.txt")
         monkeypatch.setattr(store, "_write", flaky)
-        b._poked("default")  # a catch-up step on b, which fails: its waiter is answered UNAVAILABLE
+        b.registry.poked("default")  # a catch-up step on b, which fails: its waiter is answered UNAVAILABLE
     # b's waiter row was committed before the failure; it must not keep a later waiter behind it.
     assert not failures
     async with anyio.create_task_group() as tg:

@@ -27,8 +27,12 @@ from mcp_types import (
 )
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from mcp_locks import Identity, LockService, ManualClock, MemoryStore, build_mcp
-from mcp_locks._resources import PAGE, node_uri, workspace_uri
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.core.keys import Identity
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.faces.mcp.resources import PAGE, node_uri, workspace_uri
+from mcp_locks.faces.mcp.tools import build_mcp
+from mcp_locks.stores.base import MemoryStore
 
 from .faces import McpFace
 from .helpers import STEP

@@ -17,7 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.routing import Route
 
-from mcp_locks import ERROR_TABLE, LockService, ManualClock, MemoryStore, Settings, build_app
+from mcp_locks import ERROR_TABLE, Settings, build_app
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import MemoryStore
 
 from .faces import check_against_openapi
 from .helpers import STEP, until_event
@@ -345,7 +348,7 @@ async def test_a_bad_key_request_is_refused_with_a_code(api: Api, body: dict[str
 
 @pytest.fixture(scope="module")
 def junk_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    from mcp_locks._keys import new_key
+    from mcp_locks.core.keys import new_key
 
     admin, _ = new_key("fuzz", (), "admin", 0)
     data = tmp_path_factory.mktemp("junk")

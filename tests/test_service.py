@@ -15,23 +15,21 @@ from mcp_locks import (
     AlreadyExists,
     Deadlock,
     Forbidden,
-    Identity,
     InvalidArgument,
     LockBroken,
     Locked,
     LockExpired,
-    LockGrant,
-    LockService,
-    ManualClock,
-    MemoryStore,
     NotFound,
-    SqliteStore,
     Unavailable,
     WaitTimeout,
 )
-from mcp_locks._keys import NOBODY
-from mcp_locks._service import ServiceLimits
-from mcp_locks._table import Change
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.core.keys import NOBODY, Identity
+from mcp_locks.core.models import LockGrant
+from mcp_locks.core.records import Change
+from mcp_locks.engine.lock_service import LockService, ServiceLimits
+from mcp_locks.stores.base import MemoryStore
+from mcp_locks.stores.sqlite import SqliteStore
 
 from .helpers import STEP, Events, until_event
 
@@ -533,7 +531,7 @@ async def test_a_retry_that_received_the_grant_keeps_it_when_the_first_attempt_g
 
 
 async def test_a_request_id_dropped_and_recorded_again_in_one_commit_survives_a_restart(tmp_path: Path) -> None:
-    from mcp_locks._table import DropRequest, Lease, PutRequest, RequestRecord
+    from mcp_locks.core.records import DropRequest, Lease, PutRequest, RequestRecord
 
     store = sqlite(tmp_path)
     await store.open()

@@ -13,7 +13,7 @@ import pytest
 from mcp import Client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from mcp_locks._mcp import PROGRESS_EVERY
+from mcp_locks.faces.mcp.tools import PROGRESS_EVERY
 
 from .helpers import STEP, until_event
 from .servers import KeyedServer, keyed_server

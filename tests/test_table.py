@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from mcp_locks._errors import (
+from mcp_locks.core.claims import Claim
+from mcp_locks.core.errors import (
     Deadlock,
     Forbidden,
     InvalidArgument,
@@ -19,22 +20,9 @@ from mcp_locks._errors import (
     LockNotFound,
     WaitTimeout,
 )
-from mcp_locks._index import Claim
-from mcp_locks._names import MAX_NODE_ID_BYTES, check_node_id, check_workspace_id
-from mcp_locks._table import (
-    ANONYMOUS,
-    Ended,
-    EndLease,
-    Granted,
-    Lease,
-    Limits,
-    LockTable,
-    Prune,
-    PutLease,
-    PutRequest,
-    Queued,
-    ReserveFences,
-)
+from mcp_locks.core.names import MAX_NODE_ID_BYTES, check_node_id, check_workspace_id
+from mcp_locks.core.records import Ended, EndLease, Granted, Lease, Prune, PutLease, PutRequest, Queued, ReserveFences
+from mcp_locks.core.table import ANONYMOUS, Limits, LockTable
 
 T0 = 1_800_000_000.0  # 2027-01-15T08:00:00Z
 

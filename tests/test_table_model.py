@@ -40,7 +40,8 @@ from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from mcp_locks._errors import (
+from mcp_locks.core.claims import Claim
+from mcp_locks.core.errors import (
     Deadlock,
     InvalidArgument,
     Locked,
@@ -49,8 +50,8 @@ from mcp_locks._errors import (
     LockNotFound,
     WaitTimeout,
 )
-from mcp_locks._index import Claim
-from mcp_locks._table import Granted, Lease, LockTable, Queued
+from mcp_locks.core.records import Granted, Lease, Queued
+from mcp_locks.core.table import LockTable
 
 OWNERS = ("alice", "bob", "carol", "anonymous")
 ANON = "anonymous"

@@ -10,10 +10,10 @@ import pytest
 
 from bench.safety.checker import SLACK, check, linearizable
 from bench.safety.history import Op
-from mcp_locks import LockTable
-from mcp_locks._errors import LockError
-from mcp_locks._index import Claim
-from mcp_locks._table import Granted
+from mcp_locks.core.claims import Claim
+from mcp_locks.core.errors import LockError
+from mcp_locks.core.records import Granted
+from mcp_locks.core.table import LockTable
 
 LEASE = 10.0  # seconds; the hand-made histories span well under it unless a test is about expiry
 

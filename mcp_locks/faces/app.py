@@ -1,0 +1,223 @@
+"""The HTTP application: MCP at /mcp, the REST API under /v1 and a health check, behind one guard."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+from collections.abc import AsyncIterator, Callable
+from importlib import resources
+from typing import Any
+
+import anyio
+from mcp.server.mcpserver import MCPServer
+from mcp.server.sse import SseServerTransport
+from mcp.server.transport_security import TransportSecuritySettings
+from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.types import Receive, Scope, Send
+
+from mcp_locks import __version__
+from mcp_locks.core.clock import Clock
+from mcp_locks.core.errors import Forbidden
+from mcp_locks.core.keys import LOCAL, NOBODY
+from mcp_locks.core.table import Limits
+from mcp_locks.engine.file_service import FileLimits
+from mcp_locks.engine.lock_service import LockService, ServiceLimits
+from mcp_locks.faces.auth import Guard, KeyVerifier, bootstrap_admin_key, is_loopback
+from mcp_locks.faces.mcp.tools import build_mcp
+from mcp_locks.faces.rest.ops import OPENAPI_PATH, build_rest, caller_of, error_response, http_error_handler
+from mcp_locks.observe.logging import RequestId
+from mcp_locks.observe.observability import ObserveLimits
+from mcp_locks.observe.webhooks import WebhookLimits
+from mcp_locks.settings import Settings
+from mcp_locks.stores.base import MemoryStore, Store
+from mcp_locks.stores.postgres import PostgresStore
+from mcp_locks.stores.sqlite import SqliteStore
+
+__all__ = ["build_app", "build_service", "build_store"]
+
+log = logging.getLogger("mcp_locks")
+
+
+def build_store(settings: Settings) -> Store:
+    """The store the settings ask for."""
+    if settings.store == "memory":
+        return MemoryStore()
+    if settings.postgres:
+        return PostgresStore(settings.store, schema=settings.pg_schema, files=settings.pg_files)
+    return SqliteStore(settings.db_path, sync=settings.sync)
+
+
+def build_service(settings: Settings, store: Store | None = None, clock: Clock | None = None) -> LockService:
+    """A LockService configured from settings (not yet started)."""
+    limits = ServiceLimits(
+        max_timeout=settings.max_timeout,
+        max_wait=settings.max_wait,
+        idle_timeout=settings.idle_timeout,
+        table=Limits(max_locks=settings.max_locks, max_waiters=settings.max_waiters, retention=settings.retention),
+        observe=ObserveLimits(
+            audit=settings.audit,
+            audit_days=settings.audit_days,
+            webhooks=WebhookLimits(
+                allow_private=settings.webhooks_allow_private,
+                concurrency=settings.webhook_concurrency,
+                worker=settings.store == "sqlite",  # deliveries in a process of their own, off the lock path
+            ),
+        ),
+    )
+    files = FileLimits(
+        max_file_size=settings.max_file_size, chunk_size=settings.chunk_size, upload_ttl=settings.upload_ttl
+    )
+    files_dir = settings.files_dir if settings.store != "memory" else None  # memory: a temporary folder
+    return LockService(
+        store or build_store(settings), clock=clock, limits=limits, files_dir=files_dir, file_limits=files
+    )
+
+
+class _LegacySse:
+    """``GET /sse`` of the 2024-11-05 HTTP+SSE transport; its client posts messages to ``/messages/``.
+
+    The same guard (keys, host, size) stands in front of both; the SDK binds each
+    session to the key that opened it, so another key cannot post into it.
+    """
+
+    def __init__(self, server: MCPServer[Any], transport: SseServerTransport) -> None:
+        self.server = server
+        self.transport = transport
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The SDK's own sse_app() drives its low-level server the same way; its no-auth route
+        # would answer a second time once the stream ends, so the endpoint is ours.
+        low = self.server._lowlevel_server
+        async with self.transport.connect_sse(scope, receive, send) as (read, write):
+            await low.run(read, write, low.create_initialization_options())
+
+
+@functools.cache
+def _dashboard_page() -> str:
+    return (resources.files("mcp_locks") / "_dashboard.html").read_text(encoding="utf-8")
+
+
+#: The page runs only its own inline script and talks only to this server; no framing (clickjacking).
+_DASHBOARD_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline';"
+    " connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _file_body_limit(settings: Settings) -> Callable[[str, str], int | None]:
+    """Routes that stream file content take bodies up to max_file_size (they count and stop it themselves)."""
+
+    def limit(method: str, path: str) -> int | None:
+        if method == "PUT" and path.startswith("/v1/workspaces/") and ("/files/" in path or "/uploads/" in path):
+            return max(settings.max_file_size, settings.max_body)
+        return None
+
+    return limit
+
+
+def build_app(
+    settings: Settings, service: LockService | None = None, *, mcp: MCPServer[Any] | None = None
+) -> Starlette:
+    """The Starlette app: MCP at /mcp (streamable HTTP) and /sse (legacy HTTP+SSE), REST under /v1, /healthz.
+
+    /mcp runs in SSE mode for both protocol eras; /sse posts its messages to /messages/.
+    Every request but /healthz and the OpenAPI document needs an API key unless
+    ``settings.insecure_no_auth`` (allowed only on a loopback address).
+    """
+    if settings.insecure_no_auth and not is_loopback(settings.host):
+        raise ValueError(
+            f"--insecure-no-auth is refused on {settings.host}: anyone who can reach it could take or break"
+            " every lock. Bind to 127.0.0.1, or use API keys."
+        )
+    svc = service or build_service(settings)
+    verifier = None if settings.insecure_no_auth else KeyVerifier(svc.store)
+    no_sdk_host_check = TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    legacy = SseServerTransport(
+        "/messages/", security_settings=no_sdk_host_check, max_request_body_size=settings.max_body
+    )
+    # With keys checked, a request that somehow reached a tool without one may do nothing at all.
+    fallback = LOCAL if verifier is None else NOBODY
+    server = mcp or build_mcp(svc, version=__version__, local=fallback)
+    # SSE mode (json_response=False) so long waits can stream and be cancelled; stateful for legacy sessions.
+    # The guard checks Host and Origin for every route (with our error body and allowed origins), so the
+    # SDK's own check is off rather than a second, differently configured one.
+    mcp_app = server.streamable_http_app(
+        streamable_http_path="/mcp",
+        host=settings.host,
+        max_request_body_size=settings.max_body,
+        transport_security=no_sdk_host_check,
+    )
+
+    async def healthz(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "version": __version__})
+
+    async def metrics(request: Request) -> Response:
+        if not settings.metrics_public and caller_of(request, fallback).role != "admin":
+            denied = Forbidden(
+                "/metrics needs an admin key.",
+                hint="Scrape it with an admin key (bearer_token in Prometheus), or serve with --metrics-public.",
+            )
+            return error_response(denied)
+        return Response(svc.observe.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    async def dashboard(request: Request) -> Response:
+        return HTMLResponse(_dashboard_page(), headers=_DASHBOARD_HEADERS)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        path = None
+        persistent = not isinstance(svc.store, MemoryStore)
+        async with svc, server.session_manager.run():
+            if verifier is not None:
+                env_key = settings.admin_key.get_secret_value() if settings.admin_key else None
+                path = await bootstrap_admin_key(
+                    svc.store, settings.data_dir, env_key, svc.clock.now(), persistent=persistent
+                )
+                if path is not None:
+                    log.warning("created an admin key; it is in %s (mode 0600; keep it secret)", path)
+            else:
+                log.warning("serving WITHOUT authentication (--insecure-no-auth): any local process can use it")
+            try:
+                yield
+            finally:
+                if path is not None and not persistent:  # a memory store's key dies with it: leave no file behind
+                    await anyio.Path(path).unlink(missing_ok=True)
+
+    routes: list[BaseRoute] = [
+        Route("/", dashboard, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+        *build_rest(svc, version=__version__, local=fallback),
+        *mcp_app.routes,  # /mcp itself, so our 404/405 answers cover every other path
+        Route("/sse", _LegacySse(server, legacy), methods=["GET"]),
+        Mount("/messages", app=legacy.handle_post_message),
+    ]
+    guard = Middleware(
+        Guard,
+        verifier=verifier,
+        loopback_only=is_loopback(settings.host),
+        max_body=settings.max_body,
+        rate_limit=settings.rate_limit,
+        # The dashboard page holds no data (it asks for a key); /metrics checks its own access.
+        open_paths=("/", "/healthz", OPENAPI_PATH, *(("/metrics",) if settings.metrics_public else ())),
+        allowed_origins=tuple(settings.allowed_origins),
+        body_limit=_file_body_limit(settings),
+    )
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestId), guard],
+        lifespan=lifespan,
+        exception_handlers={404: http_error_handler, 405: http_error_handler},
+    )
+    app.state.service = svc
+    app.state.mcp = server
+    return app

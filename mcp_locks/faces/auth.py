@@ -1,0 +1,384 @@
+"""Who is calling: one key verifier for MCP and REST, and the HTTP guard in front of every route.
+
+The guard answers before any route runs, with the same error body as the rest
+of the API (``{"error": {"code", "message", "hint", "details"}}``):
+
+* Host / Origin (when bound to loopback): a page on another site that points a
+  DNS name at 127.0.0.1 cannot reach the server (421 BAD_HOST, 403 FORBIDDEN);
+* body size (413 PAYLOAD_TOO_LARGE), checked on the declared length and on the bytes read;
+* ``Authorization: Bearer KEY`` on everything but the open paths (401 UNAUTHENTICATED);
+* an optional per-key rate limit (429 RATE_LIMITED with ``Retry-After``);
+* any exception a route lets escape becomes 500 INTERNAL: no traceback reaches a client.
+
+It puts the verified key in ``scope["user"]`` as the SDK's ``AuthenticatedUser``
+and in the SDK's auth context, so MCP tools read it with ``get_access_token()``
+and MCP sessions stay bound to the key that opened them.
+"""
+
+from __future__ import annotations
+
+import functools
+import ipaddress
+import json
+import logging
+import math
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import limits
+import limits.storage
+import limits.strategies
+from mcp.server.auth.middleware.auth_context import auth_context_var, get_access_token
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, BearerAuthBackend
+from mcp.server.auth.provider import AccessToken
+from starlette.authentication import AuthCredentials
+from starlette.datastructures import Headers
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mcp_locks.core.errors import (
+    BadHost,
+    Forbidden,
+    Internal,
+    LockError,
+    RateLimited,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+)
+from mcp_locks.core.keys import LOCAL, Identity, KeyRecord, key_digest, new_key, parse_key_id, record_for, verify_key
+from mcp_locks.stores.base import Store
+
+__all__ = [
+    "Guard",
+    "KeyVerifier",
+    "bootstrap_admin_key",
+    "current_caller",
+    "error_response_parts",
+    "identity_of",
+    "is_loopback",
+]
+
+log = logging.getLogger("mcp_locks.auth")
+
+_LOOPBACK_NAMES = ("localhost", "localhost.")
+
+
+@functools.lru_cache(maxsize=256)
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, IPv6 with or without brackets) is a loopback address."""
+    h = host.strip("[]").lower()
+    if h in _LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+class KeyVerifier:
+    """The SDK's ``TokenVerifier`` over mcp-locks API keys; MCP and REST share this one instance.
+
+    A key proven once is remembered (by its digest) until the store's key version
+    changes: any key or workspace change, by this process or another one on the
+    same store (``mcp-locks keys revoke``), empties the memory before the next
+    check. So a revoked key stops working on the very next request, and a known
+    key costs one version read instead of a record lookup and a digest compare.
+    """
+
+    #: Most remembered keys; the memory is emptied when full (only proven keys go in).
+    MAX_REMEMBERED = 10_000
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._version: object = None
+        self._proven: dict[bytes, AccessToken] = {}
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        """The key's identity in the SDK's form: role as the scope, agent as the subject, workspaces as a claim."""
+        version = await self.store.keys_version()
+        if version != self._version:
+            self._proven.clear()
+            self._version = version
+        digest = key_digest(token)
+        known = self._proven.get(digest)
+        if known is not None:
+            return known
+        key_id = parse_key_id(token)
+        record: KeyRecord | None = await self.store.get_key(key_id) if key_id is not None else None
+        ident = verify_key(token, record)
+        if ident is None:
+            return None
+        access = AccessToken(
+            token=ident.key_id,  # the public id: the secret never travels further than this check
+            client_id=ident.key_id,
+            scopes=[ident.role],
+            subject=ident.agent,
+            claims={"workspaces": list(ident.workspaces)},
+        )
+        if self._version == version:  # a store that awaits may have seen a change meanwhile: then forget it
+            if len(self._proven) >= self.MAX_REMEMBERED:
+                self._proven.clear()
+            self._proven[digest] = access
+        return access
+
+
+def identity_of(token: AccessToken) -> Identity:
+    """The :class:`Identity` a verified access token carries."""
+    claims = token.claims or {}
+    workspaces = tuple(claims.get("workspaces", ()))
+    if "admin" in token.scopes:
+        return Identity(token.client_id, token.subject or "", "admin", workspaces)
+    return Identity(token.client_id, token.subject or "", "agent", workspaces)
+
+
+def current_caller(default: Identity = LOCAL) -> Identity:
+    """Who the current MCP request speaks for: its verified key, else ``default`` (in-process transports)."""
+    token = get_access_token()
+    return identity_of(token) if token is not None else default
+
+
+def error_response_parts(
+    err: LockError, extra_headers: Iterable[tuple[str, str]] = ()
+) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """Status, JSON body and headers of the one error body."""
+    body = json.dumps({"error": err.to_dict()}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.encode(), v.encode()) for k, v in extra_headers]
+    return err.http_status, body, headers
+
+
+async def _send_error(send: Send, err: LockError, extra_headers: Iterable[tuple[str, str]] = ()) -> None:
+    status, body, headers = error_response_parts(err, extra_headers)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class Guard:
+    """ASGI middleware in front of the whole app (see the module docstring for what it checks, in order)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        verifier: KeyVerifier | None,
+        loopback_only: bool,
+        max_body: int,
+        rate_limit: str | None = None,
+        open_paths: tuple[str, ...] = ("/healthz",),
+        allowed_origins: tuple[str, ...] = (),
+        body_limit: Callable[[str, str], int | None] | None = None,
+    ) -> None:
+        self.app = app
+        self.backend = BearerAuthBackend(verifier) if verifier is not None else None
+        self.loopback_only = loopback_only
+        self.max_body = max_body
+        #: (method, path) -> a larger limit for routes that stream file content (they bound it themselves).
+        self.body_limit = body_limit
+        self.open_paths = open_paths
+        self.allowed_origins = allowed_origins
+        self.rate = limits.parse(rate_limit) if rate_limit else None
+        self.limiter = limits.strategies.MovingWindowRateLimiter(limits.storage.MemoryStorage())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check Host, Origin, the key and the rate before the request reaches the app."""
+        if scope["type"] == "lifespan":
+            await self.app(scope, receive, send)
+            return
+        if scope["type"] != "http":  # no websocket routes: refuse rather than pass anything unchecked
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        headers = Headers(scope=scope)
+        limit = self.max_body
+        if self.body_limit is not None:
+            limit = self.body_limit(scope["method"], scope["path"]) or limit
+        refusal = self._check_origin(headers) or self._check_length(headers, limit)
+        if refusal is not None:
+            await _send_error(send, refusal)
+            return
+        user: AuthenticatedUser | None = None
+        if self.backend is not None and scope["path"] not in self.open_paths:
+            try:
+                found = await self.backend.authenticate(HTTPConnection(scope))
+            except Exception:  # the store could not be read: say so, never guess either way
+                log.exception("checking a key failed")
+                await _send_error(
+                    send, Unavailable("the server could not check the API key.", hint="Retry in a few seconds.")
+                )
+                return
+            if found is None:
+                await _send_error(
+                    send,
+                    Unauthenticated(
+                        "a valid API key is required: send 'Authorization: Bearer <key>'."
+                        if "authorization" in headers
+                        else "this server needs an API key: send 'Authorization: Bearer <key>'.",
+                        hint="Ask the server's admin for a key (mcp-locks keys create); a revoked key no longer works.",
+                    ),
+                    [("www-authenticate", 'Bearer realm="mcp-locks"')],
+                )
+                return
+            creds, user = found
+            scope["auth"] = creds if isinstance(creds, AuthCredentials) else AuthCredentials(user.scopes)
+            scope["user"] = user
+            limited = self._check_rate(user.access_token.client_id)
+            if limited is not None:
+                await _send_error(send, limited, [("retry-after", str(limited.details["retry_after"]))])
+                return
+        await self._forward(scope, receive, send, user, limit)
+
+    async def _forward(
+        self, scope: Scope, receive: Receive, send: Send, user: AuthenticatedUser | None, limit: int
+    ) -> None:
+        received = 0
+        started = False
+
+        async def counted_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracked_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        ctx = auth_context_var.set(user) if user is not None else None
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _BodyTooLarge:
+            if not started:
+                await _send_error(send, self._too_large(limit))
+        except Exception:
+            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if not started:
+                await _send_error(
+                    send,
+                    Internal("the server failed to handle this request.", hint="Retry; if it persists, report it."),
+                )
+        finally:
+            if ctx is not None:
+                auth_context_var.reset(ctx)
+
+    def _too_large(self, limit: int) -> TooLarge:
+        if limit != self.max_body:
+            return TooLarge(
+                f"the file is larger than {limit} bytes, the most this server accepts.",
+                hint="Split the data into several files, or ask the admin to raise max_file_size.",
+                details={"limit": limit},
+            )
+        return TooLarge(
+            f"the request body is larger than {limit} bytes.",
+            hint="Send less per request (split a lock_files batch; send big files with PUT or an upload); the"
+            " limit is the server's max_body setting.",
+            details={"limit": limit},
+        )
+
+    def _check_length(self, headers: Headers, limit: int) -> LockError | None:
+        declared = headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            return self._too_large(limit)
+        return None
+
+    def _check_origin(self, headers: Headers) -> LockError | None:
+        if not self.loopback_only:
+            return None
+        host = headers.get("host", "")
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        if not is_loopback(name):
+            return BadHost(
+                f"this server answers only to loopback host names, not '{host[:100]}'.",
+                hint="Connect to http://127.0.0.1:<port> (or localhost); bind to another --host to serve other names.",
+            )
+        origin = headers.get("origin")
+        if origin is not None and origin not in self.allowed_origins:
+            parts = urlsplit(origin)
+            if parts.scheme not in ("http", "https") or not parts.hostname or not is_loopback(parts.hostname):
+                return Forbidden(
+                    f"requests from the web origin '{origin[:100]}' are refused.",
+                    hint="Browser pages on other sites may not call this server; add the origin to"
+                    " MCP_LOCKS_ALLOWED_ORIGINS if it is yours.",
+                )
+        return None
+
+    def _check_rate(self, key_id: str) -> RateLimited | None:
+        if self.rate is None or self.limiter.hit(self.rate, key_id):
+            return None
+        reset = self.limiter.get_window_stats(self.rate, key_id).reset_time
+        retry = max(1, math.ceil(reset - time.time()))
+        return RateLimited(
+            f"this key sent more than {self.rate} requests.",
+            hint=f"Retry after {retry} s; wait in line with wait= instead of polling.",
+            details={"retry_after": retry},
+        )
+
+
+async def bootstrap_admin_key(
+    store: Store, data_dir: Path, env_key: str | None, now: float, *, persistent: bool = True
+) -> str | None:
+    """Make sure an admin can get in; returns the path where a new admin key was written, if one was.
+
+    With ``MCP_LOCKS_ADMIN_KEY`` set, that key is registered (once) as the admin key
+    ``admin-env`` and no file is written. Otherwise, when the store holds no live admin
+    key, a new one is written to ``<data-dir>/admin.key`` (mode 0600), or to
+    ``admin-2.key``, ``admin-3.key``... if that file exists: an existing key file is
+    never replaced. A memory store (``persistent=False``) gets a temporary file instead,
+    so a throwaway server never touches a real server's data dir.
+    """
+    if env_key:
+        kid = parse_key_id(env_key)
+        if kid is None:
+            raise ValueError("MCP_LOCKS_ADMIN_KEY is not an mcp-locks key (mlk_<12 hex>_<43 chars>).")
+        existing = await store.get_key(kid)
+        if existing is None:
+            await store.put_key(record_for(env_key, "admin-env", (), "admin", now))
+        elif verify_key(env_key, existing) is None:
+            raise ValueError("MCP_LOCKS_ADMIN_KEY has the id of a stored key but not its secret (or it was revoked).")
+        return None
+    if any(r.role == "admin" and r.revoked_at is None for r in await store.list_keys()):
+        return None
+    key, record = new_key("admin", (), "admin", now)
+    path = _write_new_key_file(key, data_dir if persistent else None)
+    await store.put_key(record)
+    return path
+
+
+def _write_new_key_file(key: str, data_dir: Path | None) -> str:
+    """Write ``key`` to a new 0600 file (never over an existing one) and return its path."""
+    if data_dir is None:
+        fd, name = tempfile.mkstemp(prefix="mcp-locks-admin-", suffix=".key")
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        return name
+    os.makedirs(data_dir, mode=0o700, exist_ok=True)
+    tmp = data_dir / f".admin.key.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(key + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        for n in range(1, 1000):
+            path = data_dir / ("admin.key" if n == 1 else f"admin-{n}.key")
+            try:
+                os.link(tmp, path)  # fails if the name is taken: an existing key file is never replaced
+            except FileExistsError:
+                continue
+            return str(path)
+        raise RuntimeError(f"too many admin key files in {data_dir}")
+    finally:
+        os.unlink(tmp)

@@ -1,0 +1,1 @@
+"""The MCP face: tools (by domain) and the ``locks://`` resources."""

@@ -1,0 +1,419 @@
+"""MCP resources: a workspace's held locks and a node's lock status, to read and to subscribe to.
+
+``locks://{workspace_id}`` reads as the first page (up to 1000) of the
+workspace's held locks, like ``list_locks``, with ``truncated``;
+``locks://{workspace_id}/{node_id}`` reads as ``check_lock_status`` of the node
+(``node_id`` may hold ``/``). Both act for the caller's key, like the tools.
+
+Updates are level triggers ("this changed, read it again"), sent when a lock
+is granted, released, expires, is broken, renewed, upgraded or downgraded, and
+for a node also when a request joins or leaves the line for it: to the
+workspace, to the node, to its ancestors when the number of locks below them
+changes, and to the nodes below a tree lock or tree request. A burst of
+changes may be announced once (and a place in line that shifts because
+someone ahead left is not announced on its own).
+
+* 2026-07-28 clients listen with ``subscriptions/listen`` (``Client.listen``):
+  events go through the server's subscription bus.
+* 2025-11-25 (and older) sessions use ``resources/subscribe`` /
+  ``resources/unsubscribe`` and get ``notifications/resources/updated`` on
+  their standalone stream, until they unsubscribe or the session ends.
+
+Either way, subscribing checks what reading checks (the key must reach the
+workspace). One task reads :meth:`LockService.subscribe` while anyone
+subscribes, and stops when the last subscription ends or the service stops.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+from urllib.parse import quote
+
+import anyio
+from mcp.server.connection import Connection
+from mcp.server.context import HandlerResult, ServerRequestContext
+from mcp.server.mcpserver import MCPServer, ResourceSecurity
+from mcp.server.session import ServerSession
+from mcp.server.subscriptions import ListenHandler, ResourceUpdated, SubscriptionBus
+from mcp.shared.exceptions import MCPError
+from mcp.shared.uri_template import UriTemplate
+from mcp_types import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    EmptyResult,
+    SubscribeRequestParams,
+    SubscriptionsListenRequestParams,
+    UnsubscribeRequestParams,
+)
+
+from mcp_locks.core.errors import InvalidArgument, LimitExceeded, LockError, Unavailable
+from mcp_locks.core.keys import LOCAL, Identity
+from mcp_locks.core.models import LockPage, LockStatus
+from mcp_locks.core.names import ancestors
+from mcp_locks.core.records import Event
+from mcp_locks.engine.lock_service import MAX_ITEMS, LockService
+from mcp_locks.faces.auth import current_caller
+
+__all__ = [
+    "NODE_TEMPLATE",
+    "PAGE",
+    "WORKSPACE_TEMPLATE",
+    "node_uri",
+    "register_resources",
+    "workspace_uri",
+]
+
+WORKSPACE_TEMPLATE = "locks://{workspace_id}"
+NODE_TEMPLATE = "locks://{workspace_id}/{+node_id}"
+#: Locks a workspace resource shows; beyond them it says ``truncated`` (page on with list_locks).
+PAGE = 1000
+#: URIs one legacy session may subscribe to.
+MAX_SESSION_URIS = 1000
+
+_WORKSPACE = UriTemplate.parse(WORKSPACE_TEMPLATE)
+_NODE = UriTemplate.parse(NODE_TEMPLATE)
+#: Events that change held locks (what the workspace resource and holders show).
+_LEASE_KINDS = frozenset({"granted", "released", "expired", "broken", "renewed", "upgraded", "downgraded"})
+#: Events that change how many locks are held (what ancestors' ``locks_below`` shows).
+_COUNT_KINDS = frozenset({"granted", "released", "expired", "broken"})
+#: Events that change a node's status at all.
+_NODE_KINDS = _LEASE_KINDS | {"queued", "left"}
+
+
+def workspace_uri(workspace_id: str) -> str:
+    """The resource of a workspace's held locks."""
+    return f"locks://{workspace_id}"
+
+
+def node_uri(workspace_id: str, node_id: str) -> str:
+    """The resource of a node's lock status (the node id percent-encoded but for its ``/``)."""
+    return f"locks://{workspace_id}/{quote(node_id, safe='/')}"
+
+
+def mcp_error(err: LockError, uri: str) -> MCPError:
+    """A JSON-RPC error whose message starts with our code, with the REST error body in ``data``."""
+    code = INTERNAL_ERROR if err.http_status >= 500 else INVALID_PARAMS
+    return MCPError(code=code, message=err.text(), data={"uri": uri, "error": err.to_dict()})
+
+
+def _parse(uri: str) -> tuple[str, str] | None:
+    """``(workspace_id, node_id)`` a URI names (node_id ``""`` for the workspace), or None if it is not ours."""
+    for template in (_NODE, _WORKSPACE):
+        params = template.match(uri)
+        if params is not None:
+            ws, node = params.get("workspace_id", ""), params.get("node_id", "")
+            if isinstance(ws, str) and isinstance(node, str):
+                return ws, node
+    return None
+
+
+class _Watches:
+    """Who listens to what: per workspace, per node (``""`` = the workspace), the exact URIs and how often.
+
+    Listen streams match URIs exactly as the client spelled them, so those are what is published.
+    """
+
+    def __init__(self) -> None:
+        self._by_ws: dict[str, dict[str, Counter[str]]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._by_ws)
+
+    def add(self, ws: str, node: str, uri: str) -> None:
+        self._by_ws.setdefault(ws, {}).setdefault(node, Counter())[uri] += 1
+
+    def remove(self, ws: str, node: str, uri: str) -> None:
+        nodes = self._by_ws.get(ws, {})
+        uris = nodes.get(node)
+        if uris is None or uri not in uris:
+            return
+        uris[uri] -= 1
+        if uris[uri] <= 0:
+            del uris[uri]
+            if not uris:
+                del nodes[node]
+                if not nodes:
+                    del self._by_ws[ws]
+
+    def affected(self, ws: str, ev: Event) -> Iterator[str]:
+        """The watched URIs whose content ``ev`` changes."""
+        nodes = self._by_ws.get(ws)
+        if not nodes or ev.kind not in _NODE_KINDS:
+            return
+        keys = {ev.node_id}
+        if ev.kind in _LEASE_KINDS:
+            keys.add("")
+        if ev.kind in _COUNT_KINDS:
+            keys.update(ancestors(ev.node_id))
+        if ev.depth == "tree":
+            below = ev.node_id + "/"
+            keys.update(n for n in nodes if n.startswith(below))
+        for key in keys:
+            yield from nodes.get(key, ())
+
+
+class _LegacySession:
+    """A 2025-era session's subscriptions and the task that sends its notifications, coalesced."""
+
+    def __init__(self, session: ServerSession) -> None:
+        self.session = session
+        self.uris: dict[str, tuple[str, str]] = {}
+        self.pending: dict[str, None] = {}  # an ordered set: one notification per URI however many changes
+        self.wake = anyio.Event()
+        self.scope: anyio.CancelScope | None = None
+
+    def notify(self, uri: str) -> None:
+        self.pending[uri] = None
+        self.wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake = anyio.Event()
+            while self.pending:
+                uri = next(iter(self.pending))
+                del self.pending[uri]
+                await self.session.send_resource_updated(uri)
+
+
+class _Feed:
+    """Turns committed lock events into resource updates for everyone subscribed."""
+
+    def __init__(self, service: LockService, bus: SubscriptionBus) -> None:
+        self.service = service
+        self.bus = bus
+        self.watches = _Watches()
+        self.sessions: dict[Connection, _LegacySession] = {}
+        self._legacy: dict[str, set[_LegacySession]] = {}  # URI -> the sessions subscribed to it
+        self._scope: anyio.CancelScope | None = None
+        self._ready: anyio.Event | None = None
+
+    # ------------------------------------------------------------------ the one reader of service events
+
+    async def watch(self, ws: str, node: str, uri: str) -> None:
+        """Count ``uri`` as watched; returns once changes are being followed."""
+        self.watches.add(ws, node, uri)
+        try:
+            if self._ready is None:
+                ready = anyio.Event()
+                self._scope = self.service.background(partial(self._run, ready), "resource updates")
+                self._ready = ready
+            ready = self._ready
+            await ready.wait()
+            if self._ready is not ready:  # it stopped (the service is stopping)
+                raise Unavailable("the lock service stopped.", hint="Retry once the server runs.")
+        except BaseException:
+            self.unwatch(ws, node, uri)
+            raise
+
+    def unwatch(self, ws: str, node: str, uri: str) -> None:
+        """Stop counting ``uri``; the reader stops with the last one."""
+        self.watches.remove(ws, node, uri)
+        if not self.watches and self._scope is not None:
+            self._scope.cancel()
+            self._scope = self._ready = None
+
+    async def _run(self, ready: anyio.Event) -> None:
+        try:
+            async with self.service.subscribe() as events:
+                ready.set()
+                async for ws, ev in events:
+                    for uri in list(self.watches.affected(ws, ev)):
+                        for s in self._legacy.get(uri, ()):
+                            s.notify(uri)
+                        await self.bus.publish(ResourceUpdated(uri=uri))
+        finally:
+            if self._ready is ready:
+                self._scope = self._ready = None
+            ready.set()
+
+    # ------------------------------------------------------------------ 2025-era sessions
+
+    async def subscribe(self, ctx: ServerRequestContext[Any, Any], uri: str, ws: str, node: str) -> None:
+        conn = _connection_of(ctx)
+        s = self.sessions.get(conn)
+        if s is None:
+            s = self.sessions[conn] = _LegacySession(ctx.session)
+            conn.exit_stack.callback(self.drop, conn)  # the session ended: forget it
+        if uri in s.uris:
+            return
+        if len(s.uris) >= MAX_SESSION_URIS:
+            raise LimitExceeded(
+                f"this session already subscribes to {MAX_SESSION_URIS} resources.",
+                hint="Unsubscribe from some, or subscribe to the workspace resource instead.",
+                details={"limit": MAX_SESSION_URIS},
+            )
+        s.uris[uri] = (ws, node)  # before the wait: a second subscribe to it meanwhile is a no-op
+        self._legacy.setdefault(uri, set()).add(s)
+        try:
+            await self.watch(ws, node, uri)
+            if s.scope is None:
+                s.scope = self.service.background(s.run, "resource update notifications")
+        except BaseException:
+            if uri in s.uris:
+                self._detach(s, uri)  # watch() took back its own count
+            raise
+
+    def unsubscribe(self, ctx: ServerRequestContext[Any, Any], uri: str) -> None:
+        conn = _connection_of(ctx)
+        s = self.sessions.get(conn)
+        if s is None or uri not in s.uris:
+            return
+        self._forget(s, uri)
+        if not s.uris and s.scope is not None:  # the session stays known until it ends: no sender meanwhile
+            s.scope.cancel()
+            s.scope = None
+
+    def drop(self, conn: Connection) -> None:
+        s = self.sessions.pop(conn, None)
+        if s is None:
+            return
+        if s.scope is not None:
+            s.scope.cancel()
+        for uri in list(s.uris):
+            self._forget(s, uri)
+
+    def _forget(self, s: _LegacySession, uri: str) -> None:
+        self.unwatch(*self._detach(s, uri), uri)
+
+    def _detach(self, s: _LegacySession, uri: str) -> tuple[str, str]:
+        ws, node = s.uris.pop(uri)
+        s.pending.pop(uri, None)
+        subscribed = self._legacy.get(uri)
+        if subscribed is not None:
+            subscribed.discard(s)
+            if not subscribed:
+                del self._legacy[uri]
+        return ws, node
+
+
+def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:
+    """The connection a request came on (its ``exit_stack`` unwinds when the session ends).
+
+    The SDK exposes it to lowlevel handlers only through the session proxy's private attribute.
+    """
+    conn = getattr(ctx.session, "_connection", None)
+    if not isinstance(conn, Connection):  # pragma: no cover - a changed SDK
+        raise MCPError(code=INTERNAL_ERROR, message="INTERNAL: this server cannot follow the session's end.")
+    return conn
+
+
+def register_resources(
+    server: MCPServer[Any], service: LockService, bus: SubscriptionBus, *, local: Identity = LOCAL
+) -> None:
+    """Register the ``locks://`` resources on ``server``, and subscriptions to them in both eras.
+
+    ``bus`` must be the subscription bus ``server`` was built with (``MCPServer(subscriptions=bus)``).
+    """
+    feed = _Feed(service, bus)
+
+    def caller() -> Identity:
+        return current_caller(local)
+
+    # Our own rules check the parameters (with coded errors), so the SDK's path checks would only
+    # answer differently ("Unknown resource") for what check_node_id refuses anyway.
+    ours = ResourceSecurity(exempt_params={"workspace_id", "node_id"})
+
+    async def read_workspace(workspace_id: str, *, limit: int = PAGE) -> LockPage:
+        return await service.list_locks(workspace_id, limit=limit, caller=caller())
+
+    async def read_node(workspace_id: str, node_id: str) -> LockStatus:
+        return await service.status(workspace_id, node_id, caller=caller())
+
+    @server.resource(
+        WORKSPACE_TEMPLATE,
+        name="workspace_locks",
+        title="Locks held in a workspace",
+        description=f"The locks held in the workspace, ordered by node_id, as list_locks returns them (the first "
+        f"{PAGE}; `truncated` says there are more: page on with list_locks). Subscribe to hear when a lock in it "
+        "is granted, released, renewed, changes mode, expires or is broken.",
+        mime_type="application/json",
+        security=ours,
+    )
+    async def workspace_locks(workspace_id: str) -> str:
+        try:
+            page = await read_workspace(workspace_id)
+        except LockError as e:
+            raise mcp_error(e, workspace_uri(workspace_id)) from None
+        return json.dumps({**page.model_dump(mode="json"), "truncated": page.next_cursor is not None})
+
+    @server.resource(
+        NODE_TEMPLATE,
+        name="node_status",
+        title="Lock status of a file or folder",
+        description="Whether the node (a workspace-relative path such as reports/q3.md, percent-encoded but for "
+        "its '/') is locked, by whom, until when, and who waits, as check_lock_status returns it. Subscribe to "
+        "hear when that changes: locks on it or on a folder above it, requests in line for it, and (for a "
+        "folder) locks taken or ended below it.",
+        mime_type="application/json",
+        security=ours,
+    )
+    async def node_status(workspace_id: str, node_id: str) -> str:
+        try:
+            return (await read_node(workspace_id, node_id)).model_dump_json()
+        except LockError as e:
+            raise mcp_error(e, node_uri(workspace_id, node_id)) from None
+
+    async def check(uri: str) -> tuple[str, str]:
+        """The workspace and node (``""``: the workspace) ``uri`` names, once the caller may read it.
+
+        MCPError, as reading would answer, if not.
+        """
+        target = _parse(uri)
+        try:
+            if target is None:
+                raise InvalidArgument(
+                    f"'{uri[:200]}' is not a resource of this server.",
+                    hint="Subscribe to locks://{workspace_id} or locks://{workspace_id}/{node_id}.",
+                    details={"field": "uri"},
+                )
+            ws, node = target
+            if node:
+                st = await read_node(ws, node)
+                return st.workspace_id, st.node_id
+            return (await read_workspace(ws, limit=1)).workspace_id, ""
+        except LockError as e:
+            raise mcp_error(e, uri) from None
+
+    low = server._lowlevel_server
+    entry = low.get_request_handler("subscriptions/listen")
+    listen = entry.handler if entry is not None else ListenHandler(bus)
+
+    async def on_listen(ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams) -> HandlerResult:
+        uris = list(dict.fromkeys(params.notifications.resource_subscriptions or ()))
+        if len(uris) > MAX_ITEMS:
+            err = LimitExceeded(f"one listen stream takes at most {MAX_ITEMS} resources (got {len(uris)}).")
+            raise mcp_error(err, uris[0])
+        targets = [(uri, *await check(uri)) for uri in uris]
+        watched: list[tuple[str, str, str]] = []
+        try:
+            for uri, ws, node in targets:
+                try:
+                    await feed.watch(ws, node, uri)
+                except LockError as e:
+                    raise mcp_error(e, uri) from None
+                watched.append((uri, ws, node))
+            return await listen(ctx, params)
+        finally:
+            for uri, ws, node in watched:
+                feed.unwatch(ws, node, uri)
+
+    async def on_subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
+        ws, node = await check(params.uri)
+        try:
+            await feed.subscribe(ctx, params.uri, ws, node)
+        except LockError as e:
+            raise mcp_error(e, params.uri) from None
+        return EmptyResult()
+
+    async def on_unsubscribe(ctx: ServerRequestContext[Any, Any], params: UnsubscribeRequestParams) -> EmptyResult:
+        feed.unsubscribe(ctx, params.uri)
+        return EmptyResult()
+
+    low.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, on_listen)
+    low.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
+    low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)

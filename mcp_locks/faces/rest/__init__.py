@@ -1,0 +1,1 @@
+"""The REST face: ``/v1`` routes and their OpenAPI document."""
