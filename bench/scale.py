@@ -68,7 +68,8 @@ from mcp_locks.core.claims import Claim
 from mcp_locks.core.clock import ManualClock
 from mcp_locks.core.records import Granted, StoreChange
 from mcp_locks.core.table import Limits
-from mcp_locks.engine.lock_service import MAX_ITEMS, LockService, ServiceLimits
+from mcp_locks.engine.arguments import MAX_ITEMS
+from mcp_locks.engine.lock_service import LockService, ServiceLimits
 from mcp_locks.observe.observability import ObserveLimits
 from mcp_locks.stores.sqlite import SqliteStore
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 
 from mcp_locks import AlreadyExists, Settings, build_app
+from mcp_locks.engine.admin import bootstrap_admin_key
 from mcp_locks.engine.lock_service import LockService
-from mcp_locks.faces.auth import bootstrap_admin_key
 from mcp_locks.stores.base import MemoryStore
 
 from .faces import Env, Face, Outcome

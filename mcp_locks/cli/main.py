@@ -18,7 +18,7 @@ from mcp_locks.cli.remote import client_commands
 from mcp_locks.cli.runtime import tune_gc
 from mcp_locks.core.errors import LockError
 from mcp_locks.core.names import check_workspace_id
-from mcp_locks.engine.lock_service import issue_key
+from mcp_locks.engine.admin import issue_key
 from mcp_locks.faces.app import build_app
 from mcp_locks.faces.auth import is_loopback
 from mcp_locks.observe.logging import configure_logging

@@ -17,6 +17,7 @@ from mcp_locks.core.errors import InvalidArgument
 from mcp_locks.core.keys import Identity
 from mcp_locks.core.table import ANONYMOUS
 
+MAX_ITEMS = 100
 #: Longest cursor accepted: ours encode a node id (<= 1024 bytes) and a lock id.
 MAX_CURSOR = 4096
 

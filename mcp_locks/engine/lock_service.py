@@ -16,8 +16,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from mcp_locks.core.claims import Claim
 from mcp_locks.core.clock import Clock
-from mcp_locks.core.errors import AlreadyExists, InvalidArgument, LockError, NotFound
-from mcp_locks.core.keys import LOCAL, Identity, KeyRecord, new_key, require_admin
+from mcp_locks.core.errors import InvalidArgument, LockError, NotFound
+from mcp_locks.core.keys import LOCAL, Identity, KeyRecord, require_admin
 from mcp_locks.core.models import (
     LockFilesResult,
     LockGrant,
@@ -35,11 +35,13 @@ from mcp_locks.core.models import (
     YourLock,
     utc,
 )
-from mcp_locks.core.names import DEFAULT_WORKSPACE, check_agent_name, check_node_id, check_workspace_id
+from mcp_locks.core.names import DEFAULT_WORKSPACE, check_node_id, check_workspace_id
 from mcp_locks.core.records import Event, Granted, Lease
 from mcp_locks.core.table import Limits, LockTable, NodeStatus, WaiterView
 from mcp_locks.engine.actor import Waiting
+from mcp_locks.engine.admin import issue_key
 from mcp_locks.engine.arguments import (
+    MAX_ITEMS,
     Who,
     check_depth,
     check_mode,
@@ -62,7 +64,6 @@ __all__ = ["LockService", "ServiceLimits"]
 
 log = logging.getLogger("mcp_locks.service")
 
-MAX_ITEMS = 100
 #: Most locks (and most waiting claims) one overview shows.
 OVERVIEW_LIMIT = 1000
 #: Seconds before a workspace whose store failed is woken again to catch up on expiries.
@@ -78,47 +79,6 @@ class ServiceLimits:
     idle_timeout: float = 60.0
     table: Limits = field(default_factory=Limits)
     observe: ObserveLimits = field(default_factory=ObserveLimits)
-
-
-async def issue_key(store: Store, agent: object, workspaces: object, role: object, now: float) -> tuple[str, KeyRecord]:
-    """Check a key request, store the new key's record, and return the key (to show once) with it.
-
-    Shared by the admin API and ``mcp-locks keys create``: every workspace must exist,
-    and an agent key needs at least one.
-    """
-    name = check_agent_name(agent)
-    live = next((r for r in await store.list_keys() if r.agent == name and r.revoked_at is None), None)
-    if live is not None:
-        # One live key per agent: the agent name then names one key, for ownership, retries and deadlocks.
-        raise AlreadyExists(
-            f"agent '{name}' already has a live key ({live.key_id}).",
-            hint=f"To replace it, revoke it first (mcp-locks keys revoke {live.key_id}); locks taken with it"
-            " stay its own until they are released by an admin or expire.",
-            details={"field": "agent", "key_id": live.key_id},
-        )
-    if role not in ("agent", "admin"):
-        raise InvalidArgument("role must be 'agent' or 'admin'.", details={"field": "role"})
-    if not isinstance(workspaces, Sequence) or isinstance(workspaces, str):
-        raise InvalidArgument("workspaces must be a list of workspace ids.", details={"field": "workspaces"})
-    if len(workspaces) > MAX_ITEMS:
-        raise InvalidArgument(f"a key reaches at most {MAX_ITEMS} workspaces.", details={"field": "workspaces"})
-    wss = tuple(dict.fromkeys(check_workspace_id(w, "workspaces") for w in workspaces if w is not None))
-    if role == "agent" and not wss:
-        raise InvalidArgument(
-            "an agent key needs at least one workspace.",
-            hint="List the workspaces the agent may use; admin keys reach every workspace.",
-            details={"field": "workspaces"},
-        )
-    for w in wss:
-        if await store.get_workspace(w) is None:
-            raise NotFound(
-                f"workspace '{w}' does not exist.",
-                hint=f"Create it first (POST /v1/workspaces, or `mcp-locks workspaces create {w}`).",
-                details={"workspace_id": w},
-            )
-    key, record = new_key(name, wss, "admin" if role == "admin" else "agent", now)
-    await store.put_key(record)
-    return key, record
 
 
 def _yours(mine: Lease | LockError | None, node: str, now: float) -> YourLock:

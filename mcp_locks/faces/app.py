@@ -26,9 +26,10 @@ from mcp_locks.core.clock import Clock
 from mcp_locks.core.errors import Forbidden
 from mcp_locks.core.keys import LOCAL, NOBODY
 from mcp_locks.core.table import Limits
+from mcp_locks.engine.admin import bootstrap_admin_key
 from mcp_locks.engine.file_service import FileLimits
 from mcp_locks.engine.lock_service import LockService, ServiceLimits
-from mcp_locks.faces.auth import Guard, KeyVerifier, bootstrap_admin_key, is_loopback
+from mcp_locks.faces.auth import Guard, KeyVerifier, is_loopback
 from mcp_locks.faces.mcp.tools import build_mcp
 from mcp_locks.faces.rest.ops import OPENAPI_PATH, build_rest, caller_of, error_response, http_error_handler
 from mcp_locks.observe.logging import RequestId

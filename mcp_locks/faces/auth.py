@@ -22,12 +22,8 @@ import ipaddress
 import json
 import logging
 import math
-import os
-import secrets
-import tempfile
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import limits
@@ -51,13 +47,12 @@ from mcp_locks.core.errors import (
     Unauthenticated,
     Unavailable,
 )
-from mcp_locks.core.keys import LOCAL, Identity, KeyRecord, key_digest, new_key, parse_key_id, record_for, verify_key
+from mcp_locks.core.keys import LOCAL, Identity, KeyRecord, key_digest, parse_key_id, verify_key
 from mcp_locks.stores.base import Store
 
 __all__ = [
     "Guard",
     "KeyVerifier",
-    "bootstrap_admin_key",
     "current_caller",
     "error_response_parts",
     "identity_of",
@@ -325,60 +320,3 @@ class Guard:
             hint=f"Retry after {retry} s; wait in line with wait= instead of polling.",
             details={"retry_after": retry},
         )
-
-
-async def bootstrap_admin_key(
-    store: Store, data_dir: Path, env_key: str | None, now: float, *, persistent: bool = True
-) -> str | None:
-    """Make sure an admin can get in; returns the path where a new admin key was written, if one was.
-
-    With ``MCP_LOCKS_ADMIN_KEY`` set, that key is registered (once) as the admin key
-    ``admin-env`` and no file is written. Otherwise, when the store holds no live admin
-    key, a new one is written to ``<data-dir>/admin.key`` (mode 0600), or to
-    ``admin-2.key``, ``admin-3.key``... if that file exists: an existing key file is
-    never replaced. A memory store (``persistent=False``) gets a temporary file instead,
-    so a throwaway server never touches a real server's data dir.
-    """
-    if env_key:
-        kid = parse_key_id(env_key)
-        if kid is None:
-            raise ValueError("MCP_LOCKS_ADMIN_KEY is not an mcp-locks key (mlk_<12 hex>_<43 chars>).")
-        existing = await store.get_key(kid)
-        if existing is None:
-            await store.put_key(record_for(env_key, "admin-env", (), "admin", now))
-        elif verify_key(env_key, existing) is None:
-            raise ValueError("MCP_LOCKS_ADMIN_KEY has the id of a stored key but not its secret (or it was revoked).")
-        return None
-    if any(r.role == "admin" and r.revoked_at is None for r in await store.list_keys()):
-        return None
-    key, record = new_key("admin", (), "admin", now)
-    path = _write_new_key_file(key, data_dir if persistent else None)
-    await store.put_key(record)
-    return path
-
-
-def _write_new_key_file(key: str, data_dir: Path | None) -> str:
-    """Write ``key`` to a new 0600 file (never over an existing one) and return its path."""
-    if data_dir is None:
-        fd, name = tempfile.mkstemp(prefix="mcp-locks-admin-", suffix=".key")
-        with os.fdopen(fd, "w") as f:
-            f.write(key + "\n")
-        return name
-    os.makedirs(data_dir, mode=0o700, exist_ok=True)
-    tmp = data_dir / f".admin.key.{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    try:
-        for n in range(1, 1000):
-            path = data_dir / ("admin.key" if n == 1 else f"admin-{n}.key")
-            try:
-                os.link(tmp, path)  # fails if the name is taken: an existing key file is never replaced
-            except FileExistsError:
-                continue
-            return str(path)
-        raise RuntimeError(f"too many admin key files in {data_dir}")
-    finally:
-        os.unlink(tmp)

@@ -55,7 +55,8 @@ from mcp_locks.core.keys import LOCAL, Identity
 from mcp_locks.core.models import LockPage, LockStatus
 from mcp_locks.core.names import ancestors
 from mcp_locks.core.records import Event
-from mcp_locks.engine.lock_service import MAX_ITEMS, LockService
+from mcp_locks.engine.arguments import MAX_ITEMS
+from mcp_locks.engine.lock_service import LockService
 from mcp_locks.faces.auth import current_caller
 
 __all__ = [

@@ -36,7 +36,8 @@ from mcp_locks.core.models import (
     invalid_from,
     unknown_field,
 )
-from mcp_locks.engine.lock_service import MAX_ITEMS, LockService
+from mcp_locks.engine.arguments import MAX_ITEMS
+from mcp_locks.engine.lock_service import LockService
 from mcp_locks.faces.auth import current_caller
 
 __all__ = ["INSTRUCTIONS", "build_mcp", "build_tools", "error_result", "flat_schema"]
