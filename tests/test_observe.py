@@ -621,11 +621,11 @@ def test_the_webhook_payload_has_exactly_the_audit_events_fields(at: float) -> N
 async def test_an_open_event_stream_ends_when_its_key_is_revoked(
     env: Env, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    import mcp_locks.faces.rest.ops
+    import mcp_locks.faces.rest.event_stream
 
     # A revocation made elsewhere (the CLI, on the data dir) is seen at the next periodic look at the
     # key: real time is the subject, so the period (15 s by default) is shortened here.
-    monkeypatch.setattr(mcp_locks.faces.rest.ops, "RECHECK_ACCESS", 0.05)
+    monkeypatch.setattr(mcp_locks.faces.rest.event_stream, "RECHECK_ACCESS", 0.05)
     bob = next(r for r in await env.service.list_keys() if r.agent == "bob")
 
     async def revoke() -> None:
@@ -655,9 +655,9 @@ async def test_an_open_event_stream_ends_when_its_key_is_revoked(
 async def test_a_key_may_hold_only_so_many_event_streams_and_a_closed_one_frees_its_place(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mcp_locks.faces.rest.ops
+    import mcp_locks.faces.rest.event_stream
 
-    monkeypatch.setattr(mcp_locks.faces.rest.ops, "MAX_STREAMS_PER_KEY", 2)
+    monkeypatch.setattr(mcp_locks.faces.rest.event_stream, "MAX_STREAMS_PER_KEY", 2)
     url = f"{env.url}/v1/workspaces/default/events"
     auth = {"Authorization": f"Bearer {env.bob}"}
     before = len(env.service.hub._subscribers)

@@ -31,7 +31,8 @@ from mcp_locks.engine.file_service import FileLimits
 from mcp_locks.engine.lock_service import LockService, ServiceLimits
 from mcp_locks.faces.auth import Guard, KeyVerifier, is_loopback
 from mcp_locks.faces.mcp.tools import build_mcp
-from mcp_locks.faces.rest.ops import OPENAPI_PATH, build_rest, caller_of, error_response, http_error_handler
+from mcp_locks.faces.rest.operation import OPENAPI_PATH, caller_of, error_response, http_error_handler
+from mcp_locks.faces.rest.routes import build_rest
 from mcp_locks.observe.logging import RequestId
 from mcp_locks.observe.observability import ObserveLimits
 from mcp_locks.observe.webhooks import WebhookLimits
