@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import secrets
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -24,13 +21,12 @@ from mcp_locks.core.errors import InvalidArgument, NotFound
 from mcp_locks.core.keys import LOCAL, Identity, require_admin
 from mcp_locks.core.models import AuditEvent, AuditPage, CreatedWebhook, WebhookInfo, WebhookList, utc
 from mcp_locks.core.names import check_node_id
-from mcp_locks.core.records import WEBHOOK_EVENTS, AuditQuery, Delivery, Event, Settle, WebhookRecord
+from mcp_locks.core.records import WEBHOOK_EVENTS, AuditQuery, Event, WebhookRecord
+from mcp_locks.observe.delivery import DeliveryWorker
 from mcp_locks.observe.events import EventHub
-from mcp_locks.observe.logging import JsonFormatter
 from mcp_locks.observe.metrics import Metrics, WorkspaceGauges
 from mcp_locks.observe.webhooks import Dispatcher, WebhookLimits, check_webhook_url
 from mcp_locks.stores.base import SharedStore, Store
-from mcp_locks.stores.sqlite import SqliteStore
 
 __all__ = ["Observability", "ObserveLimits"]
 
@@ -38,16 +34,8 @@ log = logging.getLogger("mcp_locks.observe")
 
 #: Seconds between sweeps of audit entries older than the retention.
 PRUNE_EVERY = 3_600.0
-#: Seconds between counts of the webhook backlog (for the metrics) when a worker process delivers.
-BACKLOG_EVERY = 5.0
-#: Least seconds between two pokes of the delivery worker (each costs a pipe write on the lock path's loop).
-POKE_EVERY = 0.01
 #: Seconds between the cluster's webhook deliverer's reads of the webhooks (other servers add and delete them).
 HOOKS_REFRESH = 1.0
-#: Longest line the delivery worker may send (a batch of outcomes).
-MAX_WORKER_LINE = 64 << 20
-#: What the delivery worker reports per delivery (the metrics' outcome label).
-OUTCOMES = frozenset({"delivered", "failed", "gave_up"})
 #: Most webhooks per workspace (each event is queued once per matching webhook).
 MAX_WEBHOOKS = 20
 
@@ -126,16 +114,11 @@ class Observability:
         self.dispatcher = Dispatcher(
             service.store, service.clock, lambda: self._hooks, limits.webhooks, on_outcome=self._delivered
         )
-        self.metrics = Metrics(self._gauges, lambda: self.dispatcher.backlog)
-        self._pokes: list[bytes] = []
-        self._poked = anyio.Event()
-        #: Set once the delivery worker process (if the store uses one) is up.
-        self.worker_ready = anyio.Event()
+        #: Delivers from a process of its own, if the store can be served so (set up in :meth:`start`).
+        self._worker: DeliveryWorker | None = None
+        self.metrics = Metrics(self._gauges, self._backlog)
+        self._no_worker = anyio.Event()  # the ready event when there is no worker: never set
         self._tg: anyio.abc.TaskGroup | None = None
-        self._worker_store: SqliteStore | None = None
-        self._worker_started = False
-        #: The delivery worker's process id while one runs.
-        self.worker_pid: int | None = None
         hub.sink = self.metrics.sink()
         hub.on_logged = self.dispatcher.wake
 
@@ -152,10 +135,10 @@ class Observability:
         elif store.shared:
             # Several servers, one log: one of them (whichever holds the role) delivers for the cluster.
             tg.start_soon(cast(SharedStore, store).lead, "webhooks", self._deliver_for_the_cluster)
-        elif self.limits.webhooks.worker and isinstance(store, SqliteStore):
-            self.hub.on_logged = self._poke_worker
+        elif self.limits.webhooks.worker and (args := store.delivery_worker_args()) is not None:
+            self._worker = DeliveryWorker(store, args, self.limits.webhooks, self._delivered)
+            self.hub.on_logged = self._worker.poke
             self._tg = tg
-            self._worker_store = store
             if self._hooks or (await store.delivery_backlog())[0]:
                 self._start_worker()  # else on the first webhook: most servers never need the process
         else:
@@ -180,97 +163,22 @@ class Observability:
     # ------------------------------------------------------------------ the delivery worker process
 
     def _start_worker(self) -> None:
-        if self._worker_started or self._tg is None or self._worker_store is None:
-            return
-        self._worker_started = True
-        self._tg.start_soon(self._run_worker, self._worker_store)
-        self._tg.start_soon(self._count_backlog)
+        if self._worker is not None and self._tg is not None:
+            self._worker.start(self._tg)
 
-    def _poke_worker(self, what: bytes = b"w") -> None:
-        if what == b"h" or not self._pokes:
-            self._pokes.append(what)
-        self._poked.set()
+    @property
+    def worker_ready(self) -> anyio.Event:
+        """Set once the delivery worker process (if the store uses one) is up."""
+        return self._worker.ready if self._worker is not None else self._no_worker
 
-    async def _run_worker(self, store: SqliteStore) -> None:
-        """Keep a delivery process running beside the server (restarted if it dies); it ends when we do."""
-        wl = self.limits.webhooks
-        root = logging.getLogger()
-        fmt = "json" if any(isinstance(h.formatter, JsonFormatter) for h in root.handlers) else "text"
-        cmd = [
-            *[sys.executable, "-m", "mcp_locks.observe.delivery", str(store.path)],
-            *["--concurrency", str(wl.concurrency), "--timeout", str(wl.timeout)],
-            *["--log-level", logging.getLevelName(root.level).lower(), "--log-format", fmt],
-            *(["--allow-private"] if wl.allow_private else []),
-        ]
-        failures = 0
-        while True:
-            started = anyio.current_time()
-            try:
-                async with await anyio.open_process(
-                    cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None
-                ) as p:
-                    assert p.stdin is not None
-                    assert p.stdout is not None
-                    self.worker_pid = p.pid
-                    self._pokes[:] = [b"h"]  # it loads the webhooks itself; then looks at the logs
-                    self._poked.set()
-                    async with anyio.create_task_group() as tg:
-                        tg.start_soon(self._forward_pokes, p.stdin)
-                        lines = anyio.streams.buffered.BufferedByteReceiveStream(p.stdout)
-                        while True:
-                            try:
-                                line = (await lines.receive_until(b"\n", MAX_WORKER_LINE)).decode()
-                            except (anyio.EndOfStream, anyio.IncompleteRead):
-                                break
-                            if line.startswith("settle "):
-                                await self._record(store, line[7:])
-                            elif line == "ready":
-                                self.worker_ready.set()
-                            elif line in OUTCOMES:
-                                self._delivered(line)
-                        tg.cancel_scope.cancel()
-                    code = await p.wait()
-            except Exception:  # could not start it, or it died mid-write: never take the server down with it
-                log.exception("the webhook delivery worker failed")
-                code = None
-            self.worker_pid = None
-            self.worker_ready = anyio.Event()
-            log.warning("the webhook delivery worker stopped (exit status %s); restarting it", code)
-            failures = 1 if anyio.current_time() - started > 60 else failures + 1
-            await anyio.sleep(min(30.0, 0.25 * 2 ** min(failures, 7)))  # a crashing worker: at most every 30 s
+    @property
+    def worker_pid(self) -> int | None:
+        """The delivery worker's process id while one runs."""
+        return self._worker.pid if self._worker is not None else None
 
-    async def _record(self, store: SqliteStore, text: str) -> None:
-        """Write what the worker reports (the server is the database's only writer), retrying until it sticks."""
-        done, retry, dead, cursors = json.loads(text)
-        settle = Settle(
-            tuple(Delivery(*d) for d in done),
-            tuple(Delivery(*d) for d in retry),
-            tuple(Delivery(*d) for d in dead),
-            tuple((w, c) for w, c in cursors),
-        )
-        for attempt in range(1_000_000):  # bounded; a full disk is retried every few seconds
-            try:
-                await store.settle_deliveries(settle)
-                return
-            except Exception:
-                log.warning("could not record webhook outcomes; trying again", exc_info=attempt == 0)
-                await anyio.sleep(min(5.0, 0.1 * 2**attempt))
-
-    async def _forward_pokes(self, stdin: anyio.abc.ByteSendStream) -> None:
-        while True:
-            await self._poked.wait()
-            self._poked = anyio.Event()
-            pokes, self._pokes = self._pokes, []
-            await stdin.send(b"".join(p + b"\n" for p in pokes))
-            await anyio.sleep(POKE_EVERY)  # a burst of commits becomes one poke, not one write each
-
-    async def _count_backlog(self) -> None:
-        while True:
-            try:
-                self.dispatcher.backlog, _ = await self.service.store.delivery_backlog()
-            except Exception:  # the gauge keeps its last value
-                log.debug("could not count the webhook backlog", exc_info=True)
-            await anyio.sleep(BACKLOG_EVERY)
+    def _backlog(self) -> int:
+        worker = self._worker
+        return worker.backlog if worker is not None and worker.started else self.dispatcher.backlog
 
     def _delivered(self, outcome: str) -> None:
         self.metrics.deliveries.labels(outcome).inc()
@@ -429,9 +337,9 @@ class Observability:
 
     def _hooks_changed(self) -> None:
         self.hub.set_hooks(list(self._hooks.values()))
-        if self.hub.on_logged == self._poke_worker:
+        if self._worker is not None:
             self._start_worker()
-            self._poke_worker(b"h")
+            self._worker.poke(b"h")
 
 
 def _info(h: WebhookRecord) -> WebhookInfo:

@@ -62,7 +62,8 @@ class WebhookLimits:
     #: First retry delay in seconds; each later one doubles, up to ``max_delay``.
     first_delay: float = 5.0
     max_delay: float = 3_600.0
-    #: Deliver from a worker process of its own (SQLite store only), so posting never takes the server's CPU.
+    #: Deliver from a worker process of its own where the store allows one (SQLite: see
+    #: ``Store.delivery_worker_args``), so posting never takes the server's CPU.
     worker: bool = False
 
 

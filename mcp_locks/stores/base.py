@@ -10,24 +10,15 @@ from typing import Any, Protocol
 from mcp_locks.core.errors import AlreadyExists, Locked, NotFound
 from mcp_locks.core.keys import KeyRecord
 from mcp_locks.core.records import (
-    AppendEvents,
     AuditQuery,
     Begun,
-    Change,
     Delivery,
-    DropRequest,
     Ended,
-    EndLease,
     Event,
     FileMeta,
     Lease,
-    Prune,
     PutContent,
-    PutFile,
-    PutLease,
-    PutRequest,
     RequestRecord,
-    ReserveFences,
     Settle,
     Snapshot,
     StoreChange,
@@ -36,6 +27,7 @@ from mcp_locks.core.records import (
     WebhookRecord,
     WorkspaceRecord,
 )
+from mcp_locks.stores.folding import Folded, fold_changes
 
 __all__ = [
     "AuditQuery",
@@ -163,6 +155,14 @@ class Store(Protocol):
         """Messages waiting (retries, and matching events after each webhook's cursor), and the next retry time."""
         ...
 
+    def delivery_worker_args(self) -> list[str] | None:
+        """How a webhook delivery process of its own reaches this store's data (its arguments), or None.
+
+        None: no such process can serve it, and webhooks are delivered in the server (or, for a store
+        several servers share, by whichever server holds the cluster's delivery role).
+        """
+        ...
+
 
 class SharedStore(Store, Protocol):
     """A store several server processes share: each actor step runs between ``begin`` and ``end``."""
@@ -263,14 +263,10 @@ class MemoryStore:
 
     async def commit(self, workspace_id: str, changes: Sequence[StoreChange]) -> None:
         """Apply ``changes``."""
-        ws = self._ws[workspace_id]
-        lock_changes: list[Change] = []
-        for ch in changes:
-            if isinstance(ch, AppendEvents):
-                self._logs.setdefault(workspace_id, []).extend(ch.events)
-            elif not isinstance(ch, WaiterOutcome | TakeOutcome | PutContent):  # only shared stores record those
-                lock_changes.append(ch)
-        apply_changes_to_memory(ws, lock_changes)
+        f = fold_changes(changes)
+        if f.events:
+            self._logs.setdefault(workspace_id, []).extend(f.events)
+        apply_to_memory(self._ws[workspace_id], f)  # waiters, outcomes and content: only shared stores keep those
         self.commits += 1
 
     async def deadlines(self) -> dict[str, float]:
@@ -409,6 +405,10 @@ class MemoryStore:
             unread += sum(1 for ev in self._logs.get(h.workspace_id, ()) if ev.seq > h.cursor and ev.kind in kinds)
         return len(self._outbox) + unread, min((d.next_at for d in self._outbox.values()), default=None)
 
+    def delivery_worker_args(self) -> None:
+        """None: another process cannot see this process's memory (webhooks are delivered in the server)."""
+        return None
+
 
 def workspace_not_found(workspace_id: str) -> NotFound:
     """NOT_FOUND for a workspace a store does not have."""
@@ -424,23 +424,22 @@ def workspace_in_use(workspace_id: str, live: int) -> Locked:
     )
 
 
-def apply_changes_to_memory(ws: _MemWorkspace, changes: Sequence[Change]) -> None:
-    """Apply a batch to in-memory dicts (used by :class:`MemoryStore`)."""
-    for ch in changes:
-        if isinstance(ch, PutLease):
-            ws.leases[ch.lease.lock_id] = ch.lease
-            ws.fence_last = max(ws.fence_last, ch.lease.fence)
-        elif isinstance(ch, EndLease):
-            ws.leases.pop(ch.lease.lock_id, None)
-            ws.ended[ch.ended.token] = ch.ended
-        elif isinstance(ch, PutRequest):
-            ws.requests[(ch.record.owner, ch.record.request_id)] = ch.record
-        elif isinstance(ch, DropRequest):
-            ws.requests.pop((ch.owner, ch.request_id), None)
-        elif isinstance(ch, ReserveFences):
-            ws.fence_reserved = max(ws.fence_reserved, ch.upto)
-        elif isinstance(ch, PutFile):
-            ws.files[ch.meta.node_id] = ch.meta
-        elif isinstance(ch, Prune):
-            ws.ended = {k: e for k, e in ws.ended.items() if e.at >= ch.ended_before}
-            ws.requests = {k: r for k, r in ws.requests.items() if r.created_at >= ch.requests_before}
+def apply_to_memory(ws: _MemWorkspace, f: Folded) -> None:
+    """Write a folded batch's leases, requests, fences and files to a :class:`MemoryStore` workspace."""
+    for le in f.puts.values():
+        ws.leases[le.lock_id] = le
+    ws.fence_last = max(ws.fence_last, f.fence_last)
+    for e in f.ends.values():
+        ws.leases.pop(e.lock_id, None)
+        ws.ended[e.token] = e
+    for key, r in f.requests.items():
+        if r is None:
+            ws.requests.pop(key, None)
+        else:
+            ws.requests[key] = r
+    ws.fence_reserved = max(ws.fence_reserved, f.reserve)
+    ws.files.update(f.files)
+    if f.prune is not None:
+        p = f.prune
+        ws.ended = {k: e for k, e in ws.ended.items() if e.at >= p.ended_before}
+        ws.requests = {k: r for k, r in ws.requests.items() if r.created_at >= p.requests_before}

@@ -20,36 +20,25 @@ from mcp_locks.core.claims import Claim
 from mcp_locks.core.errors import ERROR_TABLE, AlreadyExists, InvalidArgument, LockError, NotFound, Unavailable
 from mcp_locks.core.keys import KeyRecord
 from mcp_locks.core.records import (
-    AppendEvents,
     AuditQuery,
     Begun,
     Delivery,
-    DropRequest,
-    DropWaiter,
     Ended,
-    EndLease,
     Event,
     FileMeta,
     Granted,
     Lease,
-    Prune,
     PutContent,
-    PutFile,
-    PutLease,
-    PutRequest,
-    PutWaiter,
     RequestRecord,
-    ReserveFences,
     Settle,
     Snapshot,
     StoreChange,
-    TakeOutcome,
-    WaiterOutcome,
     WaiterRecord,
     WebhookRecord,
     WorkspaceRecord,
 )
 from mcp_locks.stores.base import workspace_in_use, workspace_not_found
+from mcp_locks.stores.folding import Folded, fold_changes
 from mcp_locks.stores.rows import (
     LEASE_COLS,
     OUTBOX_COLS,
@@ -60,6 +49,7 @@ from mcp_locks.stores.rows import (
     event_from,
     key_from,
     key_row,
+    request_row,
     webhook_from,
     webhook_row,
 )
@@ -693,127 +683,94 @@ class PostgresStore:
     async def _write_changes(
         self, conn: psycopg.AsyncConnection[Any], ws: str, seen: int, changes: Sequence[StoreChange]
     ) -> psycopg.AsyncCursor[Any]:
+        """Queue the batch's writes on the step's pipeline, in an order that keeps each write's rows there."""
         ver = seen + 1
-        puts: dict[str, Lease] = {}
-        ends: dict[str, tuple[Any, ...]] = {}
-        request_ops: dict[tuple[str, str], tuple[Any, ...] | None] = {}
-        waiter_ops: dict[int, WaiterRecord | None] = {}
-        outcomes: list[tuple[Any, ...]] = []
-        taken: list[tuple[Any, ...]] = []
-        files: dict[str, FileMeta] = {}
-        contents: dict[str, PutContent] = {}
-        events: list[tuple[Any, ...]] = []
-        prune: Prune | None = None
-        reserve = fence_last = event_seq = 0
-        next_waiter = 1
-        for ch in changes:
-            if isinstance(ch, PutLease):
-                puts[ch.lease.lock_id] = ch.lease
-                fence_last = max(fence_last, ch.lease.fence)
-            elif isinstance(ch, EndLease):
-                e = ch.ended
-                if e.lock_id in puts:
-                    puts[e.lock_id] = ch.lease
-                ends[e.lock_id] = (e.at, e.reason, e.by, e.why, ver, ws, e.lock_id)
-            elif isinstance(ch, PutRequest):
-                r = ch.record
-                les = json.dumps([list(le) for le in r.leases])
-                request_ops[(r.owner, r.request_id)] = (ws, r.owner, r.request_id, r.fingerprint, les, r.created_at,
-                                                        ver)  # fmt: skip
-            elif isinstance(ch, DropRequest):
-                request_ops[(ch.owner, ch.request_id)] = None
-            elif isinstance(ch, PutWaiter):
-                waiter_ops[ch.record.waiter_id] = ch.record
-                next_waiter = max(next_waiter, ch.record.waiter_id + 1)
-            elif isinstance(ch, DropWaiter):
-                waiter_ops[ch.waiter_id] = None
-            elif isinstance(ch, WaiterOutcome):
-                outcomes.append((_outcome_json(ch.outcome), ws, ch.waiter_id))
-            elif isinstance(ch, TakeOutcome):
-                taken.append((ws, ch.waiter_id))
-            elif isinstance(ch, ReserveFences):
-                reserve = max(reserve, ch.upto)
-            elif isinstance(ch, Prune):
-                prune = ch
-            elif isinstance(ch, PutFile):
-                files[ch.meta.node_id] = ch.meta
-            elif isinstance(ch, PutContent):
-                contents[ch.node_id] = ch
-            elif isinstance(ch, AppendEvents):
-                events.extend([(ws, *ev) for ev in ch.events])
-                if ch.events:
-                    event_seq = max(event_seq, ch.events[-1].seq)
-        if outcomes:  # before the waiters' rows go: the outcome names the server that waits for it
-            await conn.cursor().executemany(
-                "INSERT INTO outcomes SELECT workspace_id, waiter_id, server_id, %s::jsonb FROM waiters"
-                " WHERE workspace_id=%s AND waiter_id=%s ON CONFLICT DO NOTHING",
-                outcomes,
-            )
-        if taken:
-            await conn.cursor().executemany("DELETE FROM outcomes WHERE workspace_id=%s AND waiter_id=%s", taken)
-        if waiter_ops:
-            await conn.cursor().executemany(
-                "DELETE FROM waiters WHERE workspace_id=%s AND waiter_id=%s",
-                [(ws, wid) for wid, r in waiter_ops.items() if r is None],
-            )
-            await conn.cursor().executemany(
-                "INSERT INTO waiters VALUES (%s, %s, %s, %s::jsonb)",
-                [(ws, wid, self.server_id, _waiter_json(r)) for wid, r in waiter_ops.items() if r is not None],
-            )
-        if puts:
-            await conn.cursor().executemany(_PUT_LEASE, [(ws, ver, *le) for le in puts.values()])
-        if ends:
-            await conn.cursor().executemany(
-                "UPDATE locks SET ended_at=%s, end_reason=%s, end_by=%s, end_why=%s, ver=%s"
-                " WHERE workspace_id=%s AND lock_id=%s",
-                list(ends.values()),
-            )
-        if request_ops:
-            await conn.cursor().executemany(
-                "UPDATE requests SET dropped=true, ver=%s WHERE workspace_id=%s AND owner=%s AND request_id=%s",
-                [(ver, ws, o, r) for (o, r), row in request_ops.items() if row is None],
-            )
-            await conn.cursor().executemany(
-                "INSERT INTO requests VALUES (%s, %s, %s, %s, %s, %s, false, %s) ON CONFLICT"
-                " (workspace_id, owner, request_id) DO UPDATE SET fingerprint=excluded.fingerprint,"
-                " leases=excluded.leases, created_at=excluded.created_at, dropped=false, ver=excluded.ver",
-                [row for row in request_ops.values() if row is not None],
-            )
-        if files:
-            await conn.cursor().executemany(
-                f"INSERT INTO files (workspace_id, {_FILE_COLS}, ver) VALUES ({','.join(['%s'] * 12)})"
-                " ON CONFLICT (workspace_id, node_id) DO UPDATE SET "
-                + ", ".join(f"{c} = excluded.{c}" for c in [*_FILE_COLS.split(", ")[1:], "ver"]),
-                [(ws, *m[:7], m.deleted, m.pending, m.mtime_ns, ver) for m in files.values()],
-            )
-        if self.content and (files or contents):
-            # A deleted file's content goes; a written one's is replaced (a write retried after a failed
-            # rename sends its content again, without a new record).
-            clear = {node for node, m in files.items() if m.deleted} | contents.keys()
-            await conn.cursor().executemany(
-                "DELETE FROM contents WHERE workspace_id=%s AND node_id=%s", [(ws, node) for node in clear]
-            )
-            for node, put in contents.items():
-                if not (node in files and files[node].deleted):  # written, then deleted, in one batch
-                    await self._put_content(conn, ws, put)
-        if events:
-            await conn.cursor().executemany(_AUDIT_INSERT, events)
-        if prune is not None:
+        f = fold_changes(changes)
+        if f.outcomes or f.taken or f.waiters:
+            await self._write_line(conn, ws, f)
+        await self._write_locks(conn, ws, ver, f)
+        if f.files or f.contents:
+            await self._write_files(conn, ws, ver, f)
+        if f.events:
+            await conn.cursor().executemany(_AUDIT_INSERT, [(ws, *ev) for ev in f.events])
+        if f.prune is not None:
             await conn.execute(
                 "DELETE FROM locks WHERE workspace_id=%s AND ended_at IS NOT NULL AND ended_at<%s",
-                (ws, prune.ended_before),
+                (ws, f.prune.ended_before),
             )
             await conn.execute(
-                "DELETE FROM requests WHERE workspace_id=%s AND created_at<%s", (ws, prune.requests_before)
+                "DELETE FROM requests WHERE workspace_id=%s AND created_at<%s", (ws, f.prune.requests_before)
             )
         cur = await conn.execute(
             "UPDATE workspaces SET version=%s, fence_last=greatest(fence_last, %s),"
             " fence_reserved=greatest(fence_reserved, %s), next_waiter=greatest(next_waiter, %s),"
             " event_seq=greatest(event_seq, %s) WHERE workspace_id=%s AND version=%s",
-            (ver, fence_last, reserve, next_waiter, event_seq, ws, seen),
+            (ver, f.fence_last, f.reserve, f.next_waiter, f.event_seq, ws, seen),
         )
         await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{ws}\t{self.server_id}"))
         return cur
+
+    async def _write_line(self, conn: psycopg.AsyncConnection[Any], ws: str, f: Folded) -> None:
+        """The waiting line: outcomes for other servers' waiters, outcomes taken, waiters joined and left."""
+        if f.outcomes:  # before the waiters' rows go: the outcome names the server that waits for it
+            await conn.cursor().executemany(
+                "INSERT INTO outcomes SELECT workspace_id, waiter_id, server_id, %s::jsonb FROM waiters"
+                " WHERE workspace_id=%s AND waiter_id=%s ON CONFLICT DO NOTHING",
+                [(_outcome_json(o.outcome), ws, o.waiter_id) for o in f.outcomes],
+            )
+        if f.taken:
+            await conn.cursor().executemany(
+                "DELETE FROM outcomes WHERE workspace_id=%s AND waiter_id=%s", [(ws, wid) for wid in f.taken]
+            )
+        if f.waiters:
+            await conn.cursor().executemany(
+                "DELETE FROM waiters WHERE workspace_id=%s AND waiter_id=%s",
+                [(ws, wid) for wid, r in f.waiters.items() if r is None],
+            )
+            await conn.cursor().executemany(
+                "INSERT INTO waiters VALUES (%s, %s, %s, %s::jsonb)",
+                [(ws, wid, self.server_id, _waiter_json(r)) for wid, r in f.waiters.items() if r is not None],
+            )
+
+    @staticmethod
+    async def _write_locks(conn: psycopg.AsyncConnection[Any], ws: str, ver: int, f: Folded) -> None:
+        """Leases put and ended; request ids remembered, and dropped (kept, marked, for other servers to catch up)."""
+        if f.puts:
+            await conn.cursor().executemany(_PUT_LEASE, [(ws, ver, *le) for le in f.puts.values()])
+        if f.ends:
+            await conn.cursor().executemany(
+                "UPDATE locks SET ended_at=%s, end_reason=%s, end_by=%s, end_why=%s, ver=%s"
+                " WHERE workspace_id=%s AND lock_id=%s",
+                [(e.at, e.reason, e.by, e.why, ver, ws, e.lock_id) for e in f.ends.values()],
+            )
+        if f.requests:
+            await conn.cursor().executemany(
+                "UPDATE requests SET dropped=true, ver=%s WHERE workspace_id=%s AND owner=%s AND request_id=%s",
+                [(ver, ws, o, r) for (o, r), rec in f.requests.items() if rec is None],
+            )
+            await conn.cursor().executemany(
+                "INSERT INTO requests VALUES (%s, %s, %s, %s, %s, %s, false, %s) ON CONFLICT"
+                " (workspace_id, owner, request_id) DO UPDATE SET fingerprint=excluded.fingerprint,"
+                " leases=excluded.leases, created_at=excluded.created_at, dropped=false, ver=excluded.ver",
+                [(*request_row(ws, rec), ver) for rec in f.requests.values() if rec is not None],
+            )
+
+    async def _write_files(self, conn: psycopg.AsyncConnection[Any], ws: str, ver: int, f: Folded) -> None:
+        """File records, and (when the database keeps file content) the content written or deleted."""
+        if f.files:
+            await conn.cursor().executemany(
+                f"INSERT INTO files (workspace_id, {_FILE_COLS}, ver) VALUES ({','.join(['%s'] * 12)})"
+                " ON CONFLICT (workspace_id, node_id) DO UPDATE SET "
+                + ", ".join(f"{c} = excluded.{c}" for c in [*_FILE_COLS.split(", ")[1:], "ver"]),
+                [(ws, *m[:7], m.deleted, m.pending, m.mtime_ns, ver) for m in f.files.values()],
+            )
+        if self.content:
+            clear, contents = f.content_changes()
+            await conn.cursor().executemany(
+                "DELETE FROM contents WHERE workspace_id=%s AND node_id=%s", [(ws, node) for node in clear]
+            )
+            for put in contents:
+                await self._put_content(conn, ws, put)
 
     @staticmethod
     async def _put_content(conn: psycopg.AsyncConnection[Any], ws: str, put: PutContent) -> None:
@@ -986,6 +943,10 @@ class PostgresStore:
                 "UPDATE webhooks SET cursor=%s WHERE webhook_id=%s AND cursor<%s",
                 [(seq, webhook_id, seq) for webhook_id, seq in settle.cursors],
             )
+
+    def delivery_worker_args(self) -> None:
+        """None: the cluster's delivery role delivers (in whichever server holds it)."""
+        return None
 
     async def delivery_backlog(self) -> tuple[int, float | None]:
         """Waiting messages (retries, and matching events after each webhook's cursor) and the next retry."""

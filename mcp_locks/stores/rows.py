@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mcp_locks.core.keys import KeyRecord
-from mcp_locks.core.records import AuditQuery, Event, Lease, WebhookRecord
+from mcp_locks.core.records import AuditQuery, Event, Lease, RequestRecord, WebhookRecord
 
 __all__ = [
     "AUDIT_COLS",
@@ -20,6 +20,7 @@ __all__ = [
     "event_from",
     "key_from",
     "key_row",
+    "request_row",
     "webhook_from",
     "webhook_row",
 ]
@@ -100,6 +101,12 @@ def key_from(row: Sequence[Any]) -> KeyRecord:
     """A key record from a row of the ``keys`` table."""
     key_id, agent, workspaces, role, created_at, digest, revoked_at = row
     return KeyRecord(key_id, agent, tuple(json.loads(workspaces)), role, created_at, bytes(digest), revoked_at)
+
+
+def request_row(workspace_id: str, r: RequestRecord) -> tuple[Any, ...]:
+    """A request id's result as a row of the ``requests`` table (its leases as JSON arrays)."""
+    les = json.dumps([list(le) for le in r.leases])
+    return (workspace_id, r.owner, r.request_id, r.fingerprint, les, r.created_at)
 
 
 def webhook_row(r: WebhookRecord) -> tuple[Any, ...]:

@@ -18,21 +18,13 @@ import anyio.lowlevel
 from mcp_locks.core.errors import AlreadyExists
 from mcp_locks.core.keys import KeyRecord
 from mcp_locks.core.records import (
-    AppendEvents,
     AuditQuery,
     Delivery,
-    DropRequest,
     Ended,
-    EndLease,
     Event,
     FileMeta,
     Lease,
-    Prune,
-    PutFile,
-    PutLease,
-    PutRequest,
     RequestRecord,
-    ReserveFences,
     Settle,
     Snapshot,
     StoreChange,
@@ -40,6 +32,7 @@ from mcp_locks.core.records import (
     WorkspaceRecord,
 )
 from mcp_locks.stores.base import workspace_in_use, workspace_not_found
+from mcp_locks.stores.folding import fold_changes
 from mcp_locks.stores.rows import (
     LEASE_COLS,
     OUTBOX_COLS,
@@ -50,6 +43,7 @@ from mcp_locks.stores.rows import (
     event_from,
     key_from,
     key_row,
+    request_row,
     webhook_from,
     webhook_row,
 )
@@ -209,10 +203,6 @@ _PUT_LEASE = (
     + ", ended_at = NULL, end_reason = NULL, end_by = NULL, end_why = NULL"
 )
 _lease_from = partial(tuple.__new__, Lease)  # a row of LEASE_COLS as a Lease, without a Python-level call
-
-
-def _lease_json(le: Lease) -> list[Any]:
-    return list(le)
 
 
 class SqliteStore:
@@ -441,44 +431,8 @@ class SqliteStore:
         self._commit(workspace_id, changes)
 
     def _commit(self, workspace_id: str, changes: Sequence[StoreChange]) -> None:
-        puts: dict[str, Lease] = {}
-        ends: dict[str, tuple[Any, ...]] = {}
-        request_ops: dict[tuple[str, str], tuple[Any, ...] | None] = {}
-        reserve = 0
-        prune: Prune | None = None
-        files: dict[str, FileMeta] = {}
-        events: list[tuple[Any, ...]] = []
-        fence_last = 0
-        for ch in changes:
-            if isinstance(ch, PutLease):
-                puts[ch.lease.lock_id] = ch.lease
-                fence_last = max(fence_last, ch.lease.fence)
-            elif isinstance(ch, EndLease):
-                e = ch.ended
-                if e.lock_id in puts:  # granted and ended in one batch: write the row once
-                    puts[e.lock_id] = ch.lease
-                ends[e.lock_id] = (e.at, e.reason, e.by, e.why, workspace_id, e.lock_id)
-            elif isinstance(ch, PutRequest):
-                r = ch.record
-                les = json.dumps([_lease_json(le) for le in r.leases])
-                request_ops[(r.owner, r.request_id)] = (
-                    workspace_id,
-                    r.owner,
-                    r.request_id,
-                    r.fingerprint,
-                    les,
-                    r.created_at,
-                )
-            elif isinstance(ch, DropRequest):
-                request_ops[(ch.owner, ch.request_id)] = None  # the last change to a request_id wins
-            elif isinstance(ch, ReserveFences):
-                reserve = max(reserve, ch.upto)
-            elif isinstance(ch, Prune):
-                prune = ch
-            elif isinstance(ch, PutFile):
-                files[ch.meta.node_id] = ch.meta  # the last change to a file in a batch wins
-            elif isinstance(ch, AppendEvents):
-                events.extend([(workspace_id, *ev) for ev in ch.events])
+        f = fold_changes(changes)
+        ws, fence_last, reserve = workspace_id, f.fence_last, f.reserve
         db = self.db
         durable = reserve and self.sync != "full"
         if durable:
@@ -486,38 +440,38 @@ class SqliteStore:
         try:
             db.execute("BEGIN IMMEDIATE")
             try:
-                if puts:
-                    db.executemany(_PUT_LEASE, [(workspace_id, *le) for le in puts.values()])
-                if ends:
+                if f.puts:
+                    db.executemany(_PUT_LEASE, [(ws, *le) for le in f.puts.values()])
+                if f.ends:
                     db.executemany(
                         "UPDATE locks SET ended_at=?, end_reason=?, end_by=?, end_why=?"
                         " WHERE workspace_id=? AND lock_id=?",
-                        ends.values(),
+                        [(e.at, e.reason, e.by, e.why, ws, e.lock_id) for e in f.ends.values()],
                     )
-                if request_ops:
+                if f.requests:
                     db.executemany(
                         "DELETE FROM requests WHERE workspace_id=? AND owner=? AND request_id=?",
-                        [(workspace_id, o, r) for (o, r), row in request_ops.items() if row is None],
+                        [(ws, o, r) for (o, r), rec in f.requests.items() if rec is None],
                     )
                     db.executemany(
                         "INSERT OR REPLACE INTO requests VALUES (?, ?, ?, ?, ?, ?)",
-                        [row for row in request_ops.values() if row is not None],
+                        [request_row(ws, rec) for rec in f.requests.values() if rec is not None],
                     )
-                if files:
+                if f.files:
                     db.executemany(
                         "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        [(workspace_id, *m[:7], int(m.deleted), m.pending, m.mtime_ns) for m in files.values()],
+                        [(ws, *m[:7], int(m.deleted), m.pending, m.mtime_ns) for m in f.files.values()],
                     )
-                if events:
-                    db.executemany(_AUDIT_INSERT, events)
-                if prune is not None:
+                if f.events:
+                    db.executemany(_AUDIT_INSERT, [(ws, *ev) for ev in f.events])
+                if f.prune is not None:
                     db.execute(
                         "DELETE FROM locks WHERE workspace_id=? AND ended_at IS NOT NULL AND ended_at<?",
-                        (workspace_id, prune.ended_before),
+                        (ws, f.prune.ended_before),
                     )
                     db.execute(
                         "DELETE FROM requests WHERE workspace_id=? AND created_at<?",
-                        (workspace_id, prune.requests_before),
+                        (ws, f.prune.requests_before),
                     )
                 if reserve:
                     # Only reservations touch the workspace row; within one process the last
@@ -744,6 +698,10 @@ class SqliteStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def delivery_worker_args(self) -> list[str]:
+        """The database file: a delivery process tails its log on a read connection of its own (WAL)."""
+        return [str(self.path)]
 
     async def delivery_backlog(self) -> tuple[int, float | None]:
         """Waiting messages (retries, and matching events after each webhook's cursor) and the next retry.
