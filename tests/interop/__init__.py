@@ -1,0 +1,1 @@
+"""Interop drivers: the TypeScript SDK client (driver.mjs) and the Python SDK client (driver.py), one plan format."""
