@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from mcp_locks import Settings, build_app
-from mcp_locks.cli.remote import EXIT_BUSY, parse_lock_spec
+from mcp_locks.cli.remote.exec import EXIT_BUSY, parse_lock_spec
 from mcp_locks.engine.lock_service import LockService
 from mcp_locks.stores.base import MemoryStore
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import anyio
 import anyio.lowlevel
-import httpx
+import httpx2 as httpx  # the client's HTTP stack: its transports are httpx2's
 import pytest
 import stamina
 
@@ -234,3 +234,61 @@ async def test_a_refusal_leaves_the_client_block_as_itself_not_in_a_group(env: E
     with pytest.raises(Locked):
         async with LockClient(env.url, env.key, clock=env.clock) as c:
             await c.acquire("a.md")
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"error": {"code": "LOCKED", "message": "held by bob", "hint": "Wait.", "details": {"holders": []}}},
+        {"code": "LOCKED", "message": "held by bob", "hint": "Wait.", "details": {"holders": []}},
+    ],
+)
+def test_an_error_body_or_its_inner_dict_decodes_to_its_coded_error(body: dict[str, object]) -> None:
+    from mcp_locks.client.errors import decode_error
+
+    err = decode_error(body)
+    assert isinstance(err, Locked)
+    assert (err.message, err.hint, err.details) == ("held by bob", "Wait.", {"holders": []})
+
+
+def test_an_unknown_code_decodes_to_internal_with_the_servers_words() -> None:
+    from mcp_locks import Internal
+    from mcp_locks.client.errors import decode_error
+
+    err = decode_error({"error": {"code": "FROM_THE_FUTURE", "message": "new", "hint": None}})
+    assert type(err) is Internal
+    assert (err.message, err.hint, err.details) == ("new", "", {})
+
+
+@pytest.mark.parametrize(
+    "body",
+    [None, "oops", [], {}, {"error": "oops"}, {"error": {"code": "LOCKED"}}, {"error": {"code": 1, "message": "m"}}],
+)
+def test_anything_that_is_not_an_error_body_decodes_to_none(body: object) -> None:
+    from mcp_locks.client.errors import decode_error
+
+    assert decode_error(body) is None
+
+
+async def test_a_refusal_without_an_error_body_is_internal_and_names_the_status(env: Env) -> None:
+    from mcp_locks import Internal
+
+    class Teapot(httpx.AsyncBaseTransport):
+        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+            return httpx.Response(418, content=b"<html>a proxy's page</html>", headers={"content-type": "text/html"})
+
+    async with LockClient(env.url, env.key, clock=env.clock, transport=Teapot()) as c:
+        with pytest.raises(Internal, match="answered 418 without an error body"):
+            await c.acquire("a.md")
+
+
+def test_a_client_of_a_plain_http_server_loads_no_trust_store_and_still_verifies() -> None:
+    import ssl
+
+    from mcp_locks.client.rest import _verify_for
+
+    plain = _verify_for("http://127.0.0.1:8765")
+    assert isinstance(plain, ssl.SSLContext)
+    assert (plain.verify_mode, plain.check_hostname) == (ssl.CERT_REQUIRED, True)
+    assert plain.cert_store_stats()["x509_ca"] == 0  # any TLS it were to open would fail, never pass unchecked
+    assert _verify_for("HTTPS://locks.example.com") is True

@@ -187,10 +187,10 @@ def test_workspaces_delete_refuses_a_workspace_with_live_locks(tmp_path: Path) -
 
 
 def test_workspaces_delete_refuses_while_a_server_uses_the_data_dir(tmp_path: Path) -> None:
-    from mcp_locks.cli.main import _claim_data_dir
+    from mcp_locks.cli.datadir import claim_data_dir
 
     _first_start(tmp_path)
-    claim = _claim_data_dir(tmp_path)  # what a running server holds
+    claim = claim_data_dir(tmp_path)  # what a running server holds
     try:
         result = CliRunner().invoke(main, ["workspaces", "delete", "x", "--data-dir", str(tmp_path)])
         second = CliRunner().invoke(main, ["serve", "--port", "0", "--data-dir", str(tmp_path)])
@@ -207,3 +207,12 @@ def test_serve_refuses_insecure_no_auth_off_loopback(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0
     assert "--insecure-no-auth is refused on 0.0.0.0" in result.output
+
+
+def test_a_refusal_printed_by_the_cli_names_the_command_to_run_not_the_tool(tmp_path: Path) -> None:
+    _first_start(tmp_path)
+    result = create_key(tmp_path, "zed", "nope")
+    assert result.exit_code != 0
+    assert "NOT_FOUND: workspace 'nope' does not exist." in result.output
+    assert "Create it first (mcp-locks workspaces create nope)." in result.output
+    assert "{op:" not in result.output

@@ -6,7 +6,8 @@
 
 A lease held in an ``async with`` is renewed in the background; if it is lost for good the body is
 cancelled and :class:`LeaseLost` is raised. Refusals raise the server's :class:`~mcp_locks.LockError`
-subclasses. Importing this package loads no server module (the MCP client loads the MCP SDK on first use).
+subclasses (both clients read the server's error bodies with :func:`mcp_locks.client.errors.decode_error`).
+Importing this package loads no server module (the MCP client loads the MCP SDK on first use).
 """
 
 from __future__ import annotations

@@ -30,19 +30,20 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import quote
 
 import anyio
 import anyio.abc
-import anyio.from_thread
-import httpx
-import stamina
-from httpx_sse import aconnect_sse
+import httpx2
 
+from mcp_locks.client.errors import decode_error
 from mcp_locks.core.clock import Clock
-from mcp_locks.core.errors import ERROR_TABLE, Internal, LockBroken, LockError, LockExpired, LockNotFound, Unavailable
+from mcp_locks.core.errors import Internal, LockBroken, LockError, LockExpired, LockNotFound, Unavailable
 from mcp_locks.core.names import check_node_id
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["Lease", "LeaseLost", "LockClient", "SyncLockClient"]
 
@@ -103,13 +104,26 @@ class Lease:
         )
 
 
-def _error_of(response: httpx.Response) -> LockError:
+def _error_of(response: httpx2.Response) -> LockError:
     try:
-        body = response.json()["error"]
-        cls = ERROR_TABLE.get(body["code"], Internal)
-        return cls(body["message"], hint=body.get("hint", ""), details=body.get("details") or {})
-    except (ValueError, KeyError, TypeError):
-        return Internal(f"the server answered {response.status_code} without an error body.")
+        body = response.json()
+    except ValueError:  # not JSON (a proxy's page, say)
+        body = None
+    return decode_error(body) or Internal(f"the server answered {response.status_code} without an error body.")
+
+
+def _verify_for(url: str) -> ssl.SSLContext | bool:
+    """The system's trust store for an https server; for plain http, a TLS context that trusts nothing.
+
+    Loading the system's CA certificates takes ~18 ms (on the 2-vCPU VM of docs/benchmarks.md) on every
+    client made, a CLI command's included, and a client of a plain-http server never opens TLS (it follows
+    no redirect); should it ever try, verification fails.
+    """
+    if url[:6].lower() == "https:":
+        return True
+    import ssl
+
+    return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies certificates and host names, trusts no CA
 
 
 class _MonotonicClock(Clock):
@@ -135,15 +149,20 @@ class LockClient:
         timeout: float = 30.0,
         attempts: int = 5,
         clock: Clock | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        transport: httpx2.AsyncBaseTransport | None = None,
     ) -> None:
         self.url = url.rstrip("/")
         self.workspace_id = workspace_id
         self.attempts = attempts
         self.clock = clock or _MonotonicClock()
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._http = httpx.AsyncClient(
-            base_url=self.url, headers=headers, timeout=timeout, transport=transport, trust_env=False
+        self._http = httpx2.AsyncClient(
+            base_url=self.url,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            trust_env=False,
+            verify=_verify_for(self.url),
         )
         self._stack = contextlib.AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
@@ -170,15 +189,17 @@ class LockClient:
     async def _call(
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, wait: float = 0
     ) -> Any:
+        import stamina  # ~10 ms to import: paid by the first call, not by importing the client
+
         # A waiting lock call may take `wait` seconds before it answers: the read may take that much longer.
         read = self._http.timeout.read
-        per_call = httpx.Timeout(self._http.timeout.connect, read=read + wait if read is not None else None)
+        per_call = httpx2.Timeout(self._http.timeout.connect, read=read + wait if read is not None else None)
         try:
             async for attempt in stamina.retry_context(on=_Transient, attempts=self.attempts, timeout=None):
                 with attempt:
                     try:
                         r = await self._http.request(method, path, json=body, headers=headers, timeout=per_call)
-                    except httpx.TransportError as e:
+                    except httpx2.TransportError as e:
                         raise _Transient(str(e)) from e
                     if r.status_code in _TRANSIENT_STATUS:
                         raise _Transient(f"HTTP {r.status_code}")
@@ -324,22 +345,18 @@ class LockClient:
         for _ in range(1_000_000):  # bounded; each reconnect waits up to 30 s
             headers = {"Last-Event-ID": str(last)} if last is not None else {}
             try:
-                async with aconnect_sse(
-                    self._http,
-                    "GET",
-                    f"/v1/workspaces/{ws}/events",
-                    headers=headers,
-                    timeout=httpx.Timeout(30, read=60),
+                async with self._http.sse(
+                    f"/v1/workspaces/{ws}/events", headers=headers, timeout=httpx2.Timeout(30, read=60)
                 ) as source:
                     if not source.response.is_success:
                         await source.response.aread()
                         raise _error_of(source.response)
-                    async for sse in source.aiter_sse():
+                    async for sse in source:
                         event: dict[str, Any] = json.loads(sse.data)
                         last = event["seq"]
                         attempt = 0  # a stream that worked: the next reconnect is quick again
                         yield event
-            except httpx.TransportError:
+            except httpx2.TransportError:  # SSEError too (an answer that is no event stream)
                 pass  # dropped (or the read timed out past the 15 s keep-alives): reconnect
             await anyio.sleep(min(30.0, 0.5 * 2 ** min(attempt, 6)))
             attempt += 1
@@ -508,6 +525,8 @@ class SyncLockClient:
     """
 
     def __init__(self, url: str, key: str | None, **options: Any) -> None:
+        import anyio.from_thread  # ~20 ms that only a script which wants it pays
+
         self._portal_cm = anyio.from_thread.start_blocking_portal()
         self._portal = self._portal_cm.__enter__()
         try:

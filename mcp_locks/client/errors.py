@@ -1,0 +1,35 @@
+"""Reading a server's error body back into the :class:`~mcp_locks.LockError` it describes.
+
+One decoder for every client surface: REST answers, MCP tool error results (their ``_meta``, under
+:data:`~mcp_locks.core.errors.ERROR_META_KEY`) and the MCP transport's HTTP refusals all carry the same
+``{"error": {"code", "message", "hint", "details"}}``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mcp_locks.core.errors import ERROR_TABLE, Internal, LockError
+
+__all__ = ["decode_error"]
+
+
+def decode_error(body: Any) -> LockError | None:
+    """The :class:`LockError` subclass an ``{"error": {...}}`` body (or its bare inner dict) describes.
+
+    The class comes from the code (``ERROR_TABLE``); a code this client does not know is :class:`Internal`,
+    with the server's message and hint. Anything that is not such a body (no code or message, wrong
+    types, not a dict) is ``None``: the caller says what it got instead.
+    """
+    inner = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(inner, dict):
+        return None
+    code, message = inner.get("code"), inner.get("message")
+    if not isinstance(code, str) or not isinstance(message, str):
+        return None
+    hint, details = inner.get("hint"), inner.get("details")
+    return ERROR_TABLE.get(code, Internal)(
+        message,
+        hint=hint if isinstance(hint, str) else "",
+        details=details if isinstance(details, dict) else {},
+    )
