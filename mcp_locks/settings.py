@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     allowed_origins: list[str] = Field(
         default_factory=list, description="Extra browser origins allowed when bound to loopback."
     )
+    compat_storage_tool: bool = Field(
+        False,
+        description="Also offer the MCP tool `storage`, Fast.io's grouped call shape ({action, params}) on the"
+        " real tools (off: tool lists stay short).",
+    )
 
     @field_validator("admin_key")
     @classmethod

@@ -12,10 +12,14 @@ import jsonschema
 from mcp import Client
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import TextContent
 
 from mcp_locks import ERROR_TABLE
 from mcp_locks.core.clock import ManualClock
 from mcp_locks.engine.lock_service import LockService
+
+#: Where an MCP tool error carries its body (mcp_locks.faces.mcp.results.ERROR_META_KEY).
+ERROR_META_KEY = "io.github.mcp-locks/error"
 
 FACES = ["rest", "mcp-modern", "mcp-legacy", "mcp-sse"]
 
@@ -86,7 +90,9 @@ class RestFace:
             headers["Lock-Token"] = a.pop("token")
             method, url, body, opid = "DELETE", f"{nodes}/lock", None, "unlock_header" + suffix
         elif op == "list_locks":
+            query = {k: str(v) for k, v in a.items() if v is not None}
             method, url, body, opid = "GET", f"{base or self.url + '/v1/workspaces/default'}/locks", None, op
+            url += "?" + urlencode(query) if query else ""
         elif op == "force_unlock":
             lock_id = a.pop("lock_id")
             method, url, body, opid = "POST", f"{base}/locks/{lock_id}/force-unlock", a, op
@@ -201,10 +207,16 @@ class McpFace:
         if op == "renew":
             a.pop("node_id", None)  # REST puts it in the path; renew_lock needs only the token
         r = await (await self.client(key)).call_tool(_TOOLS[op], a)
-        assert r.structured_content is not None
         if not r.is_error:
+            assert r.structured_content is not None
             return Outcome(r.structured_content)
-        e = r.structured_content["error"]
+        # An error carries no structuredContent (TS-SDK hosts check it against the output schema even then):
+        # its body is in _meta, and its text starts with the code.
+        assert r.structured_content is None, r.structured_content
+        assert r.meta is not None
+        e = r.meta[ERROR_META_KEY]
+        text = r.content[0].text if isinstance(r.content[0], TextContent) else ""
+        assert text.startswith(f"{e['code']}: "), text
         return Outcome(None, e["code"], e["message"], e["hint"], e["details"])
 
 

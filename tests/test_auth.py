@@ -67,11 +67,11 @@ async def test_a_revoked_key_stops_working_at_once(face: Face) -> None:
     assert (await face.raw(key)).status_code == 401
 
 
-async def test_the_owner_is_the_keys_agent_and_agent_is_a_label(face: Face) -> None:
+async def test_the_owner_is_the_keys_agent_and_agent_names_a_session_below_it(face: Face) -> None:
     grant = (await face(face.env.alice, "lock", node_id="a.md", agent="helper-1")).ok
-    assert (grant["owner"], grant["label"]) == ("alice", "helper-1")
+    assert (grant["owner"], grant["label"]) == ("alice/helper-1", "helper-1")
     status = (await face(face.env.bob, "status", node_id="a.md")).ok
-    assert (status["holders"][0]["owner"], status["holders"][0]["label"]) == ("alice", "helper-1")
+    assert (status["holders"][0]["owner"], status["holders"][0]["label"]) == ("alice/helper-1", "helper-1")
     # bob cannot take it by calling himself alice
     denied = await face(face.env.bob, "lock", node_id="a.md", agent="alice")
     assert denied.code == "LOCKED"
@@ -167,24 +167,50 @@ async def test_force_unlock_of_a_lock_that_is_not_held_is_lock_not_found(face: F
     assert out.code == "LOCK_NOT_FOUND"
 
 
-async def test_labels_cannot_hide_a_deadlock_between_two_keys(face: Face) -> None:
+async def test_a_session_closing_a_cycle_with_another_key_is_told_deadlock(face: Face) -> None:
     env = face.env
     a = (await face(env.alice, "lock", node_id="a.md", agent="one")).ok
+    assert a["owner"] == "alice/one"
     assert (await face(env.bob, "lock", node_id="b.md")).ok["owner"] == "bob"
     async with env.service.subscribe() as events:
         with anyio.fail_after(10):
             async with anyio.create_task_group() as tg:
                 got: list[Outcome] = []
 
-                async def alice_waits_for_b() -> None:
-                    got.append(await face(env.alice, "lock", node_id="b.md", agent="two", wait=60))
+                async def alice_one_waits_for_b() -> None:
+                    got.append(await face(env.alice, "lock", node_id="b.md", agent="one", wait=60))
 
-                tg.start_soon(alice_waits_for_b)
+                tg.start_soon(alice_one_waits_for_b)
                 await until_event(events, "queued", "b.md")
-                out = await face(env.bob, "lock", node_id="a.md", agent="three", wait=60)
+                out = await face(env.bob, "lock", node_id="a.md", wait=60)
                 assert out.code == "DEADLOCK"
+                assert "alice/one" in out.message
                 await face(env.alice, "unlock", node_id="a.md", token=a["token"])  # alice gives up a.md ...
                 tg.cancel_scope.cancel()  # ... and stops waiting for b.md
+
+
+async def test_a_session_waiting_behind_another_session_of_a_key_in_a_cycle_is_not_a_deadlock(face: Face) -> None:
+    """alice/one holds a.md; alice/two waits for bob's b.md; bob waiting for a.md waits for alice/one, who waits
+    for nobody: no cycle, so bob queues (and is granted once alice/one lets go)."""
+    env = face.env
+    a = (await face(env.alice, "lock", node_id="a.md", agent="one")).ok
+    b = (await face(env.bob, "lock", node_id="b.md")).ok
+    async with env.service.subscribe() as events:
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                got: list[Outcome] = []
+
+                async def wait_for(key: str, node: str, agent: str | None) -> None:
+                    got.append(await face(key, "lock", node_id=node, agent=agent, wait=60))
+
+                tg.start_soon(wait_for, env.alice, "b.md", "two")
+                await until_event(events, "queued", "b.md")
+                tg.start_soon(wait_for, env.bob, "a.md", None)
+                await until_event(events, "queued", "a.md")
+                await face(env.alice, "unlock", node_id="a.md", token=a["token"])
+                await until_event(events, "granted", "a.md")
+                await face(env.bob, "unlock", node_id="b.md", token=b["token"])
+    assert sorted(o.ok["owner"] for o in got) == ["alice/two", "bob"]
 
 
 # ---------------------------------------------------------------------- what reaches the server at all

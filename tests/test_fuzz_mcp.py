@@ -254,8 +254,9 @@ def check_result(tool: str, r: CallToolResult) -> None:
     code = first.split(":", 1)[0]
     assert code in ERROR_TABLE, first[:500]
     assert code != "INTERNAL", f"{tool}: {first[:500]}"
-    assert r.structured_content is not None, first[:500]
-    body = r.structured_content["error"]
+    assert r.structured_content is None, first[:500]
+    assert r.meta is not None, first[:500]
+    body = r.meta["io.github.mcp-locks/error"]
     assert body["code"] == code, body
     assert isinstance(body["message"], str), body
     assert body["message"], body

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import anyio
 import httpx
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,13 +19,18 @@ from mcp import Client
 from mcp.client.sse import sse_client
 from mcp_types import CallToolResult, TextContent
 
-from mcp_locks import Settings, build_app
+from mcp_locks import ERROR_TABLE, Settings, build_app
+from mcp_locks.client.mcp import ERROR_META_KEY as CLIENT_META_KEY
 from mcp_locks.core.clock import ManualClock
 from mcp_locks.core.keys import LOCAL, Identity
 from mcp_locks.engine.lock_service import LockService
+from mcp_locks.faces.auth import KeyVerifier, identity_of
+from mcp_locks.faces.mcp.results import ERROR_META_KEY as RESULTS_META_KEY
+from mcp_locks.faces.mcp.results import error_result
 from mcp_locks.faces.mcp.tools import PROGRESS_EVERY, build_mcp, with_progress
 from mcp_locks.stores.base import MemoryStore
 
+from .faces import Env, McpFace
 from .helpers import until_event
 from .servers import serve_app
 
@@ -60,6 +69,8 @@ CODES = {
     "LOCK_BROKEN",
 }
 STEP = 10
+#: Where a tool error carries its body: the wire contract, spelt out (the server's constant must match it).
+ERROR_META_KEY = "io.github.mcp-locks/error"
 
 
 class Server:
@@ -116,11 +127,14 @@ def ok(r: CallToolResult) -> dict[str, Any]:
 
 
 def err(r: CallToolResult, code: str) -> dict[str, Any]:
+    """A coded error result's body: no structuredContent, the body in _meta, the text leading with the code."""
     assert r.is_error, r.structured_content
     assert text(r).startswith(f"{code}: "), text(r)
-    assert r.structured_content is not None
-    body: dict[str, Any] = r.structured_content["error"]
+    assert r.structured_content is None, r.structured_content
+    assert r.meta is not None
+    body: dict[str, Any] = r.meta[ERROR_META_KEY]
     assert body["code"] == code
+    assert set(body) == {"code", "message", "hint", "details"}
     return body
 
 
@@ -444,3 +458,202 @@ async def test_a_failing_progress_report_never_cuts_a_wait_short() -> None:
                 clock.advance(PROGRESS_EVERY)  # the report fails (and is logged)
                 await service.unlock(None, holder.token)
     assert got == ["bob"]
+
+
+# ---------------------------------------------------------------------- every answer is one every host reads
+#
+# Hosts built on the TypeScript SDK (Claude Code, Claude Desktop, VS Code, ...) check structuredContent against
+# the tool's outputSchema whenever it is present, error or not, and throw instead of showing the text. So every
+# success must fit its schema exactly, and no error may carry structuredContent (its body is in _meta).
+
+MCP_FACES = ["memory", "mcp-modern", "mcp-legacy", "mcp-sse"]
+#: The codes the tools answer with that one server's tools can provoke (STALE_FENCE needs data restored
+#: from elsewhere: test_every_code_renders_as_a_spec_true_error_result covers its rendering).
+LIVE_CODES = [
+    "LOCKED",
+    "LOCK_NOT_FOUND",
+    "LOCK_EXPIRED",
+    "INVALID_ARGUMENT",
+    "FORBIDDEN",
+    "NOT_FOUND",
+    "VERSION_MISMATCH",
+    "DEADLOCK",
+]
+_RFC3339 = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)", re.IGNORECASE)
+
+
+def _is_datetime(value: object) -> bool:
+    """RFC 3339 date-time, checked here because jsonschema checks it only with an optional package."""
+    if not isinstance(value, str):
+        return True
+    if _RFC3339.fullmatch(value) is None:
+        return False
+    try:
+        datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+FORMATS = jsonschema.FormatChecker()
+FORMATS.checks("date-time")(_is_datetime)
+
+
+class Agents:
+    """MCP clients of the keyed server (``env``) as its admin, alice and bob; every answer is checked."""
+
+    def __init__(self, env: Env, clients: dict[str, Client]) -> None:
+        self.env = env
+        self.clients = clients
+        self.schemas: dict[str, dict[str, Any]] = {}
+        self.succeeded: set[str] = set()
+
+    async def list_tools(self) -> None:
+        for tool in (await self.clients["admin"].list_tools()).tools:
+            assert tool.output_schema is not None, tool.name
+            jsonschema.Draft202012Validator.check_schema(tool.output_schema)
+            self.schemas[tool.name] = tool.output_schema
+
+    async def ok(self, who: str, tool: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A success whose structuredContent the strictest reading of its outputSchema accepts."""
+        body = ok(await self.clients[who].call_tool(tool, args))
+        validator = jsonschema.Draft202012Validator(self.schemas[tool], format_checker=FORMATS)
+        problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(body)]
+        assert not problems, (tool, problems)
+        self.succeeded.add(tool)
+        return body
+
+    async def refused(self, who: str, tool: str, args: dict[str, Any], code: str) -> dict[str, Any]:
+        """An error result of ``code`` in the spec-true shape; its _meta body."""
+        return err(await self.clients[who].call_tool(tool, args), code)
+
+
+@pytest.fixture(params=MCP_FACES)
+async def agents(request: pytest.FixtureRequest, env: Env) -> AsyncIterator[Agents]:
+    keys = {"admin": env.admin, "alice": env.alice, "bob": env.bob}
+    async with AsyncExitStack() as stack:
+        clients: dict[str, Client] = {}
+        if request.param == "memory":  # no HTTP: each client acts for the key's identity
+            verifier = KeyVerifier(env.service.store)
+            for who, key in keys.items():
+                token = await verifier.verify_token(key)
+                assert token is not None
+                server = build_mcp(env.service, local=identity_of(token))
+                clients[who] = await stack.enter_async_context(Client(server))
+        else:
+            face = McpFace(env.url, {"mcp-legacy": "legacy", "mcp-sse": "sse"}.get(request.param, "auto"), stack)
+            clients = {who: await face.client(key) for who, key in keys.items()}
+        a = Agents(env, clients)
+        await a.list_tools()
+        yield a
+
+
+async def test_every_tool_succeeds_with_structured_content_its_output_schema_accepts(agents: Agents) -> None:
+    a = agents
+    await a.ok("alice", "list_workspaces", {})
+    await a.ok("admin", "create_workspace", {"workspace_id": "proj", "description": "a project"})
+    g = await a.ok("alice", "lock_file", {"node_id": "a.md", "note": "editing", "agent": "sub-1"})
+    await a.ok("alice", "renew_lock", {"token": g["token"], "timeout": 600})
+    await a.ok("bob", "lock_file", {"node_id": "b.md"})
+    await _status_with_a_waiter(a, g["token"])
+    await a.ok("alice", "check_lock_status", {"node_id": "docs"})
+    await a.ok("alice", "list_locks", {"limit": 1})
+    await a.ok("alice", "write_file", {"node_id": "a.md", "content": "hello\n", "token": g["token"]})
+    await a.ok("alice", "read_file", {"node_id": "a.md", "token": g["token"]})
+    await a.ok("alice", "file_info", {"node_id": "a.md"})
+    await a.ok("alice", "unlock_file", {"token": g["token"], "node_id": "a.md"})
+    await a.ok("alice", "check_lock_status", {"node_id": "a.md", "token": g["token"]})  # `yours`: released
+    binary = {"node_id": "bin/x", "content": "AAEC/w==", "encoding": "base64", "if_version": 0}
+    await a.ok("alice", "write_file", binary)
+    await a.ok("alice", "read_file", {"node_id": "bin/x"})
+    await a.ok("alice", "file_info", {"node_id": "never-written.md"})
+    await a.ok("alice", "list_files", {"prefix": ""})
+    await a.ok("alice", "delete_file", {"node_id": "bin/x", "if_version": 1})
+    many = await a.ok("alice", "lock_files", {"items": [{"node_id": "c.md"}, {"node_id": "src", "depth": "tree"}]})
+    tokens = [x["token"] for x in many["locks"]]
+    await a.ok("alice", "unlock_files", {"tokens": [*tokens, tokens[0]]})  # the repeat is refused in results[]
+    held = await a.ok("bob", "check_lock_status", {"node_id": "b.md"})
+    await a.ok("admin", "force_unlock", {"lock_id": held["holders"][0]["lock_id"], "reason": "stuck"})
+    await a.ok("alice", "get_audit_log", {"limit": 1000})
+    assert a.succeeded == set(a.schemas) == TOOLS
+
+
+@asynccontextmanager
+async def _while_waiting(a: Agents, who: str, node_id: str) -> AsyncIterator[None]:
+    """While ``who``'s lock_file call for ``node_id`` waits in line (the call is cancelled on leaving)."""
+    async with a.env.service.subscribe() as events:
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+
+                async def waits() -> None:
+                    await a.clients[who].call_tool("lock_file", {"node_id": node_id, "wait": 600})
+
+                tg.start_soon(waits)
+                await until_event(events, "queued", node_id)
+                yield
+                tg.cancel_scope.cancel()
+
+
+async def _status_with_a_waiter(a: Agents, token: str) -> None:
+    """check_lock_status of alice's a.md while bob waits in line for it."""
+    async with _while_waiting(a, "bob", "a.md"):
+        status = await a.ok("alice", "check_lock_status", {"node_id": "a.md", "token": token})
+        assert status["waiters"], status
+
+
+async def _deadlock(a: Agents) -> None:
+    """Alice holds x and waits for y; bob holds y and asks for x: DEADLOCK while alice's call waits."""
+    await a.ok("alice", "lock_file", {"node_id": "x"})
+    await a.ok("bob", "lock_file", {"node_id": "y"})
+    async with _while_waiting(a, "alice", "y"):
+        await a.refused("bob", "lock_file", {"node_id": "x", "wait": 600}, "DEADLOCK")
+
+
+async def _provoke(a: Agents, code: str) -> None:
+    """Make the tools answer ``code`` (each refusal is checked by :meth:`Agents.refused`)."""
+    if code == "LOCKED":
+        await a.ok("alice", "lock_file", {"node_id": "a.md"})
+        await a.refused("bob", "lock_file", {"node_id": "a.md"}, code)
+        await a.refused("bob", "read_file", {"node_id": "a.md"}, code)
+    elif code == "LOCK_NOT_FOUND":
+        g = await a.ok("alice", "lock_file", {"node_id": "a.md"})
+        await a.ok("alice", "unlock_file", {"token": g["token"]})
+        await a.refused("alice", "unlock_file", {"token": g["token"]}, code)
+    elif code == "LOCK_EXPIRED":
+        g = await a.ok("alice", "lock_file", {"node_id": "a.md", "timeout": 1})
+        a.env.clock.advance(2)
+        await a.refused("alice", "renew_lock", {"token": g["token"]}, code)
+    elif code == "INVALID_ARGUMENT":
+        await a.refused("alice", "lock_file", {"node_id": "a.md", "mode": "rw"}, code)  # the input schema
+        await a.refused("alice", "lock_file", {"node_id": "a.md", "timout": 600}, code)  # an unknown field
+        await a.refused("alice", "lock_everything", {}, code)  # an unknown tool
+        await a.refused("alice", "lock_file", {"node_id": "../etc/passwd"}, code)  # the tool's own rules
+    elif code == "FORBIDDEN":
+        await a.refused("bob", "lock_file", {"node_id": "a.md", "workspace_id": "team"}, code)
+    elif code == "NOT_FOUND":
+        await a.refused("admin", "lock_file", {"node_id": "a.md", "workspace_id": "ghost"}, code)
+    elif code == "VERSION_MISMATCH":
+        await a.ok("alice", "write_file", {"node_id": "v.md", "content": "1", "if_version": 0})
+        await a.refused("bob", "write_file", {"node_id": "v.md", "content": "2", "if_version": 0}, code)
+    else:
+        assert code == "DEADLOCK", code
+        await _deadlock(a)
+
+
+@pytest.mark.parametrize("code", LIVE_CODES)
+async def test_an_error_result_has_its_code_first_its_body_in_meta_and_no_structured_content(
+    agents: Agents, code: str
+) -> None:
+    await _provoke(agents, code)
+
+
+@pytest.mark.parametrize("code", sorted(ERROR_TABLE))
+def test_every_code_renders_as_a_spec_true_error_result(code: str) -> None:
+    e = ERROR_TABLE[code]("what went wrong.", hint="What to do next.", details={"field": "x"})
+    wire = error_result(e).model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert "structuredContent" not in wire
+    assert wire["isError"] is True
+    assert wire["content"] == [{"type": "text", "text": f"{code}: what went wrong. What to do next."}]
+    assert wire["_meta"] == {ERROR_META_KEY: {"code": code, "message": "what went wrong.", "hint": "What to do next.",
+                                              "details": {"field": "x"}}}  # fmt: skip
+    assert ERROR_META_KEY == RESULTS_META_KEY == CLIENT_META_KEY

@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 import anyio
 import httpx2
 import pytest
+from mcp_types import CallToolResult, TextContent
 
 from mcp_locks import InvalidArgument, LockBroken, Locked, McpLockClient, RateLimited, Unauthenticated, Unavailable
 from mcp_locks.client import LeaseLost
+from mcp_locks.client.mcp import _tool_error
 from mcp_locks.client.rest import RENEW_FRACTION
 from mcp_locks.core.clock import Clock
+from mcp_locks.core.errors import Internal
 
 from .helpers import STEP, until_event
 from .servers import free_socket
@@ -151,6 +154,17 @@ async def test_a_coded_refusal_raises_its_error_and_is_not_retried(env: Env) -> 
             await c.acquire("a.md")
     assert refused.value.details["holders"][0]["owner"] == "bob"
     assert transport.calls == ["lock_file"]
+
+
+def test_a_tool_error_without_its_meta_body_is_read_from_the_code_its_text_starts_with() -> None:
+    def result(text: str) -> CallToolResult:
+        return CallToolResult(is_error=True, content=[TextContent(type="text", text=text)])
+
+    locked = _tool_error("lock_file", result("LOCKED: 'a.md' is locked by bob. Retry with wait=30."))
+    assert isinstance(locked, Locked)
+    assert locked.message == "'a.md' is locked by bob. Retry with wait=30."
+    assert isinstance(_tool_error("lock_file", result("NOT_A_CODE: what")), Internal)
+    assert isinstance(_tool_error("lock_file", result("Error executing tool lock_file")), Internal)
 
 
 async def test_a_bad_key_is_unauthenticated(env: Env) -> None:

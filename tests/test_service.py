@@ -561,13 +561,13 @@ async def test_a_broken_lock_still_answers_lock_broken_after_a_restart(tmp_path:
             await s2.renew(None, grant.token)
 
 
-async def test_labels_survive_a_restart(tmp_path: Path, clock: ManualClock) -> None:
+async def test_sessions_and_their_labels_survive_a_restart(tmp_path: Path, clock: ManualClock) -> None:
     alice = Identity("k1", "alice", "agent", ("default",))
     async with LockService(sqlite(tmp_path), clock=clock) as s1:
         grant = await s1.lock(None, "doc.md", agent="helper-1", caller=alice)
     async with LockService(sqlite(tmp_path), clock=clock) as s2:
         holder = (await s2.status(None, "doc.md")).holders[0]
-    assert (holder.owner, holder.label, holder.lock_id) == ("alice", "helper-1", grant.lock_id)
+    assert (holder.owner, holder.label, holder.lock_id) == ("alice/helper-1", "helper-1", grant.lock_id)
 
 
 async def test_a_schema_1_database_is_migrated_in_place(tmp_path: Path, clock: ManualClock) -> None:

@@ -47,11 +47,15 @@ async def test_the_bridge_offers_the_servers_tools_and_locks_as_the_keys_agent(e
             names = {t.name for t in (await c.list_tools()).tools}
             assert {"lock_file", "unlock_file", "check_lock_status", "force_unlock"} <= names
             grant = ok(await c.call_tool("lock_file", {"node_id": "notes.md", "agent": "desktop"}))
-            assert (grant["owner"], grant["label"]) == ("desktop-agent", "desktop")
+            assert (grant["owner"], grant["label"]) == ("desktop-agent/desktop", "desktop")
             assert (await env.service.status(None, "notes.md")).holders[0].lock_id == grant["lock_id"]
             refused = await c.call_tool("lock_file", {"node_id": "notes.md"})
             assert refused.is_error
             assert refused.content[0].text.startswith("LOCKED: ")  # type: ignore[union-attr]
+            # Forwarded as the server answered: the body in _meta, no structuredContent for hosts to reject.
+            assert refused.structured_content is None
+            assert refused.meta is not None
+            assert refused.meta["io.github.mcp-locks/error"]["code"] == "LOCKED"
             ok(await c.call_tool("unlock_file", {"token": grant["token"]}))
 
 

@@ -20,6 +20,7 @@ that task's scope, never the caller's.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
 
@@ -31,23 +32,30 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, TextContent
 
+from mcp_locks.client.errors import decode_error
 from mcp_locks.client.rest import _TRANSIENT_STATUS, RELEASE_WITHIN, LockClient, _Transient
 from mcp_locks.core.clock import Clock
-from mcp_locks.core.errors import ERROR_TABLE, Internal, LockError, Unavailable
+from mcp_locks.core.errors import ERROR_META_KEY, ERROR_TABLE, Internal, LockError, Unavailable
 
-__all__ = ["McpLockClient"]
+__all__ = ["ERROR_META_KEY", "McpLockClient"]
 
 log = logging.getLogger("mcp_locks.client")
 
+#: ``CODE: message hint``, the text every tool error starts with.
+_LEADING_CODE = re.compile(r"([A-Z][A-Z_]*): (.*)", re.DOTALL)
 
-def _error_from(body: Any) -> LockError | None:
-    """The LockError an ``{"error": {...}}`` body (REST, or a tool's structured content) describes."""
-    try:
-        err = body["error"]
-        cls = ERROR_TABLE.get(err["code"], Internal)
-        return cls(err["message"], hint=err.get("hint", ""), details=err.get("details") or {})
-    except (KeyError, TypeError):
-        return None
+
+def _tool_error(name: str, result: CallToolResult) -> LockError:
+    """The LockError a tool's error result describes: its ``_meta`` body, else the code its text starts with."""
+    text = next((c.text for c in result.content if isinstance(c, TextContent)), "")
+    err = decode_error((result.meta or {}).get(ERROR_META_KEY))
+    if err is not None:
+        return err
+    leading = _LEADING_CODE.fullmatch(text)
+    if leading is not None and leading[1] in ERROR_TABLE:
+        # An older server or a proxy that dropped _meta: the class and the words, without hint or details.
+        return ERROR_TABLE[leading[1]](leading[2])
+    return Internal(f"the server answered {name} with an error: {text[:200]}")
 
 
 @dataclass(eq=False)
@@ -117,7 +125,7 @@ class McpLockClient(LockClient):
         else:
             await response.aread()
             try:
-                refusal = _error_from(response.json())
+                refusal = decode_error(response.json())
             except ValueError:
                 refusal = None
         self._refusals += 1
@@ -183,10 +191,9 @@ class McpLockClient(LockClient):
             raise Unavailable(
                 f"the lock server at {self.endpoint} did not answer: {e}.", hint="Check that it runs, then retry."
             ) from None
-        body: dict[str, Any] | None = result.structured_content
         if result.is_error:
-            text = next((c.text for c in result.content if isinstance(c, TextContent)), "")
-            raise _error_from(body) or Internal(f"the server answered {name} with an error: {text[:200]}")
+            raise _tool_error(name, result)
+        body: dict[str, Any] | None = result.structured_content
         if body is None:
             raise Internal(f"the server answered {name} without a structured result.")
         return body

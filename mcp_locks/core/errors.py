@@ -3,11 +3,38 @@
 Every failure a client can see is a :class:`LockError` subclass. Each class
 carries its stable ``code`` and the HTTP status the REST face uses, so MCP
 error text, REST bodies and tests all read from this table and cannot drift.
+
+Hints are face-neutral: where a hint names another operation it writes
+``{op:NAME}`` (NAME is the MCP tool's name, e.g. ``{op:lock_file}``), and each
+face renders it in its own words — the tool for an agent, the route for a REST
+caller, the command for a CLI user — by passing its vocabulary to
+:meth:`LockError.text` or :meth:`LockError.to_dict`.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from typing import Any, ClassVar
+
+#: Where an MCP tool error result carries its machine-readable body (``_meta``): structuredContent must match
+#: the tool's output schema, which TypeScript-SDK hosts check even on errors, so the body cannot go there.
+ERROR_META_KEY = "io.github.mcp-locks/error"
+
+#: How a hint names an operation: ``{op:lock_file}``.
+_OP = re.compile(r"\{op:([a-z_]+)\}")
+
+#: What a face calls each operation a hint may name; an operation it does not list keeps its own name.
+Vocabulary = Mapping[str, str]
+
+
+def render_hint(hint: str, words: Vocabulary | None = None) -> str:
+    """``hint`` with each ``{op:NAME}`` said as ``words[NAME]`` (as ``NAME`` where there is no word for it)."""
+    if "{op:" not in hint:
+        return hint
+    said = words or {}
+    return _OP.sub(lambda m: said.get(m.group(1), m.group(1)), hint)
+
 
 __all__ = [
     "ERROR_TABLE",
@@ -32,7 +59,9 @@ __all__ = [
     "Unavailable",
     "UnsupportedMediaType",
     "VersionMismatch",
+    "Vocabulary",
     "WaitTimeout",
+    "render_hint",
 ]
 
 
@@ -52,13 +81,19 @@ class LockError(Exception):
         self.hint = hint
         self.details: dict[str, Any] = details or {}
 
-    def text(self) -> str:
-        """The one-line form agents read: ``CODE: message hint``."""
-        return f"{self.code}: {self.message}" + (f" {self.hint}" if self.hint else "")
+    def text(self, words: Vocabulary | None = None) -> str:
+        """The one-line form agents read: ``CODE: message hint``, the hint in a face's ``words``."""
+        hint = render_hint(self.hint, words)
+        return f"{self.code}: {self.message}" + (f" {hint}" if hint else "")
 
-    def to_dict(self) -> dict[str, Any]:
-        """The machine-readable body shared by MCP ``structuredContent`` and REST."""
-        return {"code": self.code, "message": self.message, "hint": self.hint, "details": self.details}
+    def to_dict(self, words: Vocabulary | None = None) -> dict[str, Any]:
+        """The machine-readable body every face sends (REST's error body, MCP's error ``_meta``)."""
+        return {
+            "code": self.code,
+            "message": self.message,
+            "hint": render_hint(self.hint, words),
+            "details": self.details,
+        }
 
     def __str__(self) -> str:
         return self.text()

@@ -166,8 +166,8 @@ class FileTable:
             if writers:
                 raise Locked(
                     f"'{node_id}' is being written: {_holders_text(writers)}.",
-                    hint="Read it after the writer unlocks it: lock_file(node_id, mode='read', wait=30) waits in line"
-                    " and then shows a consistent file (pass its token to read_file).",
+                    hint="Read it after the writer unlocks it: {op:lock_file} with mode 'read' and wait=30 waits in"
+                    " line and then shows a consistent file (pass its token to {op:read_file}).",
                     details={"node_id": node_id, "holders": [le.owner for le in writers]},
                 )
         meta = self.current(node_id)
@@ -193,7 +193,7 @@ class FileTable:
         if others:
             raise Locked(
                 f"'{node_id}' is locked by {_holders_text(others)}.",
-                hint="Take the lock yourself (lock_file(node_id, mode='write', wait=30)) and write with its token.",
+                hint="Take the lock yourself ({op:lock_file} with mode 'write' and wait=30) and write with its token.",
                 details={"node_id": node_id, "holders": [le.owner for le in others]},
             )
         for other, op in self._unapplied.items():  # changes earlier in this batch are not on disk yet
@@ -211,7 +211,7 @@ class FileTable:
         if lease is None and if_version is None:
             raise InvalidArgument(
                 "a write needs a lock token or if_version: a blind write can destroy someone else's change.",
-                hint="Either lock_file(node_id, mode='write') and pass token=<its token>, or pass if_version="
+                hint="Either take a write lock ({op:lock_file}) and pass its token, or pass if_version="
                 f"{cur.version if cur else 0} (the version you read; 0 = create only) and retry on VERSION_MISMATCH.",
                 details={"field": "token", "current_version": cur.version if cur else 0},
             )
@@ -228,7 +228,7 @@ class FileTable:
             said = "it does not exist" if cur is None else f"last written by {cur.modified_by or 'someone else'}"
             raise VersionMismatch(
                 f"'{node_id}' is at version {have}, not {if_version} ({said}).",
-                hint="Someone changed it after you read it. Read it again (read_file), redo your change on the new"
+                hint="Someone changed it after you read it. Read it again ({op:read_file}), redo your change on the new"
                 " content, and write with the new version.",
                 details={"node_id": node_id, "current_version": have, "etag": cur.etag if cur else None},
             )
@@ -310,7 +310,7 @@ class FileTable:
         if need_write and lease.mode != "write":
             raise InvalidArgument(
                 f"this token's lock on '{lease.node_id}' is a read lock; changing a file needs a write lock.",
-                hint="Upgrade it: lock_file(node_id, mode='write', token=<this token>), then write.",
+                hint="Upgrade it: {op:lock_file} with mode 'write' and this token, then write.",
                 details={"field": "token", "mode": lease.mode},
             )
         return lease
@@ -319,7 +319,7 @@ class FileTable:
 def _no_file(node_id: str) -> NotFound:
     return NotFound(
         f"there is no file '{node_id}'.",
-        hint="list_files shows the files; write_file with if_version=0 creates one.",
+        hint="{op:list_files} shows the files; {op:write_file} with if_version=0 creates one.",
         details={"node_id": node_id},
     )
 

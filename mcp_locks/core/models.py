@@ -86,7 +86,9 @@ class LockInfo(_Out):
     node_id: str
     mode: Mode
     depth: Depth
-    owner: str = Field(description="Who holds it: the agent of the key that took it.")
+    owner: str = Field(
+        description="Who holds it: the agent of the key that took it, or agent/session when the call named a session."
+    )
     label: str | None = Field(None, description="The name the holder gave itself (the agent argument).")
     note: str | None = None
     fence: int = Field(description="Fencing number: grows with every grant in the workspace.")
@@ -561,7 +563,9 @@ class LockRequest(_In):
     wait: float = Field(0, description="Seconds to wait in line if the node is locked; 0 = fail at once (LOCKED).")
     depth: Depth = Field("node", description="'tree' locks the node and everything below it.")
     note: str | None = Field(None, description="Short note shown to others.")
-    agent: str | None = Field(None, description="A label shown beside the owner (the key's agent).")
+    agent: str | None = Field(
+        None, description="Names a session below the key's agent (e.g. a subagent): the holder is agent/session."
+    )
     request_id: str | None = Field(None, description="Makes the call safe to retry: a retry gets the same grant.")
     token: str | None = Field(None, description="Only to upgrade/downgrade/re-lease a lock you hold: its token.")
 

@@ -456,7 +456,8 @@ class LockTable:
                 if after is not None and (path, lock_id) <= after:
                     continue
                 lease = self._leases[lock_id]
-                if owner is not None and lease.owner != owner:
+                # An agent's filter shows its sessions' locks too ("alice" shows "alice/reviewer").
+                if owner is not None and lease.owner != owner and not lease.owner.startswith(owner + "/"):
                     continue
                 if len(out) == limit:
                     last = out[-1]
@@ -528,7 +529,7 @@ class LockTable:
             if len(items) != 1:
                 raise InvalidArgument(
                     "token (to upgrade or downgrade) works with one lock at a time.",
-                    hint="Call lock_file with the token instead of lock_files.",
+                    hint="Call {op:lock_file} with the token instead of {op:lock_files}.",
                     details={"field": "token"},
                 )
             return self._change_mode(now, token, items[0], owner, timeout, wait, note, request_id, fingerprint, as_key)
@@ -754,7 +755,7 @@ class LockTable:
                 raise self._ended_error(ended)
             raise LockNotFound(
                 f"no lock {lock_id} is held in workspace '{self.workspace_id}'.",
-                hint="List the held locks with list_locks and pass a lock_id from there.",
+                hint="List the held locks with {op:list_locks} and pass a lock_id from there.",
                 details={"lock_id": lock_id},
             )
         self._end(lease, "broken", now, by, why)
@@ -1005,7 +1006,7 @@ class LockTable:
                 raise Forbidden(
                     f"lock {lease.lock_id} on '{lease.node_id}' was taken by agent '{lease.owner}' with another key;"
                     " only that key (or an admin key) can release, renew or change it.",
-                    hint="Use the key that took the lock, or ask an admin to force_unlock it.",
+                    hint="Use the key that took the lock, or ask an admin to force-unlock it ({op:force_unlock}).",
                     details={"lock_id": lease.lock_id, "node_id": lease.node_id, "owner": lease.owner},
                 )
             return lease
@@ -1014,7 +1015,8 @@ class LockTable:
             raise self._ended_error(ended)
         raise LockNotFound(
             f"no lock in workspace '{self.workspace_id}' has this token.",
-            hint="Check the workspace_id; if the lock ended long ago it is forgotten. Take a new lock with lock_file.",
+            hint="Check the workspace_id; if the lock ended long ago it is forgotten."
+            " Take a new lock with {op:lock_file}.",
         )
 
     def _ended_error(self, ended: Ended) -> LockError:
@@ -1024,20 +1026,20 @@ class LockTable:
                 f"lock {ended.lock_id} on '{ended.node_id}' was broken by admin '{ended.by}'"
                 f" at {_fmt_time(ended.at)}: {ended.why}",
                 hint="Stop writing under this lock: another agent may hold the node now. Take the lock again with"
-                " lock_file, re-read the file, and redo the change.",
+                " {op:lock_file}, re-read the file, and redo the change.",
                 details={**details, "broken_by": ended.by, "reason": ended.why},
             )
         if ended.reason == "expired":
             return LockExpired(
                 f"lock {ended.lock_id} on '{ended.node_id}' expired at {_fmt_time(ended.at)};"
                 " its lease was not renewed in time.",
-                hint="Anything written since then was unprotected. Take the lock again with lock_file, re-read the"
-                " file, and redo the change; renew_lock sooner next time.",
+                hint="Anything written since then was unprotected. Take the lock again with {op:lock_file}, re-read"
+                " the file, and redo the change; renew ({op:renew_lock}) sooner next time.",
                 details={**details, "expired_at": details["ended_at"]},
             )
         return LockNotFound(
             f"lock {ended.lock_id} on '{ended.node_id}' was already released at {_fmt_time(ended.at)}.",
-            hint="Nothing to do if you released it; take a new lock with lock_file to work on the node again.",
+            hint="Nothing to do if you released it; take a new lock with {op:lock_file} to work on the node again.",
             details=details,
         )
 

@@ -47,7 +47,7 @@ def _not_in_place(node_id: str) -> Unavailable:
     return Unavailable(
         f"the change to '{node_id}' was committed but the file system refused to put it in place; the server"
         " retries with the next change to the workspace.",
-        hint="Check file_info before retrying: its version says whether your change is the current one.",
+        hint="Check {op:file_info} before retrying: its version says whether your change is the current one.",
         details={"node_id": node_id},
     )
 

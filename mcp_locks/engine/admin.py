@@ -32,7 +32,7 @@ async def issue_key(store: Store, agent: object, workspaces: object, role: objec
         # One live key per agent: the agent name then names one key, for ownership, retries and deadlocks.
         raise AlreadyExists(
             f"agent '{name}' already has a live key ({live.key_id}).",
-            hint=f"To replace it, revoke it first (mcp-locks keys revoke {live.key_id}); locks taken with it"
+            hint=f"To replace it, revoke it first ({{op:revoke_key}} {live.key_id}); locks taken with it"
             " stay its own until they are released by an admin or expire.",
             details={"field": "agent", "key_id": live.key_id},
         )
@@ -53,7 +53,7 @@ async def issue_key(store: Store, agent: object, workspaces: object, role: objec
         if await store.get_workspace(w) is None:
             raise NotFound(
                 f"workspace '{w}' does not exist.",
-                hint=f"Create it first (POST /v1/workspaces, or `mcp-locks workspaces create {w}`).",
+                hint=f"Create it first ({{op:create_workspace}} {w}).",
                 details={"workspace_id": w},
             )
     key, record = new_key(name, wss, "admin" if role == "admin" else "agent", now)

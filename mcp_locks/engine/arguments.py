@@ -99,7 +99,12 @@ class Who(NamedTuple):
 
 
 def who_is(caller: Identity, agent: object) -> Who:
-    """Owner, label and keys of a call: the key's agent owns, ``agent`` is a label.
+    """Owner, label and keys of a call: the key's agent owns, and ``agent`` names a session below it.
+
+    Subagents of one host share one key. A call that names itself (``agent="reviewer"``) acts for the
+    session ``<key's agent>/reviewer``: two sessions of one key are two holders, who queue behind each
+    other and see each other in status, rather than one holder that would deadlock with itself. A session
+    never widens what the key may do: tokens still work only with the key that took them.
 
     Without authentication (:data:`LOCAL`) ``agent`` names the owner and tokens work for anyone;
     an admin key skips the token's key check too (it may release anyone's lock).
@@ -108,7 +113,8 @@ def who_is(caller: Identity, agent: object) -> Who:
         return Who(owner_of(agent), None, None, None)
     label = check_text(agent, "agent", 64)
     label = label.strip() or None if label is not None else None
-    return Who(caller.agent, label, caller.key_id, None if caller.role == "admin" else caller.key_id)
+    owner = caller.agent if label is None or label == caller.agent else f"{caller.agent}/{label}"
+    return Who(owner, label, caller.key_id, None if caller.role == "admin" else caller.key_id)
 
 
 def encode_cursor(after: tuple[str, str]) -> str:
@@ -151,7 +157,7 @@ def check_version(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise InvalidArgument(
             "if_version must be a whole number >= 0 (0 = the file must not exist yet).",
-            hint="Pass the version file_info or read_file showed you.",
+            hint="Pass the version {op:file_info} or {op:read_file} showed you.",
             details={"field": "if_version"},
         )
     return value

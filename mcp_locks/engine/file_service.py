@@ -491,7 +491,7 @@ class FileService:
         if not received or missing:
             raise InvalidArgument(
                 "the upload is missing chunks " + (", ".join(map(str, missing[:20])) if missing else "(none sent)."),
-                hint="Send the missing chunks (GET the upload to see which arrived), then complete again.",
+                hint="Send the missing chunks ({op:upload_status} shows which arrived), then complete again.",
                 details={"missing": missing[:100]},
             )
         if sum(received.values()) > self.limits.max_file_size:
@@ -649,7 +649,7 @@ class _Upload:
 def _no_upload(upload_id: str) -> NotFound:
     return NotFound(
         f"there is no upload '{upload_id}' of yours in this workspace.",
-        hint="Start one with POST /v1/workspaces/{workspace_id}/uploads.",
+        hint="Start one with {op:create_upload}.",
         details={"upload_id": upload_id},
     )
 

@@ -303,7 +303,7 @@ class LockService:
             shown = redact(kid)  # someone may paste a whole key here
             raise NotFound(
                 f"no live key has the id '{shown}'.",
-                hint="List the keys (GET /v1/admin/keys or `mcp-locks keys list`) for their ids.",
+                hint="List the keys ({op:list_keys}) for their ids.",
                 details={"key_id": shown},
             )
         log.info("revoked key %s", kid)
@@ -513,7 +513,7 @@ class LockService:
         if not isinstance(lock_id, str) or not lock_id or len(lock_id) > 64:
             raise InvalidArgument(
                 "lock_id must be the lock_id of a held lock.",
-                hint="list_locks and check_lock_status show lock ids.",
+                hint="{op:list_locks} and {op:check_lock_status} show lock ids.",
                 details={"field": "lock_id"},
             )
         why = check_text(reason, "reason", 1024)

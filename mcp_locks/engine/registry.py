@@ -213,7 +213,7 @@ class WorkspaceRegistry:
                 return ws
             raise NotFound(
                 f"workspace '{ws}' does not exist.",
-                hint=f"Create it with create_workspace(workspace_id='{ws}'),"
+                hint=f"Create it with {{op:create_workspace}} (workspace_id '{ws}'),"
                 f" or omit workspace_id to use '{DEFAULT_WORKSPACE}'.",
                 details={"workspace_id": ws},
             )

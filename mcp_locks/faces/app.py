@@ -148,7 +148,7 @@ def build_app(
     )
     # With keys checked, a request that somehow reached a tool without one may do nothing at all.
     fallback = LOCAL if verifier is None else NOBODY
-    server = mcp or build_mcp(svc, version=__version__, local=fallback)
+    server = mcp or build_mcp(svc, version=__version__, local=fallback, compat_storage=settings.compat_storage_tool)
     # SSE mode (json_response=False) so long waits can stream and be cancelled; stateful for legacy sessions.
     # The guard checks Host and Origin for every route (with our error body and allowed origins), so the
     # SDK's own check is off rather than a second, differently configured one.

@@ -24,7 +24,8 @@ from mcp_types import CallToolResult, InputRequiredResult, Tool
 
 from mcp_locks.core.errors import Unavailable
 from mcp_locks.engine.lock_service import LockService
-from mcp_locks.faces.mcp.tools import INSTRUCTIONS, build_mcp, error_result
+from mcp_locks.faces.mcp.results import error_result
+from mcp_locks.faces.mcp.tools import INSTRUCTIONS, build_mcp
 
 __all__ = ["BridgeServer", "NoServer", "run_bridge", "run_embedded"]
 
@@ -52,7 +53,11 @@ class BridgeServer(MCPServer[Any]):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
-        """Forward the call; the remote answer (result or coded error) comes back unchanged."""
+        """Forward the call; the remote answer comes back unchanged.
+
+        A coded error keeps its ``isError``, its text and its ``_meta`` body, and gets no
+        structuredContent (hosts check that against the output schema, even on errors).
+        """
 
         async def progress(progress: float, total: float | None, message: str | None) -> None:
             if context is not None:

@@ -58,6 +58,7 @@ from mcp_locks.core.records import Event
 from mcp_locks.engine.arguments import MAX_ITEMS
 from mcp_locks.engine.lock_service import LockService
 from mcp_locks.faces.auth import current_caller
+from mcp_locks.faces.mcp.results import MCP_WORDS
 
 __all__ = [
     "NODE_TEMPLATE",
@@ -98,7 +99,7 @@ def node_uri(workspace_id: str, node_id: str) -> str:
 def mcp_error(err: LockError, uri: str) -> MCPError:
     """A JSON-RPC error whose message starts with our code, with the REST error body in ``data``."""
     code = INTERNAL_ERROR if err.http_status >= 500 else INVALID_PARAMS
-    return MCPError(code=code, message=err.text(), data={"uri": uri, "error": err.to_dict()})
+    return MCPError(code=code, message=err.text(MCP_WORDS), data={"uri": uri, "error": err.to_dict(MCP_WORDS)})
 
 
 def _parse(uri: str) -> tuple[str, str] | None:
@@ -303,6 +304,43 @@ def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:
     return conn
 
 
+class _Reader:
+    """Reads what a ``locks://`` URI names, for the caller's key (``local`` without HTTP)."""
+
+    def __init__(self, service: LockService, local: Identity) -> None:
+        self.service = service
+        self.local = local
+
+    async def workspace(self, workspace_id: str, *, limit: int = PAGE) -> LockPage:
+        """The first page of the workspace's held locks."""
+        return await self.service.list_locks(workspace_id, limit=limit, caller=current_caller(self.local))
+
+    async def node(self, workspace_id: str, node_id: str) -> LockStatus:
+        """The node's lock status."""
+        return await self.service.status(workspace_id, node_id, caller=current_caller(self.local))
+
+    async def check(self, uri: str) -> tuple[str, str]:
+        """The workspace and node (``""``: the workspace) ``uri`` names, once the caller may read it.
+
+        MCPError, as reading would answer, if not.
+        """
+        target = _parse(uri)
+        try:
+            if target is None:
+                raise InvalidArgument(
+                    f"'{uri[:200]}' is not a resource of this server.",
+                    hint="Subscribe to locks://{workspace_id} or locks://{workspace_id}/{node_id}.",
+                    details={"field": "uri"},
+                )
+            ws, node = target
+            if node:
+                st = await self.node(ws, node)
+                return st.workspace_id, st.node_id
+            return (await self.workspace(ws, limit=1)).workspace_id, ""
+        except LockError as e:
+            raise mcp_error(e, uri) from None
+
+
 def register_resources(
     server: MCPServer[Any], service: LockService, bus: SubscriptionBus, *, local: Identity = LOCAL
 ) -> None:
@@ -310,20 +348,16 @@ def register_resources(
 
     ``bus`` must be the subscription bus ``server`` was built with (``MCPServer(subscriptions=bus)``).
     """
-    feed = _Feed(service, bus)
+    reader = _Reader(service, local)
+    _register_reads(server, reader)
+    _register_subscriptions(server, reader, _Feed(service, bus), bus)
 
-    def caller() -> Identity:
-        return current_caller(local)
 
+def _register_reads(server: MCPServer[Any], reader: _Reader) -> None:
+    """The two resource templates, read for the caller's key."""
     # Our own rules check the parameters (with coded errors), so the SDK's path checks would only
     # answer differently ("Unknown resource") for what check_node_id refuses anyway.
     ours = ResourceSecurity(exempt_params={"workspace_id", "node_id"})
-
-    async def read_workspace(workspace_id: str, *, limit: int = PAGE) -> LockPage:
-        return await service.list_locks(workspace_id, limit=limit, caller=caller())
-
-    async def read_node(workspace_id: str, node_id: str) -> LockStatus:
-        return await service.status(workspace_id, node_id, caller=caller())
 
     @server.resource(
         WORKSPACE_TEMPLATE,
@@ -337,7 +371,7 @@ def register_resources(
     )
     async def workspace_locks(workspace_id: str) -> str:
         try:
-            page = await read_workspace(workspace_id)
+            page = await reader.workspace(workspace_id)
         except LockError as e:
             raise mcp_error(e, workspace_uri(workspace_id)) from None
         return json.dumps({**page.model_dump(mode="json"), "truncated": page.next_cursor is not None})
@@ -355,31 +389,17 @@ def register_resources(
     )
     async def node_status(workspace_id: str, node_id: str) -> str:
         try:
-            return (await read_node(workspace_id, node_id)).model_dump_json()
+            return (await reader.node(workspace_id, node_id)).model_dump_json()
         except LockError as e:
             raise mcp_error(e, node_uri(workspace_id, node_id)) from None
 
-    async def check(uri: str) -> tuple[str, str]:
-        """The workspace and node (``""``: the workspace) ``uri`` names, once the caller may read it.
 
-        MCPError, as reading would answer, if not.
-        """
-        target = _parse(uri)
-        try:
-            if target is None:
-                raise InvalidArgument(
-                    f"'{uri[:200]}' is not a resource of this server.",
-                    hint="Subscribe to locks://{workspace_id} or locks://{workspace_id}/{node_id}.",
-                    details={"field": "uri"},
-                )
-            ws, node = target
-            if node:
-                st = await read_node(ws, node)
-                return st.workspace_id, st.node_id
-            return (await read_workspace(ws, limit=1)).workspace_id, ""
-        except LockError as e:
-            raise mcp_error(e, uri) from None
+def _register_subscriptions(server: MCPServer[Any], reader: _Reader, feed: _Feed, bus: SubscriptionBus) -> None:
+    """``subscriptions/listen`` (2026-07-28) and ``resources/(un)subscribe`` (2025-era sessions).
 
+    Each checks what reading would, then follows the URIs through ``feed``. The SDK serves
+    neither with our checks, so the lowlevel handlers are replaced (a private attribute).
+    """
     low = server._lowlevel_server
     entry = low.get_request_handler("subscriptions/listen")
     listen = entry.handler if entry is not None else ListenHandler(bus)
@@ -389,7 +409,7 @@ def register_resources(
         if len(uris) > MAX_ITEMS:
             err = LimitExceeded(f"one listen stream takes at most {MAX_ITEMS} resources (got {len(uris)}).")
             raise mcp_error(err, uris[0])
-        targets = [(uri, *await check(uri)) for uri in uris]
+        targets = [(uri, *await reader.check(uri)) for uri in uris]
         watched: list[tuple[str, str, str]] = []
         try:
             for uri, ws, node in targets:
@@ -404,7 +424,7 @@ def register_resources(
                 feed.unwatch(ws, node, uri)
 
     async def on_subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
-        ws, node = await check(params.uri)
+        ws, node = await reader.check(params.uri)
         try:
             await feed.subscribe(ctx, params.uri, ws, node)
         except LockError as e:

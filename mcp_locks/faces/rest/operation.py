@@ -26,6 +26,7 @@ from mcp_locks.core.errors import InvalidArgument, LockError, MethodNotAllowed, 
 from mcp_locks.core.keys import Identity, require_admin
 from mcp_locks.core.models import parse_body
 from mcp_locks.faces.auth import identity_of
+from mcp_locks.faces.rest.hints import REST_WORDS
 from mcp_locks.observe.logging import redact
 
 __all__ = [
@@ -67,7 +68,7 @@ def error_response(err: LockError, headers: dict[str, str] | None = None) -> Res
 
     ASCII-escaped JSON: a message may quote what the client sent, lone surrogates included.
     """
-    body = json.dumps({"error": err.to_dict()})
+    body = json.dumps({"error": err.to_dict(REST_WORDS)})
     return Response(body, status_code=err.http_status, headers=headers, media_type="application/json")
 
 
