@@ -300,7 +300,7 @@ class FileTable:
         if isinstance(got, LockError):
             raise got  # LOCK_EXPIRED / LOCK_BROKEN / LOCK_NOT_FOUND, saying when and why
         lease = got
-        covers = lease.node_id == node_id or (lease.depth == "tree" and node_id.startswith(lease.node_id + "/"))
+        covers = lease.covers(node_id)
         if not covers:
             raise InvalidArgument(
                 f"this token's lock is on '{lease.node_id}' ({lease.depth}), which does not cover '{node_id}'.",

@@ -75,6 +75,23 @@ def utc(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
+def _lease_view(le: Lease) -> dict[str, Any]:
+    """The fields every public view of a lease shows (never its token)."""
+    return {
+        "lock_id": le.lock_id,
+        "node_id": le.node_id,
+        "mode": le.mode,
+        "depth": le.depth,
+        "owner": le.owner,
+        "label": le.label,
+        "note": le.note,
+        "fence": le.fence,
+        "acquired_at": utc(le.acquired_at),
+        "expires_at": utc(le.expires_at),
+        "timeout": le.timeout,
+    }
+
+
 class _Out(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -99,19 +116,7 @@ class LockInfo(_Out):
     @classmethod
     def of(cls, le: Lease) -> LockInfo:
         """The public view of a lease."""
-        return cls(
-            lock_id=le.lock_id,
-            node_id=le.node_id,
-            mode=le.mode,
-            depth=le.depth,
-            owner=le.owner,
-            label=le.label,
-            note=le.note,
-            fence=le.fence,
-            acquired_at=utc(le.acquired_at),
-            expires_at=utc(le.expires_at),
-            timeout=le.timeout,
-        )
+        return cls(**_lease_view(le))
 
 
 class LockGrant(_Out):
@@ -140,21 +145,7 @@ class LockGrant(_Out):
     def of(cls, workspace_id: str, le: Lease, replayed: bool = False) -> LockGrant:
         """The holder's view of a lease."""
         return cls(
-            lock_id=le.lock_id,
-            token=le.token,
-            workspace_id=workspace_id,
-            node_id=le.node_id,
-            mode=le.mode,
-            depth=le.depth,
-            owner=le.owner,
-            label=le.label,
-            note=le.note,
-            fence=le.fence,
-            acquired_at=utc(le.acquired_at),
-            expires_at=utc(le.expires_at),
-            timeout=le.timeout,
-            waited_ms=le.waited_ms,
-            replayed=replayed,
+            **_lease_view(le), token=le.token, workspace_id=workspace_id, waited_ms=le.waited_ms, replayed=replayed
         )
 
 

@@ -51,6 +51,10 @@ class Lease(NamedTuple):
         """The part of the tree this lease claims."""
         return Claim(self.node_id, self.mode, self.depth)
 
+    def covers(self, node_id: str) -> bool:
+        """Whether this lease's claim includes ``node_id`` (its own node, or one below a tree lock)."""
+        return self.node_id == node_id or (self.depth == "tree" and node_id.startswith(self.node_id + "/"))
+
     def __repr__(self) -> str:
         return masked(self)
 

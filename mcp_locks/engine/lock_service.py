@@ -83,10 +83,9 @@ class ServiceLimits:
 
 def _yours(mine: Lease | LockError | None, node: str, now: float) -> YourLock:
     if isinstance(mine, Lease):
-        covers = mine.node_id == node or (mine.depth == "tree" and node.startswith(mine.node_id + "/"))
         return YourLock(
             held=True,
-            covers_node=covers,
+            covers_node=mine.covers(node),
             lock_id=mine.lock_id,
             node_id=mine.node_id,
             mode=mine.mode,
