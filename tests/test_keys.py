@@ -131,7 +131,7 @@ def test_keys_revoke_marks_the_key_and_says_so_twice_over(tmp_path: Path) -> Non
     assert runner.invoke(main, ["keys", "revoke", key_id, "--data-dir", str(tmp_path)]).exit_code == 0
     again = runner.invoke(main, ["keys", "revoke", key_id, "--data-dir", str(tmp_path)])
     assert again.exit_code != 0
-    assert "revoked" in runner.invoke(main, ["keys", "list", "--data-dir", str(tmp_path)]).output
+    assert "revoked" in runner.invoke(main, ["keys", "list", "--all", "--data-dir", str(tmp_path)]).output
 
 
 def test_keys_create_refuses_a_bad_agent_name_with_the_rule(tmp_path: Path) -> None:
@@ -216,3 +216,163 @@ def test_a_refusal_printed_by_the_cli_names_the_command_to_run_not_the_tool(tmp_
     assert "NOT_FOUND: workspace 'nope' does not exist." in result.output
     assert "Create it first (mcp-locks workspaces create nope)." in result.output
     assert "{op:" not in result.output
+
+
+@pytest.mark.anyio
+async def test_stores_change_a_live_keys_workspaces_and_move_the_key_version(store: Store) -> None:
+    await store.open()
+    try:
+        key, record = new_key("alice", ("default",), "agent", T0)
+        await store.put_key(record)
+        before = await store.keys_version()
+        assert await store.set_key_workspaces(record.key_id, ("default", "team-a")) is True
+        assert await store.keys_version() != before  # a server's key verifier forgets what it proved
+        got = await store.get_key(record.key_id)
+        assert got is not None
+        assert got.workspaces == ("default", "team-a")
+        assert verify_key(key, got) is not None
+        await store.revoke_key(record.key_id, T0 + 1)
+        assert await store.set_key_workspaces(record.key_id, ("team-a",)) is False
+        assert await store.set_key_workspaces("000000000000", ("team-a",)) is False
+    finally:
+        await store.close()
+
+
+def _keys(data_dir: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["keys", *args, "--data-dir", str(data_dir)])
+
+
+def test_keys_update_adds_and_removes_workspaces_without_revoking(tmp_path: Path) -> None:
+    _first_start(tmp_path)
+    for ws in ("team-a", "team-b"):
+        assert CliRunner().invoke(main, ["workspaces", "create", ws, "--data-dir", str(tmp_path)]).exit_code == 0
+    key_id = parse_key_id(create_key(tmp_path, "dora", "default").stdout.strip())
+    assert key_id is not None
+    added = _keys(tmp_path, "update", key_id, "--add-workspace", "team-a", "--add-workspace", "team-b")
+    assert added.exit_code == 0, added.output
+    assert f"key {key_id} (dora) reaches default,team-a,team-b" in added.output
+    removed = _keys(tmp_path, "update", key_id, "--remove-workspace", "default", "--remove-workspace", "team-b")
+    assert removed.exit_code == 0, removed.output
+    assert f"{key_id}\tdora\tagent\tteam-a\tactive" in _keys(tmp_path, "list").output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--remove-workspace", "default"], "INVALID_ARGUMENT: key {kid} (agent 'erin') would reach no workspace"),
+        (["--add-workspace", "ghost"], "NOT_FOUND: workspace 'ghost' does not exist."),
+        ([], "INVALID_ARGUMENT: nothing to change"),
+        (["--add-workspace", "default", "--remove-workspace", "default"], "is both added and removed"),
+    ],
+)
+def test_keys_update_refuses_what_would_leave_a_bad_key(tmp_path: Path, args: list[str], said: str) -> None:
+    _first_start(tmp_path)
+    key_id = parse_key_id(create_key(tmp_path, "erin", "default").stdout.strip())
+    assert key_id is not None
+    result = _keys(tmp_path, "update", key_id, *args)
+    assert result.exit_code != 0
+    assert said.format(kid=key_id) in result.output
+    assert "Traceback" not in result.output
+    assert f"{key_id}\terin\tagent\tdefault\tactive" in _keys(tmp_path, "list").output
+
+
+def test_keys_update_refuses_a_revoked_or_unknown_key(tmp_path: Path) -> None:
+    _first_start(tmp_path)
+    key_id = parse_key_id(create_key(tmp_path, "fred", "default").stdout.strip())
+    assert key_id is not None
+    assert _keys(tmp_path, "revoke", key_id).exit_code == 0
+    for kid in (key_id, "0123456789ab"):
+        result = _keys(tmp_path, "update", kid, "--add-workspace", "default")
+        assert result.exit_code != 0
+        assert f"NOT_FOUND: no live key has the id '{kid}'." in result.output
+        assert "(mcp-locks keys list)" in result.output
+
+
+def test_keys_list_hides_revoked_keys_unless_all(tmp_path: Path) -> None:
+    _first_start(tmp_path)
+    gone = parse_key_id(create_key(tmp_path, "gone", "default").stdout.strip())
+    kept = parse_key_id(create_key(tmp_path, "kept", "default").stdout.strip())
+    assert gone is not None
+    assert kept is not None
+    assert _keys(tmp_path, "revoke", gone).exit_code == 0
+    live = _keys(tmp_path, "list").output
+    assert kept in live
+    assert gone not in live
+    everything = _keys(tmp_path, "list", "--all").output
+    assert f"{gone}\tgone\tagent\tdefault\trevoked" in everything
+    assert kept in everything
+
+
+def test_a_key_changed_from_the_cli_reaches_its_new_workspaces_on_the_next_request(tmp_path: Path) -> None:
+    from mcp_locks import Settings, build_app
+
+    from .servers import serve_in_thread
+
+    _first_start(tmp_path)
+    assert CliRunner().invoke(main, ["workspaces", "create", "team-a", "--data-dir", str(tmp_path)]).exit_code == 0
+    app = build_app(Settings(data_dir=tmp_path))
+    with serve_in_thread(app) as url:
+        key = create_key(tmp_path, "gina", "default").stdout.strip()
+        auth = {"Authorization": f"Bearer {key}"}
+        before = httpx.get(f"{url}/v1/me", headers=auth).json()  # the server now remembers the key
+        key_id = parse_key_id(key)
+        assert key_id is not None
+        changed = _keys(tmp_path, "update", key_id, "--add-workspace", "team-a", "--remove-workspace", "default")
+        assert changed.exit_code == 0, changed.output
+        after = httpx.get(f"{url}/v1/me", headers=auth).json()
+        locks = httpx.get(f"{url}/v1/workspaces/default/locks", headers=auth)
+    assert before["workspaces"] == ["default"]
+    assert after["workspaces"] == ["team-a"]
+    assert locks.status_code == 403
+
+
+def test_the_admin_api_adds_and_removes_a_keys_workspaces(tmp_path: Path) -> None:
+    from mcp_locks import Settings, build_app
+
+    from .servers import serve_in_thread
+
+    _first_start(tmp_path)
+    app = build_app(Settings(data_dir=tmp_path))
+    with serve_in_thread(app) as url:
+        admin = {"Authorization": f"Bearer {(tmp_path / 'admin.key').read_text().strip()}"}
+        assert httpx.post(f"{url}/v1/workspaces", headers=admin, json={"workspace_id": "team-b"}).status_code == 201
+        made = httpx.post(
+            f"{url}/v1/admin/keys", headers=admin, json={"agent": "hal", "workspaces": ["default"]}
+        ).json()
+        agent = {"Authorization": f"Bearer {made['key']}"}
+        path = f"{url}/v1/admin/keys/{made['key_id']}"
+        assert httpx.get(f"{url}/v1/me", headers=agent).json()["workspaces"] == ["default"]
+        added = httpx.patch(path, headers=admin, json={"add_workspaces": ["team-b"]})
+        me_added = httpx.get(f"{url}/v1/me", headers=agent).json()
+        moved = httpx.patch(path, headers=admin, json={"remove_workspaces": ["default"]})
+        me_moved = httpx.get(f"{url}/v1/me", headers=agent).json()
+        last = httpx.patch(path, headers=admin, json={"remove_workspaces": ["team-b"]})
+        ghost = httpx.patch(path, headers=admin, json={"add_workspaces": ["ghost"]})
+        by_agent = httpx.patch(path, headers=agent, json={"add_workspaces": ["default"]})
+        typo = httpx.patch(path, headers=admin, json={"add_workspace": ["default"]})
+        unknown = httpx.patch(f"{url}/v1/admin/keys/0123456789ab", headers=admin, json={"add_workspaces": ["default"]})
+        spec = httpx.get(f"{url}/v1/openapi.json").json()
+    assert added.status_code == 200, added.text
+    assert added.json()["workspaces"] == ["default", "team-b"]
+    assert me_added["workspaces"] == ["default", "team-b"]  # at once, for the key's very next request
+    assert moved.json()["workspaces"] == ["team-b"]
+    assert me_moved["workspaces"] == ["team-b"]
+    assert (last.status_code, last.json()["error"]["code"]) == (422, "INVALID_ARGUMENT")
+    assert "would reach no workspace" in last.json()["error"]["message"]
+    assert (ghost.status_code, ghost.json()["error"]["code"]) == (404, "NOT_FOUND")
+    assert (by_agent.status_code, by_agent.json()["error"]["code"]) == (403, "FORBIDDEN")
+    assert (typo.status_code, typo.json()["error"]["code"]) == (422, "INVALID_ARGUMENT")
+    assert "add_workspaces" in typo.json()["error"]["message"]  # did you mean...
+    assert unknown.status_code == 404
+    assert "patch" in spec["paths"]["/v1/admin/keys/{key_id}"]
+
+
+@pytest.mark.anyio
+async def test_an_admin_key_has_no_workspaces_to_change() -> None:
+    from mcp_locks.core.errors import InvalidArgument
+    from mcp_locks.stores.base import MemoryStore
+
+    async with LockService(MemoryStore()) as svc:
+        _, admin = await svc.create_key("ops", role="admin")
+        with pytest.raises(InvalidArgument, match="an admin key reaches every workspace"):
+            await svc.update_key(admin.key_id, ["default"])

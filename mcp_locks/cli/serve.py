@@ -12,6 +12,7 @@ import uvicorn
 
 from mcp_locks import __version__
 from mcp_locks.cli.config import settings_from
+from mcp_locks.cli.connect_hosts import HOSTS
 from mcp_locks.cli.datadir import claim_data_dir
 from mcp_locks.cli.probe import check_postgres, check_store, without_password
 from mcp_locks.cli.runtime import tune_gc
@@ -44,14 +45,38 @@ class _Server(uvicorn.Server):
         self._captured_signals.clear()
 
 
+def _base_url(host: str, port: int) -> str:
+    """The URL a client on this machine uses: a wildcard address is reached through loopback."""
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1" if host != "::" else "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _next_step(settings: Settings, base: str) -> str:
+    """The command that connects a first agent to this server (flags only where they differ from its defaults)."""
+    step = "mcp-locks connect claude-code --agent NAME"
+    if base != "http://127.0.0.1:8765":
+        step += f" --url {base}"
+    if settings.store == "sqlite" and settings.data_dir != default_data_dir():
+        step += f" --data-dir {settings.data_dir}"  # where it finds the admin key, or the keys when it is stopped
+    return f"Next: {step}  (hosts: {', '.join(HOSTS)})"
+
+
 def _announce(settings: Settings, sock: socket.socket) -> None:
-    """Say on stderr where the server listens, where its data goes and how clients authenticate."""
+    """Say on stderr where the server listens, where its data goes, how clients authenticate and what to do next.
+
+    Never a key: stderr often ends up in logs.
+    """
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
+    base = _base_url(host, port)
     where = {"sqlite": f"{settings.db_path}", "memory": "memory (nothing is kept after exit)"}.get(
         settings.store, f"PostgreSQL {without_password(settings.store)}, files in {settings.files_dir}"
     )
     click.echo(f"mcp-locks {__version__} listening on http://{shown}:{port}/mcp", err=True)
+    click.echo(f"  MCP:       {base}/mcp  (legacy SSE: {base}/sse)", err=True)
+    click.echo(f"  REST:      {base}/v1  (OpenAPI: {base}/v1/openapi.json)", err=True)
+    click.echo(f"  dashboard: {base}/", err=True)
     click.echo(f"data: {where}", err=True)
     if settings.insecure_no_auth:
         click.echo("WARNING: no authentication (--insecure-no-auth): any local process can take or break locks",
@@ -64,6 +89,7 @@ def _announce(settings: Settings, sock: socket.socket) -> None:
             " (the log names the file if it writes one)",
             err=True,
         )
+    click.echo(_next_step(settings, base), err=True)
 
 
 def _run(settings: Settings, sock: socket.socket) -> None:

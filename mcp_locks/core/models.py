@@ -642,6 +642,19 @@ class CreateKeyRequest(_In):
     role: Literal["agent", "admin"] = "agent"
 
 
+class UpdateKeyRequest(_In):
+    """Body of PATCH /v1/admin/keys/{key_id} (admin): workspaces the key gains and loses."""
+
+    add_workspaces: list[str] = Field(
+        default_factory=list, description="Existing workspaces the key reaches from now on.", max_length=100
+    )
+    remove_workspaces: list[str] = Field(
+        default_factory=list,
+        description="Workspaces the key no longer reaches; an agent key keeps at least one.",
+        max_length=100,
+    )
+
+
 _M = TypeVar("_M", bound=BaseModel)
 
 

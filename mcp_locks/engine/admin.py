@@ -15,9 +15,10 @@ from mcp_locks.core.errors import AlreadyExists, InvalidArgument, NotFound
 from mcp_locks.core.keys import KeyRecord, new_key, parse_key_id, record_for, verify_key
 from mcp_locks.core.names import check_agent_name, check_workspace_id
 from mcp_locks.engine.arguments import MAX_ITEMS
+from mcp_locks.observe.logging import redact
 from mcp_locks.stores.base import Store
 
-__all__ = ["bootstrap_admin_key", "issue_key"]
+__all__ = ["bootstrap_admin_key", "issue_key", "no_live_key", "update_key_workspaces"]
 
 
 async def issue_key(store: Store, agent: object, workspaces: object, role: object, now: float) -> tuple[str, KeyRecord]:
@@ -38,27 +39,94 @@ async def issue_key(store: Store, agent: object, workspaces: object, role: objec
         )
     if role not in ("agent", "admin"):
         raise InvalidArgument("role must be 'agent' or 'admin'.", details={"field": "role"})
-    if not isinstance(workspaces, Sequence) or isinstance(workspaces, str):
-        raise InvalidArgument("workspaces must be a list of workspace ids.", details={"field": "workspaces"})
-    if len(workspaces) > MAX_ITEMS:
-        raise InvalidArgument(f"a key reaches at most {MAX_ITEMS} workspaces.", details={"field": "workspaces"})
-    wss = tuple(dict.fromkeys(check_workspace_id(w, "workspaces") for w in workspaces if w is not None))
+    wss = _workspace_ids(workspaces, "workspaces")
     if role == "agent" and not wss:
+        raise _no_workspace_left("an agent key needs at least one workspace.", "workspaces")
+    await _check_exist(store, wss)
+    key, record = new_key(name, wss, "admin" if role == "admin" else "agent", now)
+    await store.put_key(record)
+    return key, record
+
+
+async def update_key_workspaces(store: Store, key_id: object, add: object, remove: object) -> KeyRecord:
+    """Give a live agent key more workspaces and take some away; returns its new record.
+
+    Shared by the admin API and ``mcp-locks keys update``. Added workspaces must exist; a removed one
+    the key does not reach is no change; the key keeps at least one. The store's key version moves, so
+    the next request with the key is checked against its new workspaces.
+    """
+    record = await _live_key(store, key_id)
+    added, removed = _workspace_ids(add, "add_workspaces"), _workspace_ids(remove, "remove_workspaces")
+    if not added and not removed:
         raise InvalidArgument(
-            "an agent key needs at least one workspace.",
-            hint="List the workspaces the agent may use; admin keys reach every workspace.",
-            details={"field": "workspaces"},
+            "nothing to change: name a workspace to add or to remove.", details={"field": "add_workspaces"}
         )
-    for w in wss:
+    both = next((w for w in added if w in removed), None)
+    if both is not None:
+        raise InvalidArgument(f"workspace '{both}' is both added and removed.", details={"field": "remove_workspaces"})
+    if record.role == "admin":
+        raise InvalidArgument(
+            "an admin key reaches every workspace: it has none to add or remove.", details={"field": "key_id"}
+        )
+    await _check_exist(store, added)
+    wss = tuple(w for w in dict.fromkeys((*record.workspaces, *added)) if w not in removed)
+    if len(wss) > MAX_ITEMS:
+        raise InvalidArgument(f"a key reaches at most {MAX_ITEMS} workspaces.", details={"field": "add_workspaces"})
+    if not wss:
+        raise _no_workspace_left(
+            f"key {record.key_id} (agent '{record.agent}') would reach no workspace: an agent key keeps at least one.",
+            "remove_workspaces",
+        )
+    if wss != record.workspaces and not await store.set_key_workspaces(record.key_id, wss):
+        raise no_live_key(record.key_id)  # revoked meanwhile
+    return record._replace(workspaces=wss)
+
+
+def _workspace_ids(workspaces: object, field: str) -> tuple[str, ...]:
+    """Checked, de-duplicated workspace ids from a request's list (INVALID_ARGUMENT naming ``field``)."""
+    if not isinstance(workspaces, Sequence) or isinstance(workspaces, str):
+        raise InvalidArgument(f"{field} must be a list of workspace ids.", details={"field": field})
+    if len(workspaces) > MAX_ITEMS:
+        raise InvalidArgument(f"a key reaches at most {MAX_ITEMS} workspaces.", details={"field": field})
+    return tuple(dict.fromkeys(check_workspace_id(w, field) for w in workspaces if w is not None))
+
+
+async def _check_exist(store: Store, workspaces: Sequence[str]) -> None:
+    """NOT_FOUND for the first of ``workspaces`` that does not exist."""
+    for w in workspaces:
         if await store.get_workspace(w) is None:
             raise NotFound(
                 f"workspace '{w}' does not exist.",
                 hint=f"Create it first ({{op:create_workspace}} {w}).",
                 details={"workspace_id": w},
             )
-    key, record = new_key(name, wss, "admin" if role == "admin" else "agent", now)
-    await store.put_key(record)
-    return key, record
+
+
+def _no_workspace_left(message: str, field: str) -> InvalidArgument:
+    return InvalidArgument(
+        message,
+        hint="List the workspaces the agent may use; admin keys reach every workspace.",
+        details={"field": field},
+    )
+
+
+async def _live_key(store: Store, key_id: object) -> KeyRecord:
+    """The record of the live key ``key_id`` names, or NOT_FOUND."""
+    kid = key_id if isinstance(key_id, str) and len(key_id) <= 64 else ""
+    record = await store.get_key(kid) if kid else None
+    if record is None or record.revoked_at is not None:
+        raise no_live_key(kid)
+    return record
+
+
+def no_live_key(key_id: str) -> NotFound:
+    """NOT_FOUND for a key id that names no live key (the id redacted: it may be a whole pasted key)."""
+    shown = redact(key_id)
+    return NotFound(
+        f"no live key has the id '{shown}'.",
+        hint="List the keys ({op:list_keys}) for their ids.",
+        details={"key_id": shown},
+    )
 
 
 async def bootstrap_admin_key(

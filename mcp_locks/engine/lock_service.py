@@ -16,7 +16,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from mcp_locks.core.claims import Claim
 from mcp_locks.core.clock import Clock
-from mcp_locks.core.errors import InvalidArgument, LockError, NotFound
+from mcp_locks.core.errors import InvalidArgument, LockError
 from mcp_locks.core.keys import LOCAL, Identity, KeyRecord, require_admin
 from mcp_locks.core.models import (
     LockFilesResult,
@@ -39,7 +39,7 @@ from mcp_locks.core.names import DEFAULT_WORKSPACE, check_node_id, check_workspa
 from mcp_locks.core.records import Event, Granted, Lease
 from mcp_locks.core.table import Limits, LockTable, NodeStatus, WaiterView
 from mcp_locks.engine.actor import Waiting
-from mcp_locks.engine.admin import issue_key
+from mcp_locks.engine.admin import issue_key, no_live_key, update_key_workspaces
 from mcp_locks.engine.arguments import (
     MAX_ITEMS,
     Who,
@@ -56,7 +56,6 @@ from mcp_locks.engine.disk import WorkspaceDisk
 from mcp_locks.engine.file_service import FileLimits, FileService, remove_tree
 from mcp_locks.engine.registry import WorkspaceRegistry
 from mcp_locks.observe.events import EventHub
-from mcp_locks.observe.logging import redact
 from mcp_locks.observe.observability import Observability, ObserveLimits
 from mcp_locks.stores.base import SharedStore, Store, workspace_in_use
 
@@ -299,16 +298,24 @@ class LockService:
         require_admin(caller, "revoking a key")
         kid = key_id if isinstance(key_id, str) and len(key_id) <= 64 else ""
         if not await self.store.revoke_key(kid, self.clock.now()):
-            shown = redact(kid)  # someone may paste a whole key here
-            raise NotFound(
-                f"no live key has the id '{shown}'.",
-                hint="List the keys ({op:list_keys}) for their ids.",
-                details={"key_id": shown},
-            )
+            raise no_live_key(kid)
         log.info("revoked key %s", kid)
         self.registry.changed_access()
         record = await self.store.get_key(kid)
         assert record is not None  # revoked keys are kept
+        return record
+
+    async def update_key(
+        self, key_id: object, add_workspaces: object = (), remove_workspaces: object = (), *, caller: Identity = LOCAL
+    ) -> KeyRecord:
+        """Add workspaces to a live agent key and remove others, at once for its next request. Admin only.
+
+        Added workspaces must exist and the key keeps at least one (INVALID_ARGUMENT); NOT_FOUND if no such live key.
+        """
+        require_admin(caller, "changing a key")
+        record = await update_key_workspaces(self.store, key_id, add_workspaces, remove_workspaces)
+        log.info("key %s (agent %s) now reaches %s", record.key_id, record.agent, ",".join(record.workspaces))
+        self.registry.changed_access()  # open streams of this key look again: a workspace may be gone from it
         return record
 
     # ------------------------------------------------------------------ locks

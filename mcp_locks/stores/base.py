@@ -113,6 +113,10 @@ class Store(Protocol):
         """Mark a key revoked; False if there is no such unrevoked key."""
         ...
 
+    async def set_key_workspaces(self, key_id: str, workspaces: tuple[str, ...]) -> bool:
+        """Replace the workspaces a live key reaches; False if there is no such unrevoked key."""
+        ...
+
     async def delete_workspace(self, workspace_id: str, now: float) -> None:
         """Delete a workspace holding no live lock (LOCKED / NOT_FOUND otherwise).
 
@@ -292,6 +296,15 @@ class MemoryStore:
         if r is None or r.revoked_at is not None:
             return False
         self._keys[key_id] = r._replace(revoked_at=now)
+        self._key_writes += 1
+        return True
+
+    async def set_key_workspaces(self, key_id: str, workspaces: tuple[str, ...]) -> bool:
+        """Replace the workspaces a live key reaches; False if there is no such unrevoked key."""
+        r = self._keys.get(key_id)
+        if r is None or r.revoked_at is not None:
+            return False
+        self._keys[key_id] = r._replace(workspaces=tuple(workspaces))
         self._key_writes += 1
         return True
 

@@ -869,6 +869,16 @@ class PostgresStore:
             await conn.execute("UPDATE cluster SET keys_version = keys_version + 1")
             return cur.rowcount == 1
 
+    async def set_key_workspaces(self, key_id: str, workspaces: tuple[str, ...]) -> bool:
+        """Replace the workspaces a live key reaches; False if there is no such unrevoked key."""
+        async with self._conn() as conn, conn.transaction():
+            cur = await conn.execute(
+                "UPDATE keys SET workspaces=%s WHERE key_id=%s AND revoked_at IS NULL",
+                (json.dumps(list(workspaces)), key_id),
+            )
+            await conn.execute("UPDATE cluster SET keys_version = keys_version + 1")
+            return cur.rowcount == 1
+
     # ------------------------------------------------------------------ audit log and webhooks
 
     async def audit(self, query: AuditQuery) -> list[Event]:

@@ -529,6 +529,14 @@ class SqliteStore:
         self._key_writes += 1
         return cur.rowcount == 1
 
+    async def set_key_workspaces(self, key_id: str, workspaces: tuple[str, ...]) -> bool:
+        """Replace the workspaces a live key reaches; False if there is no such (unrevoked) key."""
+        cur = self.db.execute(
+            "UPDATE keys SET workspaces=? WHERE key_id=? AND revoked_at IS NULL", (json.dumps(list(workspaces)), key_id)
+        )
+        self._key_writes += 1
+        return cur.rowcount == 1
+
     async def delete_workspace(self, workspace_id: str, now: float) -> None:
         """Delete a workspace holding no live lock (its ended locks and request ids too) and take it off every key."""
         db = self.db

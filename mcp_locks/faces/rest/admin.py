@@ -13,6 +13,7 @@ from mcp_locks.core.models import (
     KeyInfo,
     KeyList,
     Me,
+    UpdateKeyRequest,
     WorkspaceInfo,
     WorkspaceList,
 )
@@ -55,6 +56,13 @@ async def revoke_key(service: LockService, call: Call) -> BaseModel:
     return KeyInfo.of(await service.revoke_key(call.params["key_id"], caller=call.caller))
 
 
+async def update_key(service: LockService, call: Call) -> BaseModel:
+    """Add workspaces to a key and remove others; its next request sees the change."""
+    b: UpdateKeyRequest = call.body
+    r = await service.update_key(call.params["key_id"], b.add_workspaces, b.remove_workspaces, caller=call.caller)
+    return KeyInfo.of(r)
+
+
 async def me(call: Call) -> BaseModel:
     """Who the caller is."""
     c = call.caller
@@ -85,5 +93,8 @@ def ops(service: LockService) -> list[Op]:
            partial(create_key, service), CreatedKey, CreateKeyRequest, status=201, admin=True, tags=("admin",)),
         Op("DELETE", "/v1/admin/keys/{key_id}", "revoke_key", "Revoke a key: it stops working at once.",
            partial(revoke_key, service), KeyInfo, admin=True, tags=("admin",)),
+        Op("PATCH", "/v1/admin/keys/{key_id}", "update_key",
+           "Add workspaces to a key and remove others (an agent key keeps one); its next request sees the change.",
+           partial(update_key, service), KeyInfo, UpdateKeyRequest, admin=True, tags=("admin",)),
         Op("GET", "/v1/me", "me", "Who this key speaks for.", me, Me, tags=("workspaces",)),
     ]  # fmt: skip
