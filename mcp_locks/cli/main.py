@@ -22,11 +22,15 @@ COMMANDS = {
     "stdio": "mcp_locks.cli.stdio:stdio",
     "workspaces": "mcp_locks.cli.workspaces:workspaces",
     "keys": "mcp_locks.cli.keys:keys",
+    "connect": "mcp_locks.cli.connect:connect",
     "exec": "mcp_locks.cli.remote.exec:exec_",
     "status": "mcp_locks.cli.remote.locks:status",
     "locks": "mcp_locks.cli.remote.locks:locks_",
     "audit": "mcp_locks.cli.remote.audit:audit",
     "webhooks": "mcp_locks.cli.remote.webhooks:webhooks",
+    "hook": "mcp_locks.cli.hook:hook",
+    "hooks": "mcp_locks.cli.hooks_admin:hooks",
+    "git-guard": "mcp_locks.cli.hooks_admin:git_guard",
 }
 
 

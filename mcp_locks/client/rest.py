@@ -308,6 +308,11 @@ class LockClient:
             if e.details.get("lock_id") != lease.lock_id:  # no record of it at all: say so
                 raise
 
+    async def me(self) -> dict[str, Any]:
+        """Who this client's key speaks for: ``key_id``, ``agent``, ``role`` and the ``workspaces`` it reaches."""
+        result: dict[str, Any] = await self._call("GET", "/v1/me")
+        return result
+
     async def status(
         self, node_id: str, *, workspace_id: str | None = None, lease: Lease | None = None
     ) -> dict[str, Any]:
