@@ -23,8 +23,13 @@ pytestmark = pytest.mark.anyio
 
 
 def error_of(r: httpx.Response, code: str) -> dict[str, Any]:
+    """The error body of a refusal: REST's own, or (a refused key on an MCP endpoint) inside a JSON-RPC error."""
     assert r.status_code != 500, r.text
-    body: dict[str, Any] = r.json()["error"]
+    doc = r.json()
+    if "jsonrpc" in doc:  # MCP clients read a non-2xx answer only as a JSON-RPC error
+        assert doc["error"]["message"].startswith(f"{code}: "), doc
+        doc = doc["error"]["data"]
+    body: dict[str, Any] = doc["error"]
     assert body["code"] == code, body
     return body
 

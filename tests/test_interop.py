@@ -99,7 +99,6 @@ OWNER_TOOLS = {"lock_file", "lock_files", "write_file", "delete_file"}
 
 NOT_APPLICABLE = {
     ("stdio-embedded", "FORBIDDEN"): "the embedded engine trusts the local user as admin: no call of it is forbidden",
-    ("stdio-bridge", "resources"): "the stdio bridge forwards tools only, not resources (documented)",
 }
 
 

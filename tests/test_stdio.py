@@ -2,28 +2,71 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
+import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+import uvicorn
+from anyio.abc import TaskStatus
 from mcp import Client
+from mcp.client.session import IncomingMessage
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
+from mcp_types import ResourceUpdatedNotification
 
+from mcp_locks import Settings, build_app
+from mcp_locks.engine.lock_service import LockService
 from mcp_locks.faces.mcp.tools import PROGRESS_EVERY
+from mcp_locks.stores.base import MemoryStore
 
 from .helpers import STEP, until_event
-from .servers import KeyedServer, keyed_server
+from .servers import KeyedServer, _QuietServer, free_socket, keyed_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 
-def stdio(*args: str) -> Client:
-    """A client of ``python -m mcp_locks stdio ARGS`` (a subprocess speaking MCP on its stdin/stdout)."""
-    return Client(stdio_client(StdioServerParameters(command=sys.executable, args=["-m", "mcp_locks", "stdio", *args])))
+def stdio(*args: str, **client: Any) -> Client:
+    """A client of ``python -m mcp_locks stdio ARGS`` (a subprocess speaking MCP on its stdin/stdout).
+
+    ``client`` goes to the SDK's Client (``mode="legacy"`` is a 2025-era host, as hosts on the TypeScript SDK are).
+    """
+    params = StdioServerParameters(command=sys.executable, args=["-m", "mcp_locks", "stdio", *args])
+    return Client(stdio_client(params), **client)
+
+
+async def subscribe(host: Client, uri: str, *, on: bool = True) -> None:
+    """resources/subscribe (or unsubscribe), as 2025-era hosts send it (the SDK flags it as removed in 2026)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MCPDeprecationWarning)
+        await (host.subscribe_resource(uri) if on else host.unsubscribe_resource(uri))
+
+
+class Updates:
+    """The resource updates a 2025-era host hears (its message handler), to wait for one by one."""
+
+    def __init__(self) -> None:
+        self.uris: list[str] = []
+        self._arrived = anyio.Event()
+
+    async def __call__(self, message: IncomingMessage) -> None:
+        if isinstance(message, ResourceUpdatedNotification):
+            self.uris.append(message.params.uri)
+            self._arrived.set()
+
+    async def until(self, count: int) -> list[str]:
+        """The updates once there are ``count`` of them."""
+        with anyio.fail_after(STEP):
+            while len(self.uris) < count:
+                self._arrived = anyio.Event()
+                await self._arrived.wait()
+        return self.uris
 
 
 Env = KeyedServer
@@ -59,7 +102,8 @@ async def test_the_bridge_offers_the_servers_tools_and_locks_as_the_keys_agent(e
             ok(await c.call_tool("unlock_file", {"token": grant["token"]}))
 
 
-async def test_the_bridge_passes_progress_back_and_a_cancelled_wait_leaves_the_line(env: Env) -> None:
+@pytest.mark.parametrize("mode", ["auto", "legacy"])
+async def test_the_bridge_passes_progress_back_and_a_cancelled_wait_leaves_the_line(env: Env, mode: str) -> None:
     holder = await env.service.lock(None, "doc.md", agent="other")
     progressed = anyio.Event()
 
@@ -67,17 +111,60 @@ async def test_the_bridge_passes_progress_back_and_a_cancelled_wait_leaves_the_l
         progressed.set()
 
     with anyio.fail_after(STEP * 3):
-        async with stdio("--url", env.url, "--key", env.key) as c, env.service.subscribe() as events:
+        async with stdio("--url", env.url, "--key", env.key, mode=mode) as c, env.service.subscribe() as events:
             async with anyio.create_task_group() as tg:
                 args = {"node_id": "doc.md", "wait": 600}
                 tg.start_soon(lambda: c.call_tool("lock_file", args, progress_callback=on_progress))
                 await until_event(events, "queued", "doc.md")
                 env.clock.advance(PROGRESS_EVERY)
                 await progressed.wait()
-                tg.cancel_scope.cancel()
+                tg.cancel_scope.cancel()  # a 2025-era host sends notifications/cancelled; a 2026 one drops the call
             left = await until_event(events, "left", "doc.md")
     assert left.code == "CANCELLED"
-    assert (await env.service.status(None, "doc.md")).holders[0].lock_id == holder.lock_id
+    status = await env.service.status(None, "doc.md")
+    assert status.holders[0].lock_id == holder.lock_id
+    assert status.waiters == []
+
+
+async def test_the_bridge_lists_and_reads_the_servers_resources(env: Env) -> None:
+    await env.service.lock(None, "plans/q3.md", agent="other")
+    with anyio.fail_after(STEP * 3):
+        async with stdio("--url", env.url, "--key", env.key) as c:
+            templates = {t.uri_template for t in (await c.list_resource_templates()).resource_templates}
+            assert templates == {"locks://{workspace_id}", "locks://{workspace_id}/{+node_id}"}
+            await c.list_resources()  # answers (the server lists no concrete resources)
+            assert (await c.list_prompts()).prompts == []  # the server has none: forwarded as an empty list
+            node = json.loads((await c.read_resource("locks://default/plans/q3.md")).contents[0].text)  # type: ignore[union-attr]
+            assert node["locked"] is True
+            workspace = json.loads((await c.read_resource("locks://default")).contents[0].text)  # type: ignore[union-attr]
+            assert [h["node_id"] for h in workspace["locks"]] == ["plans/q3.md"]
+            with pytest.raises(MCPError) as refused:  # the server's refusal, code first, its body in data
+                await c.read_resource("locks://elsewhere")
+            assert refused.value.error.message.startswith("FORBIDDEN: ")
+            assert refused.value.error.data["error"]["code"] == "FORBIDDEN"
+
+
+async def test_a_subscription_through_the_bridge_hears_when_a_lock_changes_in_both_eras(env: Env) -> None:
+    uri = "locks://default/notes.md"
+    updates = Updates()
+    with anyio.fail_after(STEP * 3):
+        async with stdio("--url", env.url, "--key", env.key, mode="legacy", message_handler=updates) as old:
+            await subscribe(old, uri)  # as hosts on the TypeScript SDK do
+            with warnings.catch_warnings():  # logging/setLevel too (the server sends no log messages today)
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await old.set_logging_level("info")
+            async with (
+                stdio("--url", env.url, "--key", env.key) as new,
+                new.listen(resource_subscriptions=[uri]) as sub,
+            ):
+                grant = await env.service.lock(None, "notes.md", agent="other")
+                assert await updates.until(1) == [uri]
+                event = await anext(aiter(sub))
+                assert getattr(event, "uri", None) == uri
+            await subscribe(old, uri, on=False)
+            await env.service.unlock(None, grant.token)
+            ok(await old.call_tool("check_lock_status", {"node_id": "notes.md"}))  # (a round trip: nothing came)
+            assert updates.uris == [uri]
 
 
 def test_the_bridge_says_how_to_start_a_server_when_none_answers() -> None:
@@ -129,3 +216,94 @@ async def test_the_claude_desktop_example_config_starts_a_working_bridge(env: En
         async with Client(stdio_client(params)) as c:
             grant = ok(await c.call_tool("lock_file", {"node_id": "from-desktop.md"}))
     assert grant["owner"] == "desktop-agent"
+
+
+def _socket_on(port: int) -> socket.socket:
+    """A listening loopback socket on ``port`` (the same port again once the last one closed)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(64)
+    return sock
+
+
+async def serve_on(
+    port: int,
+    store: MemoryStore,
+    data_dir: Path,
+    stop: anyio.Event,
+    stopped: anyio.Event,
+    *,
+    task_status: TaskStatus[LockService],
+) -> None:
+    """A server on ``port`` over ``store`` (its keys and locks outlive a restart) from now until ``stop``."""
+    service = LockService(store)
+    app = build_app(Settings(store="memory", data_dir=data_dir), service)
+    server = _QuietServer(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    sock = _socket_on(port)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            with anyio.fail_after(STEP):
+                await server.up.wait()
+            task_status.started(service)
+            await stop.wait()
+            server.should_exit = server.force_exit = True
+    finally:
+        sock.close()
+        stopped.set()
+
+
+async def test_the_bridge_outlives_a_server_restart_and_says_unavailable_meanwhile(tmp_path: Path) -> None:
+    picked = free_socket()
+    port = picked.getsockname()[1]
+    picked.close()
+    store, url, uri = MemoryStore(), f"http://127.0.0.1:{port}", "locks://default/a.md"
+    updates = Updates()
+    first_stop, first_stopped, second_stop = anyio.Event(), anyio.Event(), anyio.Event()
+    with anyio.fail_after(STEP * 4):
+        async with anyio.create_task_group() as servers:
+            first = await servers.start(serve_on, port, store, tmp_path, first_stop, first_stopped)
+            key, _ = await first.create_key("desk", ["default"])
+            async with stdio("--url", url, "--key", key, mode="legacy", message_handler=updates) as bridge:
+                ok(await bridge.call_tool("check_lock_status", {"node_id": "a.md"}))
+                await subscribe(bridge, uri)
+                first_stop.set()
+                await first_stopped.wait()
+                with anyio.fail_after(2):  # at once, not after a timeout
+                    down = await bridge.call_tool("check_lock_status", {"node_id": "a.md"})
+                assert down.is_error
+                assert down.content[0].text.startswith("UNAVAILABLE: ")  # type: ignore[union-attr]
+                assert down.meta is not None
+                assert down.meta["io.github.mcp-locks/error"]["code"] == "UNAVAILABLE"
+                assert down.structured_content is None
+                await servers.start(serve_on, port, store, tmp_path, second_stop, anyio.Event())
+                ok(await bridge.call_tool("check_lock_status", {"node_id": "a.md"}))  # the first call after it
+                # The subscription is renewed, and the host told that a.md may have changed meanwhile...
+                assert await updates.until(1) == [uri]
+                # ...and it hears the next change.
+                grant = ok(await bridge.call_tool("lock_file", {"node_id": "a.md"}))
+                assert grant["owner"] == "desk"
+                assert await updates.until(2) == [uri, uri]
+            second_stop.set()
+
+
+REFUSED_KEYS = {"wrong": "mlk_0123456789ab_" + "A" * 43, "ellipsis": "mlk_…", "placeholder": "YOUR_KEY"}
+
+
+@pytest.mark.parametrize("key", list(REFUSED_KEYS.values()), ids=list(REFUSED_KEYS))
+async def test_a_refused_key_ends_the_bridge_with_one_line_and_no_traceback(env: Env, key: str) -> None:
+    with anyio.fail_after(STEP * 3):
+        done = await anyio.run_process(
+            [sys.executable, "-m", "mcp_locks", "stdio", "--url", env.url, "--key", key],
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    said = [line for line in done.stderr.decode().splitlines() if line.strip()]
+    assert done.returncode != 0
+    assert len(said) == 1, said
+    assert "UNAUTHENTICATED: the server refused " in said[0]
+    assert ("key 0123456789ab" if key.startswith("mlk_0") else "a malformed key") in said[0]
+    assert "mcp-locks keys create --agent NAME" in said[0]
+    assert "MCP_LOCKS_KEY" in said[0]
+    assert "A" * 43 not in said[0]  # never the secret

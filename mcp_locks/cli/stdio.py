@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import anyio
@@ -12,7 +13,7 @@ from mcp_locks import __version__
 from mcp_locks.cli.config import settings_from
 from mcp_locks.cli.datadir import claim_data_dir
 from mcp_locks.cli.probe import check_store
-from mcp_locks.faces.stdio import NoServer, run_bridge, run_embedded
+from mcp_locks.faces.stdio import KeyRefused, NoServer, run_bridge, run_embedded
 from mcp_locks.observe.logging import configure_logging
 
 __all__ = ["stdio"]
@@ -41,6 +42,10 @@ def stdio(url: str, key: str | None, embedded: bool, data_dir: Path | None) -> N
     if not embedded:
         try:
             anyio.run(run_bridge, url, key, __version__)
+        except KeyRefused as e:
+            # One line that starts with the code, as a host shows it in its server log.
+            click.echo(str(e), err=True)
+            sys.exit(1)
         except NoServer as e:
             raise click.ClickException(str(e)) from None
         return

@@ -6,7 +6,8 @@ of the API (``{"error": {"code", "message", "hint", "details"}}``):
 * Host / Origin (when bound to loopback): a page on another site that points a
   DNS name at 127.0.0.1 cannot reach the server (421 BAD_HOST, 403 FORBIDDEN);
 * body size (413 PAYLOAD_TOO_LARGE), checked on the declared length and on the bytes read;
-* ``Authorization: Bearer KEY`` on everything but the open paths (401 UNAUTHENTICATED);
+* ``Authorization: Bearer KEY`` on everything but the open paths (401 UNAUTHENTICATED; on the MCP
+  endpoints the body is a JSON-RPC error carrying the same error body in ``data``, see :func:`jsonrpc_refusal`);
 * an optional per-key rate limit (429 RATE_LIMITED with ``Retry-After``);
 * any exception a route lets escape becomes 500 INTERNAL: no traceback reaches a client.
 
@@ -57,11 +58,18 @@ __all__ = [
     "error_response_parts",
     "identity_of",
     "is_loopback",
+    "jsonrpc_refusal",
 ]
 
 log = logging.getLogger("mcp_locks.auth")
 
 _LOOPBACK_NAMES = ("localhost", "localhost.")
+
+#: The MCP endpoints (streamable HTTP, and the legacy HTTP+SSE pair): their refusals are JSON-RPC errors.
+MCP_PATHS = ("/mcp", "/sse", "/messages")
+#: The JSON-RPC error code of a refused key, in the implementation-defined server range. Not -32001: the
+#: SDKs use it for a request that timed out on the client side, and a client would retry a refusal as one.
+UNAUTHENTICATED_RPC_CODE = -32010
 
 
 @functools.lru_cache(maxsize=256)
@@ -148,8 +156,28 @@ def error_response_parts(
     return err.http_status, body, headers
 
 
-async def _send_error(send: Send, err: LockError, extra_headers: Iterable[tuple[str, str]] = ()) -> None:
+def jsonrpc_refusal(err: LockError) -> bytes:
+    """A 401 body MCP clients can read: a JSON-RPC error whose ``data`` holds the one error body.
+
+    The SDKs read a non-2xx answer to a request only when its body is a JSON-RPC error (the
+    Python SDK otherwise says "Server returned an error response"); the id is unknown here,
+    so it is null, which the clients match to the request the answer came on.
+    """
+    error = {"code": UNAUTHENTICATED_RPC_CODE, "message": err.text(), "data": {"error": err.to_dict()}}
+    return json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
+
+
+def _is_mcp_path(path: str) -> bool:
+    return any(path == p or path.startswith(p + "/") for p in MCP_PATHS)
+
+
+async def _send_error(
+    send: Send, err: LockError, extra_headers: Iterable[tuple[str, str]] = (), *, jsonrpc: bool = False
+) -> None:
     status, body, headers = error_response_parts(err, extra_headers)
+    if jsonrpc:
+        body = jsonrpc_refusal(err)
+        headers = [(k, str(len(body)).encode() if k == b"content-length" else v) for k, v in headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -220,6 +248,7 @@ class Guard:
                         hint="Ask the server's admin for a key (mcp-locks keys create); a revoked key no longer works.",
                     ),
                     [("www-authenticate", 'Bearer realm="mcp-locks"')],
+                    jsonrpc=_is_mcp_path(scope["path"]),
                 )
                 return
             creds, user = found
