@@ -1,7 +1,7 @@
 """The webhook delivery worker: ``python -m mcp_locks.observe.delivery DB``, a process of its own beside the server.
 
 Posting a webhook costs far more CPU than granting a lock (an HTTP request
-through httpx: about 4 ms against 0.1 ms), so a server on the SQLite store
+through httpx2: about 4 ms against 0.1 ms), so a server on the SQLite store
 delivers from a second process: it tails the audit log and the retry table
 through its own read connection to the same database, on the machine's
 other core, while the server's event loop only logs events (which it does

@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
-import httpx
+import httpx2
 from standardwebhooks import Webhook
 
 from mcp_locks.core.clock import Clock
@@ -132,12 +132,12 @@ class _LazyClient:
     def __init__(self, stack: contextlib.AsyncExitStack, limits: WebhookLimits) -> None:
         self._stack = stack
         self._limits = limits
-        self._client: httpx.AsyncClient | None = None
+        self._client: httpx2.AsyncClient | None = None
 
-    async def get(self) -> httpx.AsyncClient:
+    async def get(self) -> httpx2.AsyncClient:
         if self._client is None:
-            pool = httpx.Limits(max_connections=None, max_keepalive_connections=self._limits.concurrency)
-            client = self._client = httpx.AsyncClient(
+            pool = httpx2.Limits(max_connections=None, max_keepalive_connections=self._limits.concurrency)
+            client = self._client = httpx2.AsyncClient(
                 follow_redirects=False, trust_env=False, timeout=self._limits.timeout, limits=pool
             )
             await self._stack.enter_async_context(client)  # set first: concurrent callers share this one
@@ -318,7 +318,7 @@ class Dispatcher:
         }
         client = await lazy.get()
         try:
-            # One deadline for the whole exchange (httpx's applies per read: a trickling receiver could hold
+            # One deadline for the whole exchange (the client's applies per read: a trickling receiver could hold
             # a slot for ever); the answer's body is never read.
             with anyio.fail_after(self.limits.timeout):
                 async with client.stream(
@@ -327,7 +327,7 @@ class Dispatcher:
                     status = r.status_code
         except TimeoutError:
             return f"no answer within {self.limits.timeout:g} s"
-        except httpx.HTTPError as e:
+        except httpx2.HTTPError as e:
             return f"{type(e).__name__}: {e}"[:300] or type(e).__name__
         if 200 <= status < 300:
             return None
