@@ -15,7 +15,13 @@ Each process reads the payload on stdin, answers on stdout (checked: exactly one
 It prints per command the wall-time median, p90 and p99, the median CPU time, and the median's ratio to the
 baseline's; the last line is the result as JSON.
 
+``--before DIR`` times the same four hook commands of another copy of the package too (``DIR`` holding its
+``mcp_locks/`` and ``pyproject.toml``, run as its own console script with the same interpreter and
+libraries; say a copy of the tree before a change), interleaved with this tree's in the same rounds, so
+both see the same load. Its rows are named ``before: ...``.
+
     python -m bench.hook --runs 100
+    python -m bench.hook --runs 60 --before /tmp/hook-before
 
 Bounded: at most ``--runs`` rounds (≤ 1000) and ``--budget`` seconds of measuring.
 """
@@ -33,19 +39,14 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from bench._proc import bench_server
-from bench.startup import ROOT, launcher
+from bench.startup import ROOT, interleave, launcher, percentile
 
 FIXTURES = ROOT / "tests" / "fixtures" / "hooks" / "claude-code"
-
-
-def percentile(xs: list[float], q: float) -> float:
-    """The ``q`` quantile (nearest rank)."""
-    ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
 def agent_key(url: str, admin: str) -> str:
@@ -95,45 +96,56 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=50, help="rounds (one run of each command per round, ≤ 1000)")
     parser.add_argument("--budget", type=float, default=300.0, help="seconds of measuring at most")
+    parser.add_argument("--before", type=Path, default=None, help="another copy of the package to time alike")
     opts = parser.parse_args()
     runs = max(1, min(opts.runs, 1000))
     work = Path(tempfile.mkdtemp(prefix="mcp-locks-bench-hook-"))
     try:
         with bench_server("--auth", "--store", "memory") as server:
             assert server.key is not None
-            result = measure(server.url, agent_key(server.url, server.key), work, runs, opts.budget)
+            key = agent_key(server.url, server.key)
+            result = measure(server.url, key, work, runs, opts.budget, opts.before)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     report(result)
 
 
-def measure(url: str, key: str, work: Path, runs: int, budget: float) -> dict[str, list[tuple[float, float]]]:
+Command = Callable[[], tuple[list[str], bytes, dict[str, str]]]
+
+
+def hook_commands(tree: Path, prefix: str, root: Path, env: dict[str, str]) -> dict[str, Command]:
+    """The four hook runs of the package in ``tree``, named ``PREFIX: ...``; each takes files of its own."""
+    hook, tree_env = [*launcher(tree), "hook", "claude-code"], env | {"PYTHONPATH": str(tree)}
+    counter = iter(range(10**6))
+    tag = prefix.replace(" ", "-")
+    return {
+        f"{prefix}: read-only": lambda: (hook, payload("pretooluse_read", root, f"{tag}-read"), tree_env),
+        f"{prefix}: take": lambda: (
+            hook,
+            payload("pretooluse_write", root, f"{tag}-take", f"new-{tag}/{next(counter)}.py"),
+            tree_env,
+        ),
+        f"{prefix}: renew": lambda: (hook, payload("pretooluse_write", root, f"{tag}-renew", f"{tag}.py"), tree_env),
+        # the renew session took {tag}.py in the warm-up: another session is refused it
+        f"{prefix}: denied": lambda: (hook, payload("pretooluse_write", root, f"{tag}-denied", f"{tag}.py"), tree_env),
+    }
+
+
+def measure(
+    url: str, key: str, work: Path, runs: int, budget: float, before: Path | None = None
+) -> dict[str, list[tuple[float, float]]]:
     """Interleaved rounds (one untimed warm-up each) until ``runs`` rounds or ``budget`` seconds."""
     root = work / "project"
     (root / ".git").mkdir(parents=True)
     (root / ".mcp-locks.toml").write_text(f'url = "{url}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_LOCKS_")}
-    env |= {"MCP_LOCKS_KEY": key, "MCP_LOCKS_HOOK_STATE": str(work / "state"), "PYTHONPATH": str(ROOT)}
-    hook = [*launcher(ROOT), "hook", "claude-code"]
-    counter = iter(range(10**6))
-    commands = {
-        "python -c pass": lambda: ([sys.executable, "-c", "pass"], b""),
-        "hook: read-only": lambda: (hook, payload("pretooluse_read", root, "s-read")),
-        "hook: take": lambda: (hook, payload("pretooluse_write", root, "s-take", f"new/{next(counter)}.py")),
-        "hook: renew": lambda: (hook, payload("pretooluse_write", root, "s-renew", "same.py")),
-        "hook: denied": lambda: (hook, payload("pretooluse_write", root, "s-denied", "same.py")),
-    }
-    names = list(commands)
-    for name in names:
-        timed(*commands[name](), env, str(root))  # warm-up: .pyc files, page cache; "renew" takes same.py here
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
-    deadline = time.monotonic() + budget
-    for i in range(runs):
-        if time.monotonic() > deadline:
-            break
-        for name in names[i % len(names) :] + names[: i % len(names)]:
-            times[name].append(timed(*commands[name](), env, str(root)))
-    return times
+    env |= {"MCP_LOCKS_KEY": key, "MCP_LOCKS_HOOK_STATE": str(work / "state")}
+    commands: dict[str, Command] = {"python -c pass": lambda: ([sys.executable, "-c", "pass"], b"", env)}
+    commands |= hook_commands(ROOT, "hook", root, env)
+    if before is not None:
+        commands |= hook_commands(before.resolve(), "before", root, env)
+    # "renew" takes its file in the warm-up round
+    return interleave(list(commands), lambda name: timed(*commands[name](), str(root)), runs, budget)
 
 
 def report(times: dict[str, list[tuple[float, float]]]) -> None:

@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.cluster import Node, running
@@ -92,27 +93,34 @@ def timed(cmd: list[str], env: dict[str, str], cwd: str) -> tuple[float, float]:
     return wall, cpu
 
 
-def p90(xs: list[float]) -> float:
-    """The 90th percentile (nearest rank)."""
+def percentile(xs: list[float], q: float) -> float:
+    """The ``q`` quantile (nearest rank)."""
     ordered = sorted(xs)
-    return ordered[min(len(ordered) - 1, max(0, round(0.9 * len(ordered)) - 1))]
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
 
 
-def measure(
-    commands: dict[str, list[str]], runs: int, budget: float, env: dict[str, str], cwd: str
+def interleave(
+    names: list[str], run: Callable[[str], tuple[float, float]], runs: int, budget: float
 ) -> dict[str, list[tuple[float, float]]]:
-    """Interleaved runs of every command (one warm-up each, untimed), until ``runs`` rounds or ``budget`` seconds."""
-    names = list(commands)
+    """``run`` each name once untimed (warm-up), then rounds of all of them, each round starting one later
+    (so drift falls on all alike), until ``runs`` rounds or ``budget`` seconds."""
     for name in names:
-        timed(commands[name], env, cwd)  # compiles .pyc files and warms the page cache
+        run(name)  # compiles .pyc files and warms the page cache
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
     deadline = time.monotonic() + budget
     for i in range(runs):
         if time.monotonic() > deadline:
             break
         for name in names[i % len(names) :] + names[: i % len(names)]:
-            times[name].append(timed(commands[name], env, cwd))
+            times[name].append(run(name))
     return times
+
+
+def measure(
+    commands: dict[str, list[str]], runs: int, budget: float, env: dict[str, str], cwd: str
+) -> dict[str, list[tuple[float, float]]]:
+    """Interleaved runs of every command (see :func:`interleave`)."""
+    return interleave(list(commands), lambda name: timed(commands[name], env, cwd), runs, budget)
 
 
 def summary(times: dict[str, list[tuple[float, float]]]) -> dict[str, dict[str, float]]:
@@ -124,7 +132,7 @@ def summary(times: dict[str, list[tuple[float, float]]]) -> dict[str, dict[str, 
         name: {
             "runs": len(walls[name]),
             "median_ms": round(statistics.median(walls[name]) * 1000, 1),
-            "p90_ms": round(p90(walls[name]) * 1000, 1),
+            "p90_ms": round(percentile(walls[name], 0.9) * 1000, 1),
             "ratio": round(statistics.median(walls[name]) / base_wall, 2),
             "cpu_median_ms": round(statistics.median(cpus[name]) * 1000, 1),
             "cpu_ratio": round(statistics.median(cpus[name]) / base_cpu, 2),

@@ -292,3 +292,43 @@ def test_a_client_of_a_plain_http_server_loads_no_trust_store_and_still_verifies
     assert (plain.verify_mode, plain.check_hostname) == (ssl.CERT_REQUIRED, True)
     assert plain.cert_store_stats()["x509_ca"] == 0  # any TLS it were to open would fail, never pass unchecked
     assert _verify_for("HTTPS://locks.example.com") is True
+
+
+async def test_agent_names_a_session_below_the_keys_agent_and_sessions_exclude_each_other(env: Env) -> None:
+    async with LockClient(env.url, env.key, clock=env.clock) as c:
+        one = await c.acquire("a.md", agent="s1")
+        (two, three) = await c.acquire_many([("b.md", "write"), ("c.md", "read")], agent="s2")
+        with pytest.raises(Locked) as refused:
+            await c.acquire("a.md", agent="s2")  # the same key, another session
+        assert refused.value.details["holders"][0]["owner"] == "alice/s1"
+        async with c.lock("d.md", agent="s3") as held_d, c.lock_many([("e.md", "write")], agent="s4") as (held_e,):
+            owners = {lk.node_id: lk.owner for lk in (await env.service.list_locks(None)).locks}
+            assert owners == {"a.md": "alice/s1", "b.md": "alice/s2", "c.md": "alice/s2", "d.md": "alice/s3",
+                              "e.md": "alice/s4"}  # fmt: skip
+            assert (held_d.node_id, held_e.node_id) == ("d.md", "e.md")
+        for lease in (one, two, three):
+            await c.release(lease)
+    assert (await env.service.list_locks(None)).locks == []
+
+
+async def test_unlock_many_releases_leases_and_tokens_each_on_its_own(env: Env) -> None:
+    async with LockClient(env.url, env.key, clock=env.clock) as c:
+        leases = await c.acquire_many([(f"f{i}.md", "write") for i in range(3)])
+        gone = await c.acquire("gone.md")
+        await c.release(gone)
+        outcomes = await c.unlock_many([leases[0], gone, leases[1].token, leases[2]])
+    assert [(o["index"], o["released"]) for o in outcomes] == [(0, True), (1, False), (2, True), (3, True)]
+    assert outcomes[1]["error_code"] == "LOCK_NOT_FOUND"
+    assert [o.get("node_id") for o in outcomes] == ["f0.md", None, "f1.md", "f2.md"]
+    assert (await env.service.list_locks(None)).locks == []
+
+
+async def test_unlock_many_sends_at_most_a_hundred_tokens_per_call(env: Env) -> None:
+    async with LockClient(env.url, env.key, clock=env.clock) as c:
+        leases = [
+            lease for i in range(3) for lease in await c.acquire_many([(f"d{i}/{j}", "write") for j in range(50)])
+        ]
+        outcomes = await c.unlock_many(leases)
+    assert [o["index"] for o in outcomes] == list(range(150))
+    assert all(o["released"] for o in outcomes)
+    assert (await env.service.list_locks(None)).locks == []

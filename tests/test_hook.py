@@ -6,15 +6,21 @@ import json
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import anyio.to_thread
 import httpx2
 import pytest
 
-from mcp_locks.hooks.config import ConfigError, find_project_root, load_config
+from mcp_locks.core.errors import Internal, Locked, Unauthenticated, Unavailable
+from mcp_locks.hooks.config import ConfigError, HookConfig, find_project_root, load_config
+from mcp_locks.hooks.http import CALL_TIMEOUT, Http
 from mcp_locks.hooks.paths import PayloadError, written_paths
 from mcp_locks.hooks.payload import session_of
+from mcp_locks.hooks.remote import connect
 
 from .hooks_e2e import all_fixtures, fixture, hook_env, payload, project, run_hook
 from .servers import KeyedServer, free_socket, keyed_server
@@ -361,3 +367,82 @@ async def test_read_only_and_unknown_tools_are_allowed_without_asking_the_server
         assert run.answer == ({"permission": "allow"} if host == "cursor" else {}), (host, name, run.stdout)
     for host, name in [("claude-code", "stop"), ("codex", "stop"), ("cursor", "stop"), ("cursor", "after_file_edit")]:
         assert (await run_hook(host, payload(host, name, root), env)).answer == {}
+
+
+# ---------------------------------------------------------------------- the one-shot transport (hooks/http.py)
+
+
+def cfg_for(url: str, key: str | None, tmp_path: Path) -> HookConfig:
+    cfg = load_config(project(tmp_path, url), {"MCP_LOCKS_KEY": key} if key else {})
+    assert cfg is not None
+    return cfg
+
+
+async def test_the_transport_answers_the_rest_apis_dicts_and_the_servers_own_refusals(
+    server: KeyedServer, tmp_path: Path
+) -> None:
+    await server.service.lock(None, "held.py", note="mine", agent="bob")
+    cfg = cfg_for(server.url, server.key, tmp_path)
+    refused_cfg = cfg_for(server.url, "mlk_not_a_real_key", tmp_path)
+    # The transport blocks: it runs in a thread, so the server (on this test's event loop) can answer it.
+    await anyio.to_thread.run_sync(session_calls, cfg, refused_cfg)
+
+
+def session_calls(cfg: HookConfig, refused_cfg: HookConfig) -> None:
+    with connect(cfg, "s1") as remote:
+        (grant,) = remote.take(["a.py"], 60, "note")
+        assert (grant["node_id"], grant["mode"]) == ("a.py", "write")
+        assert remote.renew("a.py", grant["token"], 60) is not None
+        assert remote.status("a.py")["holders"][0]["owner"] == "alice/s1"
+        assert remote.me()["agent"] == "alice"
+        page = remote.list_locks()
+        assert sorted(lk["node_id"] for lk in page["locks"]) == ["a.py", "held.py"]
+        assert page["next_cursor"] is None
+        with pytest.raises(Locked) as refused:
+            remote.take(["b.py", "held.py"], 60, "note")
+        assert refused.value.details["holders"][0]["owner"] == "bob"
+        assert refused.value.hint  # the server's hint, decoded by decode_error
+        assert remote.release([grant["token"]]) == 1
+        assert remote.renew("a.py", grant["token"], 60) is None  # gone: to be taken again
+    with connect(refused_cfg, "s1") as remote, pytest.raises(Unauthenticated):
+        remote.me()
+
+
+def test_no_answer_a_proxys_page_and_junk_are_said_plainly(tmp_path: Path) -> None:
+    silent = free_socket()  # accepts connections (the kernel does) and never answers
+    try:
+        http = Http(f"http://127.0.0.1:{silent.getsockname()[1]}", "k", timeout=0.2)
+        with pytest.raises(Unavailable, match="did not answer"):
+            http.request("GET", "/v1/me")
+    finally:
+        silent.close()
+    answers = {"/gateway": (502, b"<html>bad gateway</html>"), "/teapot": (418, b"<html>no</html>"),
+               "/junk": (200, b"not json")}  # fmt: skip
+
+    class Canned(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answers[self.path]
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    with ThreadingHTTPServer(("127.0.0.1", 0), Canned) as canned:
+        thread = threading.Thread(target=canned.serve_forever, daemon=True)
+        thread.start()
+        try:
+            http = Http(f"http://127.0.0.1:{canned.server_address[1]}", None)
+            with pytest.raises(Unavailable, match="HTTP 502"):
+                http.request("GET", "/gateway")
+            with pytest.raises(Internal, match="answered 418 without an error body"):
+                http.request("GET", "/teapot")
+            with pytest.raises(Internal, match="not JSON"):
+                http.request("GET", "/junk")
+            http.close()
+        finally:
+            canned.shutdown()
+            thread.join(10)
+    assert CALL_TIMEOUT <= 10  # well inside every host's hook timeout

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import json
+import os
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -79,6 +81,78 @@ def test_mcp_locks_version_runs_no_command_module_and_no_server_module() -> None
     modules = loaded_after(code)
     assert server_modules_in(modules) == []
     assert [m for m in modules if m.startswith(("mcp_locks.cli.remote", "mcp_locks.client", "httpx"))] == []
+
+
+#: What ``mcp-locks hook`` must never load: the CLI framework, the event loop, the async HTTP client.
+HOOK_FORBIDDEN = ("click", "asyncio", "anyio", "httpx2", "httpcore2", "stamina")
+FIXTURES = ROOT / "tests" / "fixtures" / "hooks" / "claude-code"
+
+
+def run_entry(args: list[str], stdin: str = "", env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``mcp-locks ARGS`` through the console script's ``main`` in a fresh interpreter; the process lives on
+    after ``main`` (its SystemExit caught) to print its exit code and ``sys.modules`` as the last line."""
+    code = (
+        "import json, sys\n"
+        f"sys.argv = ['mcp-locks', *{args!r}]\n"
+        "from mcp_locks.cli.entry import main\n"
+        "try:\n    main()\n    code = 0\n"
+        "except SystemExit as e:\n    code = e.code\n"
+        "print(json.dumps({'exit': code, 'modules': sorted(sys.modules)}))\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], input=stdin, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+def hook_payload(name: str, root: Path) -> str:
+    """A recorded Claude Code payload moved into ``root``."""
+    return json.dumps(json.loads((FIXTURES / f"{name}.json").read_text())["payload"]).replace(
+        "/home/dev/project", str(root)
+    )
+
+
+def test_importing_the_error_decoder_loads_no_http_library() -> None:
+    modules = loaded_after("import mcp_locks.client.errors")
+    assert [m for m in modules if m.split(".")[0] in ("httpx2", "httpcore2", "anyio", "asyncio")] == []
+    assert "mcp_locks.client.rest" not in modules
+
+
+@pytest.mark.parametrize("name", ["pretooluse_read", "pretooluse_write"])
+def test_the_hook_loads_no_click_no_event_loop_and_no_async_http_client(name: str, tmp_path: Path) -> None:
+    root = tmp_path / "project"
+    (root / ".git").mkdir(parents=True)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()  # nothing listens there: a write is answered "unreachable", after a real connection attempt
+    (root / ".mcp-locks.toml").write_text(f'url = "http://127.0.0.1:{port}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_LOCKS_")}
+    env |= {"MCP_LOCKS_HOOK_STATE": str(tmp_path / "state"), "MCP_LOCKS_KEY": "mlk_unused"}
+    done = run_entry(["hook", "claude-code"], hook_payload(name, root), env)
+    answer, last = done.stdout.splitlines()[0], json.loads(done.stdout.splitlines()[-1])
+    assert last["exit"] == 0, done.stderr
+    if name == "pretooluse_write":
+        assert "UNAVAILABLE" in json.loads(answer)["hookSpecificOutput"]["permissionDecisionReason"]
+        assert "mcp_locks.hooks.http" in last["modules"]
+    else:
+        assert json.loads(answer) == {}
+    assert [m for m in last["modules"] if m.split(".")[0] in HOOK_FORBIDDEN] == []
+    assert server_modules_in(last["modules"]) == []
+
+
+@pytest.mark.parametrize("args", [["hook"], ["hook", "vim"], ["hook", "claude-code", "extra"], ["hook", "--help"]])
+def test_any_other_hook_command_line_is_clicks_own_answer(args: list[str]) -> None:
+    direct = f"import sys\nsys.argv = ['mcp-locks', *{args!r}]\nfrom mcp_locks.cli.main import main\nmain()\n"
+    clicks = subprocess.run([sys.executable, "-c", direct], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    ours = run_entry(args)
+    assert ours.stderr == clicks.stderr
+    assert ours.stdout.splitlines()[:-1] == clicks.stdout.splitlines()
+    assert json.loads(ours.stdout.splitlines()[-1])["exit"] == clicks.returncode == (0 if "--help" in args else 2)
+
+
+def test_the_console_script_is_the_entry_point_that_runs_the_hook_without_click() -> None:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        assert tomllib.load(f)["project"]["scripts"] == {"mcp-locks": "mcp_locks.cli.entry:main"}
 
 
 def test_the_client_commands_load_no_server_module() -> None:

@@ -1,7 +1,7 @@
 """``mcp-locks hook HOST``: the command a host runs before each tool call (and at a session's end).
 
-It imports click and :mod:`mcp_locks.hooks` only; the REST client is loaded only for a call that writes files
-in a project (see :mod:`mcp_locks.hooks.run`), so a hook on every tool call stays cheap.
+The console script runs ``mcp-locks hook HOST`` without click (:mod:`mcp_locks.cli.entry`); this click
+command is what ``--help`` and malformed command lines reach, and it answers a hook the same way.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 
 import click
 
-from mcp_locks.hooks.payload import HOSTS, MAX_INPUT
-from mcp_locks.hooks.run import run_hook
+from mcp_locks.cli.entry import answer_hook
+from mcp_locks.hooks.payload import HOSTS
 
 __all__ = ["hook"]
 
@@ -27,10 +27,4 @@ def hook(host: str) -> None:
 
     Example: mcp-locks hook claude-code < payload.json
     """
-    data = sys.stdin.buffer.read(MAX_INPUT + 1)
-    text = data[:MAX_INPUT].decode("utf-8", errors="replace")  # cut short, it is no JSON: refused as unreadable
-    reply = run_hook(host, text)
-    if reply.stderr:
-        click.echo(reply.stderr, err=True)
-    click.echo(reply.stdout)
-    sys.exit(reply.exit_code)
+    sys.exit(answer_hook(host))

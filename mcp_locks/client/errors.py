@@ -11,7 +11,7 @@ from typing import Any
 
 from mcp_locks.core.errors import ERROR_TABLE, Internal, LockError
 
-__all__ = ["decode_error"]
+__all__ = ["decode_error", "error_of"]
 
 
 def decode_error(body: Any) -> LockError | None:
@@ -33,3 +33,8 @@ def decode_error(body: Any) -> LockError | None:
         hint=hint if isinstance(hint, str) else "",
         details=details if isinstance(details, dict) else {},
     )
+
+
+def error_of(status: int, body: Any) -> LockError:
+    """The refusal an HTTP answer carries: the server's own error from its body, else what the status alone says."""
+    return decode_error(body) or Internal(f"the server answered {status} without an error body.")

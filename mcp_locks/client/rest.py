@@ -37,9 +37,9 @@ import anyio
 import anyio.abc
 import httpx2
 
-from mcp_locks.client.errors import decode_error
+from mcp_locks.client.errors import error_of
 from mcp_locks.core.clock import Clock
-from mcp_locks.core.errors import Internal, LockBroken, LockError, LockExpired, LockNotFound, Unavailable
+from mcp_locks.core.errors import LockBroken, LockError, LockExpired, LockNotFound, Unavailable
 from mcp_locks.core.names import check_node_id
 
 if TYPE_CHECKING:
@@ -54,6 +54,8 @@ RENEW_FRACTION = 1 / 3
 #: Longest a block's exit spends releasing its locks when the server does not answer (they expire anyway).
 RELEASE_WITHIN = 10.0
 _TRANSIENT_STATUS = frozenset({502, 503, 504})
+#: Tokens one unlock_files call takes at most (the server's limit).
+_UNLOCK_BATCH = 100
 
 
 class LeaseLost(Exception):
@@ -109,7 +111,7 @@ def _error_of(response: httpx2.Response) -> LockError:
         body = response.json()
     except ValueError:  # not JSON (a proxy's page, say)
         body = None
-    return decode_error(body) or Internal(f"the server answered {response.status_code} without an error body.")
+    return error_of(response.status_code, body)
 
 
 def _verify_for(url: str) -> ssl.SSLContext | bool:
@@ -226,6 +228,8 @@ class LockClient:
             return await self._call("POST", self._nodes(workspace_id, args.pop("node_id")), args, wait=wait)
         if tool == "lock_files":
             return await self._call("POST", f"/v1/workspaces/{ws}/locks/batch", args, wait=wait)
+        if tool == "unlock_files":
+            return await self._call("POST", f"/v1/workspaces/{ws}/locks/unlock", args)
         if tool == "renew_lock":
             path = self._nodes(workspace_id, args.pop("node_id")) + "/renew"
             return await self._call("POST", path, args)
@@ -250,9 +254,14 @@ class LockClient:
         wait: float = 0,
         depth: Literal["node", "tree"] = "node",
         note: str | None = None,
+        agent: str | None = None,
         workspace_id: str | None = None,
     ) -> Lease:
-        """Take one lock and return its lease (no background renewal; see :meth:`lock`)."""
+        """Take one lock and return its lease (no background renewal; see :meth:`lock`).
+
+        ``agent`` names a session below the key's agent (a subagent, a host session): the holder is then
+        ``<key's agent>/<agent>``, and two sessions of one key exclude each other.
+        """
         args = {
             "node_id": check_node_id(node_id),
             "mode": mode,
@@ -260,6 +269,7 @@ class LockClient:
             "wait": wait,
             "depth": depth,
             "note": note,
+            "agent": agent,
             "request_id": uuid.uuid4().hex,  # a retried request gets the same grant back
         }
         sent_at = self.clock.now()
@@ -274,13 +284,24 @@ class LockClient:
         timeout: float = 300,
         wait: float = 0,
         note: str | None = None,
+        agent: str | None = None,
         workspace_id: str | None = None,
     ) -> list[Lease]:
-        """Take every lock in ``items`` (``(node_id, mode)`` pairs or ``{node_id, mode, depth}``), all or none."""
+        """Take every lock in ``items`` (``(node_id, mode)`` pairs or ``{node_id, mode, depth}``), all or none.
+
+        ``agent``: the session below the key's agent that holds them (see :meth:`acquire`).
+        """
         listed = [i if isinstance(i, dict) else {"node_id": i[0], "mode": i[1]} for i in items]
         for item in listed:
             check_node_id(item.get("node_id"))
-        args = {"items": listed, "timeout": timeout, "wait": wait, "note": note, "request_id": uuid.uuid4().hex}
+        args = {
+            "items": listed,
+            "timeout": timeout,
+            "wait": wait,
+            "note": note,
+            "agent": agent,
+            "request_id": uuid.uuid4().hex,
+        }
         sent_at = self.clock.now()
         result = await self._op("lock_files", workspace_id or self.workspace_id, args, wait=wait)
         at = self.clock.now() if wait else sent_at
@@ -307,6 +328,24 @@ class LockClient:
         except LockNotFound as e:
             if e.details.get("lock_id") != lease.lock_id:  # no record of it at all: say so
                 raise
+
+    async def unlock_many(
+        self, held: Sequence[Lease | str], *, workspace_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Release several locks (leases, or bare tokens), each on its own; one outcome per item, in order.
+
+        Each outcome is unlock_files's (``released``, and ``lock_id``/``node_id`` or ``error_code``/``error``);
+        a token that is no longer valid does not stop the others. Sent 100 tokens per call (the server's limit).
+        The workspace: ``workspace_id`` if given, else the first lease's, else the client's.
+        """
+        tokens = [h.token if isinstance(h, Lease) else h for h in held]
+        first = next((h.workspace_id for h in held if isinstance(h, Lease)), None)
+        ws = workspace_id or first or self.workspace_id
+        outcomes: list[dict[str, Any]] = []
+        for start in range(0, len(tokens), _UNLOCK_BATCH):
+            result = await self._op("unlock_files", ws, {"tokens": tokens[start : start + _UNLOCK_BATCH]})
+            outcomes += [o | {"index": start + int(o["index"])} for o in result["results"]]
+        return outcomes
 
     async def me(self) -> dict[str, Any]:
         """Who this client's key speaks for: ``key_id``, ``agent``, ``role`` and the ``workspaces`` it reaches."""
@@ -416,12 +455,20 @@ class LockClient:
         wait: float = 0,
         depth: Literal["node", "tree"] = "node",
         note: str | None = None,
+        agent: str | None = None,
         workspace_id: str | None = None,
     ) -> AsyncIterator[Lease]:
         """Hold a lock for the block: renewed in the background, released at the end, LeaseLost if it ends early."""
         self._entered()
         lease = await self.acquire(
-            node_id, mode=mode, timeout=timeout, wait=wait, depth=depth, note=note, workspace_id=workspace_id
+            node_id,
+            mode=mode,
+            timeout=timeout,
+            wait=wait,
+            depth=depth,
+            note=note,
+            agent=agent,
+            workspace_id=workspace_id,
         )
         async with self._held([lease]):
             yield lease
@@ -434,11 +481,14 @@ class LockClient:
         timeout: float = 300,
         wait: float = 0,
         note: str | None = None,
+        agent: str | None = None,
         workspace_id: str | None = None,
     ) -> AsyncIterator[list[Lease]]:
         """:meth:`lock` for several nodes taken together (all or none)."""
         self._entered()
-        leases = await self.acquire_many(items, timeout=timeout, wait=wait, note=note, workspace_id=workspace_id)
+        leases = await self.acquire_many(
+            items, timeout=timeout, wait=wait, note=note, agent=agent, workspace_id=workspace_id
+        )
         async with self._held(leases):
             yield leases
 

@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import anyio
-
 from mcp_locks.core.errors import LockError, Unavailable
 from mcp_locks.core.names import ancestors
 from mcp_locks.hooks.config import HookConfig, load_config
@@ -55,7 +53,7 @@ def check(cwd: Path, mode: Mode, env: Mapping[str, str] | None = None) -> Outcom
         cfg = load_config(top, env) if staged else None
         if cfg is None:  # nothing staged (or, never in a work tree, no project)
             return Outcome(True)
-        conflicts = anyio.run(_conflicts, cfg, _nodes(cfg.root, top, staged))
+        conflicts = _conflicts(cfg, _nodes(cfg.root, top, staged))
     except LockError as e:
         return _unchecked(mode, e.text(), isinstance(e, Unavailable))
     except SetupError as e:
@@ -78,17 +76,16 @@ def _nodes(root: Path, top: Path, staged: list[str]) -> dict[str, str]:
     return out
 
 
-async def _conflicts(cfg: HookConfig, nodes: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
+def _conflicts(cfg: HookConfig, nodes: dict[str, str]) -> list[tuple[str, dict[str, Any]]]:
     """(staged path, lock) for every write lock of another holder on or above a staged node."""
     if not nodes:
         return []
-    async with connect(cfg, session="git") as remote:
-        me: dict[str, Any] = await remote.client.me()
-        agent = me.get("agent")
+    with connect(cfg, session="git") as remote:
+        agent = remote.me().get("agent")
         out = []
         cursor: str | None = None
         for _ in range(MAX_PAGES):
-            page = await remote.client.list_locks("", cursor=cursor)
+            page = remote.list_locks(cursor=cursor)
             out += [(path, lock) for lock in page["locks"] if not _own(lock, agent) for path in _hits(lock, nodes)]
             cursor = page["next_cursor"]
             if not cursor:

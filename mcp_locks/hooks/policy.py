@@ -28,16 +28,16 @@ from mcp_locks.hooks.verdict import ALLOW, Verdict
 __all__ = ["decide", "end_session"]
 
 
-async def decide(
+def decide(
     cfg: HookConfig, session: str, host: str, nodes: Sequence[str], env: Mapping[str, str] | None = None
 ) -> Verdict:
     """The verdict on a call that writes ``nodes``, under ``cfg.policy`` (``env`` locates the state folder)."""
     try:
-        async with connect(cfg, session) as remote:
+        with connect(cfg, session) as remote:
             if cfg.policy == "lock":
                 with session_state(cfg.url, cfg.workspace, session, env) as st:
-                    return await _lock(cfg, remote, st, host, nodes)
-            found = await _conflicts(remote, nodes, session)
+                    return _lock(cfg, remote, st, host, nodes)
+            found = _conflicts(remote, nodes, session)
             return messages.conflict_verdict(cfg, found, session, len(nodes)) if found else ALLOW
     except Unavailable as e:
         return messages.unreachable(cfg, e)
@@ -47,15 +47,15 @@ async def decide(
         return messages.server_error(cfg, e)
 
 
-async def end_session(cfg: HookConfig, session: str, env: Mapping[str, str] | None = None) -> Verdict:
+def end_session(cfg: HookConfig, session: str, env: Mapping[str, str] | None = None) -> Verdict:
     """Release every lock the session's hooks took, and forget the session."""
     with session_state(cfg.url, cfg.workspace, session, env) as st:
         tokens = [held["token"] for held in st.locks.values()]
         log = ""
         if tokens:
             try:
-                async with connect(cfg, session) as remote:
-                    released = await remote.release(tokens)
+                with connect(cfg, session) as remote:
+                    released = remote.release(tokens)
                 log = f"mcp-locks: released {released} of {len(tokens)} locks of session {session}"
             except LockError as e:  # they end with their leases anyway
                 log = f"mcp-locks: could not release the locks of session {session} ({e.text()}); they expire"
@@ -68,12 +68,12 @@ def _ours(owner: object, session: str) -> bool:
     return isinstance(owner, str) and owner.endswith("/" + session)
 
 
-async def _lock(cfg: HookConfig, remote: Remote, st: SessionState, host: str, nodes: Sequence[str]) -> Verdict:
+def _lock(cfg: HookConfig, remote: Remote, st: SessionState, host: str, nodes: Sequence[str]) -> Verdict:
     try:
-        missing = await _renew(cfg, remote, st, nodes)
-        grants = await _take(remote, missing, cfg.lease, f"editing with {host} (mcp-locks hook)")
+        missing = _renew(cfg, remote, st, nodes)
+        grants = _take(remote, missing, cfg.lease, f"editing with {host} (mcp-locks hook)")
     except Locked as e:
-        return messages.conflict_verdict(cfg, [await _described(remote, e)], remote.session, len(nodes))
+        return messages.conflict_verdict(cfg, [_described(remote, e)], remote.session, len(nodes))
     finally:
         st.save()  # renewals and forgotten leases count even when the call is refused
     for g in grants:
@@ -82,12 +82,12 @@ async def _lock(cfg: HookConfig, remote: Remote, st: SessionState, host: str, no
     return ALLOW
 
 
-async def _renew(cfg: HookConfig, remote: Remote, st: SessionState, nodes: Sequence[str]) -> list[str]:
+def _renew(cfg: HookConfig, remote: Remote, st: SessionState, nodes: Sequence[str]) -> list[str]:
     """Renew the session's known leases on ``nodes``; the nodes still to take (never held, or the lease is gone)."""
     missing = []
     for node in nodes:
         held = st.locks.get(node)
-        if held is not None and (renewed := await remote.renew(node, held["token"], cfg.lease)) is not None:
+        if held is not None and (renewed := remote.renew(node, held["token"], cfg.lease)) is not None:
             held["expires_at"] = renewed.get("expires_at")
             continue
         st.locks.pop(node, None)
@@ -95,12 +95,12 @@ async def _renew(cfg: HookConfig, remote: Remote, st: SessionState, nodes: Seque
     return missing
 
 
-async def _take(remote: Remote, nodes: Sequence[str], lease: float, note: str) -> list[dict[str, Any]]:
+def _take(remote: Remote, nodes: Sequence[str], lease: float, note: str) -> list[dict[str, Any]]:
     """lock_files on ``nodes``, leaving out (one per retry) nodes this session already holds without a token."""
     todo = list(nodes)
     for _ in range(len(nodes)):  # each retry drops one node: bounded by their number
         try:
-            return await remote.take(todo, lease, note)
+            return remote.take(todo, lease, note)
         except Locked as e:
             node, holders = e.details.get("node_id"), e.details.get("holders") or []
             if node not in todo or not holders or not all(_ours(h.get("owner"), remote.session) for h in holders):
@@ -111,12 +111,12 @@ async def _take(remote: Remote, nodes: Sequence[str], lease: float, note: str) -
     return []
 
 
-async def _described(remote: Remote, e: Locked) -> Conflict:
+def _described(remote: Remote, e: Locked) -> Conflict:
     """The holder a LOCKED refusal names, with their note (asked for: the refusal does not carry it)."""
     node = str(e.details.get("node_id", "?"))
     holders = e.details.get("holders") or [{"owner": "another agent", "expires_at": "?"}]
     try:
-        status = await remote.status(node)
+        status = remote.status(node)
         for info in [*status.get("holders", []), *status.get("covering", [])]:
             if not _ours(info.get("owner"), remote.session):
                 return Conflict.of(node, info)
@@ -125,11 +125,11 @@ async def _described(remote: Remote, e: Locked) -> Conflict:
     return Conflict.of(node, holders[0])
 
 
-async def _conflicts(remote: Remote, nodes: Sequence[str], session: str) -> list[Conflict]:
+def _conflicts(remote: Remote, nodes: Sequence[str], session: str) -> list[Conflict]:
     """Other holders' locks on (or above) ``nodes``, one per node at most."""
     found = []
     for node in nodes:
-        status = await remote.status(node)
+        status = remote.status(node)
         for info in [*status.get("holders", []), *status.get("covering", [])]:
             if not _ours(info.get("owner"), session):
                 found.append(Conflict.of(node, info))

@@ -2,7 +2,9 @@
 
 The order keeps the common cases cheap: a call that writes no file we know of (a read, a shell command, an
 unknown tool) is allowed before any configuration is read or any HTTP library imported; only a call that
-writes files inside a project loads the client and asks the server.
+writes files inside a project loads the HTTP transport (:mod:`mcp_locks.hooks.http`, the standard library's
+``http.client``) and asks the server. No event loop is started and no async client imported: see
+:mod:`mcp_locks.hooks.http` for why.
 """
 
 from __future__ import annotations
@@ -63,11 +65,9 @@ def _pre_tool(call: HookInput, env: Mapping[str, str] | None) -> Verdict:
 
 
 def _ask(cfg: HookConfig, session: str, host: str, nodes: list[str], env: Mapping[str, str] | None) -> Verdict:
-    import anyio  # with the client below: only calls that write project files pay for them
+    from mcp_locks.hooks.policy import decide  # with http.client: only calls that write project files pay for it
 
-    from mcp_locks.hooks.policy import decide
-
-    return anyio.run(decide, cfg, session, host, nodes, env)
+    return decide(cfg, session, host, nodes, env)
 
 
 def _session_end(call: HookInput, env: Mapping[str, str] | None) -> Verdict:
@@ -79,11 +79,9 @@ def _session_end(call: HookInput, env: Mapping[str, str] | None) -> Verdict:
         session = session_of(call.host, call.payload)
     except LockError as e:
         return Verdict("allow", log=f"mcp-locks: nothing released: {e.text()}")
-    import anyio
-
     from mcp_locks.hooks.policy import end_session
 
-    return anyio.run(end_session, cfg, session, env)
+    return end_session(cfg, session, env)
 
 
 def _start(call: HookInput, path: str | None) -> Path:
