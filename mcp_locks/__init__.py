@@ -114,7 +114,9 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """Import a public name from its module on first use (PEP 562)."""
     if name == "__version__":
-        globals()[name] = value = _version()
+        from mcp_locks.core.version import package_version
+
+        globals()[name] = value = package_version()
         return value
     where = _WHERE.get(name)
     if where is None:
@@ -122,16 +124,6 @@ def __getattr__(name: str) -> Any:
     value = getattr(importlib.import_module(where), name)
     globals()[name] = value
     return value
-
-
-def _version() -> str:
-    # importlib.metadata costs ~25 ms to import: only a caller that asks for the version pays it.
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mcp-locks")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0.0.0"
 
 
 def __dir__() -> list[str]:

@@ -37,9 +37,9 @@ COMMANDS = {
 def _print_version(ctx: click.Context, param: click.Parameter, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    import mcp_locks  # its __version__ reads the installed metadata only when asked for
+    from mcp_locks.core.version import package_version  # reads the installed metadata only when asked for
 
-    click.echo(f"mcp-locks, version {mcp_locks.__version__}")
+    click.echo(f"mcp-locks, version {package_version()}")
     ctx.exit()
 
 

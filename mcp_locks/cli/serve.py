@@ -10,12 +10,12 @@ from typing import Any
 import click
 import uvicorn
 
-from mcp_locks import __version__
 from mcp_locks.cli.config import settings_from
 from mcp_locks.cli.connect_hosts import HOSTS
 from mcp_locks.cli.datadir import claim_data_dir
 from mcp_locks.cli.probe import check_postgres, check_store, without_password
 from mcp_locks.cli.runtime import tune_gc
+from mcp_locks.core.version import package_version
 from mcp_locks.faces.app import build_app
 from mcp_locks.faces.auth import is_loopback
 from mcp_locks.observe.logging import configure_logging
@@ -73,7 +73,7 @@ def _announce(settings: Settings, sock: socket.socket) -> None:
     where = {"sqlite": f"{settings.db_path}", "memory": "memory (nothing is kept after exit)"}.get(
         settings.store, f"PostgreSQL {without_password(settings.store)}, files in {settings.files_dir}"
     )
-    click.echo(f"mcp-locks {__version__} listening on http://{shown}:{port}/mcp", err=True)
+    click.echo(f"mcp-locks {package_version()} listening on http://{shown}:{port}/mcp", err=True)
     click.echo(f"  MCP:       {base}/mcp  (legacy SSE: {base}/sse)", err=True)
     click.echo(f"  REST:      {base}/v1  (OpenAPI: {base}/v1/openapi.json)", err=True)
     click.echo(f"  dashboard: {base}/", err=True)

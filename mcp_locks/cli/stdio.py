@@ -9,10 +9,10 @@ from pathlib import Path
 import anyio
 import click
 
-from mcp_locks import __version__
 from mcp_locks.cli.config import settings_from
 from mcp_locks.cli.datadir import claim_data_dir
 from mcp_locks.cli.probe import check_store
+from mcp_locks.core.version import package_version
 from mcp_locks.faces.stdio import KeyRefused, NoServer, run_bridge, run_embedded
 from mcp_locks.observe.logging import configure_logging
 
@@ -41,7 +41,7 @@ def stdio(url: str, key: str | None, embedded: bool, data_dir: Path | None) -> N
     configure_logging("warning")  # stdout is the protocol: logs go to stderr, and only what matters
     if not embedded:
         try:
-            anyio.run(run_bridge, url, key, __version__)
+            anyio.run(run_bridge, url, key, package_version())
         except KeyRefused as e:
             # One line that starts with the code, as a host shows it in its server log.
             click.echo(str(e), err=True)
@@ -55,6 +55,6 @@ def stdio(url: str, key: str | None, embedded: bool, data_dir: Path | None) -> N
     try:
         from mcp_locks.faces.app import build_service  # the engine and its store: only for --embedded
 
-        anyio.run(run_embedded, build_service(settings), __version__)
+        anyio.run(run_embedded, build_service(settings), package_version())
     finally:
         os.close(claim)

@@ -21,11 +21,11 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
-from mcp_locks import __version__
 from mcp_locks.core.clock import Clock
 from mcp_locks.core.errors import Forbidden
 from mcp_locks.core.keys import LOCAL, NOBODY
 from mcp_locks.core.table import Limits
+from mcp_locks.core.version import package_version
 from mcp_locks.engine.admin import bootstrap_admin_key
 from mcp_locks.engine.file_service import FileLimits
 from mcp_locks.engine.lock_service import LockService, ServiceLimits
@@ -148,7 +148,9 @@ def build_app(
     )
     # With keys checked, a request that somehow reached a tool without one may do nothing at all.
     fallback = LOCAL if verifier is None else NOBODY
-    server = mcp or build_mcp(svc, version=__version__, local=fallback, compat_storage=settings.compat_storage_tool)
+    server = mcp or build_mcp(
+        svc, version=package_version(), local=fallback, compat_storage=settings.compat_storage_tool
+    )
     # SSE mode (json_response=False) so long waits can stream and be cancelled; stateful for legacy sessions.
     # The guard checks Host and Origin for every route (with our error body and allowed origins), so the
     # SDK's own check is off rather than a second, differently configured one.
@@ -160,7 +162,7 @@ def build_app(
     )
 
     async def healthz(request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "version": __version__})
+        return JSONResponse({"status": "ok", "version": package_version()})
 
     async def metrics(request: Request) -> Response:
         if not settings.metrics_public and caller_of(request, fallback).role != "admin":
@@ -198,7 +200,7 @@ def build_app(
         Route("/", dashboard, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),
-        *build_rest(svc, version=__version__, local=fallback),
+        *build_rest(svc, version=package_version(), local=fallback),
         *mcp_app.routes,  # /mcp itself, so our 404/405 answers cover every other path
         Route("/sse", _LegacySse(server, legacy), methods=["GET"]),
         Mount("/messages", app=legacy.handle_post_message),
