@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from mcp_locks.cli.connect_hosts import HOSTS
+from mcp_locks.cli.connect_key import is_loopback_url
 from mcp_locks.cli.main import main
 from mcp_locks.core.keys import new_key, parse_key_id
 from mcp_locks.engine.lock_service import LockService
@@ -33,6 +34,8 @@ FILES = {
     "codex": ("home", ".codex/config.toml", "mcp_servers"),
     "gemini": ("project", ".gemini/settings.json", "mcpServers"),
 }
+#: The hosts whose entry names the key's environment variable: the key is exported, never written.
+KEY_IN_ENV = {"codex", "gemini"}
 
 
 @pytest.fixture
@@ -69,7 +72,7 @@ def expected_entry(host: str, url: str = URL, key: str = KEY) -> dict[str, Any]:
         "cursor": {"url": f"{url}/mcp", "headers": bearer},
         "vscode": {"type": "http", "url": f"{url}/mcp", "headers": bearer},
         "codex": {"url": f"{url}/mcp", "bearer_token_env_var": "MCP_LOCKS_KEY"},
-        "gemini": {"httpUrl": f"{url}/mcp", "headers": bearer},
+        "gemini": {"httpUrl": f"{url}/mcp", "headers": {"Authorization": "Bearer $MCP_LOCKS_KEY"}},
     }[host]
 
 
@@ -90,10 +93,11 @@ def test_each_host_gets_its_exact_entry_printed(where: dict[str, Path], host: st
     result = connect(host, "--key", KEY, "--url", "http://127.0.0.1:9000/mcp")  # an MCP URL is cut to its base
     assert result.exit_code == 0, result.output
     _, rel, table = FILES[host]
-    if host == "codex":
+    if host in KEY_IN_ENV:
         assert f"export MCP_LOCKS_KEY={KEY}" in result.stdout
         assert KEY not in result.stdout.split("export")[0]  # the file's entry names the variable, never the key
-        got = tomllib.loads(result.stdout.split("export")[0])
+        entry = result.stdout.split("export")[0]
+        got = tomllib.loads(entry) if host == "codex" else json.loads(entry)
     else:
         got = json.loads(result.stdout)
     assert got == {table: {"locks": expected_entry(host, "http://127.0.0.1:9000")}}
@@ -178,10 +182,12 @@ def test_write_merges_into_the_hosts_file_idempotently_and_keeps_the_rest(where:
     if host == "codex":
         assert "# a comment that stays" in text
         assert text.count("[mcp_servers.locks]") == 1
+    else:
+        assert text == json.dumps(got, indent=2, ensure_ascii=False) + "\n"
+    if host in KEY_IN_ENV:
         assert other not in text
         assert f"export MCP_LOCKS_KEY={other}" in second.stdout
     else:
-        assert text == json.dumps(got, indent=2, ensure_ascii=False) + "\n"
         assert other not in second.stdout  # written, not printed
 
 
@@ -274,7 +280,7 @@ def test_a_key_is_made_through_a_running_servers_admin_api(where: dict[str, Path
         assert (data / "admin.key").exists()
         made = connect("gemini", "--agent", "carol", "--workspace", "default", "--url", url, "--data-dir", str(data))
         assert made.exit_code == 0, made.output
-        key = json.loads(made.stdout)["mcpServers"]["locks"]["headers"]["Authorization"].removeprefix("Bearer ")
+        key = made.stdout.split("export MCP_LOCKS_KEY=")[1].strip()  # Gemini reads it from the environment
         me = httpx.get(f"{url}/v1/me", headers={"Authorization": f"Bearer {key}"}).json()
         stranger = tmp_path / "elsewhere"
         stranger.mkdir()
@@ -285,6 +291,93 @@ def test_a_key_is_made_through_a_running_servers_admin_api(where: dict[str, Path
     assert refused.exit_code != 0
     assert "UNAUTHENTICATED" in refused.output
     assert "does not know the admin key from" in refused.output
+
+
+def test_gemini_reads_the_key_from_the_environment_so_the_settings_file_the_team_commits_holds_none(
+    where: dict[str, Path],
+) -> None:
+    (where["project"] / ".git").mkdir()
+    result = connect("gemini", "--key", KEY, "--write")
+    assert result.exit_code == 0, result.output
+    path = where["project"] / ".gemini/settings.json"
+    assert json.loads(path.read_text())["mcpServers"]["locks"]["headers"] == {"Authorization": "Bearer $MCP_LOCKS_KEY"}
+    assert f"export MCP_LOCKS_KEY={KEY}" in result.stdout
+    assert "out of version control" not in result.stderr
+    # `hooks install gemini` fills the same file, to be committed: still no key in it.
+    assert CliRunner().invoke(main, ["hooks", "install", "gemini"]).exit_code == 0
+    assert "mlk_" not in path.read_text()
+    assert "locks" in json.loads(path.read_text())["mcpServers"]
+
+
+@pytest.mark.parametrize("host", [h for h in FILES if FILES[h][0] == "project" and h not in KEY_IN_ENV])
+def test_a_project_file_written_with_the_key_comes_with_the_advice_to_keep_it_out_of_git(
+    where: dict[str, Path], host: str
+) -> None:
+    result = connect(host, "--key", KEY, "--write")
+    assert result.exit_code == 0, result.output
+    assert KEY in config_file(where, host).read_text()
+    assert f"keep {FILES[host][1]} out of version control (add it to .gitignore)" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "local"),
+    [("http://127.0.0.1:8765", True), ("http://localhost:8765", True), ("http://localhost.:1", True),
+     ("http://[::1]:8765", True), ("http://127.3.2.1", True), ("https://locks.example.com", False),
+     ("http://10.0.0.5:8765", False), ("http://0.0.0.0:8765", False), ("http://localhost.example.com", False)],
+)  # fmt: skip
+def test_only_a_loopback_url_is_this_machine(url: str, local: bool) -> None:
+    assert is_loopback_url(url) is local
+
+
+def _nothing_listens(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Every POST connect makes fails to connect; the list it returns gets each one's URL and bearer header."""
+    import httpx2
+
+    sent: list[tuple[str, str]] = []
+
+    async def post(client: httpx2.AsyncClient, url: str, **kw: Any) -> httpx2.Response:
+        sent.append((str(client.base_url).rstrip("/") + url, kw["headers"]["Authorization"]))
+        raise httpx2.ConnectError("connection refused")
+
+    monkeypatch.setattr(httpx2.AsyncClient, "post", post)
+    return sent
+
+
+def _keys_in(data: Path) -> str:
+    return CliRunner().invoke(main, ["keys", "list", "--all", "--data-dir", str(data)]).output
+
+
+def test_the_local_admin_key_is_never_sent_to_another_host_and_no_local_key_is_made_for_it(
+    where: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _first_start(tmp_path / "data")
+    admin = new_key("admin", (), "admin", 0.0)[0]
+    (data / "admin.key").write_text(admin)
+    monkeypatch.setenv("MCP_LOCKS_DATA_DIR", str(data))  # this machine's server, found without --data-dir
+    sent = _nothing_listens(monkeypatch)
+    remote = "http://locks.example.com:8765"
+    refused = connect("cursor", "--agent", "alice", "--write", "--url", remote)
+    assert refused.exit_code == 1
+    assert "is not this machine" in refused.output
+    assert "MCP_LOCKS_ADMIN_KEY" in refused.output
+    assert "--key" in refused.output
+    assert sent == []  # the admin key went nowhere
+    assert "alice" not in _keys_in(data)
+    assert not config_file(where, "cursor").exists()
+    # With that server's own admin key: sent there, and when nothing answers, no key is made here instead.
+    theirs = new_key("admin", (), "admin", 0.0)[0]
+    monkeypatch.setenv("MCP_LOCKS_ADMIN_KEY", theirs)
+    down = connect("cursor", "--agent", "alice", "--url", remote)
+    assert down.exit_code == 1
+    assert f"nothing answers at {remote}" in down.output
+    assert sent == [(f"{remote}/v1/admin/keys", f"Bearer {theirs}")]
+    assert "alice" not in _keys_in(data)
+    # Naming the data dir says it is that server's: its admin key and store are used, as on this machine.
+    monkeypatch.delenv("MCP_LOCKS_ADMIN_KEY")
+    named = connect("cursor", "--agent", "alice", "--url", remote, "--data-dir", str(data))
+    assert named.exit_code == 0, named.output
+    assert sent[-1] == (f"{remote}/v1/admin/keys", f"Bearer {admin}")
+    assert "alice" in _keys_in(data)
 
 
 def test_a_key_file_is_read_and_a_bad_key_is_refused_without_echoing_it(where: dict[str, Path], tmp_path: Path) -> None:

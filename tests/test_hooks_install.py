@@ -143,9 +143,10 @@ def test_the_entries_match_each_hosts_edit_tools_and_gemini_counts_milliseconds(
     assert gemini["BeforeTool"][0]["hooks"][0]["timeout"] == 30_000
 
 
-def test_the_command_written_is_absolute_and_runs_this_mcp_locks_hook(project: Path) -> None:
-    cli("hooks", "install", "claude-code")
-    command = json.loads((project / ".claude/settings.json").read_text())["hooks"]["PreToolUse"][0]["hooks"][0]
+def test_the_command_written_for_the_user_scope_is_absolute_and_runs_this_mcp_locks_hook(project: Path) -> None:
+    cli("hooks", "install", "claude-code", "--scope", "user")
+    path = config_file("claude-code", "user", project)
+    command = json.loads(path.read_text())["hooks"]["PreToolUse"][0]["hooks"][0]
     words = shlex.split(command["command"])
     assert os.path.isabs(words[0])
     assert words[-2:] == ["hook", "claude-code"]
@@ -160,6 +161,35 @@ def test_the_command_written_is_absolute_and_runs_this_mcp_locks_hook(project: P
     )
     assert done.returncode == 0, done.stderr
     assert "claude-code" in done.stdout
+
+
+@pytest.mark.parametrize("host", list(HOSTS))
+def test_a_project_install_writes_the_plain_command_a_teammate_finds_on_path_and_says_it_must_be_there(
+    project: Path, host: str
+) -> None:
+    path = config_file(host, "project", project)
+    path.parent.mkdir()
+    old = "/home/alice/.venv/bin/mcp-locks hook " + host  # this machine's path, from an earlier install
+    first_event = next(iter(HOSTS[host].entries))
+    handler = {"type": "command", "command": old}
+    path.write_text(dumped({"hooks": {first_event: [handler if host == "cursor" else {"hooks": [handler]}]}}))
+    result = cli("hooks", "install", host)
+    assert result.exit_code == 0, result.output
+    config = json.loads(path.read_text())
+    commands = {h["command"] for entries in config["hooks"].values() for e in entries for h in e.get("hooks", [e])}
+    assert commands == {f"mcp-locks hook {host}"}  # no path of this machine in the shared file
+    assert "on PATH" in result.output
+    assert "pipx install mcp-locks" in result.output
+    status = cli("hooks", "status").output
+    assert f"runs mcp-locks hook {host}" in next(line for line in status.splitlines() if line.startswith(f"{host} "))
+    assert "removed from" in cli("hooks", "uninstall", host).output
+    assert not path.exists()
+
+
+def test_a_user_install_says_nothing_about_teammates_path(project: Path) -> None:
+    result = cli("hooks", "install", "cursor", "--scope", "user")
+    assert result.exit_code == 0, result.output
+    assert "pipx" not in result.output
 
 
 def test_an_existing_files_mode_is_kept(project: Path) -> None:

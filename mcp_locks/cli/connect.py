@@ -97,7 +97,8 @@ def _show(host: Host, conn: Conn, target: Target) -> None:
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="The server's data directory: its admin.key, or its keys when no server runs [env MCP_LOCKS_DATA_DIR].",
+    help="The server's data directory: its admin.key, or its keys when no server runs [env MCP_LOCKS_DATA_DIR]."
+    " Without it, used only when --url is this machine (a loopback address).",
 )
 def connect(
     host: str,
@@ -113,8 +114,10 @@ def connect(
 
     HOST is claude-code, claude-desktop, cursor, vscode, codex or gemini. The key is made through the
     running server's admin API (with MCP_LOCKS_ADMIN_KEY or the data dir's admin.key), or in the data dir
-    when no server runs. Project hosts' files (.mcp.json, .cursor/, .vscode/, .gemini/) are in the current
-    directory; Claude Desktop's and Codex's are your user's. Running it again with --write updates the entry.
+    when no server runs; the data dir is used only for a loopback --url or an explicit --data-dir (another
+    host needs MCP_LOCKS_ADMIN_KEY, or --key). Project hosts' files (.mcp.json, .cursor/, .vscode/,
+    .gemini/) are in the current directory; Claude Desktop's and Codex's are your user's. Running it again
+    with --write updates the entry.
 
     Example: mcp-locks connect claude-code --agent alice --workspace default --write
     """

@@ -4,7 +4,9 @@ Formats checked against each host's documentation (December 2026): Claude Code `
 Claude Desktop ``claude_desktop_config.json`` (command-launched servers only: the stdio bridge), Cursor
 ``.cursor/mcp.json`` (``url`` + ``headers``), VS Code ``.vscode/mcp.json`` (top-level ``servers``), Codex
 ``config.toml`` (``[mcp_servers.NAME]`` with ``url`` and ``bearer_token_env_var``: the key stays in the
-environment), Gemini CLI ``.gemini/settings.json`` (``httpUrl`` is streamable HTTP; ``url`` would be SSE).
+environment), Gemini CLI ``.gemini/settings.json`` (``httpUrl`` is streamable HTTP; ``url`` would be SSE; Gemini
+CLI expands ``$VAR`` in every string of its settings files, so the header names ``$MCP_LOCKS_KEY`` and the key
+stays out of that project file, which ``mcp-locks hooks install gemini`` also fills and the team may commit).
 No I/O here but reading the environment for paths.
 """
 
@@ -151,7 +153,11 @@ HOSTS: dict[str, Host] = {
             "gemini",
             "Gemini CLI",
             lambda c: Target(
-                Path(".gemini") / "settings.json", "json", "mcpServers", {"httpUrl": c.mcp_url, "headers": c.bearer}
+                Path(".gemini") / "settings.json",
+                "json",
+                "mcpServers",
+                {"httpUrl": c.mcp_url, "headers": {"Authorization": f"Bearer ${KEY_ENV}"}},
+                key_in_file=False,
             ),
         ),
     )

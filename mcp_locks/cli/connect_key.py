@@ -3,17 +3,24 @@
 A new key is made through the running server's admin API (with ``MCP_LOCKS_ADMIN_KEY`` or the data dir's
 ``admin.key``), or, when no server answers at the URL or there is no admin key, in the data dir's store
 directly, as ``mcp-locks keys create`` does. The server modules are imported only on that last path.
+
+The data dir belongs to a server on this machine: its ``admin.key`` is sent, and its store used, only when the
+URL is a loopback address or ``--data-dir`` names that server's data dir. Any other URL needs
+``MCP_LOCKS_ADMIN_KEY`` (or a key given with ``--key``): the local admin key never leaves for another host,
+and no key is made here that the server there would not know.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 
 from mcp_locks.core.keys import parse_key_id
 
-__all__ = ["given_key", "make_key"]
+__all__ = ["given_key", "is_loopback_url", "make_key"]
 
 
 def given_key(key: str | None, key_file: Path | None) -> str | None:
@@ -36,7 +43,10 @@ def make_key(agent: str, workspaces: list[str], url: str, data_dir: Path | None)
     from mcp_locks.cli.config import settings_from  # the server's settings: only when a key is made
 
     settings = settings_from(data_dir=data_dir)
-    admin, source = _admin_key(settings.admin_key.get_secret_value() if settings.admin_key else None, settings.data_dir)
+    env_admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+    if data_dir is None and not is_loopback_url(url):  # not this machine's server: its data dir is not ours to use
+        return _remote_key(url, env_admin, agent, workspaces)
+    admin, source = _admin_key(env_admin, settings.data_dir)
     if admin is not None:
         key = _over_rest(url, admin, source, agent, workspaces)
         if key is not None:
@@ -46,6 +56,36 @@ def make_key(agent: str, workspaces: list[str], url: str, data_dir: Path | None)
     key, record = create_in_data_dir(data_dir, agent, workspaces, "agent")
     where = settings.store if settings.postgres else settings.data_dir
     click.echo(f"created key {record.key_id} for agent {agent} in {where} (shown once, in what follows)", err=True)
+    return key
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url``'s host is this machine: ``localhost`` or a loopback address (127.0.0.0/8, ``::1``)."""
+    try:
+        host = (urlsplit(url).hostname or "").rstrip(".")
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _remote_key(url: str, env_admin: str | None, agent: str, workspaces: list[str]) -> str:
+    """A new key from the server at ``url`` (not this machine) with MCP_LOCKS_ADMIN_KEY; never from the data dir."""
+    if env_admin is None:
+        raise click.ClickException(
+            f"{url} is not this machine, so this data directory's admin.key is not sent there and no key is made"
+            f" here. Set MCP_LOCKS_ADMIN_KEY to that server's admin key, or pass an agent key made on it with --key"
+            f" or --key-file (or its --data-dir, if that server's data directory is on this machine)."
+        )
+    key = _over_rest(url, env_admin, "MCP_LOCKS_ADMIN_KEY", agent, workspaces)
+    if key is None:
+        raise click.ClickException(
+            f"nothing answers at {url}: check that the server runs there and the URL, then retry."
+        )
     return key
 
 

@@ -29,7 +29,8 @@ _scope = click.option(
     type=click.Choice(SCOPES),
     default="project",
     show_default=True,
-    help="project: this project's config (commit it to share); user: your own config, for every project.",
+    help="project: this project's config (commit it to share; it runs mcp-locks from PATH, so every teammate "
+    "needs it there: pipx install mcp-locks); user: your own config, for every project (by its absolute path).",
 )
 _mode = click.option(
     "--mode",

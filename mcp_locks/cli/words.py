@@ -17,4 +17,5 @@ CLI_WORDS: Vocabulary = {
     "revoke_key": "mcp-locks keys revoke",
     "check_lock_status": "mcp-locks status",
     "list_locks": "mcp-locks locks",
+    "list_webhooks": "mcp-locks webhooks list",
 }

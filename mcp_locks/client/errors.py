@@ -11,7 +11,14 @@ from typing import Any
 
 from mcp_locks.core.errors import ERROR_TABLE, Internal, LockError
 
-__all__ = ["decode_error", "error_of"]
+__all__ = ["TRANSIENT_STATUS", "Transient", "decode_error", "error_of"]
+
+#: Statuses a proxy answers for a server that did not: worth retrying, as a dropped connection is.
+TRANSIENT_STATUS = frozenset({502, 503, 504})
+
+
+class Transient(Exception):
+    """A failure worth retrying (the request may or may not have been applied)."""
 
 
 def decode_error(body: Any) -> LockError | None:
@@ -24,6 +31,9 @@ def decode_error(body: Any) -> LockError | None:
     inner = body.get("error", body) if isinstance(body, dict) else None
     if not isinstance(inner, dict):
         return None
+    data = inner.get("data")
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):  # a JSON-RPC error carrying the body
+        return decode_error(data)
     code, message = inner.get("code"), inner.get("message")
     if not isinstance(code, str) or not isinstance(message, str):
         return None

@@ -32,8 +32,8 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, TextContent
 
-from mcp_locks.client.errors import decode_error
-from mcp_locks.client.rest import _TRANSIENT_STATUS, RELEASE_WITHIN, LockClient, _Transient
+from mcp_locks.client.errors import TRANSIENT_STATUS, Transient, decode_error
+from mcp_locks.client.rest import RELEASE_WITHIN, LockClient
 from mcp_locks.core.clock import Clock
 from mcp_locks.core.errors import ERROR_META_KEY, ERROR_TABLE, Internal, LockError, Unavailable
 
@@ -106,7 +106,7 @@ class McpLockClient(LockClient):
         self._session: _Session | None = None
         # The server's last HTTP refusal (the SDK reports every one as "Server returned an error response").
         self._refusals = 0
-        self._refusal: LockError | _Transient | None = None
+        self._refusal: LockError | Transient | None = None
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
@@ -119,9 +119,9 @@ class McpLockClient(LockClient):
     async def _on_response(self, response: httpx2.Response) -> None:
         if response.status_code < 400:
             return
-        refusal: LockError | _Transient | None
-        if response.status_code in _TRANSIENT_STATUS:
-            refusal = _Transient(f"HTTP {response.status_code}")
+        refusal: LockError | Transient | None
+        if response.status_code in TRANSIENT_STATUS:
+            refusal = Transient(f"HTTP {response.status_code}")
         else:
             await response.aread()
             try:
@@ -160,11 +160,11 @@ class McpLockClient(LockClient):
                 refusal = self._refusal if self._refusals != refusals else None
                 if isinstance(refusal, LockError):
                     raise refusal  # e.g. UNAUTHENTICATED: retrying will not help
-                raise _Transient(f"could not open an MCP session: {s.error!r}")
+                raise Transient(f"could not open an MCP session: {s.error!r}")
         else:
             await s.ready.wait()
         if s.client is None:
-            raise _Transient("the MCP session ended")
+            raise Transient("the MCP session ended")
         return s.client
 
     def _retire(self, client: Client) -> None:
@@ -184,10 +184,10 @@ class McpLockClient(LockClient):
         """Call a tool, retrying what may pass; a coded refusal raises its LockError."""
         args = {k: v for k, v in args.items() if v is not None}
         try:
-            async for attempt in stamina.retry_context(on=_Transient, attempts=self.attempts, timeout=None):
+            async for attempt in stamina.retry_context(on=Transient, attempts=self.attempts, timeout=None):
                 with attempt:
                     result = await self._call_once(name, args, wait)
-        except _Transient as e:
+        except Transient as e:
             raise Unavailable(
                 f"the lock server at {self.endpoint} did not answer: {e}.", hint="Check that it runs, then retry."
             ) from None
@@ -206,9 +206,9 @@ class McpLockClient(LockClient):
         except MCPError as e:
             if e.code == CONNECTION_CLOSED:
                 self._retire(client)
-                raise _Transient(e.message) from None
+                raise Transient(e.message) from None
             if e.code == REQUEST_TIMEOUT:
-                raise _Transient(e.message) from None
+                raise Transient(e.message) from None
             refusal = self._refusal if self._refusals != refusals else None
             if refusal is not None:
                 raise refusal from None

@@ -37,7 +37,7 @@ import anyio
 import anyio.abc
 import httpx2
 
-from mcp_locks.client.errors import error_of
+from mcp_locks.client.errors import TRANSIENT_STATUS, Transient, error_of
 from mcp_locks.core.clock import Clock
 from mcp_locks.core.errors import LockBroken, LockError, LockExpired, LockNotFound, Unavailable
 from mcp_locks.core.names import check_node_id
@@ -53,7 +53,6 @@ log = logging.getLogger("mcp_locks.client")
 RENEW_FRACTION = 1 / 3
 #: Longest a block's exit spends releasing its locks when the server does not answer (they expire anyway).
 RELEASE_WITHIN = 10.0
-_TRANSIENT_STATUS = frozenset({502, 503, 504})
 #: Tokens one unlock_files call takes at most (the server's limit).
 _UNLOCK_BATCH = 100
 
@@ -65,10 +64,6 @@ class LeaseLost(Exception):
         super().__init__(f"lost the lock on '{lease.node_id}': {cause.text()}")
         self.lease = lease
         self.cause = cause
-
-
-class _Transient(Exception):
-    """A failure worth retrying (the request may or may not have been applied)."""
 
 
 @dataclass(eq=False)
@@ -197,15 +192,15 @@ class LockClient:
         read = self._http.timeout.read
         per_call = httpx2.Timeout(self._http.timeout.connect, read=read + wait if read is not None else None)
         try:
-            async for attempt in stamina.retry_context(on=_Transient, attempts=self.attempts, timeout=None):
+            async for attempt in stamina.retry_context(on=Transient, attempts=self.attempts, timeout=None):
                 with attempt:
                     try:
                         r = await self._http.request(method, path, json=body, headers=headers, timeout=per_call)
                     except httpx2.TransportError as e:
-                        raise _Transient(str(e)) from e
-                    if r.status_code in _TRANSIENT_STATUS:
-                        raise _Transient(f"HTTP {r.status_code}")
-        except _Transient as e:
+                        raise Transient(str(e)) from e
+                    if r.status_code in TRANSIENT_STATUS:
+                        raise Transient(f"HTTP {r.status_code}")
+        except Transient as e:
             raise Unavailable(
                 f"the lock server at {self.url} did not answer: {e}.", hint="Check that it runs, then retry."
             ) from None

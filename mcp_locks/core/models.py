@@ -9,7 +9,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from mcp_locks.core.errors import InvalidArgument
+from mcp_locks.core.errors import InvalidArgument, Vocabulary, render_hint
 from mcp_locks.core.keys import KeyRecord
 from mcp_locks.core.names import AGENT_PATTERN, WORKSPACE_PATTERN
 from mcp_locks.core.records import Event, EventKind, FileMeta, Lease
@@ -193,6 +193,11 @@ class UnlockFilesResult(_Out):
     workspace_id: str
     released: int
     results: list[UnlockOutcome]
+
+    def said(self, words: Vocabulary) -> UnlockFilesResult:
+        """The same result with each refusal's hint in a face's ``words`` (the engine leaves them neutral)."""
+        results = [r.model_copy(update={"error": render_hint(r.error, words)}) if r.error else r for r in self.results]
+        return self.model_copy(update={"results": results})
 
 
 class RenewResult(_Out):

@@ -1311,7 +1311,7 @@ class LockTable:
         else:
             msg = f"waiting for {nodes} would close a cycle: " + " -> ".join(names) + "."
             hint = (
-                "Release the locks you hold and retry, or take all the locks you need at once with lock_files"
+                "Release the locks you hold and retry, or take all the locks you need at once with {op:lock_files}"
                 " (which never deadlocks)."
             )
         return Deadlock(msg, hint=hint, details={"cycle": names})

@@ -324,7 +324,11 @@ class LockService:
         self, timeout: object, wait: object, note: object, request_id: object
     ) -> tuple[float, float, str | None, str | None]:
         t = check_seconds(
-            timeout, "timeout", 1, self.limits.max_timeout, "Pick a lease long enough for the work, then renew_lock."
+            timeout,
+            "timeout",
+            1,
+            self.limits.max_timeout,
+            "Pick a lease long enough for the work, then {op:renew_lock}.",
         )
         w = check_seconds(wait, "wait", 0, self.limits.max_wait, "Use wait=0 to fail at once when the file is locked.")
         rid = check_text(request_id, "request_id", 128)
@@ -498,7 +502,9 @@ class LockService:
                 try:
                     lease, held = table.release(now, tok, as_key=as_key)
                 except LockError as e:
-                    out.append(UnlockOutcome(index=i, released=False, error_code=e.code, error=e.text()))
+                    # The hint keeps its {op:} markers: each face says it in its own words (UnlockFilesResult.said).
+                    text = f"{e.code}: {e.message}" + (f" {e.hint}" if e.hint else "")
+                    out.append(UnlockOutcome(index=i, released=False, error_code=e.code, error=text))
                 else:
                     out.append(
                         UnlockOutcome(

@@ -30,6 +30,7 @@ from mcp_locks.engine.admin import bootstrap_admin_key
 from mcp_locks.engine.file_service import FileLimits
 from mcp_locks.engine.lock_service import LockService, ServiceLimits
 from mcp_locks.faces.auth import Guard, KeyVerifier, is_loopback
+from mcp_locks.faces.mcp.sdk import lowlevel
 from mcp_locks.faces.mcp.tools import build_mcp
 from mcp_locks.faces.rest.operation import OPENAPI_PATH, caller_of, error_response, http_error_handler
 from mcp_locks.faces.rest.routes import build_rest
@@ -95,7 +96,7 @@ class _LegacySse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The SDK's own sse_app() drives its low-level server the same way; its no-auth route
         # would answer a second time once the stream ends, so the endpoint is ours.
-        low = self.server._lowlevel_server
+        low = lowlevel(self.server)
         async with self.transport.connect_sse(scope, receive, send) as (read, write):
             await low.run(read, write, low.create_initialization_options())
 

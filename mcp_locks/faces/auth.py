@@ -7,7 +7,8 @@ of the API (``{"error": {"code", "message", "hint", "details"}}``):
   DNS name at 127.0.0.1 cannot reach the server (421 BAD_HOST, 403 FORBIDDEN);
 * body size (413 PAYLOAD_TOO_LARGE), checked on the declared length and on the bytes read;
 * ``Authorization: Bearer KEY`` on everything but the open paths (401 UNAUTHENTICATED; on the MCP
-  endpoints the body is a JSON-RPC error carrying the same error body in ``data``, see :func:`jsonrpc_refusal`);
+  endpoints every refusal's body is a JSON-RPC error carrying the same error body in ``data``, see
+  :func:`jsonrpc_refusal`);
 * an optional per-key rate limit (429 RATE_LIMITED with ``Retry-After``);
 * any exception a route lets escape becomes 500 INTERNAL: no traceback reaches a client.
 
@@ -70,6 +71,9 @@ MCP_PATHS = ("/mcp", "/sse", "/messages")
 #: The JSON-RPC error code of a refused key, in the implementation-defined server range. Not -32001: the
 #: SDKs use it for a request that timed out on the client side, and a client would retry a refusal as one.
 UNAUTHENTICATED_RPC_CODE = -32010
+#: The JSON-RPC error code of every other refusal the guard answers on an MCP endpoint (rate, size, Host,
+#: Origin, a store that cannot check keys): the stable code is in the message and in ``data``.
+REFUSED_RPC_CODE = -32011
 
 
 @functools.lru_cache(maxsize=256)
@@ -157,13 +161,14 @@ def error_response_parts(
 
 
 def jsonrpc_refusal(err: LockError) -> bytes:
-    """A 401 body MCP clients can read: a JSON-RPC error whose ``data`` holds the one error body.
+    """A refusal body MCP clients can read: a JSON-RPC error whose ``data`` holds the one error body.
 
     The SDKs read a non-2xx answer to a request only when its body is a JSON-RPC error (the
     Python SDK otherwise says "Server returned an error response"); the id is unknown here,
     so it is null, which the clients match to the request the answer came on.
     """
-    error = {"code": UNAUTHENTICATED_RPC_CODE, "message": err.text(), "data": {"error": err.to_dict()}}
+    code = UNAUTHENTICATED_RPC_CODE if isinstance(err, Unauthenticated) else REFUSED_RPC_CODE
+    error = {"code": code, "message": err.text(), "data": {"error": err.to_dict()}}
     return json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
 
 
@@ -171,11 +176,10 @@ def _is_mcp_path(path: str) -> bool:
     return any(path == p or path.startswith(p + "/") for p in MCP_PATHS)
 
 
-async def _send_error(
-    send: Send, err: LockError, extra_headers: Iterable[tuple[str, str]] = (), *, jsonrpc: bool = False
-) -> None:
+async def _send_error(send: Send, scope: Scope, err: LockError, extra_headers: Iterable[tuple[str, str]] = ()) -> None:
+    """Answer ``err`` with the one error body; on an MCP endpoint, inside a JSON-RPC error MCP clients read."""
     status, body, headers = error_response_parts(err, extra_headers)
-    if jsonrpc:
+    if _is_mcp_path(scope["path"]):
         body = jsonrpc_refusal(err)
         headers = [(k, str(len(body)).encode() if k == b"content-length" else v) for k, v in headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -226,7 +230,7 @@ class Guard:
             limit = self.body_limit(scope["method"], scope["path"]) or limit
         refusal = self._check_origin(headers) or self._check_length(headers, limit)
         if refusal is not None:
-            await _send_error(send, refusal)
+            await _send_error(send, scope, refusal)
             return
         user: AuthenticatedUser | None = None
         if self.backend is not None and scope["path"] not in self.open_paths:
@@ -235,12 +239,13 @@ class Guard:
             except Exception:  # the store could not be read: say so, never guess either way
                 log.exception("checking a key failed")
                 await _send_error(
-                    send, Unavailable("the server could not check the API key.", hint="Retry in a few seconds.")
+                    send, scope, Unavailable("the server could not check the API key.", hint="Retry in a few seconds.")
                 )
                 return
             if found is None:
                 await _send_error(
                     send,
+                    scope,
                     Unauthenticated(
                         "a valid API key is required: send 'Authorization: Bearer <key>'."
                         if "authorization" in headers
@@ -248,7 +253,6 @@ class Guard:
                         hint="Ask the server's admin for a key (mcp-locks keys create); a revoked key no longer works.",
                     ),
                     [("www-authenticate", 'Bearer realm="mcp-locks"')],
-                    jsonrpc=_is_mcp_path(scope["path"]),
                 )
                 return
             creds, user = found
@@ -256,7 +260,7 @@ class Guard:
             scope["user"] = user
             limited = self._check_rate(user.access_token.client_id)
             if limited is not None:
-                await _send_error(send, limited, [("retry-after", str(limited.details["retry_after"]))])
+                await _send_error(send, scope, limited, [("retry-after", str(limited.details["retry_after"]))])
                 return
         await self._forward(scope, receive, send, user, limit)
 
@@ -286,12 +290,13 @@ class Guard:
             await self.app(scope, counted_receive, tracked_send)
         except _BodyTooLarge:
             if not started:
-                await _send_error(send, self._too_large(limit))
+                await _send_error(send, scope, self._too_large(limit))
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
                 await _send_error(
                     send,
+                    scope,
                     Internal("the server failed to handle this request.", hint="Retry; if it persists, report it."),
                 )
         finally:
@@ -307,7 +312,7 @@ class Guard:
             )
         return TooLarge(
             f"the request body is larger than {limit} bytes.",
-            hint="Send less per request (split a lock_files batch; send big files with PUT or an upload); the"
+            hint="Send less per request (split a {op:lock_files} batch; send big files with PUT or an upload); the"
             " limit is the server's max_body setting.",
             details={"limit": limit},
         )

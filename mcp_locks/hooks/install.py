@@ -2,21 +2,24 @@
 
 Install merges one entry per event the host needs (see :mod:`mcp_locks.hooks.install_hosts`) into the
 host's file for the scope: every other hook and setting stays, in its order, and running it twice leaves
-one entry. The command written is the absolute path of this ``mcp-locks``, so a host started from a desktop
-finds it without the virtual environment on PATH. Project scope also makes sure the project has a
+one entry. In the user scope the command written is the absolute path of this ``mcp-locks``, so a host started
+from a desktop finds it without the virtual environment on PATH. A project's file is shared (committed), and
+this machine's path means nothing on a teammate's: there the command is plain ``mcp-locks hook HOST``, found
+on PATH, and the output says everyone needs it there. Project scope also makes sure the project has a
 ``.mcp-locks.toml`` (never with a key in it) and writes ``--policy`` there. Uninstall takes out exactly the
 entries whose command runs ``mcp-locks hook HOST``, and the lists and objects only they filled.
 """
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mcp_locks.hooks.config import CONFIG_FILE, DEFAULT_URL, find_project_root
-from mcp_locks.hooks.install_command import shell_line
+from mcp_locks.hooks.install_command import PROGRAM, shell_line
 from mcp_locks.hooks.install_files import SetupError, dump_json, read_json, read_text, remove_file, write_text
 from mcp_locks.hooks.install_hosts import Host, Scope
 from mcp_locks.hooks.install_merge import ShapeError, merge, unmerge
@@ -33,6 +36,11 @@ key_env = "{KEY_ENV}"
 """
 #: Codex's switches that turn its hooks off when false (``codex_hooks`` is the deprecated name).
 _CODEX_SWITCHES = ("hooks", "codex_hooks")
+#: After a project install: its command is looked up on PATH, on every machine that uses the project.
+ON_PATH = (
+    f"This project's hooks run `{PROGRAM}` from PATH (the file is shared): everyone who works on it needs "
+    f"{PROGRAM} on PATH (pipx install {PROGRAM}), or the host fails to start the check and lets edits through."
+)
 
 
 @dataclass(frozen=True)
@@ -77,7 +85,8 @@ def _shaped(path: Path, change: Any) -> dict[str, Any]:
 def install(host: Host, scope: Scope, cwd: Path, program: Sequence[str], policy: str | None = None) -> Outcome:
     """Add ``PROGRAM hook HOST`` entries to ``host``'s file for ``scope`` (and the policy to the project).
 
-    ``program`` is the absolute command that starts ``mcp-locks`` (hosts run hooks without your PATH).
+    ``program`` is the absolute command that starts ``mcp-locks`` (hosts run hooks without your PATH), written
+    in the user scope only: a project's file is shared, so it gets ``mcp-locks``, looked up on PATH.
     """
     if scope == "user" and policy is not None:
         raise SetupError(
@@ -87,9 +96,13 @@ def install(host: Host, scope: Scope, cwd: Path, program: Sequence[str], policy:
     root = project_root(cwd) if scope == "project" else Path.home()
     path = host.config_file(scope, root)
     config, before = read_json(path)
-    command = shell_line(program, "hook", host.name)
+    command = shell_line((PROGRAM,) if scope == "project" else program, "hook", host.name)
     merged = _shaped(path, lambda: merge(config, host, command))  # checked before any file is written
     notes = _project_settings(root, policy) if scope == "project" else []
+    if scope == "project":
+        notes.append(ON_PATH)
+        if shutil.which(PROGRAM) is None:
+            notes.append(f"{PROGRAM} is not on your PATH either: install it with pipx, or the hooks fail here too.")
     if host.name == "codex":
         notes += _codex_switch(path.with_name("config.toml"), fix=True)
         if scope == "project":  # a user-wide switch turns project hooks off too; that file is the user's to edit

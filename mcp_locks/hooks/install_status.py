@@ -52,11 +52,15 @@ def _row(host: Host, scope: Scope, root: Path | None, policy: str) -> str:
     return f"{where} installed in {path}: {', '.join(events)}; policy {policy}; runs {command}"
 
 
+#: A key-shaped stand-in (never sent: only the settings are read with it).
+_PLACEHOLDER_KEY = "mlk_000000000000_" + "0" * 43
+
+
 def _settings(cwd: Path) -> tuple[HookConfig | None, list[str]]:
     """The project's settings (read without needing the key), and lines on them and on the key."""
     try:
         # MCP_LOCKS_KEY wins over the file's key_env/key_file: set, it lets the rest be read without a key.
-        cfg = load_config(cwd, {**os.environ, "MCP_LOCKS_KEY": "-"})
+        cfg = load_config(cwd, {**os.environ, "MCP_LOCKS_KEY": _PLACEHOLDER_KEY})
     except LockError as e:
         return None, [f"settings: {e.text()}"]
     if cfg is None:

@@ -321,7 +321,7 @@ class Observability:
             if rec is None or rec.workspace_id != ws:
                 raise NotFound(
                     f"workspace '{ws}' has no webhook '{webhook_id}'.",
-                    hint="list_webhooks shows the ids.",
+                    hint="{op:list_webhooks} shows the ids.",
                     details={"webhook_id": str(webhook_id)[:64]},
                 )
             await self.service.store.delete_webhook(rec.webhook_id)  # first: if it fails, nothing changed

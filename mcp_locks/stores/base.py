@@ -432,7 +432,7 @@ def workspace_in_use(workspace_id: str, live: int) -> Locked:
     """LOCKED for deleting a workspace that still holds live locks."""
     return Locked(
         f"workspace '{workspace_id}' still holds {live} live lock(s).",
-        hint="Wait until they are released or expire (or force_unlock them), then delete it.",
+        hint="Wait until they are released or expire (or {op:force_unlock} them), then delete it.",
         details={"workspace_id": workspace_id, "locks": live},
     )
 

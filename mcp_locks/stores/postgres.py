@@ -260,7 +260,9 @@ SELECT (SELECT count(*) FROM w), (SELECT count(*) FROM o)
 def _outcome_json(outcome: Granted | LockError) -> str:
     if isinstance(outcome, Granted):
         return json.dumps({"leases": [list(le) for le in outcome.leases], "replayed": outcome.replayed})
-    return json.dumps({"error": outcome.to_dict()})
+    # The hint keeps its {op:} markers: the server that answers the waiter renders it for its face.
+    o = outcome
+    return json.dumps({"error": {"code": o.code, "message": o.message, "hint": o.hint, "details": o.details}})
 
 
 def _outcome_from(doc: dict[str, Any]) -> Granted | LockError:

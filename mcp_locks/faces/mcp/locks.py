@@ -37,6 +37,7 @@ from mcp_locks.faces.mcp.common import (
     WorkspaceArg,
 )
 from mcp_locks.faces.mcp.progress import with_progress
+from mcp_locks.faces.mcp.results import MCP_WORDS
 
 __all__ = ["register", "register_batch"]
 
@@ -257,4 +258,4 @@ Each token is released on its own: results[i] says whether tokens[i] was release
         tokens: Annotated[list[str], Field(description="Tokens to release.", min_length=1, max_length=MAX_ITEMS)],
         workspace_id: WorkspaceArg = None,
     ) -> UnlockFilesResult:
-        return await service.unlock_many(workspace_id, tokens, caller=tools.caller())
+        return (await service.unlock_many(workspace_id, tokens, caller=tools.caller())).said(MCP_WORDS)

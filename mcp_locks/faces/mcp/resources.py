@@ -59,6 +59,7 @@ from mcp_locks.engine.arguments import MAX_ITEMS
 from mcp_locks.engine.lock_service import LockService
 from mcp_locks.faces.auth import current_caller
 from mcp_locks.faces.mcp.results import MCP_WORDS
+from mcp_locks.faces.mcp.sdk import lowlevel
 
 __all__ = [
     "NODE_TEMPLATE",
@@ -398,9 +399,9 @@ def _register_subscriptions(server: MCPServer[Any], reader: _Reader, feed: _Feed
     """``subscriptions/listen`` (2026-07-28) and ``resources/(un)subscribe`` (2025-era sessions).
 
     Each checks what reading would, then follows the URIs through ``feed``. The SDK serves
-    neither with our checks, so the lowlevel handlers are replaced (a private attribute).
+    neither with our checks, so the lowlevel handlers are replaced (see :mod:`mcp_locks.faces.mcp.sdk`).
     """
-    low = server._lowlevel_server
+    low = lowlevel(server)
     entry = low.get_request_handler("subscriptions/listen")
     listen = entry.handler if entry is not None else ListenHandler(bus)
 

@@ -34,6 +34,7 @@ MCP_WORDS: Vocabulary = {
     "create_upload": "a resumable upload (REST API: POST /v1/workspaces/{workspace_id}/uploads)",
     "upload_status": "the upload's status (REST API: GET /v1/workspaces/{workspace_id}/uploads/{upload_id})",
     "list_keys": "mcp-locks keys list",
+    "list_webhooks": "the webhook list (mcp-locks webhooks list, or GET /v1/workspaces/{workspace_id}/webhooks)",
     "revoke_key": "mcp-locks keys revoke",
 }
 

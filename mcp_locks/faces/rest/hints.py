@@ -30,6 +30,7 @@ REST_WORDS: Vocabulary = {
     "create_upload": f"POST {_WS}/uploads",
     "upload_status": f"GET {_WS}/uploads/{{upload_id}}",
     "create_workspace": "POST /v1/workspaces",
+    "list_webhooks": f"GET {_WS}/webhooks",
     "list_keys": "GET /v1/admin/keys",
     "revoke_key": "DELETE /v1/admin/keys/{key_id}",
 }

@@ -24,6 +24,7 @@ from mcp_locks.core.models import (
     UnlockResult,
 )
 from mcp_locks.engine.lock_service import LockService
+from mcp_locks.faces.rest.hints import REST_WORDS
 from mcp_locks.faces.rest.operation import Call, Op, header_token, int_param
 
 __all__ = ["node_ops", "workspace_ops"]
@@ -136,7 +137,8 @@ async def lock_files(service: LockService, call: Call) -> BaseModel:
 async def unlock_files(service: LockService, call: Call) -> BaseModel:
     """Release several locks, each on its own."""
     b: UnlockFilesRequest = call.body
-    return await service.unlock_many(call.params["workspace_id"], b.tokens, caller=call.caller)
+    result = await service.unlock_many(call.params["workspace_id"], b.tokens, caller=call.caller)
+    return result.said(REST_WORDS)
 
 
 async def force_unlock(service: LockService, call: Call) -> BaseModel:
