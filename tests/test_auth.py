@@ -261,6 +261,22 @@ async def test_an_oversized_body_is_refused_with_413(face: Face) -> None:
     assert error_of(r, "PAYLOAD_TOO_LARGE")["details"]["limit"] == 1 << 20
 
 
+async def test_a_refusal_on_an_mcp_endpoint_is_a_json_rpc_error_an_mcp_client_reads_and_rest_keeps_its_body(
+    face: Face,
+) -> None:
+    r = await face.raw(face.env.alice, json={"note": "x" * (1 << 20)})
+    doc = r.json()
+    if face.name == "rest":
+        assert "jsonrpc" not in doc
+        assert doc["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    else:
+        assert doc["jsonrpc"] == "2.0"
+        assert doc["id"] is None
+        assert doc["error"]["code"] == -32011  # not the key's -32010: the refusal's own code is in message and data
+        assert doc["error"]["message"].startswith("PAYLOAD_TOO_LARGE: ")
+        assert doc["error"]["data"]["error"]["code"] == "PAYLOAD_TOO_LARGE"
+
+
 async def test_an_oversized_body_without_a_length_is_refused_with_413(face: Face) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for _ in range(20):
