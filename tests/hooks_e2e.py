@@ -80,4 +80,4 @@ async def run_hook(host: str, body: dict[str, Any] | str, env: dict[str, str], c
         done = await anyio.run_process(
             [sys.executable, "-m", "mcp_locks", "hook", host], input=data.encode(), env=env, cwd=cwd, check=False
         )
-    return HookRun(done.stdout.decode(), done.stderr.decode(), done.returncode)
+    return HookRun(done.stdout.decode(), done.stderr.decode(errors="replace"), done.returncode)  # stderr: any codec

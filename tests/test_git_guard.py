@@ -274,3 +274,15 @@ def test_hooks_status_reports_the_guard(repo: Repo) -> None:
     assert status.returncode == 0, status.stderr
     assert f"git guard: warn mode in {repo.path / '.git/hooks/pre-commit'}" in status.stdout
     assert f"server: {repo.url} answers" in status.stdout
+
+
+def test_a_malformed_key_is_refused_without_echoing_it(repo: Repo) -> None:
+    repo.mcp_locks("git-guard", "install")
+    repo.stage("a.txt")
+    refused = repo.commit({"MCP_LOCKS_KEY": repo.alice + "\nsecond line"})
+    assert refused.returncode != 0
+    assert "cannot check the locks: INVALID_ARGUMENT" in refused.stderr
+    assert "not an mcp-locks key" in refused.stderr
+    assert repo.alice not in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert "a.txt" not in repo.head_files()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -15,20 +17,33 @@ import anyio.to_thread
 import httpx2
 import pytest
 
-from mcp_locks.core.errors import Internal, Locked, Unauthenticated, Unavailable
+from mcp_locks import Settings, build_app
+from mcp_locks.core.errors import Internal, InvalidArgument, Locked, Unauthenticated, Unavailable
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.hooks import messages
 from mcp_locks.hooks.config import ConfigError, HookConfig, find_project_root, load_config
 from mcp_locks.hooks.http import CALL_TIMEOUT, Http
 from mcp_locks.hooks.paths import PayloadError, written_paths
 from mcp_locks.hooks.payload import session_of
 from mcp_locks.hooks.remote import connect
+from mcp_locks.hooks.state import session_state
+from mcp_locks.stores.base import MemoryStore
 
 from .hooks_e2e import all_fixtures, fixture, hook_env, payload, project, run_hook
-from .servers import KeyedServer, free_socket, keyed_server
+from .servers import KeyedServer, free_socket, keyed_server, serve_app
 
 pytestmark = pytest.mark.anyio
 
 SESSION_A = "11111111-aaaa-4aaa-8aaa-111111111111"
 SESSION_B = "22222222-bbbb-4bbb-8bbb-222222222222"
+
+
+def shaped(tag: str) -> str:
+    """A string with the shape of an mcp-locks key that no server knows (``tag``: 1 to 12 hex digits)."""
+    return f"mlk_{tag:0>12}_" + "A" * 43
+
+
+FILE_KEY, ENV_KEY, UNKNOWN_KEY = shaped("f11e"), shaped("e1"), shaped("bad")
 
 
 @pytest.fixture
@@ -87,6 +102,80 @@ def test_a_patch_without_files_and_an_edit_without_a_path_are_malformed() -> Non
         written_paths("claude-code", {"tool_name": "Write", "tool_input": {"content": "x"}})
 
 
+def test_an_indented_codex_patch_header_still_names_its_file(tmp_path: Path) -> None:
+    recorded = payload("codex", "pretooluse_apply_patch", tmp_path)
+    patch = recorded["tool_input"]["command"]
+    recorded["tool_input"]["command"] = "\n".join(
+        "  " + line if line.startswith("***") else line for line in patch.splitlines()
+    )
+    expected = [
+        p.replace("/home/dev/project", str(tmp_path))
+        for p in fixture("codex", "pretooluse_apply_patch")["expect_paths"]
+    ]
+    assert written_paths("codex", recorded) == expected
+
+
+def test_a_dot_dot_after_a_symlinked_cwd_is_resolved_from_the_links_target(tmp_path: Path) -> None:
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    call = {"tool_name": "Write", "tool_input": {"file_path": "../x.py"}, "cwd": str(tmp_path / "link")}
+    assert written_paths("claude-code", call) == [str(tmp_path / "real" / "x.py")]
+
+
+def test_a_key_env_outside_mcp_locks_and_a_key_not_shaped_like_one_are_refused_without_showing_it(
+    tmp_path: Path,
+) -> None:
+    root = project(tmp_path, "http://attacker.example", key_env="AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(ConfigError, match="MCP_LOCKS_") as e:
+        load_config(root, {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG"})
+    assert (e.value.code, e.value.details["field"]) == ("INVALID_ARGUMENT", "key_env")
+    assert "wJalrXUtnFEMI" not in e.value.text()
+    project(tmp_path, "http://attacker.example", key_env="MCP_LOCKS_TEAM_KEY")
+    with pytest.raises(ConfigError, match="not an mcp-locks key") as e:
+        load_config(root, {"MCP_LOCKS_TEAM_KEY": "ghp_a_github_token"})
+    assert "ghp_a_github_token" not in e.value.text()
+    with pytest.raises(ConfigError, match="from MCP_LOCKS_KEY is not an mcp-locks key") as e:
+        load_config(root, {"MCP_LOCKS_KEY": "hunter2"})
+    assert "hunter2" not in e.value.text()
+    project(tmp_path, "http://attacker.example", key_file="~/.ssh/id_ed25519")
+    (tmp_path / "home" / ".ssh").mkdir(parents=True)
+    (tmp_path / "home" / ".ssh" / "id_ed25519").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nb3Bl\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HOME", str(tmp_path / "home"))
+        with pytest.raises(ConfigError, match="not an mcp-locks key") as e:
+            load_config(root, {})
+    assert "OPENSSH" not in e.value.text()
+    project(tmp_path, "http://127.0.0.1:1", key_file="me.key")
+    (root / "me.key").write_text(FILE_KEY + "\r\n")  # one trailing newline is fine
+    cfg = load_config(root, {})
+    assert cfg is not None
+    assert cfg.key == FILE_KEY
+
+
+def test_no_exception_text_reaches_a_reason_and_the_transport_never_quotes_a_header(tmp_path: Path) -> None:
+    reason = messages.failed(None, ValueError("Invalid header value b'Bearer mlk_secret'")).reason
+    assert "mlk_secret" not in reason
+    assert "ValueError" in reason
+    http = Http(closed_port_url(), "mlk_secret\nsecond line")
+    with pytest.raises(InvalidArgument) as e:
+        http.request("GET", "/v1/me")
+    assert "mlk_secret" not in e.value.text()
+    assert "second line" not in e.value.text()
+
+
+def test_ending_a_session_keeps_the_file_its_hook_processes_take_turns_on(tmp_path: Path) -> None:
+    env = {"MCP_LOCKS_HOOK_STATE": str(tmp_path / "state")}
+    with session_state("http://x", "default", "s1", env) as st:
+        st.end()
+        assert st.turn_file is not None
+        fd = os.open(st.turn_file, os.O_RDWR | os.O_CREAT, 0o600)  # another process of the session, arriving now
+        try:
+            with pytest.raises(BlockingIOError):  # it waits for its turn: the one held is still the file there
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
+
+
 def test_the_config_refuses_a_key_in_the_file_and_unknown_settings(tmp_path: Path) -> None:
     root = project(tmp_path, "http://127.0.0.1:1")
     (root / ".mcp-locks.toml").write_text('key = "mlk_secret"\n')
@@ -100,15 +189,15 @@ def test_the_config_refuses_a_key_in_the_file_and_unknown_settings(tmp_path: Pat
 
 def test_the_environment_key_wins_over_the_files_key_file_and_the_root_falls_back_to_git(tmp_path: Path) -> None:
     root = project(tmp_path, "http://127.0.0.1:1", key_file="alice.key", policy="check", lease=60)
-    (root / "alice.key").write_text("mlk_from_file\n")
+    (root / "alice.key").write_text(FILE_KEY + "\n")
     (root / "src").mkdir()
     cfg = load_config(root / "src", {})
     assert cfg is not None
-    assert (cfg.root, cfg.key, cfg.key_source) == (root, "mlk_from_file", "key_file alice.key")
+    assert (cfg.root, cfg.key, cfg.key_source) == (root, FILE_KEY, "key_file alice.key")
     assert (cfg.policy, cfg.fail, cfg.lease, cfg.workspace) == ("check", "closed", 60.0, "default")
-    cfg = load_config(root / "src", {"MCP_LOCKS_KEY": "mlk_env", "MCP_LOCKS_URL": "http://127.0.0.1:2/"})
+    cfg = load_config(root / "src", {"MCP_LOCKS_KEY": ENV_KEY, "MCP_LOCKS_URL": "http://127.0.0.1:2/"})
     assert cfg is not None
-    assert (cfg.key, cfg.key_source, cfg.url) == ("mlk_env", "MCP_LOCKS_KEY", "http://127.0.0.1:2")
+    assert (cfg.key, cfg.key_source, cfg.url) == (ENV_KEY, "MCP_LOCKS_KEY", "http://127.0.0.1:2")
     (root / ".mcp-locks.toml").unlink()
     found = find_project_root(root / "src")
     assert found is not None
@@ -246,6 +335,63 @@ async def test_a_path_outside_the_root_is_allowed_untouched(server: KeyedServer,
     assert await held(server) == []
 
 
+async def test_another_keys_lock_taken_with_this_sessions_label_is_not_this_sessions(
+    server: KeyedServer, tmp_path: Path
+) -> None:
+    root = project(tmp_path, server.url)
+    env = hook_env(tmp_path / "state", server.key)
+    bob, _ = await server.service.create_key("bob", ["default"])
+    async with httpx2.AsyncClient(base_url=server.url, headers={"Authorization": f"Bearer {bob}"}) as http:
+        body = {"mode": "write", "timeout": 60, "agent": f"claude-{SESSION_A}"}
+        (await http.post("/v1/workspaces/default/nodes/src/app/config.py/lock", json=body)).raise_for_status()
+    mine = payload("claude-code", "pretooluse_write", root, session_id=SESSION_A)
+    reason = deny_reason((await run_hook("claude-code", mine, env)).answer)
+    assert f"locked by bob/claude-{SESSION_A}" in reason
+    assert await held(server) == [("src/app/config.py", f"bob/claude-{SESSION_A}")]
+
+
+async def test_on_a_server_without_keys_a_sessions_own_lock_does_not_block_it(tmp_path: Path) -> None:
+    service = LockService(MemoryStore())
+    app = build_app(Settings(store="memory", data_dir=tmp_path / "server", insecure_no_auth=True), service)
+    async with serve_app(app) as url:
+        root = project(tmp_path, url)
+        env = hook_env(tmp_path / "state", None)
+        await service.lock(None, "src/app/config.py", agent=f"claude-{SESSION_A}")  # lock_file, agent = session
+        mine = payload("claude-code", "pretooluse_write", root, session_id=SESSION_A)
+        assert (await run_hook("claude-code", mine, env)).answer == {}
+        theirs = payload("claude-code", "pretooluse_write", root, session_id=SESSION_B)
+        reason = deny_reason((await run_hook("claude-code", theirs, env)).answer)
+        assert f"locked by claude-{SESSION_A} until" in reason
+
+
+async def test_the_project_is_found_from_the_written_file_not_the_cwd_and_its_session_end_releases_from_anywhere(
+    server: KeyedServer, tmp_path: Path
+) -> None:
+    root = project(tmp_path, server.url)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = hook_env(tmp_path / "state", server.key)
+    away = payload("claude-code", "pretooluse_write", root, session_id=SESSION_A, cwd=str(elsewhere))
+    assert (await run_hook("claude-code", away, env)).answer == {}
+    assert await held(server) == [("src/app/config.py", f"alice/claude-{SESSION_A}")]
+    end = payload("claude-code", "session_end", root, session_id=SESSION_A, cwd=str(elsewhere))
+    ended = await run_hook("claude-code", end, env)
+    assert (ended.answer, await held(server)) == ({}, [])
+    assert "released 1 of 1" in ended.stderr
+
+
+async def test_a_patch_over_two_projects_is_refused_saying_to_split_it(server: KeyedServer, tmp_path: Path) -> None:
+    first = project(tmp_path / "one", server.url)
+    second = project(tmp_path / "two", server.url)
+    env = hook_env(tmp_path / "state", server.key)
+    patch = f"*** Begin Patch\n*** Add File: {first}/a.py\n+x\n*** Add File: {second}/b.py\n+y\n*** End Patch"
+    call = payload("codex", "pretooluse_apply_patch", first, tool_input={"command": patch})
+    reason = deny_reason((await run_hook("codex", call, env)).answer)
+    assert "2 projects" in reason
+    assert "one call per project" in reason
+    assert await held(server) == []
+
+
 # ---------------------------------------------------------------------- policies "check" and "warn"
 
 
@@ -309,7 +455,7 @@ async def test_gemini_and_cursor_are_denied_in_their_own_formats(server: KeyedSe
 
 async def test_an_unreachable_server_denies_under_fail_closed_and_warns_under_fail_open(tmp_path: Path) -> None:
     url = closed_port_url()
-    env = hook_env(tmp_path / "state", "mlk_unused")
+    env = hook_env(tmp_path / "state", UNKNOWN_KEY)
     closed = project(tmp_path, url)
     reason = deny_reason(
         (await run_hook("claude-code", payload("claude-code", "pretooluse_write", closed), env)).answer
@@ -327,12 +473,12 @@ async def test_an_unreachable_server_denies_under_fail_closed_and_warns_under_fa
 
 async def test_a_refused_key_denies_and_says_how_to_set_one(server: KeyedServer, tmp_path: Path) -> None:
     root = project(tmp_path, server.url)
-    env = hook_env(tmp_path / "state", "mlk_not_a_real_key")
+    env = hook_env(tmp_path / "state", UNKNOWN_KEY)
     reason = deny_reason((await run_hook("claude-code", payload("claude-code", "pretooluse_write", root), env)).answer)
     assert "UNAUTHENTICATED" in reason
     assert "MCP_LOCKS_KEY" in reason
     assert "mcp-locks keys create" in reason
-    assert "mlk_not_a_real_key" not in reason
+    assert UNKNOWN_KEY not in reason
 
 
 async def test_a_malformed_payload_is_denied_with_a_reason_in_each_hosts_format(tmp_path: Path) -> None:
@@ -369,6 +515,54 @@ async def test_read_only_and_unknown_tools_are_allowed_without_asking_the_server
         assert (await run_hook(host, payload(host, name, root), env)).answer == {}
 
 
+async def test_a_key_file_of_two_lines_is_refused_without_echoing_the_key(server: KeyedServer, tmp_path: Path) -> None:
+    root = project(tmp_path, server.url, key_file="alice.key")
+    (root / "alice.key").write_text(server.key + "\nmy second key\n")
+    run = await run_hook(
+        "claude-code", payload("claude-code", "pretooluse_write", root), hook_env(tmp_path / "s", None)
+    )
+    reason = deny_reason(run.answer)
+    assert "INVALID_ARGUMENT" in reason
+    assert "not an mcp-locks key" in reason
+    assert server.key not in run.stdout + run.stderr
+    assert await held(server) == []
+
+
+async def test_under_warn_an_unreadable_call_and_a_missing_key_are_allowed_with_a_warning(tmp_path: Path) -> None:
+    root = project(tmp_path, closed_port_url(), policy="warn", key_env="MCP_LOCKS_TEAM_KEY")
+    env = hook_env(tmp_path / "state", None)
+    no_path = payload("gemini", "beforetool_replace", root, tool_input={"old_string": "a"})
+    gemini = (await run_hook("gemini", no_path, env)).answer
+    assert set(gemini) == {"systemMessage"}
+    assert "names no file" in gemini["systemMessage"]
+    claude = (await run_hook("claude-code", payload("claude-code", "pretooluse_write", root), env)).answer
+    assert "permissionDecision" not in claude["hookSpecificOutput"]
+    assert "MCP_LOCKS_TEAM_KEY" in claude["hookSpecificOutput"]["additionalContext"]
+
+
+async def test_a_missing_key_is_allowed_under_fail_open_and_refused_with_the_how_to_under_fail_closed(
+    tmp_path: Path,
+) -> None:
+    env = hook_env(tmp_path / "state", None)
+    root = project(tmp_path, closed_port_url(), fail="open", key_env="MCP_LOCKS_TEAM_KEY")
+    opened = (await run_hook("claude-code", payload("claude-code", "pretooluse_write", root), env)).answer
+    assert "NOT checked" in opened["hookSpecificOutput"]["additionalContext"]
+    assert "permissionDecision" not in opened["hookSpecificOutput"]
+    project(tmp_path, closed_port_url(), key_env="MCP_LOCKS_TEAM_KEY")
+    reason = deny_reason((await run_hook("claude-code", payload("claude-code", "pretooluse_write", root), env)).answer)
+    assert "INVALID_ARGUMENT" in reason
+    assert "export MCP_LOCKS_TEAM_KEY=mlk_..." in reason
+
+
+async def test_a_deny_with_non_ascii_text_is_printed_on_a_cp1252_stdout(server: KeyedServer, tmp_path: Path) -> None:
+    root = project(tmp_path, server.url)
+    env = hook_env(tmp_path / "state", server.key, PYTHONIOENCODING="cp1252")
+    await server.service.lock(None, "src/app/config.py", note="déjà vu ☃ 編集中", agent="bob")
+    run = await run_hook("claude-code", payload("claude-code", "pretooluse_write", root), env)
+    assert run.exit_code == 0, run.stderr
+    assert "déjà vu ☃ 編集中" in deny_reason(run.answer)
+
+
 # ---------------------------------------------------------------------- the one-shot transport (hooks/http.py)
 
 
@@ -383,7 +577,7 @@ async def test_the_transport_answers_the_rest_apis_dicts_and_the_servers_own_ref
 ) -> None:
     await server.service.lock(None, "held.py", note="mine", agent="bob")
     cfg = cfg_for(server.url, server.key, tmp_path)
-    refused_cfg = cfg_for(server.url, "mlk_not_a_real_key", tmp_path)
+    refused_cfg = cfg_for(server.url, UNKNOWN_KEY, tmp_path)
     # The transport blocks: it runs in a thread, so the server (on this test's event loop) can answer it.
     await anyio.to_thread.run_sync(session_calls, cfg, refused_cfg)
 

@@ -127,7 +127,7 @@ def test_the_hook_loads_no_click_no_event_loop_and_no_async_http_client(name: st
     sock.close()  # nothing listens there: a write is answered "unreachable", after a real connection attempt
     (root / ".mcp-locks.toml").write_text(f'url = "http://127.0.0.1:{port}"\n')
     env = {k: v for k, v in os.environ.items() if not k.startswith("MCP_LOCKS_")}
-    env |= {"MCP_LOCKS_HOOK_STATE": str(tmp_path / "state"), "MCP_LOCKS_KEY": "mlk_unused"}
+    env |= {"MCP_LOCKS_HOOK_STATE": str(tmp_path / "state"), "MCP_LOCKS_KEY": "mlk_000000000000_" + "A" * 43}
     done = run_entry(["hook", "claude-code"], hook_payload(name, root), env)
     answer, last = done.stdout.splitlines()[0], json.loads(done.stdout.splitlines()[-1])
     assert last["exit"] == 0, done.stderr

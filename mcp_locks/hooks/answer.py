@@ -47,7 +47,8 @@ def render(host: str, kind: EventKind, verdict: Verdict) -> Reply:
 
 
 def _reply(body: dict[str, Any], *stderr: str) -> Reply:
-    return Reply(json.dumps(body, ensure_ascii=False), "\n".join(s for s in stderr if s))
+    # ASCII only: any stdout encoding (Windows' cp1252 too) can print it; JSON readers decode the \u escapes.
+    return Reply(json.dumps(body, ensure_ascii=True), "\n".join(s for s in stderr if s))
 
 
 def _claude_like(v: Verdict) -> Reply:

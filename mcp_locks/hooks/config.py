@@ -14,7 +14,7 @@ guard)::
 
       url = "http://127.0.0.1:8765"   # the server (default as shown)
       workspace = "default"           # the workspace the project's files are locked in
-      key_file = "~/.config/mcp-locks/alice.key"   # or: key_env = "MY_TEAM_LOCKS_KEY"
+      key_file = "~/.config/mcp-locks/alice.key"   # or: key_env = "MCP_LOCKS_TEAM_KEY"
       policy = "lock"                 # lock | check | warn
       fail = "closed"                 # closed | open: may an edit go ahead while the server is down?
       lease = 900                     # seconds a hook's lock lasts without another edit of the file
@@ -24,6 +24,10 @@ guard)::
 * The environment wins over the file, as for every other ``mcp-locks`` command: ``MCP_LOCKS_URL`` over
   ``url``, ``MCP_LOCKS_KEY`` over ``key_file``/``key_env`` (a person's own setting beats the project's
   shared one). A relative ``key_file`` is relative to the project root; ``~`` is expanded.
+* The file is the repository's, so it may choose the server's URL, but only an mcp-locks key is ever sent
+  there: ``key_env`` must name a ``MCP_LOCKS_*`` variable, and a key from ``MCP_LOCKS_KEY``, ``key_env`` or
+  ``key_file`` (one trailing newline dropped) must have the shape of one (``mlk_<id>_<secret>``), else it is
+  refused without being shown.
 
 Every problem is a :class:`ConfigError` (code ``INVALID_ARGUMENT``, ``details["field"]`` names the setting).
 """
@@ -93,6 +97,10 @@ class HookConfig:
     policy: Policy = "lock"
     fail: Fail = "closed"
     lease: float = DEFAULT_LEASE
+    #: Why no key could be read (``load_config(..., strict_key=False)`` only): the rest is still usable.
+    key_problem: ConfigError | None = None
+    #: Whether that problem is a key that is simply not there (a variable not set, no key file).
+    key_missing: bool = False
 
     def where(self) -> str:
         """The file a person edits to change these settings (or where to create it)."""
@@ -138,15 +146,25 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return {k: raw[k] for k in _SETTINGS if k in raw}
 
 
-def load_config(start: Path, env: Mapping[str, str] | None = None) -> HookConfig | None:
-    """The configuration of the project around ``start``; None when ``start`` is in no project."""
+def load_config(start: Path, env: Mapping[str, str] | None = None, *, strict_key: bool = True) -> HookConfig | None:
+    """The configuration of the project around ``start``; None when ``start`` is in no project.
+
+    With ``strict_key=False`` a key that cannot be read does not raise: it is said in ``key_problem`` (and
+    ``key_missing``), so the caller still knows the policy and ``fail`` setting.
+    """
     env = os.environ if env is None else env
     found = find_project_root(start)
     if found is None:
         return None
     raw = read_config_file(found.config_file) if found.config_file else {}
     where = found.config_file or found.path / CONFIG_FILE
-    key, key_source = _key(raw, found.path, env, where)
+    key_problem: ConfigError | None = None
+    try:
+        key, key_source = _key(raw, found.path, env, where)
+    except ConfigError as e:
+        if strict_key:
+            raise
+        key, key_source, key_problem = None, "none", e
     return HookConfig(
         root=found.path,
         config_file=found.config_file,
@@ -157,6 +175,8 @@ def load_config(start: Path, env: Mapping[str, str] | None = None) -> HookConfig
         policy=_choice(raw.get("policy", "lock"), "policy", _POLICIES, where),
         fail=_choice(raw.get("fail", "closed"), "fail", _FAILS, where),
         lease=_lease(raw.get("lease", DEFAULT_LEASE), where),
+        key_problem=key_problem,
+        key_missing=isinstance(key_problem, _MissingKey),
     )
 
 
@@ -202,25 +222,53 @@ def _lease(value: object, where: Path) -> float:
     return float(value)
 
 
+class _MissingKey(ConfigError):
+    """The key is simply not there (its variable is not set, its file does not exist or is empty)."""
+
+
+def _checked(key: str, source: str, where: Path) -> tuple[str, str]:
+    """``key`` if it has the shape of an mcp-locks key; else refused, without ever showing it."""
+    from mcp_locks.core.keys import parse_key_id  # (with secrets, hmac): only a call that needs a key pays
+
+    if parse_key_id(key) is None:
+        raise ConfigError(
+            f"the API key from {source} is not an mcp-locks key (mlk_<12 hex digits>_<secret>, on one line); "
+            "it was not sent anywhere.",
+            hint=f"Put your own mcp-locks key there (an admin makes one with `mcp-locks keys create`), or fix "
+            f"key_file / key_env in {where}.",
+            details={"field": source.split()[0]},
+        )
+    return key, source
+
+
 def _key(raw: Mapping[str, Any], root: Path, env: Mapping[str, str], where: Path) -> tuple[str | None, str]:
     """The API key and where it came from: MCP_LOCKS_KEY, else key_env, else key_file, else none."""
     if env.get("MCP_LOCKS_KEY"):
-        return env["MCP_LOCKS_KEY"].strip(), "MCP_LOCKS_KEY"
+        return _checked(env["MCP_LOCKS_KEY"].strip(), "MCP_LOCKS_KEY", where)
     if "key_env" in raw:
         name = raw["key_env"]
-        if not isinstance(name, str) or not name:
-            raise ConfigError(f"{where}: key_env must name an environment variable.", details={"field": "key_env"})
+        if not isinstance(name, str) or not name.startswith(_KEY_ENV_PREFIX) or name == _KEY_ENV_PREFIX:
+            raise ConfigError(
+                f"{where}: key_env must name an environment variable whose name starts with {_KEY_ENV_PREFIX} "
+                f"(got {name!r}): the project's file may not choose which of your variables is sent to its server.",
+                hint=f"key_env = '{_KEY_ENV_PREFIX}KEY', or another {_KEY_ENV_PREFIX}* name.",
+                details={"field": "key_env"},
+            )
         value = env.get(name, "").strip()
         if not value:
-            raise ConfigError(
+            raise _MissingKey(
                 f"{where} says the API key is in the environment variable {name}, which is not set.",
                 hint=f"export {name}=mlk_... (your own key), or export MCP_LOCKS_KEY.",
                 details={"field": "key_env"},
             )
-        return value, f"key_env {name}"
+        return _checked(value, f"key_env {name}", where)
     if "key_file" in raw:
         return _key_file(raw["key_file"], root, where)
     return None, "none"
+
+
+#: What a ``key_env`` variable's name must start with.
+_KEY_ENV_PREFIX = "MCP_LOCKS_"
 
 
 def _key_file(value: object, root: Path, where: Path) -> tuple[str, str]:
@@ -228,14 +276,16 @@ def _key_file(value: object, root: Path, where: Path) -> tuple[str, str]:
         raise ConfigError(f"{where}: key_file must be a path.", details={"field": "key_file"})
     path = root / Path(value).expanduser()
     try:
-        key = path.read_text(encoding="utf-8").strip()
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
         reason = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
-        raise ConfigError(
+        kind = _MissingKey if isinstance(e, FileNotFoundError) else ConfigError
+        raise kind(
             f"cannot read the API key file {path} named by {where}: {reason}.",
             hint="Put your key in that file (mode 0600), point key_file elsewhere, or export MCP_LOCKS_KEY.",
             details={"field": "key_file"},
         ) from None
+    key = text.removesuffix("\n").removesuffix("\r")  # one trailing newline, as editors and `echo` leave it
     if not key:
-        raise ConfigError(f"the API key file {path} is empty.", details={"field": "key_file"})
-    return key, f"key_file {value}"
+        raise _MissingKey(f"the API key file {path} is empty.", details={"field": "key_file"})
+    return _checked(key, f"key_file {value}", where)

@@ -59,7 +59,9 @@ def check(cwd: Path, mode: Mode, env: Mapping[str, str] | None = None) -> Outcom
     except SetupError as e:
         return _unchecked(mode, str(e), False)
     except Exception as e:  # a fault of the guard itself (an answer it does not understand): no traceback
-        return _unchecked(mode, f"the guard failed ({type(e).__name__}: {e}).", False)
+        # Only the type: an exception's text may quote anything (a header, so the key).
+        why = f"the guard failed unexpectedly ({type(e).__name__}). Check .mcp-locks.toml and the API key it names."
+        return _unchecked(mode, why, False)
     return _judged(mode, conflicts)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mcp_locks.client.errors import decode_error, error_of
-from mcp_locks.core.errors import Internal, LockError, Unavailable
+from mcp_locks.core.errors import Internal, InvalidArgument, LockError, Unavailable
 
 __all__ = ["CALL_TIMEOUT", "MAX_ANSWER", "Http"]
 
@@ -62,6 +62,13 @@ class Http:
         except (OSError, http.client.HTTPException) as e:  # refused, timed out, DNS, TLS, connection dropped
             self._conn.close()
             raise self._unreachable(e) from None
+        except ValueError:  # a header http.client refuses; its text would quote the header (the key): never said
+            self._conn.close()
+            raise InvalidArgument(
+                f"the request to the lock server at {self.url} could not be sent: a header (the API key) holds "
+                "characters HTTP does not allow.",
+                hint="Check the key: one line, shaped mlk_<id>_<secret>.",
+            ) from None
         if len(raw) > MAX_ANSWER:
             self._conn.close()
             raise Internal(f"the server at {self.url} answered with more than {MAX_ANSWER} bytes.")

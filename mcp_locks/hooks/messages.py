@@ -22,8 +22,10 @@ __all__ = [
     "failed",
     "key_refused",
     "malformed",
+    "no_key",
     "refused",
     "server_error",
+    "several_projects",
     "unreachable",
 ]
 
@@ -138,6 +140,35 @@ def config_broken(e: LockError) -> Verdict:
     return Verdict("deny", reason, f"mcp-locks: configuration problem: {e.message}")
 
 
+def no_key(cfg: HookConfig, e: LockError) -> Verdict:
+    """The key named by the settings cannot be used.
+
+    Refused (lock, check); allowed with a warning in policy "warn", and under fail = "open" when it is simply
+    not set.
+    """
+    said = f"{e.message} {e.hint}".rstrip()
+    if cfg.policy == "warn" or (cfg.fail == "open" and cfg.key_missing):
+        why = 'policy = "warn"' if cfg.policy == "warn" else 'fail = "open"'
+        reason = (
+            f"mcp-locks warning ({e.code}): {said} So this edit was NOT checked against other agents' locks "
+            f"({why} in {cfg.where()})."
+        )
+        return Verdict("warn", reason, "mcp-locks: no usable API key; edit not checked")
+    reason = f"mcp-locks refused this edit ({e.code}): {said}"
+    return Verdict("deny", reason, f"mcp-locks: no usable API key ({e.code}); edit refused")
+
+
+def several_projects(cfgs: Sequence[HookConfig | None], roots: Sequence[Any]) -> Verdict:
+    """One call writes files of several projects: each has its own settings, so the call is not checked whole."""
+    reason = (
+        f"mcp-locks refused this edit (INVALID_ARGUMENT): this call writes files of {len(roots)} projects "
+        f"({', '.join(map(str, roots))}), each with its own lock settings; the hook checks one project per call. "
+        "Split the edit into one call per project."
+    )
+    warn_all = all(c is not None and c.policy == "warn" for c in cfgs)
+    return _blocked(cfgs[0] if warn_all else None, reason, "mcp-locks: one call writes files of several projects")
+
+
 def malformed(cfg: HookConfig | None, host: str, e: LockError) -> Verdict:
     """The host's input could not be read: the files of the call are unknown, so it cannot be checked."""
     where = cfg.where() if cfg is not None else ".mcp-locks.toml"
@@ -151,9 +182,11 @@ def malformed(cfg: HookConfig | None, host: str, e: LockError) -> Verdict:
 
 def failed(cfg: HookConfig | None, e: BaseException) -> Verdict:
     """A fault in the hook itself: said plainly, never as a traceback."""
+    # Only the exception's type: its text may quote anything (a header, so the key; a file's content).
     reason = (
-        f"mcp-locks refused this edit (INTERNAL): the hook failed unexpectedly ({type(e).__name__}: {e}). "
-        'Please report it with the host\'s hook input; policy = "warn" in .mcp-locks.toml lets edits through '
-        "meanwhile."
+        f"mcp-locks refused this edit (INTERNAL): the hook failed unexpectedly ({type(e).__name__}). "
+        "Check the project's .mcp-locks.toml and the API key it names, then retry; if it goes on, report it "
+        'with the host\'s hook input (run the hook by hand to see more); policy = "warn" in .mcp-locks.toml '
+        "lets edits through meanwhile."
     )
     return _blocked(cfg, reason, "mcp-locks: the hook failed; edit refused")

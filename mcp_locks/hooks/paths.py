@@ -12,7 +12,8 @@ Per host (fixtures and sources: ``tests/fixtures/hooks/README.md``):
 
 Shell commands are never parsed: a shell tool, a read-only tool and an unknown tool write no file *we know
 of*, so their calls get ``[]`` (and are allowed). Relative paths are joined to the payload's ``cwd`` (Cursor:
-else its first workspace root); the result is absolute, normalised, in order of appearance, without repeats.
+else its first workspace root); the result is absolute, resolved (``realpath``), in order of appearance,
+without repeats.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def written_paths(host: str, payload: Mapping[str, Any]) -> list[str]:
 def patch_paths(patch: str) -> list[str]:
     """Every path an apply_patch body adds, updates, deletes or moves to, as written in the patch."""
     found = []
-    for line in patch.splitlines():
+    for raw in patch.splitlines():
+        line = raw.strip()  # Codex trims header lines: an indented header still names a file
         for header in PATCH_HEADERS:
             if line.startswith(header) and line[len(header) :].strip():
                 found.append(line[len(header) :].strip())
@@ -130,7 +132,7 @@ def _absolute(paths: Iterable[str], payload: Mapping[str, Any]) -> list[str]:
                     details={"field": "cwd"},
                 )
             p = os.path.join(base, p)
-        p = os.path.normpath(p)
+        p = os.path.realpath(p)  # not normpath first: '..' after a symlinked folder is the link target's parent
         if p not in out:
             out.append(p)
     return out

@@ -4,7 +4,9 @@
   state file knows of is renewed with its token; the rest are taken together with one ``lock_files``
   (``wait=0``: a held file is refused at once, and the batch leaves nothing behind). A file already held by
   this very session without a token here (taken with the lock_file tool and ``agent`` = the session, or
-  a state file lost) counts as the session's own.
+  a state file lost) counts as the session's own: its owner is exactly ``<key's agent>/<session>`` (the key's
+  agent asked of /v1/me once, and only when a refusal or a holder arrives), or ``<session>`` on a server
+  without authentication.
 * ``check``: nothing is taken; a file another holder has locked refuses the call.
 * ``warn``: as ``check``, but the call goes ahead with the conflict said as a warning.
 
@@ -35,9 +37,9 @@ def decide(
     try:
         with connect(cfg, session) as remote:
             if cfg.policy == "lock":
-                with session_state(cfg.url, cfg.workspace, session, env) as st:
+                with session_state(cfg.url, cfg.workspace, session, env, str(cfg.root)) as st:
                     return _lock(cfg, remote, st, host, nodes)
-            found = _conflicts(remote, nodes, session)
+            found = _conflicts(remote, nodes)
             return messages.conflict_verdict(cfg, found, session, len(nodes)) if found else ALLOW
     except Unavailable as e:
         return messages.unreachable(cfg, e)
@@ -61,11 +63,6 @@ def end_session(cfg: HookConfig, session: str, env: Mapping[str, str] | None = N
                 log = f"mcp-locks: could not release the locks of session {session} ({e.text()}); they expire"
         st.end()
     return Verdict("allow", log=log)
-
-
-def _ours(owner: object, session: str) -> bool:
-    """Whether a holder is this session (``<key's agent>/<session>``; session labels carry a unique id)."""
-    return isinstance(owner, str) and owner.endswith("/" + session)
 
 
 def _lock(cfg: HookConfig, remote: Remote, st: SessionState, host: str, nodes: Sequence[str]) -> Verdict:
@@ -103,7 +100,7 @@ def _take(remote: Remote, nodes: Sequence[str], lease: float, note: str) -> list
             return remote.take(todo, lease, note)
         except Locked as e:
             node, holders = e.details.get("node_id"), e.details.get("holders") or []
-            if node not in todo or not holders or not all(_ours(h.get("owner"), remote.session) for h in holders):
+            if node not in todo or not holders or not all(remote.ours(h.get("owner")) for h in holders):
                 raise
             todo.remove(node)
             if not todo:
@@ -118,20 +115,20 @@ def _described(remote: Remote, e: Locked) -> Conflict:
     try:
         status = remote.status(node)
         for info in [*status.get("holders", []), *status.get("covering", [])]:
-            if not _ours(info.get("owner"), remote.session):
+            if not remote.ours(info.get("owner")):
                 return Conflict.of(node, info)
     except LockError:
         pass  # the refusal's own details say enough
     return Conflict.of(node, holders[0])
 
 
-def _conflicts(remote: Remote, nodes: Sequence[str], session: str) -> list[Conflict]:
+def _conflicts(remote: Remote, nodes: Sequence[str]) -> list[Conflict]:
     """Other holders' locks on (or above) ``nodes``, one per node at most."""
     found = []
     for node in nodes:
         status = remote.status(node)
         for info in [*status.get("holders", []), *status.get("covering", [])]:
-            if not _ours(info.get("owner"), session):
+            if not remote.ours(info.get("owner")):
                 found.append(Conflict.of(node, info))
                 break
     return found

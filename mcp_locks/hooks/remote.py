@@ -32,6 +32,23 @@ class Remote:
         self.http = http
         self.session = session
         self._ws = f"/v1/workspaces/{quote(workspace, safe='')}"
+        self._holder: str | None = None
+
+    def holder(self) -> str:
+        """The owner name this session's locks carry.
+
+        ``<key's agent>/<session>``, or just ``<session>`` on a server without authentication; asked of
+        /v1/me the first time only (only a refusal or a holder needs it).
+        """
+        if self._holder is None:
+            me = self.me()
+            agent = me.get("agent")
+            self._holder = f"{agent}/{self.session}" if me.get("authenticated") and agent else self.session
+        return self._holder
+
+    def ours(self, owner: object) -> bool:
+        """Whether a lock's owner is this very session (same key's agent, same session label)."""
+        return isinstance(owner, str) and owner == self.holder()
 
     def take(self, nodes: Sequence[str], lease: float, note: str) -> list[dict[str, Any]]:
         """Write locks on every node for this session, all or none, without waiting (LOCKED if one is held)."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SessionState", "session_state", "state_dir"]
+__all__ = ["SessionState", "recorded", "session_state", "state_dir"]
 
 #: Longest a hook waits for another hook process of the same session to finish with the state file.
 TURN_WAIT = 10.0
@@ -46,6 +46,11 @@ class SessionState:
     path: Path
     locks: dict[str, dict[str, Any]] = field(default_factory=dict)
     turn_file: Path | None = None
+    #: Where the locks were taken (kept in the file, so the session's end releases them from anywhere).
+    url: str = ""
+    workspace: str = ""
+    session: str = ""
+    root: str = ""
 
     def save(self) -> None:
         """Write the state (or remove the file when nothing is held)."""
@@ -55,7 +60,8 @@ class SessionState:
         tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump({"locks": self.locks}, f)
+            where = {"url": self.url, "workspace": self.workspace, "session": self.session, "root": self.root}
+            json.dump({**where, "locks": self.locks}, f)
         os.replace(tmp, self.path)
 
     def delete(self) -> None:
@@ -64,18 +70,19 @@ class SessionState:
             self.path.unlink()
 
     def end(self) -> None:
-        """Forget the session for good (its end): the state and the file its hook processes take turns on."""
+        """Forget the session's state (its end).
+
+        The file its hook processes take turns on stays: another process of the session may hold it or wait
+        on it, and a new file at that name would let two of them in at once.
+        """
         self.delete()
-        if self.turn_file is not None:
-            with contextlib.suppress(FileNotFoundError):
-                self.turn_file.unlink()
 
 
 @contextlib.contextmanager
 def session_state(
-    url: str, workspace: str, session: str, env: Mapping[str, str] | None = None
+    url: str, workspace: str, session: str, env: Mapping[str, str] | None = None, root: str = ""
 ) -> Iterator[SessionState]:
-    """The session's state, held for this process alone while the block runs."""
+    """The session's state, held for this process alone while the block runs (``root``: the project's)."""
     folder = state_dir(env)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     name = hashlib.sha256(f"{url}\n{workspace}\n{session}".encode()).hexdigest()[:32]
@@ -84,7 +91,7 @@ def session_state(
     fd = os.open(turn_file, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         _take_turn(fd)
-        yield SessionState(path, _read(path), turn_file)
+        yield SessionState(path, _read(path), turn_file, url, workspace, session, root)
     finally:
         os.close(fd)  # also ends the flock
 
@@ -102,6 +109,22 @@ def _take_turn(fd: int) -> None:
             if time.monotonic() > deadline:
                 return  # a stuck hook process must not stop every later edit; the server stays the judge
             time.sleep(0.01)
+
+
+def recorded(session: str, env: Mapping[str, str] | None = None) -> list[tuple[str, str, str]]:
+    """(url, workspace, project root) of every state file ``session`` left, wherever its hooks ran."""
+    found = []
+    for path in sorted(state_dir(env).glob("*.json")):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and data.get("session") == session:
+            where = (data.get("url"), data.get("workspace"), data.get("root"))
+            if all(isinstance(w, str) and w for w in where):
+                found.append((str(where[0]), str(where[1]), str(where[2])))
+    return found
 
 
 def _read(path: Path) -> dict[str, dict[str, Any]]:
