@@ -35,7 +35,8 @@ def _routes() -> set[str]:
 def test_a_hint_says_each_operation_in_the_words_it_is_given_and_in_its_own_name_otherwise() -> None:
     hint = "Take a new lock with {op:lock_file}; see {op:list_locks}. Keep {node_id} as it is."
     assert render_hint(hint) == "Take a new lock with lock_file; see list_locks. Keep {node_id} as it is."
-    assert render_hint(hint, {"lock_file": "POST /lock"}) == "Take a new lock with POST /lock; see list_locks. Keep {node_id} as it is."
+    said = "Take a new lock with POST /lock; see list_locks. Keep {node_id} as it is."
+    assert render_hint(hint, {"lock_file": "POST /lock"}) == said
 
 
 def test_every_route_the_rest_vocabulary_names_is_a_route_the_face_serves() -> None:
@@ -58,7 +59,8 @@ async def test_every_operation_a_hint_names_is_an_mcp_tool_or_has_words_for_agen
 
 def test_a_refusal_rendered_for_rest_names_no_tool() -> None:
     err = LockNotFound("gone.", hint="Take a new lock with {op:lock_file}.")
-    assert err.to_dict(REST_WORDS)["hint"] == "Take a new lock with POST /v1/workspaces/{workspace_id}/nodes/{node_id}/lock."
+    route = "POST /v1/workspaces/{workspace_id}/nodes/{node_id}/lock"
+    assert err.to_dict(REST_WORDS)["hint"] == f"Take a new lock with {route}."
 
 
 async def test_a_refusal_names_the_tool_to_an_agent_and_the_route_to_a_rest_caller(face: Face) -> None:
