@@ -8,26 +8,42 @@ import subprocess
 import sys
 import warnings
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import httpx2
 import pytest
 import uvicorn
 from anyio.abc import TaskStatus
 from mcp import Client
 from mcp.client.session import IncomingMessage
 from mcp.client.stdio import StdioServerParameters, stdio_client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.subscriptions import SUBSCRIPTION_ID_META_KEY
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
-from mcp_types import ResourceUpdatedNotification
+from mcp_types import (
+    ResourceUpdatedNotification,
+    SubscriptionsListenRequestParams,
+    SubscriptionsListenResult,
+)
 
 from mcp_locks import Settings, build_app
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.core.keys import NOBODY
 from mcp_locks.engine.lock_service import LockService
-from mcp_locks.faces.mcp.tools import PROGRESS_EVERY
+from mcp_locks.faces.mcp.tools import PROGRESS_EVERY, build_mcp
+from mcp_locks.faces.stdio import bridge as bridge_module
+from mcp_locks.faces.stdio import link as link_module
+from mcp_locks.faces.stdio.bridge import Bridge
+from mcp_locks.faces.stdio.launch import linked
+from mcp_locks.faces.stdio.link import Link
+from mcp_locks.faces.stdio.relay import Relay
 from mcp_locks.stores.base import MemoryStore
 
 from .helpers import STEP, until_event
-from .servers import KeyedServer, _QuietServer, free_socket, keyed_server
+from .servers import KeyedServer, _QuietServer, free_socket, keyed_server, serve_app
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -307,3 +323,220 @@ async def test_a_refused_key_ends_the_bridge_with_one_line_and_no_traceback(env:
     assert "mcp-locks keys create --agent NAME" in said[0]
     assert "MCP_LOCKS_KEY" in said[0]
     assert "A" * 43 not in said[0]  # never the secret
+
+
+# ---------------------------------------------------------------------- the bridge in this process
+
+
+@asynccontextmanager
+async def bridged(url: str, key: str, **host: Any) -> AsyncIterator[tuple[Client, Relay]]:
+    """The bridge in this process, wired as ``mcp-locks stdio`` wires it, with a host on it (``host``: its Client).
+
+    Yields the host and the bridge's relay (its link is ``relay.link``), so a test can reach inside.
+    """
+    async with linked(url + "/mcp", key) as relay:
+        link = relay.link
+        assert link is not None
+        assert link.client is not None, link.error
+        bridge = Bridge(link, relay, instructions="", version="test")
+        async with Client(bridge.server, **host) as c:
+            yield c, relay
+
+
+class Listens:
+    """A server's subscriptions/listen streams, which a test can end (gracefully, as the server may)."""
+
+    def __init__(self, mcp: Any) -> None:
+        low = mcp._lowlevel_server  # the handler our resources register (a private attribute, as they use)
+        entry = low.get_request_handler("subscriptions/listen")
+        assert entry is not None
+        inner = entry.handler
+        self.scopes: list[anyio.CancelScope] = []
+        self.opened = 0
+        self._changed = anyio.Event()
+
+        async def on_listen(ctx: Any, params: SubscriptionsListenRequestParams) -> Any:
+            with anyio.CancelScope() as scope:
+                self.scopes.append(scope)
+                self.opened += 1
+                self._changed.set()
+                try:
+                    return await inner(ctx, params)
+                finally:
+                    self.scopes.remove(scope)
+            # Ended here: the graceful close (its result names the stream, as the SDK's own close does).
+            return SubscriptionsListenResult(_meta={SUBSCRIPTION_ID_META_KEY: ctx.request_id})
+
+        low.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, on_listen)
+
+    def end_all(self) -> None:
+        for scope in self.scopes:
+            scope.cancel()
+
+    async def until_opened(self, count: int) -> None:
+        """Once ``count`` streams were opened in all."""
+        with anyio.fail_after(STEP):
+            while self.opened < count:
+                self._changed = anyio.Event()
+                await self._changed.wait()
+
+
+async def test_a_uri_the_key_lost_fails_only_its_own_subscription_and_the_others_are_still_followed(
+    env: Env,
+) -> None:
+    await env.service.create_workspace("other")
+    key, record = await env.service.create_key("desk", ["default", "other"])
+    a, b, c = "locks://default/a.md", "locks://other/b.md", "locks://default/c.md"
+    updates = Updates()
+    with anyio.fail_after(STEP * 3):
+        async with bridged(env.url, key, mode="legacy", message_handler=updates) as (host, _):
+            await subscribe(host, a)
+            await subscribe(host, b)
+            await env.service.update_key(record.key_id, remove_workspaces=["other"])
+            await subscribe(host, c)  # not refused for b's sake
+            with pytest.raises(MCPError) as refused:  # b itself is: the server no longer lets this key read it
+                await subscribe(host, b)
+            assert refused.value.error.data["uri"] == b
+            assert refused.value.error.data["error"]["code"] == "FORBIDDEN"
+            # b was dropped when the server refused it (the host was told it changed: reading it says why).
+            assert await updates.until(1) == [b]
+            await env.service.lock(None, "c.md", agent="other")
+            assert await updates.until(2) == [b, c]
+            await env.service.lock(None, "a.md", agent="other")
+            assert await updates.until(3) == [b, c, a]
+
+
+async def test_after_a_reconnection_a_uri_the_key_lost_is_dropped_and_the_others_are_followed_again(
+    env: Env,
+) -> None:
+    await env.service.create_workspace("other")
+    key, record = await env.service.create_key("desk", ["default", "other"])
+    a, b = "locks://default/a.md", "locks://other/b.md"
+    updates = Updates()
+    with anyio.fail_after(STEP * 3):
+        async with bridged(env.url, key, mode="legacy", message_handler=updates) as (host, relay):
+            await subscribe(host, a)
+            await subscribe(host, b)
+            await env.service.update_key(record.key_id, remove_workspaces=["other"])
+            link = relay.link
+            assert link is not None
+            assert link.client is not None
+            link.lost(link.client)  # as after an outage
+            # b is refused and dropped (the host told it changed); a is followed again (and may have changed).
+            assert await updates.until(2) == [b, a]
+            await env.service.lock(None, "a.md", agent="other")
+            assert await updates.until(3) == [b, a, a]
+            assert b not in relay.watched
+
+
+async def test_a_host_may_follow_more_uris_than_one_listen_stream_carries(env: Env) -> None:
+    uris = [f"locks://default/f{i:03}.md" for i in range(150)]  # the server takes 100 on one stream
+    with anyio.fail_after(STEP * 3):
+        async with (
+            bridged(env.url, env.key) as (host, _),
+            host.listen(resource_subscriptions=uris) as sub,
+        ):
+            await env.service.lock(None, "f149.md", agent="other")
+            assert getattr(await anext(aiter(sub)), "uri", None) == uris[149]
+            await env.service.lock(None, "f000.md", agent="other")
+            assert getattr(await anext(aiter(sub)), "uri", None) == uris[0]
+
+
+@asynccontextmanager
+async def endable_server(data_dir: Path) -> AsyncIterator[tuple[KeyedServer, Listens]]:
+    """A keyed server (as ``keyed_server``) whose listen streams the test can end."""
+    clock = ManualClock()
+    service = LockService(MemoryStore(), clock=clock)
+    mcp = build_mcp(service, local=NOBODY)
+    listens = Listens(mcp)
+    async with serve_app(build_app(Settings(store="memory", data_dir=data_dir), service, mcp=mcp)) as url:
+        key, _ = await service.create_key("desk", ["default"])
+        admin, _ = await service.create_key("root", [], "admin")
+        yield KeyedServer(url, service, clock, key, admin), listens
+
+
+async def test_a_listen_stream_that_ends_is_reopened_alone_and_a_waiting_lock_call_keeps_its_place(
+    tmp_path: Path,
+) -> None:
+    uri = "locks://default/notes.md"
+    updates = Updates()
+    got: list[Any] = []
+    with anyio.fail_after(STEP * 3):
+        async with (
+            endable_server(tmp_path) as (env, listens),
+            bridged(env.url, env.key, mode="legacy", message_handler=updates) as (host, _),
+            env.service.subscribe() as events,
+        ):
+            holder = await env.service.lock(None, "doc.md", agent="other")
+            await subscribe(host, uri)
+            async with anyio.create_task_group() as tg:
+
+                async def wait_in_line() -> None:
+                    got.append(await host.call_tool("lock_file", {"node_id": "doc.md", "wait": 600}))
+
+                tg.start_soon(wait_in_line)
+                await until_event(events, "queued", "doc.md")
+                listens.end_all()
+                await listens.until_opened(2)  # that stream again, and nothing else
+                assert await updates.until(1) == [uri]  # the host is told it may have changed meanwhile
+                await env.service.lock(None, "notes.md", agent="other")
+                assert await updates.until(2) == [uri, uri]
+                await env.service.unlock(None, holder.token)
+            assert ok(got[0])["owner"] == "desk"
+
+
+async def test_a_connection_that_dies_as_soon_as_it_opens_is_retried_after_ever_longer_pauses(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    attempts: list[int] = []
+    enough = anyio.Event()
+
+    def pause_before(attempt: int) -> float:
+        attempts.append(attempt)
+        if len(attempts) < 4:
+            return 0.0
+        enough.set()
+        return STEP * 10  # (the test ends first)
+
+    monkeypatch.setattr(link_module, "pause_before", pause_before)
+    endpoint = env.url + "/mcp"
+    async with httpx2.AsyncClient(headers={"Authorization": f"Bearer {env.key}"}, trust_env=False) as http:
+
+        async def dies_at_once(client: Client) -> None:
+            link.lost(client)
+
+        link = Link(endpoint, lambda: Client(streamable_http_client(endpoint, http_client=http)), dies_at_once)
+        with anyio.fail_after(STEP):
+            async with anyio.create_task_group() as tg:
+                await tg.start(link.run)
+                await enough.wait()
+                tg.cancel_scope.cancel()
+    assert attempts == [1, 2, 3, 4]
+
+
+async def test_two_subscribes_to_one_uri_at_once_follow_it_once(env: Env) -> None:
+    uri = "locks://default/a.md"
+    with anyio.fail_after(STEP * 3):
+        async with bridged(env.url, env.key, mode="legacy") as (host, relay):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(subscribe, host, uri)
+                tg.start_soon(subscribe, host, uri)
+            assert relay.watched == {uri: 1}
+            await subscribe(host, uri, on=False)
+            assert uri not in relay.watched
+
+
+async def test_a_call_left_unanswered_past_its_budget_answers_unavailable_and_leaves_the_line(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bridge_module, "CALL_BUDGET", 0.5, raising=False)
+    holder = await env.service.lock(None, "doc.md", agent="other")
+    async with bridged(env.url, env.key) as (host, _), env.service.subscribe() as events:
+        with anyio.fail_after(STEP):
+            # The server's clock stands still, so its wait never runs out: to the bridge, a silent server.
+            down = await host.call_tool("lock_file", {"node_id": "doc.md", "wait": 0.5})
+        assert down.is_error
+        assert down.content[0].text.startswith("UNAVAILABLE: ")  # type: ignore[union-attr]
+        left = await until_event(events, "left", "doc.md")
+    assert left.code == "CANCELLED"
+    assert (await env.service.status(None, "doc.md")).holders[0].lock_id == holder.lock_id

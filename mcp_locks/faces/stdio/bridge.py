@@ -8,12 +8,15 @@ the host cancelling a call cancels it on the server, so a waiting lock call leav
 
 While the server is away: a tool call answers the coded tool error UNAVAILABLE at once;
 lists answer as the server last listed them (a host keeps its tools); reads and
-subscriptions answer a JSON-RPC error carrying UNAVAILABLE's body.
+subscriptions answer a JSON-RPC error carrying UNAVAILABLE's body. So does a request
+the server leaves unanswered past its budget (a connection that stopped answering):
+:data:`~mcp_locks.faces.stdio.link.CALL_BUDGET`, plus a lock call's ``wait``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, cast
 
@@ -48,8 +51,8 @@ from mcp_types import (
 from mcp_locks.core.errors import Internal, LockError
 from mcp_locks.faces.mcp.resources import mcp_error
 from mcp_locks.faces.mcp.results import error_result
-from mcp_locks.faces.stdio.link import Link
-from mcp_locks.faces.stdio.relay import Relay
+from mcp_locks.faces.stdio.link import CALL_BUDGET, Link
+from mcp_locks.faces.stdio.relay import NotFollowed, Relay
 
 __all__ = ["Bridge"]
 
@@ -111,7 +114,8 @@ class Bridge:
                     params.arguments,
                     progress_callback=progress if asked else None,
                     meta=self._meta(ctx),
-                )
+                ),
+                _budget(params.arguments),
             )
         except LockError as e:
             return error_result(e)
@@ -152,11 +156,14 @@ class Bridge:
         """A 2025-era subscription: followed on the server; updates come as notifications/resources/updated."""
         self.relay.host = ctx.session
         if params.uri not in self.relay.legacy:
+            self.relay.legacy.add(params.uri)  # before the wait: a second subscribe to it meanwhile is a no-op
             try:
                 await self.relay.watch([params.uri])
-            except LockError as e:
-                raise mcp_error(e, params.uri) from None
-            self.relay.legacy.add(params.uri)
+            except BaseException as e:
+                self.relay.legacy.discard(params.uri)
+                if isinstance(e, NotFollowed):
+                    raise mcp_error(e.error, e.uri) from None
+                raise
         return EmptyResult()
 
     async def unsubscribe(self, ctx: Ctx, params: UnsubscribeRequestParams) -> EmptyResult:
@@ -172,8 +179,8 @@ class Bridge:
         if uris:
             try:
                 await self.relay.watch(uris)
-            except LockError as e:
-                raise mcp_error(e, uris[0]) from None
+            except NotFollowed as e:
+                raise mcp_error(e.error, e.uri) from None
         try:
             return await self._listen(ctx, params)
         finally:
@@ -225,6 +232,18 @@ class Bridge:
         if cursor is None:
             self._listed[kind] = result
         return result
+
+
+def _budget(arguments: dict[str, Any] | None) -> float:
+    """How long a tool call may go unanswered: CALL_BUDGET, plus its ``wait`` if it is a lock call that waits.
+
+    The server answers WAIT_TIMEOUT itself once ``wait`` runs out, so the margin past it (CALL_BUDGET, as
+    for any call) only covers the answer's trip and a busy server.
+    """
+    wait = (arguments or {}).get("wait")
+    if isinstance(wait, int | float) and not isinstance(wait, bool) and math.isfinite(wait) and wait > 0:
+        return CALL_BUDGET + wait
+    return CALL_BUDGET
 
 
 async def _prompts(client: Client, cursor: str | None, meta: RequestParamsMeta | None) -> ListPromptsResult:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import anyio
 import httpx2
 from mcp import Client
@@ -17,7 +20,7 @@ from mcp_locks.faces.stdio.bridge import Bridge
 from mcp_locks.faces.stdio.link import Link
 from mcp_locks.faces.stdio.relay import Relay
 
-__all__ = ["KeyRefused", "NoServer", "run_bridge", "run_embedded"]
+__all__ = ["KeyRefused", "NoServer", "linked", "run_bridge", "run_embedded"]
 
 
 class NoServer(Exception):
@@ -69,6 +72,30 @@ def _startup_failure(err: LockError | None, key: str, endpoint: str) -> NoServer
     return _no_server(endpoint, err.message if err is not None else "no answer")
 
 
+@asynccontextmanager
+async def linked(endpoint: str, key: str) -> AsyncIterator[Relay]:
+    """The link to the server at ``endpoint`` (``relay.link``), kept open while inside; NoServer if none answers.
+
+    Yields once the first attempt to connect settled (``relay.link.client`` says how).
+    """
+    # trust_env=False: the key must never go to a proxy named in the environment. No read timeout: a listen
+    # stream is silent for as long as nothing changes; each forwarded request has a budget of its own instead.
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=None), trust_env=False) as http:
+        await _check_server(http, endpoint)
+        relay = Relay(InMemorySubscriptionBus())
+
+        def connect() -> Client:
+            transport = streamable_http_client(endpoint, http_client=http)
+            return Client(transport, cache=None, logging_callback=relay.log)
+
+        link = relay.link = Link(endpoint, connect, relay.run)
+        async with anyio.create_task_group() as tg:
+            await tg.start(link.run)
+            yield relay
+            tg.cancel_scope.cancel()
+
+
 async def run_bridge(url: str, key: str | None, version: str) -> None:
     """Serve stdio until the host hangs up, forwarding everything to the server at ``url``.
 
@@ -81,32 +108,20 @@ async def run_bridge(url: str, key: str | None, version: str) -> None:
         raise NoServer("the server needs an API key: pass --key KEY (or set MCP_LOCKS_KEY).")
     if not key.isascii() or not key.isprintable():  # a placeholder such as 'mlk_…' cannot even be sent
         raise _key_refused(key)
-    # trust_env=False: the key must never go to a proxy named in the environment. No read timeout: a
-    # waiting lock call is silent until it is answered (the host cancels it when it gives up).
-    headers = {"Authorization": f"Bearer {key}"}
-    async with httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30, read=None), trust_env=False) as http:
-        await _check_server(http, endpoint)
-        relay = Relay(InMemorySubscriptionBus())
-
-        def connect() -> Client:
-            transport = streamable_http_client(endpoint, http_client=http)
-            return Client(transport, cache=None, logging_callback=relay.log)
-
-        link = relay.link = Link(endpoint, connect, relay.run)
-        failed: NoServer | None = None
-        async with anyio.create_task_group() as tg:
-            await tg.start(link.run)
-            client = link.client
-            if client is None:
-                failed = _startup_failure(link.error, key, endpoint)
-            else:
-                bridge = Bridge(link, relay, instructions=client.instructions or INSTRUCTIONS, version=version)
-                await bridge.warm()
-                async with stdio_server() as (read, write):
-                    await bridge.server.run(read, write, bridge.server.create_initialization_options())
-            tg.cancel_scope.cancel()
-        if failed is not None:
-            raise failed
+    failed: NoServer | None = None
+    async with linked(endpoint, key) as relay:
+        link = relay.link
+        assert link is not None
+        client = link.client
+        if client is None:
+            failed = _startup_failure(link.error, key, endpoint)
+        else:
+            bridge = Bridge(link, relay, instructions=client.instructions or INSTRUCTIONS, version=version)
+            await bridge.warm()
+            async with stdio_server() as (read, write):
+                await bridge.server.run(read, write, bridge.server.create_initialization_options())
+    if failed is not None:
+        raise failed
 
 
 async def run_embedded(service: LockService, version: str) -> None:

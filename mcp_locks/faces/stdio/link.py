@@ -29,7 +29,7 @@ from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
 from mcp_locks.client.errors import decode_error
 from mcp_locks.core.errors import LockError, Unavailable
 
-__all__ = ["CALL_WAIT", "FIRST_PAUSE", "LAST_PAUSE", "Link", "pause_before"]
+__all__ = ["CALL_BUDGET", "CALL_WAIT", "FIRST_PAUSE", "HELD", "LAST_PAUSE", "Link", "broken", "pause_before"]
 
 log = logging.getLogger("mcp_locks.stdio")
 
@@ -39,6 +39,13 @@ LAST_PAUSE = 15.0
 #: How long a call made while the server is away waits for the attempt it asks for (a refused connection
 #: fails at once; this bounds one that is not answered at all).
 CALL_WAIT = 1.0
+#: A connection (or a listen stream) counts as having lasted, so that the pauses start over, only once it
+#: held this long: one that opens and dies at once must not be reopened every FIRST_PAUSE forever.
+HELD = LAST_PAUSE
+#: How long a forwarded request may go unanswered (unless its caller gives a budget of its own): the HTTP
+#: client has no read timeout (listen streams are silent for as long as nothing changes), so this is what
+#: ends a call on a connection that stopped answering (half-open).
+CALL_BUDGET = 60.0
 
 #: Codes the SDK's client makes up itself when the HTTP exchange failed (the server said nothing of its own).
 _TRANSPORT_CODES = frozenset({CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT})
@@ -63,6 +70,17 @@ def _mcp_errors(exc: BaseException) -> list[MCPError]:
     if isinstance(exc, BaseExceptionGroup):
         return [e for sub in exc.exceptions for e in _mcp_errors(sub)]
     return []
+
+
+def broken(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) says the connection itself failed, rather than the server answering."""
+    if isinstance(exc, (httpx2.TransportError, anyio.ClosedResourceError, anyio.BrokenResourceError)):
+        return True
+    if isinstance(exc, MCPError):
+        return exc.code == CONNECTION_CLOSED
+    if isinstance(exc, BaseExceptionGroup):
+        return any(broken(e) for e in exc.exceptions)
+    return exc.__cause__ is not None and broken(exc.__cause__)
 
 
 class Link:
@@ -107,17 +125,17 @@ class Link:
 
         while True:
             lasted = await self._hold(ready)
-            attempt = 1 if lasted else attempt + 1
+            attempt = 1 if lasted else attempt + 1  # one that opened and died at once pauses longer each time
             with anyio.move_on_after(pause_before(attempt)):
                 await self._wake.wait()
             self._wake = anyio.Event()
 
     async def _hold(self, ready: Callable[[], None]) -> bool:
-        """One connection, held until it is lost (``ready`` once it is open or failed); whether it opened."""
-        opened = False
+        """One connection, held until it is lost (``ready`` once it is open or failed); whether it held HELD s."""
+        opened: float | None = None
         try:
             async with self._connect() as client, anyio.create_task_group() as tg:
-                self.client, self.error, opened = client, None, True
+                self.client, self.error, opened = client, None, anyio.current_time()
                 self._lost = anyio.Event()
                 self._settle()
                 tg.start_soon(self._on_connect, client)
@@ -131,9 +149,10 @@ class Link:
             self.client = None
             self._settle()
         ready()
-        if opened:
-            log.warning("lost the mcp-locks server at %s; reconnecting", self.endpoint)
-        return opened
+        if opened is None:
+            return False
+        log.warning("lost the mcp-locks server at %s; reconnecting", self.endpoint)
+        return anyio.current_time() - opened >= HELD
 
     def _settle(self) -> None:
         settled, self._settled = self._settled, anyio.Event()
@@ -158,16 +177,19 @@ class Link:
             raise self.error if self.error is not None else self.unavailable("it is reconnecting")
         return self.client
 
-    async def forward(self, send: Callable[[Client], Awaitable[_T]]) -> _T:
-        """``send`` through the open connection.
+    async def forward(self, send: Callable[[Client], Awaitable[_T]], budget: float = CALL_BUDGET) -> _T:
+        """``send`` through the open connection, answered within ``budget`` seconds.
 
         A refusal that carries the server's error body raises its LockError; a failed
-        exchange raises UNAVAILABLE (and reconnects when the connection is gone). Any
-        other JSON-RPC error is the server's own answer, raised unchanged.
+        exchange raises UNAVAILABLE (and reconnects when the connection is gone), and so
+        does one unanswered within ``budget`` (the request is cancelled, which cancels it
+        on the server if that still hears). Any other JSON-RPC error is the server's own
+        answer, raised unchanged.
         """
         client = await self.current()
         try:
-            return await send(client)
+            with anyio.move_on_after(budget):
+                return await send(client)
         except MCPError as e:
             known = decode_error(e.error.data)
             if known is not None:
@@ -180,6 +202,7 @@ class Link:
         except (httpx2.TransportError, anyio.ClosedResourceError, anyio.BrokenResourceError) as e:
             self.lost(client)
             raise self.unavailable(type(e).__name__) from None
+        raise self.unavailable(f"no answer within {budget:g} s")
 
     def explain(self, exc: BaseException) -> LockError:
         """The LockError a failed exchange stands for: the server's refusal if it sent one, else UNAVAILABLE."""
