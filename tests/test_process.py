@@ -91,7 +91,8 @@ async def test_a_request_without_a_key_is_refused_with_401(tmp_path: Path) -> No
         async with httpx.AsyncClient() as h:
             r = await h.post(url, json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
         assert r.status_code == 401
-        assert r.json()["error"]["code"] == "UNAUTHENTICATED"
+        # On the MCP endpoint the refusal is a JSON-RPC error (MCP clients read only that) carrying the body.
+        assert r.json()["error"]["data"]["error"]["code"] == "UNAUTHENTICATED"
 
 
 async def test_locks_survive_kill_9_and_expired_ones_are_expired_at_restart(tmp_path: Path) -> None:
