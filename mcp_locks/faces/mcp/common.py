@@ -60,7 +60,8 @@ NoteArg = Annotated[
 AgentArg = Annotated[
     str | None,
     Field(
-        description="Optional label shown beside the owner (your key's agent), e.g. which sub-agent or task.",
+        description="Your session's name below your key's agent (e.g. which subagent), the same on every call:"
+        " the holder is agent/name, so two sessions of one key queue for each other instead of deadlocking.",
         max_length=64,
     ),
 ]
