@@ -52,6 +52,7 @@ __all__ = [
     "Locked",
     "MethodNotAllowed",
     "NotFound",
+    "QuotaExceeded",
     "RateLimited",
     "StaleFence",
     "TooLarge",
@@ -207,6 +208,16 @@ class LimitExceeded(LockError):
     http_status = 429
 
 
+class QuotaExceeded(LockError):
+    """A write would take the workspace over its file quota (bytes or files); nothing of it was kept.
+
+    ``details`` name the ``limit`` that would be passed, its value and what the workspace already uses.
+    """
+
+    code = "QUOTA_EXCEEDED"
+    http_status = 413
+
+
 class RateLimited(LockError):
     """The key sent more requests than its rate allows; ``details["retry_after"]`` says when to try again."""
 
@@ -268,6 +279,7 @@ ERROR_TABLE: dict[str, type[LockError]] = {
         VersionMismatch,
         StaleFence,
         LimitExceeded,
+        QuotaExceeded,
         RateLimited,
         TooLarge,
         MethodNotAllowed,
