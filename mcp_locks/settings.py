@@ -64,6 +64,16 @@ class Settings(BaseSettings):
     max_file_size: int = Field(1 << 30, ge=1, description="Largest file the file store accepts, in bytes (1 GiB).")
     chunk_size: int = Field(16 << 20, ge=1024, description="Largest chunk of a resumable upload, in bytes (16 MiB).")
     upload_ttl: float = Field(86_400, ge=60, description="Seconds before an unfinished upload is dropped.")
+    quota_bytes: int | None = Field(
+        None, ge=0, description="Most bytes of file content one workspace may keep (default: no quota)."
+    )
+    quota_files: int | None = Field(None, ge=0, description="Most files one workspace may keep (default: no quota).")
+    max_sessions_per_key: int = Field(
+        32, ge=1, description="Most MCP sessions (streamable HTTP or legacy SSE) one key may hold open at once."
+    )
+    max_listens_per_key: int = Field(
+        16, ge=1, description="Most MCP subscription listen streams one key may hold open at once."
+    )
     audit: bool = Field(True, description="Keep an audit log of every lock event and file write.")
     audit_days: float = Field(30, gt=0, description="Days audit entries are kept.")
     webhooks_allow_private: bool = Field(
