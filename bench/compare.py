@@ -1,6 +1,7 @@
 """Run one benchmark alternately on a pinned revision and on the working tree; print both series and their ratio.
 
     python -m bench.compare --against REV [--rounds 3] -- bench.engine --runs 1 --seconds 3 --layer actor
+    python -m bench.compare --against . --baseline-args="--audit off" -- bench.engine --runs 1 --layer actor
 
 The revision is checked out into a temporary git worktree; each round runs the benchmark once there and
 once here, in alternating order (so drift of the machine falls on both sides alike), each in its own
@@ -8,6 +9,9 @@ process with that tree first on ``PYTHONPATH``. A benchmark is any module that p
 run on a line of its own (``median …`` summary lines are ignored: the medians here are taken over all runs
 of all rounds). For every numeric field both series are printed, with the median of each and the ratio
 working tree ÷ baseline.
+
+``--against .`` runs both sides from the working tree; with ``--baseline-args`` the baseline side gets
+those flags added (the second form above measures the cost of the audit log: audit on ÷ audit off).
 
 Same-run comparison is the point: figures measured on different days or under different load are not
 comparable on a shared 2-vCPU machine, and the ratio within one run is what docs/benchmarks.md records.
@@ -18,10 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parents[1]
@@ -54,13 +60,15 @@ def run_once(tree: Path, bench: list[str]) -> list[dict[str, float]]:
     return runs
 
 
-def compare(base: Path, work: Path, bench: list[str], rounds: int) -> dict[str, dict[str, list[float]]]:
+def compare(
+    base: Path, work: Path, bench: list[str], rounds: int, baseline_args: Sequence[str] = ()
+) -> dict[str, dict[str, list[float]]]:
     """Run ``rounds`` rounds, alternating which side goes first; returns metric -> side -> values."""
     series: dict[str, dict[str, list[float]]] = {}
     for r in range(rounds):
-        order = [("baseline", base), ("working", work)]
-        for side, tree in order if r % 2 == 0 else reversed(order):
-            for run in run_once(tree, bench):
+        order = [("baseline", base, [*bench, *baseline_args]), ("working", work, bench)]
+        for side, tree, cmd in order if r % 2 == 0 else reversed(order):
+            for run in run_once(tree, cmd):
                 for k, v in run.items():
                     series.setdefault(k, {"baseline": [], "working": []})[side].append(v)
             print(f"round {r + 1}/{rounds}: {side} done", file=sys.stderr)
@@ -69,7 +77,8 @@ def compare(base: Path, work: Path, bench: list[str], rounds: int) -> dict[str, 
 
 def report(series: dict[str, dict[str, list[float]]], rev: str) -> None:
     """Both series of every metric, their medians and the ratio working ÷ baseline."""
-    print(f"{'metric':<16} {'baseline ' + rev[:10]:<34} {'working tree':<34} ratio")
+    print(f"baseline: {rev}")
+    print(f"{'metric':<16} {'baseline':<34} {'working tree':<34} ratio")
     for k, s in series.items():
         if not s["baseline"] or not s["working"]:
             continue
@@ -84,17 +93,24 @@ def main() -> None:
     argv = sys.argv[1:]
     bench = argv[argv.index("--") + 1 :] if "--" in argv else []
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--against", required=True, help="the baseline revision (commit, tag or branch)")
+    ap.add_argument("--against", required=True, help="the baseline revision (commit, tag or branch; . = working tree)")
+    ap.add_argument("--baseline-args", default="", help="flags added to the baseline side's benchmark command")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; each runs the benchmark once on each side")
     a = ap.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
     if not bench:
         ap.error("name the benchmark after --, e.g. -- bench.engine --runs 1 --seconds 3 --layer actor")
     if not 1 <= a.rounds <= 50:
         ap.error("--rounds must be from 1 to 50")
+    extra = shlex.split(a.baseline_args)
+    if a.against == ".":
+        report(
+            compare(HERE, HERE, bench, a.rounds, extra), f"the working tree with {a.baseline_args or 'no flags added'}"
+        )
+        return
     with tempfile.TemporaryDirectory(prefix="mcp-locks-compare-") as tmp:
         base = worktree(a.against, Path(tmp) / "base")
         try:
-            report(compare(base, HERE, bench, a.rounds), a.against)
+            report(compare(base, HERE, bench, a.rounds, extra), a.against)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(base)], cwd=HERE, check=False)
 

@@ -1,13 +1,14 @@
 """Engine throughput and latency with the durable SQLite store (no network).
 
-    python -m bench.engine [--callers 64] [--seconds 3] [--runs 5] [--layer service|actor]
+    python -m bench.engine [--callers 64] [--seconds 3] [--runs 5] [--layer service|actor] [--audit on|off]
 
 Prints, per run, lock+release operations/s (a lock and a release count as two)
 for N concurrent callers on distinct nodes, the CPU time per operation, and the
 p50/p99 of one sequential caller's single durable operation. ``--layer actor``
 drives the engine (table + actor + SQLite) directly; ``service`` (the default)
 adds LockService's argument checks and pydantic results, as in-process callers
-and the MCP tools see it.
+and the MCP tools see it. ``--audit off`` runs without the audit log (events are still counted and
+published live), to measure what the log costs.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import anyio
 from mcp_locks.cli.runtime import tune_gc
 from mcp_locks.core.claims import Claim
 from mcp_locks.core.records import Granted
-from mcp_locks.engine.lock_service import LockService
+from mcp_locks.engine.lock_service import LockService, ServiceLimits
+from mcp_locks.observe.observability import ObserveLimits
 from mcp_locks.stores.sqlite import SqliteStore
 
 
@@ -93,9 +95,10 @@ async def sequential(face: ActorFace | ServiceFace, count: int) -> tuple[float, 
     return lat[len(lat) // 2] * 1e6, lat[int(len(lat) * 0.99)] * 1e6
 
 
-async def one_run(callers: int, seconds: float, seq: int, layer: str) -> dict[str, float]:
+async def one_run(callers: int, seconds: float, seq: int, layer: str, audit: bool) -> dict[str, float]:
+    limits = ServiceLimits(observe=ObserveLimits(audit=audit))
     with tempfile.TemporaryDirectory() as d:
-        async with LockService(SqliteStore(Path(d) / "locks.db")) as service:
+        async with LockService(SqliteStore(Path(d) / "locks.db"), limits=limits) as service:
             face = ActorFace(service) if layer == "actor" else ServiceFace(service)
             await sequential(face, 200)  # warm up
             rate, cpu_us = await concurrent(face, callers, seconds)
@@ -116,6 +119,7 @@ def main() -> None:
         default="service",
         help="service: LockService with its pydantic results; actor: the engine (table + actor + store) alone",
     )
+    ap.add_argument("--audit", choices=["on", "off"], default="on", help="keep the audit log (as the server does)")
     a = ap.parse_args()
     tune_gc()  # as `mcp-locks serve` does
     runs = []
@@ -126,6 +130,7 @@ def main() -> None:
             a.seconds,
             a.seq,
             a.layer,
+            a.audit == "on",
             backend="asyncio",
             backend_options={"use_uvloop": a.loop == "uvloop"},
         )

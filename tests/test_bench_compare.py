@@ -42,3 +42,12 @@ def test_compare_without_a_benchmark_says_how_to_name_one() -> None:
     assert out.returncode == 2
     assert "name the benchmark after --" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_compare_against_the_working_tree_adds_the_baseline_flags_to_the_baseline_side_only() -> None:
+    # tests/bench_echo.py prints {"marked": 1} when it was given --marked, else {"marked": 0}
+    cmd = [sys.executable, "-m", "bench.compare", "--against", ".", "--baseline-args=--marked", "--rounds", "2"]
+    out = subprocess.run([*cmd, "--", "tests.bench_echo"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    row = next(line for line in out.stdout.splitlines() if line.startswith("marked"))
+    assert row.split()[1:5] == ["1,", "1", "0,", "0"]  # baseline runs got the flag, working-tree runs did not
