@@ -367,6 +367,17 @@ def resources_steps(c: Cell) -> list[dict[str, Any]]:
     ]
 
 
+def strict_steps(c: Cell) -> list[dict[str, Any]]:
+    """Arguments of the wrong JSON type, which the server once coerced: a string for seconds, false for a version."""
+    n = c.node("strict", "f.md")
+    return [
+        call("alice", "lock_file", {"node_id": n, "timeout": "60"}, tag="probe"),
+        call("alice", "write_file", {"node_id": n, "content": "x", "if_version": False}, tag="probe bool"),
+        call("alice", "check_lock_status", {"node_id": n}, tag="lock after"),
+        call("alice", "file_info", {"node_id": n}, tag="file after"),
+    ]
+
+
 def auth_steps(c: Cell) -> list[dict[str, Any]]:
     return [{"op": "connect", "session": "intruder", "tag": "probe", "timeoutMs": 8000}]
 
@@ -380,6 +391,7 @@ def scenario_groups(c: Cell) -> list[dict[str, Any]]:
         if (c.transport, code) not in NOT_APPLICABLE
     ]
     groups.append({"name": "progress", "steps": progress_steps(c)})
+    groups.append({"name": "strict", "steps": strict_steps(c)})
     if (c.transport, "resources") not in NOT_APPLICABLE:
         groups.append({"name": "resources", "steps": resources_steps(c)})
     if c.transport in HTTP_TRANSPORTS:
@@ -665,6 +677,30 @@ def test_an_error_result_carries_its_body_in_meta_and_no_structured_content_the_
                     f"{code}: structuredContent {sc!r} does not match {rec['name']}'s outputSchema: {e.message}"
                 )
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize(("tag", "field"), [("probe", "timeout"), ("probe bool", "if_version")])
+@pytest.mark.parametrize(CELL_ARGS, CELLS)
+def test_an_argument_of_the_wrong_type_is_an_invalid_argument_result_the_client_accepts(
+    table: Table, client: str, transport: str, tag: str, field: str
+) -> None:
+    # lock_file(timeout="60") once took a 60 s lease and write_file(if_version=false) created the file.
+    records = table.group(client, transport, "strict")
+    result = result_of(tagged(records, tag))  # the client threw instead (e.g. its output-schema check)?
+    assert result["isError"] is True, result
+    assert (result["text"] or "").startswith("INVALID_ARGUMENT: "), result["text"]
+    body = (result["_meta"] or {}).get(ERROR_META_KEY) or {}
+    assert body.get("details", {}).get("field") == field, body
+    assert result["structuredContent"] is None, result["structuredContent"]
+
+
+@pytest.mark.parametrize(CELL_ARGS, CELLS)
+def test_an_argument_of_the_wrong_type_takes_no_lock_and_writes_no_file(
+    table: Table, client: str, transport: str
+) -> None:
+    records = table.group(client, transport, "strict")
+    assert result_of(tagged(records, "lock after"))["structuredContent"]["holders"] == []
+    assert result_of(tagged(records, "file after"))["structuredContent"]["exists"] is False
 
 
 @pytest.mark.parametrize(CELL_ARGS, CELLS)

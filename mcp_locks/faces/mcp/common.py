@@ -15,6 +15,7 @@ from pydantic import Field
 
 from mcp_locks.core.keys import LOCAL, Identity
 from mcp_locks.faces.auth import current_caller
+from mcp_locks.faces.mcp.sdk import strict_arguments
 
 __all__ = [
     "CHANGES",
@@ -124,7 +125,9 @@ class ToolSet:
 
         def register(fn: _F) -> _F:
             t = Tool.from_function(fn, description=description, annotations=annotations)
-            # Arguments are validated by the pydantic model; the schema is what clients read and walk.
+            # Arguments are validated by the pydantic model, strictly as REST bodies are (a string or a bool
+            # is never a number); the schema is what clients read and walk.
+            strict_arguments(t)
             t.parameters = flat_schema(t.parameters)
             if output_schema is not None:
                 t.fn_metadata.output_schema = output_schema
