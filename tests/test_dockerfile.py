@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from fnmatch import fnmatch
+from importlib import metadata
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).parents[1]
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
@@ -78,11 +85,26 @@ def healthcheck_command() -> list[str]:
     return exec_form(m[1])
 
 
+def copied() -> dict[str, Path]:
+    """Each file the Dockerfile copies into the image, by its path there: the file here it comes from."""
+    out: dict[str, Path] = {}
+    for word, args in STEPS:
+        if word == "COPY":
+            *sources, dest = args.split()
+            for src in sources:
+                if (ROOT / src).is_file():
+                    out[dest if not dest.endswith("/") else dest + Path(src).name] = ROOT / src
+    return out
+
+
 def here(argv: list[str]) -> list[str]:
     """``argv`` with its program taken from this interpreter's environment (the image has it on PATH).
 
-    ``python`` is this interpreter; ``mcp-locks`` the script installed beside it, not another one on PATH.
+    ``python`` is this interpreter; ``mcp-locks`` the script installed beside it, not another one on PATH;
+    a file the image was given by COPY is that file here.
     """
+    files = copied()
+    argv = [str(files[a]) if a in files else a for a in argv]
     if argv[0] == "python":
         return [sys.executable, *argv[1:]]
     beside = Path(sys.executable).with_name(argv[0])
@@ -109,7 +131,65 @@ def test_the_image_runs_as_a_user_other_than_root_keeps_its_data_in_a_volume_and
         assert "insecure" not in args.lower(), word
     assert "MCP_LOCKS_ADMIN_KEY" not in env  # no key baked into the image
     assert last("EXPOSE") == env["MCP_LOCKS_PORT"]  # the port the server takes from its environment
-    assert any(w == "RUN" and "pip install --no-cache-dir ." in args for w, args in STEPS)
+    made = re.search(
+        r"useradd .*--uid (\d+) .*\b" + re.escape(user) + r"\b", " ".join(a for w, a in STEPS if w == "RUN")
+    )
+    assert made, f"USER {user} is not made by useradd with a uid"
+    assert int(made[1]) != 0
+    # Any other uid (docker run --user, for a bind mount's owner) has a home it may write: the data dir.
+    assert env["HOME"] == env["MCP_LOCKS_DATA_DIR"]
+
+
+def test_the_image_takes_its_host_from_the_environment_so_docker_run_arguments_only_add_flags() -> None:
+    env = image_env()
+    assert env["MCP_LOCKS_HOST"] == "0.0.0.0"  # the published port reaches it; keys stay required
+    assert exec_form(last("ENTRYPOINT")) == ["mcp-locks", "serve"]
+    assert exec_form(last("CMD")) == []  # `docker run IMAGE --port 9000` replaces nothing the image needs
+
+
+def pinned() -> dict[str, str]:
+    """docker/constraints.txt as {canonical name: version}; every line a comment or ``name==version``."""
+    pins: dict[str, str] = {}
+    for line in (ROOT / "docker" / "constraints.txt").read_text().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", line)
+        assert m, f"not an exact pin: {line!r}"
+        pins[canonicalize_name(m[1])] = m[2]
+    return pins
+
+
+def runtime_requirements() -> list[Requirement]:
+    """pyproject's dependencies that apply in the image (Linux, its Python), with what their extras bring."""
+    listed = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    out = []
+    for line in listed:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate():
+            out.append(req)
+            for extra in req.extras:  # psycopg[binary,pool]: the packages those extras name are pinned too
+                for dep in metadata.requires(req.name) or ():
+                    sub = Requirement(dep)
+                    if sub.marker is not None and sub.marker.evaluate({"extra": extra}):
+                        out.append(sub)
+    return out
+
+
+def test_the_image_installs_with_pins_that_cover_every_runtime_dependency() -> None:
+    constraints = "docker/constraints.txt"
+    words = [w for w, _ in STEPS]
+    install = next(i for i, (w, a) in enumerate(STEPS) if w == "RUN" and "pip install" in a)
+    assert f"pip install --no-cache-dir --constraint {constraints} ." in STEPS[install][1]
+    brought = [i for i, (w, a) in enumerate(STEPS) if w == "COPY" and a.split()[0] == constraints]
+    assert brought, f"{constraints} is not copied into the image"
+    assert brought[0] < install
+    assert words.count("FROM") == 1
+    pins = pinned()
+    for req in runtime_requirements():
+        name = canonicalize_name(req.name)
+        assert name in pins, f"{req.name} (a runtime dependency) is not pinned in {constraints}"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} breaks {req}"
+    assert "mcp-locks" not in pins  # the project itself is what is installed, not a pin
 
 
 def test_the_build_context_holds_what_pip_install_needs_and_leaves_out_the_venv_git_and_caches() -> None:
@@ -130,19 +210,30 @@ def test_the_build_context_holds_what_pip_install_needs_and_leaves_out_the_venv_
         assert not [f for f in files if ignored(f)], src
 
 
-@contextmanager
-def image_server(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
-    """Run the image's command here; yield the process and the port it listens on, once /healthz answers."""
-    argv = image_command()
-    # The image binds every interface (--host 0.0.0.0) so that a published port reaches it; a test
-    # must listen on loopback only. That one argument is swapped; the rest of the command is the image's.
-    assert argv.count("0.0.0.0") == 1
-    assert argv[argv.index("0.0.0.0") - 1] == "--host"
-    argv[argv.index("0.0.0.0")] = "127.0.0.1"
+def free_port() -> int:
+    """A port nothing listens on right now (the kernel's pick), for a server told its port in advance."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def container_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """The image's environment as a container would have it, with ``settings`` (``docker run -e``) on top.
+
+    The image binds every interface (MCP_LOCKS_HOST=0.0.0.0) so that a published port reaches it; a test
+    must listen on loopback only, so that one variable is swapped. The data dir is a temporary one.
+    """
     env = without_our_settings() | image_env()
-    # The data dir is a temporary one, and port 0 lets the kernel pick a free port (the server says which).
-    env |= {"MCP_LOCKS_DATA_DIR": str(data_dir), "MCP_LOCKS_PORT": "0"}
-    log = data_dir.parent / "server.log"
+    assert env["MCP_LOCKS_HOST"] == "0.0.0.0"
+    return env | {"MCP_LOCKS_HOST": "127.0.0.1", "MCP_LOCKS_DATA_DIR": str(data_dir)} | settings
+
+
+@contextmanager
+def image_server(env: dict[str, str], args: tuple[str, ...] = ()) -> Iterator[tuple[subprocess.Popen[bytes], int]]:
+    """Run the image's command (with ``args`` after the image name) here, in ``env``; yield the process and the
+    port it listens on, once /healthz answers."""
+    argv = [*image_command(), *args]
+    log = Path(env["MCP_LOCKS_DATA_DIR"]).parent / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(here(argv), env=env, stdin=subprocess.DEVNULL, stderr=out)
     try:
@@ -169,10 +260,13 @@ def image_server(data_dir: Path) -> Iterator[tuple[subprocess.Popen[bytes], int]
         proc.wait(10)
 
 
-def healthcheck(port: int) -> int:
-    """The HEALTHCHECK's exit status, run with the port the server took (in the image both read MCP_LOCKS_PORT)."""
-    env = without_our_settings() | image_env() | {"MCP_LOCKS_PORT": str(port)}
-    argv = here(healthcheck_command())
+def healthcheck(env: dict[str, str], pid: int) -> int:
+    """The HEALTHCHECK's exit status, run in the server's environment (a container shares one) about ``pid``.
+
+    In the image the server is the container's first process, which the check reads by default; here it
+    is told the server's pid.
+    """
+    argv = [*here(healthcheck_command()), str(pid)]
     return subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=DEADLINE).returncode
 
 
@@ -180,7 +274,10 @@ def healthcheck(port: int) -> int:
 def test_the_images_command_serves_with_keys_required_and_passes_its_own_healthcheck(tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir(mode=0o700)
-    with image_server(data) as (proc, port):
+    port = free_port()
+    env = container_env(data, MCP_LOCKS_PORT=str(port))  # docker run -e MCP_LOCKS_PORT=...
+    with image_server(env) as (proc, listening):
+        assert listening == port
         base = f"http://127.0.0.1:{port}"
         assert httpx.get(f"{base}/healthz").json()["status"] == "ok"
         refused = httpx.get(f"{base}/v1/workspaces")
@@ -192,7 +289,46 @@ def test_the_images_command_serves_with_keys_required_and_passes_its_own_healthc
         me = httpx.get(f"{base}/v1/me", headers={"Authorization": f"Bearer {admin}"})
         assert me.json()["role"] == "admin"
         assert (data / "locks.db").exists()
-        assert healthcheck(port) == 0
+        assert healthcheck(env, proc.pid) == 0
         proc.send_signal(signal.SIGTERM)  # what `docker stop` sends
         assert proc.wait(DEADLINE) == 0
-    assert healthcheck(port) != 0  # and it notices when the server is gone
+    assert healthcheck(env, proc.pid) != 0  # and it notices when the server is gone
+
+
+@pytest.mark.slow
+def test_a_port_given_after_the_image_name_is_the_one_its_healthcheck_asks(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir(mode=0o700)
+    port = free_port()
+    env = container_env(data)  # MCP_LOCKS_PORT stays the image's 8765: the flag wins, as in the server
+    assert env["MCP_LOCKS_PORT"] != str(port)
+    with image_server(env, ("--port", str(port))) as (proc, listening):  # docker run IMAGE --port ...
+        assert listening == port
+        assert healthcheck(env, proc.pid) == 0
+
+
+def load_healthcheck() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("docker_healthcheck", ROOT / "docker" / "healthcheck.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("argv", "flags"),
+    [
+        (["mcp-locks", "serve"], {}),
+        (["/usr/local/bin/python", "/usr/local/bin/mcp-locks", "serve", "--port", "9000"], {"port": "9000"}),
+        (["/sbin/docker-init", "--", "mcp-locks", "serve", "--host=::", "--port=9001"], {"host": "::", "port": "9001"}),
+        (["mcp-locks", "--config", "/etc/l.toml", "serve", "--port", "1", "--port", "2"],
+         {"config": "/etc/l.toml", "port": "2"}),
+        (["mcp-locks", "keys", "list"], {}),
+        (["python3"], {}),
+    ],
+)  # fmt: skip
+def test_the_healthcheck_reads_the_flags_of_the_server_however_it_was_started(
+    argv: list[str], flags: dict[str, str]
+) -> None:
+    assert load_healthcheck().flags_of(argv) == flags

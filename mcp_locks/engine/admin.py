@@ -5,6 +5,7 @@ Shared by the admin API, ``mcp-locks keys create`` and the server's start.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import tempfile
@@ -18,7 +19,14 @@ from mcp_locks.engine.arguments import MAX_ITEMS
 from mcp_locks.observe.logging import redact
 from mcp_locks.stores.base import Store
 
-__all__ = ["bootstrap_admin_key", "issue_key", "no_live_key", "update_key_workspaces"]
+__all__ = ["BOOTSTRAP_AGENT", "ENV_AGENT", "bootstrap_admin_key", "issue_key", "no_live_key", "update_key_workspaces"]
+
+log = logging.getLogger("mcp_locks.service")
+
+#: The agent of the admin key a first start writes to ``<data-dir>/admin.key``.
+BOOTSTRAP_AGENT = "admin"
+#: The agent of the admin key registered from ``MCP_LOCKS_ADMIN_KEY``.
+ENV_AGENT = "admin-env"
 
 
 async def issue_key(store: Store, agent: object, workspaces: object, role: object, now: float) -> tuple[str, KeyRecord]:
@@ -28,15 +36,9 @@ async def issue_key(store: Store, agent: object, workspaces: object, role: objec
     and an agent key needs at least one.
     """
     name = check_agent_name(agent)
-    live = next((r for r in await store.list_keys() if r.agent == name and r.revoked_at is None), None)
+    live = await _live_key_of(store, name)
     if live is not None:
-        # One live key per agent: the agent name then names one key, for ownership, retries and deadlocks.
-        raise AlreadyExists(
-            f"agent '{name}' already has a live key ({live.key_id}).",
-            hint=f"To replace it, revoke it first ({{op:revoke_key}} {live.key_id}); locks taken with it"
-            " stay its own until they are released by an admin or expire.",
-            details={"field": "agent", "key_id": live.key_id},
-        )
+        raise _has_live_key(name, live)
     if role not in ("agent", "admin"):
         raise InvalidArgument("role must be 'agent' or 'admin'.", details={"field": "role"})
     wss = _workspace_ids(workspaces, "workspaces")
@@ -44,8 +46,36 @@ async def issue_key(store: Store, agent: object, workspaces: object, role: objec
         raise _no_workspace_left("an agent key needs at least one workspace.", "workspaces")
     await _check_exist(store, wss)
     key, record = new_key(name, wss, "admin" if role == "admin" else "agent", now)
-    await store.put_key(record)
+    try:
+        await store.put_key(record)
+    except AlreadyExists as e:
+        if e.details.get("field") != "agent":
+            raise
+        # Another creation for this agent (here or on another server) stored its key first: the store holds the rule.
+        raise _has_live_key(name, await _live_key_of(store, name)) from None
     return key, record
+
+
+async def _live_key_of(store: Store, agent: str) -> KeyRecord | None:
+    """The agent's live key, if it has one."""
+    return next((r for r in await store.list_keys() if r.agent == agent and r.revoked_at is None), None)
+
+
+def _has_live_key(agent: str, live: KeyRecord | None) -> AlreadyExists:
+    """ALREADY_EXISTS for a second live key for ``agent`` (``live``: its key, unless it was revoked meanwhile)."""
+    # One live key per agent: the agent name then names one key, for ownership, retries and deadlocks.
+    if live is None:
+        return AlreadyExists(
+            f"agent '{agent}' already had a live key a moment ago.",
+            hint="List the keys ({op:list_keys}) and try again.",
+            details={"field": "agent"},
+        )
+    return AlreadyExists(
+        f"agent '{agent}' already has a live key ({live.key_id}).",
+        hint=f"To replace it, revoke it first ({{op:revoke_key}} {live.key_id}); locks taken with it"
+        " stay its own until they are released by an admin or expire.",
+        details={"field": "agent", "key_id": live.key_id},
+    )
 
 
 async def update_key_workspaces(store: Store, key_id: object, add: object, remove: object) -> KeyRecord:
@@ -140,23 +170,81 @@ async def bootstrap_admin_key(
     ``admin-2.key``, ``admin-3.key``... if that file exists: an existing key file is
     never replaced. A memory store (``persistent=False``) gets a temporary file instead,
     so a throwaway server never touches a real server's data dir.
+
+    Servers started together on one database write one admin key between them: the store
+    keeps one live key per agent, so the second to store its key is refused and removes its file.
     """
     if env_key:
-        kid = parse_key_id(env_key)
-        if kid is None:
-            raise ValueError("MCP_LOCKS_ADMIN_KEY is not an mcp-locks key (mlk_<12 hex>_<43 chars>).")
-        existing = await store.get_key(kid)
-        if existing is None:
-            await store.put_key(record_for(env_key, "admin-env", (), "admin", now))
-        elif verify_key(env_key, existing) is None:
-            raise ValueError("MCP_LOCKS_ADMIN_KEY has the id of a stored key but not its secret (or it was revoked).")
+        await _register_env_key(store, env_key, now)
         return None
-    if any(r.role == "admin" and r.revoked_at is None for r in await store.list_keys()):
+    if await _has_live_admin(store):
         return None
-    key, record = new_key("admin", (), "admin", now)
+    key, record = new_key(BOOTSTRAP_AGENT, (), "admin", now)
     path = _write_new_key_file(key, data_dir if persistent else None)
-    await store.put_key(record)
+    try:
+        await store.put_key(record)
+    except AlreadyExists:
+        os.unlink(path)  # a key nobody can use: no file may look like one
+        if await _has_live_admin(store):
+            log.info("another server wrote the admin key (it started at the same moment)")
+        else:
+            live = await _live_key_of(store, BOOTSTRAP_AGENT)
+            log.warning(
+                "no admin key was written: agent '%s' already has a live agent key (%s). Revoke it"
+                " (mcp-locks keys revoke KEY_ID) and restart, or set MCP_LOCKS_ADMIN_KEY.",
+                BOOTSTRAP_AGENT,
+                live.key_id if live is not None else "revoked meanwhile",
+            )
+        return None
     return path
+
+
+async def _has_live_admin(store: Store) -> bool:
+    """Whether any live key has the admin role."""
+    return any(r.role == "admin" and r.revoked_at is None for r in await store.list_keys())
+
+
+async def _register_env_key(store: Store, env_key: str, now: float) -> None:
+    """Register ``MCP_LOCKS_ADMIN_KEY`` as agent ``admin-env`` unless it is stored (ValueError if it cannot be)."""
+    kid = parse_key_id(env_key)
+    if kid is None:
+        raise ValueError("MCP_LOCKS_ADMIN_KEY is not an mcp-locks key (mlk_<12 hex>_<43 chars>).")
+    existing = await store.get_key(kid)
+    if existing is None:
+        existing = await _store_env_key(store, env_key, kid, now)
+    if existing is not None and verify_key(env_key, existing) is None:
+        raise ValueError("MCP_LOCKS_ADMIN_KEY has the id of a stored key but not its secret (or it was revoked).")
+
+
+async def _store_env_key(store: Store, env_key: str, kid: str, now: float) -> KeyRecord | None:
+    """Store the environment's admin key; returns the record if another server stored it meanwhile.
+
+    The environment names the admin key: when it names a new one, the admin key it named before is
+    revoked (one live key per agent), and the change is logged.
+    """
+    for _ in range(3):  # bounded: each round stores it, finds it, or retires the key named before
+        try:
+            await store.put_key(record_for(env_key, ENV_AGENT, (), "admin", now))
+            return None
+        except AlreadyExists:
+            existing = await store.get_key(kid)
+            if existing is not None:
+                return existing  # another server, started at the same moment, stored it first
+        old = await _live_key_of(store, ENV_AGENT)
+        if old is not None and old.role != "admin":
+            log.error(
+                "MCP_LOCKS_ADMIN_KEY was not registered: agent '%s' has a live agent key (%s). Revoke it"
+                " (mcp-locks keys revoke KEY_ID) and restart.",
+                ENV_AGENT,
+                old.key_id,
+            )
+            return None
+        if old is not None and await store.revoke_key(old.key_id, now):
+            log.warning(
+                "MCP_LOCKS_ADMIN_KEY names a new key: the admin key it named before (%s) is revoked", old.key_id
+            )
+    log.error("MCP_LOCKS_ADMIN_KEY was not registered (other servers kept changing agent '%s'): restart.", ENV_AGENT)
+    return None
 
 
 def _write_new_key_file(key: str, data_dir: Path | None) -> str:

@@ -99,7 +99,12 @@ class Store(Protocol):
         ...
 
     async def put_key(self, record: KeyRecord) -> None:
-        """Store a new API key record (its digest, never the key)."""
+        """Store a new API key record (its digest, never the key).
+
+        At most one live key per agent, held by the store itself (a unique index where there is a
+        database), so two creations at once, on one server or several, never both succeed: ALREADY_EXISTS
+        with ``details["field"]`` ``"agent"`` (or ``"key_id"`` for an id already stored) otherwise.
+        """
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         """The key record, or None."""
@@ -278,7 +283,12 @@ class MemoryStore:
         return {k: min(le.expires_at for le in ws.leases.values()) for k, ws in self._ws.items() if ws.leases}
 
     async def put_key(self, record: KeyRecord) -> None:
-        """Store a new key record."""
+        """Store a new key record; ALREADY_EXISTS if its id is stored or its agent has a live key."""
+        if record.key_id in self._keys:
+            raise AlreadyExists(f"key id {record.key_id} is already stored.", details={"field": "key_id"})
+        live = (r for r in self._keys.values() if r.agent == record.agent and r.revoked_at is None)
+        if record.revoked_at is None and next(live, None) is not None:
+            raise AlreadyExists(f"agent '{record.agent}' already has a live key.", details={"field": "agent"})
         self._keys[record.key_id] = record
         self._key_writes += 1
 

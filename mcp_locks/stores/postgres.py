@@ -77,6 +77,10 @@ LEADER_RETRY = 2.0
 #: dead, and its waiters leave the line with it.
 APP_PREFIX = "mcp-locks:"
 _IDENT = re.compile(r"[a-z_][a-z0-9_]{0,40}")
+#: The workspace part of a notification that a key was revoked or changed (no workspace id is empty): the
+#: other servers' open streams check their keys again at once (docs/cluster.md). A server of an older
+#: version takes it for a workspace it does not run, and ignores it.
+_KEYS_CHANGED = ""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -229,6 +233,10 @@ CREATE TABLE IF NOT EXISTS outcomes (
     PRIMARY KEY (workspace_id, waiter_id)
 )
 """
+#: At most one live key per agent, held by the database: two creations at once, on one server or two, never
+#: both succeed. Made on every start rather than in _SCHEMA: a database holding two live keys for one agent
+#: (from before the rule) still starts, and says which to revoke.
+_LIVE_KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS keys_live_agent ON keys (agent) WHERE revoked_at IS NULL"
 _PUT_LEASE = (
     f"INSERT INTO locks (workspace_id, ver, {LEASE_COLS}) VALUES ({','.join(['%s'] * 17)})"
     " ON CONFLICT (workspace_id, lock_id) DO UPDATE SET ver = excluded.ver, "
@@ -279,6 +287,22 @@ def _waiter_json(r: WaiterRecord) -> str:
 
 def _waiter_from(doc: list[Any]) -> WaiterRecord:
     return WaiterRecord(doc[0], doc[1], tuple(Claim(*c) for c in doc[2]), *doc[3:])
+
+
+def _key_taken(record: KeyRecord, field: str) -> AlreadyExists:
+    """ALREADY_EXISTS for a key refused by the one-live-key-per-agent index (or for an id already stored)."""
+    if field == "key_id":
+        return AlreadyExists(f"key id {record.key_id} is already stored.", details={"field": "key_id"})
+    return AlreadyExists(f"agent '{record.agent}' already has a live key.", details={"field": "agent"})
+
+
+def _revoke_all_but_one(agent: str, key_ids: list[str]) -> str:
+    """The warning for an agent holding several live keys from before the one-live-key rule."""
+    return (
+        f"agent '{agent}' has {len(key_ids)} live keys ({', '.join(key_ids)}), made before the rule of one live"
+        " key per agent: revoke all but one (mcp-locks keys revoke KEY_ID, or the admin API); the database"
+        " enforces the rule, for every agent, from the first start after that."
+    )
 
 
 def _unavailable(e: Exception) -> Unavailable:
@@ -377,7 +401,22 @@ class PostgresStore:
                     await conn.execute("INSERT INTO meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
                 elif int(row[0]) > SCHEMA_VERSION:
                     raise RuntimeError(f"the database was written by a newer mcp-locks (schema {row[0]})")
+                await self._index_live_keys(conn)
         await self._pool.open(wait=True, timeout=self.timeout)
+
+    @staticmethod
+    async def _index_live_keys(conn: psycopg.AsyncConnection[Any]) -> None:
+        """Make the one-live-key-per-agent index; if keys from before it break the rule, say which and go on."""
+        try:
+            async with conn.transaction():  # a savepoint: a failed index leaves the rest of the migration whole
+                await conn.execute(_LIVE_KEY_INDEX)
+        except psycopg.errors.UniqueViolation:
+            cur = await conn.execute(
+                "SELECT agent, array_agg(key_id ORDER BY created_at, key_id) FROM keys WHERE revoked_at IS NULL"
+                " GROUP BY agent HAVING count(*) > 1 ORDER BY agent"
+            )
+            for agent, key_ids in await cur.fetchall():
+                log.warning(_revoke_all_but_one(agent, list(key_ids)))
 
     async def close(self) -> None:
         """Take this server's waiters out of every line (so others need not wait for it to be noticed), then close."""
@@ -404,7 +443,11 @@ class PostgresStore:
             await self._pool.close()
 
     async def watch(self, poke: Callable[[str | None], None]) -> None:
-        """Call ``poke(workspace_id)`` when another server commits to it; ``poke(None)``: anything may have changed."""
+        """Call ``poke(workspace_id)`` when another server commits to it; ``poke(None)``: anything may have changed.
+
+        ``poke(None)`` also when another server revoked a key or changed its workspaces, so that this
+        server's open streams check their keys again at once rather than at their next periodic check.
+        """
         while True:
             try:
                 async with self._own_connection() as conn:
@@ -413,7 +456,7 @@ class PostgresStore:
                     async for n in conn.notifies():
                         ws, _, server = n.payload.partition("\t")
                         if server != self.server_id:
-                            poke(ws)
+                            poke(ws if ws != _KEYS_CHANGED else None)  # a key changed: anything may look again
             except (psycopg.Error, OSError) as e:
                 log.warning("lost the notification connection (%s); reconnecting", e)
             await anyio.sleep(RELISTEN_AFTER)
@@ -508,6 +551,7 @@ class PostgresStore:
                     await conn.execute("UPDATE keys SET workspaces=%s WHERE key_id=%s", (json.dumps(kept), key_id))
             await conn.execute("UPDATE cluster SET keys_version = keys_version + 1")
             await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{workspace_id}\t{self.server_id}"))
+            await self._notify_keys_changed(conn)  # the workspace left every key
         self._known.pop(workspace_id, None)
 
     # ------------------------------------------------------------------ the actor's steps
@@ -844,14 +888,13 @@ class PostgresStore:
         return rows[0][0] if rows else 0
 
     async def put_key(self, record: KeyRecord) -> None:
-        """Store a new key record (only its digest)."""
-        r = record
-        async with self._conn() as conn, conn.transaction():
-            await conn.execute(
-                "INSERT INTO keys VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                key_row(r),
-            )
-            await conn.execute("UPDATE cluster SET keys_version = keys_version + 1")
+        """Store a new key record (only its digest); ALREADY_EXISTS if its agent has a live key (on any server)."""
+        try:
+            async with self._conn() as conn, conn.transaction():
+                await conn.execute("INSERT INTO keys VALUES (%s, %s, %s, %s, %s, %s, %s)", key_row(record))
+                await conn.execute("UPDATE cluster SET keys_version = keys_version + 1")
+        except psycopg.errors.UniqueViolation as e:
+            raise _key_taken(record, "key_id" if e.diag.constraint_name == "keys_pkey" else "agent") from None
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         """The key record, or None."""
@@ -869,6 +912,7 @@ class PostgresStore:
                 "UPDATE keys SET revoked_at=%s WHERE key_id=%s AND revoked_at IS NULL", (now, key_id)
             )
             await conn.execute("UPDATE cluster SET keys_version = keys_version + 1")
+            await self._notify_keys_changed(conn)
             return cur.rowcount == 1
 
     async def set_key_workspaces(self, key_id: str, workspaces: tuple[str, ...]) -> bool:
@@ -879,7 +923,12 @@ class PostgresStore:
                 (json.dumps(list(workspaces)), key_id),
             )
             await conn.execute("UPDATE cluster SET keys_version = keys_version + 1")
+            await self._notify_keys_changed(conn)
             return cur.rowcount == 1
+
+    async def _notify_keys_changed(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Tell the other servers, when this transaction commits, that a key was revoked or changed."""
+        await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, f"{_KEYS_CHANGED}\t{self.server_id}"))
 
     # ------------------------------------------------------------------ audit log and webhooks
 

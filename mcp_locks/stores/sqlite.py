@@ -187,6 +187,9 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE UNIQUE INDEX IF NOT EXISTS outbox_id ON outbox (delivery_id);
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (dead, webhook_id, next_at);
 """
+#: At most one live key per agent, held by the database (two creations at once never both succeed).
+#: Made on every open rather than in _SCHEMA: a database holding two live keys for one agent still opens.
+_LIVE_KEY_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS keys_live_agent ON keys (agent) WHERE revoked_at IS NULL"
 #: Columns added after schema 1, by table, with their types: added in place when an older database is opened.
 _ADDED_COLUMNS = {
     "locks": {"label": "TEXT", "key_id": "TEXT", "end_by": "TEXT", "end_why": "TEXT"},
@@ -203,6 +206,22 @@ _PUT_LEASE = (
     + ", ended_at = NULL, end_reason = NULL, end_by = NULL, end_why = NULL"
 )
 _lease_from = partial(tuple.__new__, Lease)  # a row of LEASE_COLS as a Lease, without a Python-level call
+
+
+def _key_taken(record: KeyRecord, field: str) -> AlreadyExists:
+    """ALREADY_EXISTS for a key refused by the one-live-key-per-agent index (or for an id already stored)."""
+    if field == "key_id":
+        return AlreadyExists(f"key id {record.key_id} is already stored.", details={"field": "key_id"})
+    return AlreadyExists(f"agent '{record.agent}' already has a live key.", details={"field": "agent"})
+
+
+def _revoke_all_but_one(agent: str, key_ids: list[str]) -> str:
+    """The warning for an agent holding several live keys from before the one-live-key rule."""
+    return (
+        f"agent '{agent}' has {len(key_ids)} live keys ({', '.join(key_ids)}), made before the rule of one live"
+        " key per agent: revoke all but one (mcp-locks keys revoke KEY_ID, or the admin API); the database"
+        " enforces the rule, for every agent, from the first start after that."
+    )
 
 
 class SqliteStore:
@@ -296,10 +315,23 @@ class SqliteStore:
                         if col not in have:
                             db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
                 db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+            self._index_live_keys(db)
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
+
+    def _index_live_keys(self, db: sqlite3.Connection) -> None:
+        """Make the one-live-key-per-agent index; if keys from before it break the rule, say which and go on."""
+        try:
+            db.execute(_LIVE_KEY_INDEX)
+        except sqlite3.IntegrityError:  # only this statement is undone: the migration goes on
+            rows = db.execute(
+                "SELECT agent, group_concat(key_id, ', ') FROM keys WHERE revoked_at IS NULL"
+                " GROUP BY agent HAVING count(*) > 1 ORDER BY agent"
+            ).fetchall()
+            for agent, key_ids in rows:
+                log.warning(_revoke_all_but_one(agent, key_ids.split(", ")))
 
     def _start_checkpointer(self, interval: float = 1.0) -> None:
         stop = self._checkpoint_stop = threading.Event()
@@ -506,13 +538,13 @@ class SqliteStore:
         return (other, self._key_writes)
 
     async def put_key(self, record: KeyRecord) -> None:
-        """Store a new key record (only its digest: never the key)."""
+        """Store a new key record (only its digest: never the key); ALREADY_EXISTS if its agent has a live key."""
         self._key_writes += 1
-        r = record
-        self.db.execute(
-            "INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)",
-            key_row(r),
-        )
+        try:
+            self.db.execute("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)", key_row(record))
+        except sqlite3.IntegrityError as e:
+            field = "key_id" if "keys.key_id" in str(e) else "agent"
+            raise _key_taken(record, field) from None
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         """The key record, or None."""
