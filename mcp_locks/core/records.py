@@ -305,9 +305,19 @@ TYPE_OF: dict[str, str] = {kind: t for t, kinds in WEBHOOK_EVENTS.items() for ki
 
 
 class AppendEvents(NamedTuple):
-    """Store change: append events (stamped with their ``seq``) to the workspace's audit log."""
+    """Store change: append ``events`` to the workspace's audit log, numbered from ``first``.
+
+    The events' own ``seq`` fields are not read: numbering them is left to whoever needs the
+    numbers (a store that keeps events one by one, a live subscriber), so the lock path does not.
+    """
 
     events: tuple[Event, ...]
+    first: int
+
+    def stamped(self) -> list[Event]:
+        """The events, each with its ``seq``."""
+        new, first = tuple.__new__, self.first
+        return [new(Event, (*ev[:-1], first + i)) for i, ev in enumerate(self.events)]
 
 
 class Delivery(NamedTuple):

@@ -464,9 +464,10 @@ class WorkspaceActor:
         changes, table.changes = table.changes, []
         events, table.events = table.events, []
         extra: list[StoreChange] = []
+        first = 0
         if events and self.hub is not None and not broken:
-            # The events' audit rows (also the webhooks' outbox) ride the same transaction.
-            events, logged = self.hub.stamp(self.workspace_id, events)
+            # The events' audit segment (also the webhooks' outbox) rides the same transaction.
+            first, logged = self.hub.stamp(self.workspace_id, events)
             extra = [*logged]
         if self._extra:
             extra += self._extra
@@ -504,7 +505,7 @@ class WorkspaceActor:
             await self._recover(pending)
             return
         if self.hub is not None and (events or took):
-            self.hub.committed(self.workspace_id, events, took)
+            self.hub.committed(self.workspace_id, events, first, took)
         pending.done.set()
         self._inflight = None
         decided, self._decided = self._decided, []

@@ -83,21 +83,25 @@ class EventHub:
         if floor > self._seq.get(workspace_id, 0):
             self._seq[workspace_id] = floor
 
-    def stamp(self, workspace_id: str, events: list[Event]) -> tuple[list[Event], list[AppendEvents]]:
-        """Number ``events`` and return them with the store change that logs them (if the log is on)."""
-        n = self._seq.get(workspace_id, 0)
-        # Built directly (seq is the last field): _replace costs ~1.5 µs an event, 0.3 s for 200k in one batch.
-        new = tuple.__new__
-        stamped = [new(Event, (*ev[:-1], n + i)) for i, ev in enumerate(events, start=1)]
-        self._seq[workspace_id] = n + len(events)
-        return stamped, [AppendEvents(tuple(stamped))] if self.audit else []
+    def stamp(self, workspace_id: str, events: list[Event]) -> tuple[int, list[AppendEvents]]:
+        """Number ``events`` (the seq of the first) and return the store change that logs them (if the log is on).
+
+        The events themselves are left unstamped: only live subscribers need each one's seq, and
+        :meth:`committed` stamps them only when there is one (~0.6 µs an event otherwise spent).
+        """
+        first = self._seq.get(workspace_id, 0) + 1
+        self._seq[workspace_id] = first + len(events) - 1
+        return first, [AppendEvents(tuple(events), first)] if self.audit else []
 
     def last_seq(self, workspace_id: str) -> int:
         """The last seq handed out in ``workspace_id`` by this process (0 if none yet)."""
         return self._seq.get(workspace_id, 0)
 
-    def committed(self, workspace_id: str, events: list[Event], seconds: float) -> None:
-        """After the commit: count, fan out, and wake the webhook dispatcher if the workspace has webhooks."""
+    def committed(self, workspace_id: str, events: list[Event], first: int, seconds: float) -> None:
+        """After the commit: count, fan out, and wake the webhook dispatcher if the workspace has webhooks.
+
+        ``events`` are unstamped, the first of them numbered ``first`` (see :meth:`stamp`).
+        """
         sink = self.sink
         if sink is not None:
             if seconds:
@@ -105,7 +109,8 @@ class EventHub:
             if events:
                 sink.events(workspace_id, events)
         if events:
-            self._fan_out(workspace_id, events)
+            if self._subscribers:
+                self._fan_out(workspace_id, AppendEvents(tuple(events), first).stamped())
             if self.on_logged is not None and workspace_id in self._hooked:
                 self.on_logged()
 

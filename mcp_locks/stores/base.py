@@ -273,8 +273,8 @@ class MemoryStore:
     async def commit(self, workspace_id: str, changes: Sequence[StoreChange]) -> None:
         """Apply ``changes``."""
         f = fold_changes(changes)
-        if f.events:
-            self._logs.setdefault(workspace_id, []).extend(f.events)
+        for seg in f.segments:
+            self._logs.setdefault(workspace_id, []).extend(seg.stamped())
         apply_to_memory(self._ws[workspace_id], f)  # waiters, outcomes and content: only shared stores keep those
         self.commits += 1
 

@@ -9,6 +9,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from typing import Any, Literal
 
 import anyio
@@ -44,12 +45,13 @@ from mcp_locks.stores.rows import (
     OUTBOX_COLS,
     WEBHOOK_COLS,
     WS_COLS,
-    audit_insert,
-    audit_select,
-    event_from,
+    count_unread,
     key_from,
     key_row,
     request_row,
+    segment_row,
+    segment_select,
+    select_events,
     webhook_from,
     webhook_row,
 )
@@ -58,7 +60,11 @@ __all__ = ["PostgresStore"]
 
 log = logging.getLogger("mcp_locks.postgres")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Segments of the event log read per round trip while answering an audit query.
+_SEGMENT_PAGE = 500
+#: Most unread log events counted per webhook for the backlog gauge.
+MAX_COUNTED = 100_000
 #: Seconds a step waits for a connection, or for another server to let go of a workspace, before it
 #: answers UNAVAILABLE: a server cut off from the database (or stuck behind a frozen peer) says so, it never guesses.
 STORE_TIMEOUT = 5.0
@@ -163,26 +169,15 @@ CREATE TABLE IF NOT EXISTS requests (
     PRIMARY KEY (workspace_id, owner, request_id)
 );
 CREATE INDEX IF NOT EXISTS requests_ver ON requests (workspace_id, ver);
-CREATE TABLE IF NOT EXISTS audit (
+-- The event log (schema 2): one segment per committed step, its events in JSON by column
+-- (stores/rows.py). Schema 1 kept a row per event in `audit`, which opening converts.
+CREATE TABLE IF NOT EXISTS audit_log (
     workspace_id TEXT NOT NULL,
-    seq BIGINT NOT NULL,
-    at DOUBLE PRECISION NOT NULL,
-    kind TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    label TEXT,
-    lock_id TEXT,
-    mode TEXT,
-    depth TEXT,
-    fence BIGINT,
-    waiter_id BIGINT,
-    waited_ms BIGINT,
-    held_ms BIGINT,
-    code TEXT,
-    by TEXT,
-    reason TEXT,
-    version BIGINT,
-    PRIMARY KEY (workspace_id, seq)
+    seq_first BIGINT NOT NULL,
+    seq_last BIGINT NOT NULL,
+    last_at DOUBLE PRECISION NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, seq_first)
 );
 CREATE TABLE IF NOT EXISTS webhooks (
     webhook_id TEXT PRIMARY KEY,
@@ -243,7 +238,11 @@ _PUT_LEASE = (
     + ", ".join(f"{c} = excluded.{c}" for c in Lease._fields[1:])
     + ", ended_at = NULL, end_reason = NULL, end_by = NULL, end_why = NULL"
 )
-_AUDIT_INSERT = audit_insert("%s")
+_SEGMENT_INSERT = "INSERT INTO audit_log VALUES (%s, %s, %s, %s, %s)"
+_AUDIT_FROM_SCHEMA_1 = (
+    "INSERT INTO audit_log SELECT workspace_id, seq, seq, at, json_build_array(1, kind, at, node_id, agent, lock_id,"
+    " mode, depth, fence, waiter_id, waited_ms, held_ms, code, by, reason, label, version)::text FROM audit"
+)
 _FILE_COLS = "node_id, version, size, sha256, modified_at, modified_by, fence, deleted, pending, mtime_ns"
 _STATE = """
 SELECT version, extract(epoch FROM clock_timestamp())::float8,
@@ -401,6 +400,12 @@ class PostgresStore:
                     await conn.execute("INSERT INTO meta VALUES ('schema_version', %s)", (str(SCHEMA_VERSION),))
                 elif int(row[0]) > SCHEMA_VERSION:
                     raise RuntimeError(f"the database was written by a newer mcp-locks (schema {row[0]})")
+                elif int(row[0]) < SCHEMA_VERSION:
+                    cur = await conn.execute("SELECT to_regclass('audit') IS NOT NULL")
+                    if (await cur.fetchone() or (False,))[0]:
+                        await conn.execute(_AUDIT_FROM_SCHEMA_1)
+                        await conn.execute("DROP TABLE audit")
+                    await conn.execute("UPDATE meta SET value=%s WHERE key='schema_version'", (str(SCHEMA_VERSION),))
                 await self._index_live_keys(conn)
         await self._pool.open(wait=True, timeout=self.timeout)
 
@@ -737,8 +742,8 @@ class PostgresStore:
         await self._write_locks(conn, ws, ver, f)
         if f.files or f.contents:
             await self._write_files(conn, ws, ver, f)
-        if f.events:
-            await conn.cursor().executemany(_AUDIT_INSERT, [(ws, *ev) for ev in f.events])
+        if f.segments:
+            await conn.cursor().executemany(_SEGMENT_INSERT, [segment_row(ws, seg) for seg in f.segments])
         if f.prune is not None:
             await conn.execute(
                 "DELETE FROM locks WHERE workspace_id=%s AND ended_at IS NOT NULL AND ended_at<%s",
@@ -933,19 +938,32 @@ class PostgresStore:
     # ------------------------------------------------------------------ audit log and webhooks
 
     async def audit(self, query: AuditQuery) -> list[Event]:
-        """Matching events, newest first (oldest first with ``after_seq``)."""
-        sql, args = audit_select(query, "%s", "kind = ANY({})")
-        return [event_from(r) for r in await self._fetch(sql, args)]
+        """Matching events, newest first (oldest first with ``after_seq``), read a page of segments at a time."""
+        out: list[Event] = []
+        q = query
+        while True:
+            sql, args = segment_select(q, "%s")
+            rows = await self._fetch(f"{sql} LIMIT {_SEGMENT_PAGE}", args)
+            out += select_events(rows, replace(q, limit=query.limit - len(out)))
+            if len(out) >= query.limit or len(rows) < _SEGMENT_PAGE:
+                return out
+            if q.after_seq is not None:
+                q = replace(q, after_seq=rows[-1][1])
+            elif q.since is not None and rows[-1][2] < q.since:
+                return out  # older segments all ended before `since`
+            else:
+                q = replace(q, before_seq=rows[-1][0])
 
     async def prune_audit(self, before: float) -> int:
         """Drop log entries older than ``before`` (the newest of each workspace stays) and settled deliveries as old."""
         async with self._conn() as conn:
             cur = await conn.execute(
-                "DELETE FROM audit a WHERE at < %s AND seq < (SELECT max(seq) FROM audit b"
-                " WHERE b.workspace_id = a.workspace_id)",
+                "WITH gone AS (DELETE FROM audit_log a WHERE last_at < %s AND seq_first < (SELECT max(seq_first)"
+                " FROM audit_log b WHERE b.workspace_id = a.workspace_id) RETURNING seq_last - seq_first + 1 AS n)"
+                " SELECT coalesce(sum(n), 0) FROM gone",
                 (before,),
             )
-            dropped = cur.rowcount
+            dropped = int((await cur.fetchone() or (0,))[0])
             await conn.execute("DELETE FROM outbox WHERE dead AND created_at<%s", (before,))
         return dropped
 
@@ -1014,13 +1032,9 @@ class PostgresStore:
         rows = await self._fetch("SELECT count(*), min(next_at) FROM outbox WHERE NOT dead")
         n, nxt = rows[0]
         for h in await self.list_webhooks():
-            (unread,) = (
-                await self._fetch(
-                    "SELECT count(*) FROM audit WHERE workspace_id=%s AND seq>%s AND kind = ANY(%s)",
-                    (h.workspace_id, h.cursor, list(h.kinds)),
-                )
-            )[0]
-            n += unread
+            sql, args = segment_select(AuditQuery(h.workspace_id, after_seq=h.cursor), "%s")
+            # Bounded like the count: a receiver down for a day must not make each count read the whole log.
+            n += count_unread(await self._fetch(f"{sql} LIMIT {MAX_COUNTED}", args), h.cursor, h.kinds, MAX_COUNTED)
         return int(n), nxt
 
     # ------------------------------------------------------------------ connections

@@ -38,12 +38,13 @@ from mcp_locks.stores.rows import (
     OUTBOX_COLS,
     WEBHOOK_COLS,
     WS_COLS,
-    audit_insert,
-    audit_select,
-    event_from,
+    count_unread,
     key_from,
     key_row,
     request_row,
+    segment_row,
+    segment_select,
+    select_events,
     webhook_from,
     webhook_row,
 )
@@ -53,7 +54,7 @@ __all__ = ["SqliteStore"]
 log = logging.getLogger("mcp_locks.sqlite")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 #: Page cache of the writer connection, KiB.
 CACHE_KIB = 65_536
 #: Most unread log events counted per webhook for the backlog gauge.
@@ -133,27 +134,15 @@ CREATE TABLE IF NOT EXISTS requests (
     created_at REAL NOT NULL,
     PRIMARY KEY (workspace_id, owner, request_id)
 ) WITHOUT ROWID;
--- The event log (schema 4): append-only, pruned by age. seq counts per workspace.
-CREATE TABLE IF NOT EXISTS audit (
+-- The event log (schema 5): one segment per committed batch, its events in JSON by column
+-- (stores/rows.py), append-only, pruned by age. seq counts per workspace.
+CREATE TABLE IF NOT EXISTS audit_log (
     workspace_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    at REAL NOT NULL,
-    kind TEXT NOT NULL,
-    node_id TEXT NOT NULL,
-    agent TEXT NOT NULL,
-    label TEXT,
-    lock_id TEXT,
-    mode TEXT,
-    depth TEXT,
-    fence INTEGER,
-    waiter_id INTEGER,
-    waited_ms INTEGER,
-    held_ms INTEGER,
-    code TEXT,
-    by TEXT,
-    reason TEXT,
-    version INTEGER,
-    PRIMARY KEY (workspace_id, seq)
+    seq_first INTEGER NOT NULL,
+    seq_last INTEGER NOT NULL,
+    last_at REAL NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (workspace_id, seq_first)
 ) WITHOUT ROWID;
 -- No secondary index: each would cost a page write on every commit. Queries walk the
 -- workspace's log backwards on a reader connection in a thread (never on the lock path),
@@ -195,7 +184,12 @@ _ADDED_COLUMNS = {
     "locks": {"label": "TEXT", "key_id": "TEXT", "end_by": "TEXT", "end_why": "TEXT"},
     "workspaces": {"root": "TEXT"},
 }
-_AUDIT_INSERT = audit_insert("?")
+_SEGMENT_INSERT = "INSERT INTO audit_log VALUES (?, ?, ?, ?, ?)"
+#: Schema 4 kept one row per event in `audit`: each becomes a segment of one event when the database is opened.
+_AUDIT_FROM_SCHEMA_4 = (
+    "INSERT INTO audit_log SELECT workspace_id, seq, seq, at, json_array(1, kind, at, node_id, agent,"
+    " lock_id, mode, depth, fence, waiter_id, waited_ms, held_ms, code, by, reason, label, version) FROM audit"
+)
 #: A new lease's row, or a renewed / changed lease's row updated in place. (INSERT OR REPLACE deleted
 #: the row and appended a new one: at a million rows a renewal cost 24 µs p50 / 105 µs mean that way,
 #: 17 / 66 µs in place.) The end columns are cleared as a replaced row's were.
@@ -314,6 +308,9 @@ class SqliteStore:
                     for col, kind in cols.items():
                         if col not in have:
                             db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {kind}")
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='audit'").fetchone():
+                    db.execute(_AUDIT_FROM_SCHEMA_4)
+                    db.execute("DROP TABLE audit")
                 db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
             self._index_live_keys(db)
             db.execute("COMMIT")
@@ -431,7 +428,10 @@ class SqliteStore:
             self._fence_last[workspace_id] = fence_last  # later loads in this process start from here
         else:
             fence_last = max(fence_last, self._fence_last.get(workspace_id, 0))
-        (seq,) = db.execute("SELECT coalesce(max(seq), 0) FROM audit WHERE workspace_id=?", (workspace_id,)).fetchone()
+        last = db.execute(
+            "SELECT seq_last FROM audit_log WHERE workspace_id=? ORDER BY seq_first DESC LIMIT 1", (workspace_id,)
+        ).fetchone()
+        seq = last[0] if last else 0
         return Snapshot(leases, ended, requests, fence_last + 1, reserved, files, seq)
 
     def _live_query(self, workspace_id: str) -> str:
@@ -494,8 +494,8 @@ class SqliteStore:
                         "INSERT OR REPLACE INTO files VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         [(ws, *m[:7], int(m.deleted), m.pending, m.mtime_ns) for m in f.files.values()],
                     )
-                if f.events:
-                    db.executemany(_AUDIT_INSERT, [(ws, *ev) for ev in f.events])
+                if f.segments:
+                    db.executemany(_SEGMENT_INSERT, [segment_row(ws, seg) for seg in f.segments])
                 if f.prune is not None:
                     db.execute(
                         "DELETE FROM locks WHERE workspace_id=? AND ended_at IS NOT NULL AND ended_at<?",
@@ -614,8 +614,8 @@ class SqliteStore:
         Read on a connection of its own in a worker thread: a filter that matches little walks far
         back through the log, and that walk must never hold up the event loop's lock commits.
         """
-        sql, args = audit_select(query, "?", "kind IN ({})")
-        return await self._read(lambda db: [event_from(r) for r in db.execute(sql, args)])
+        sql, args = segment_select(query, "?")
+        return await self._read(lambda db: select_events(db.execute(sql, args), query))
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on the reader connection in a worker thread (WAL: it never blocks the writer)."""
@@ -640,33 +640,40 @@ class SqliteStore:
             cut = self._audit_cut(ws, before)
             while cut is not None:
                 # Small transactions on the event loop, yielding in between (lock commits go first).
-                cur = db.execute(
-                    "DELETE FROM audit WHERE workspace_id=? AND seq IN"
-                    " (SELECT seq FROM audit WHERE workspace_id=? AND seq<=? LIMIT 5000)",
-                    (ws, ws, cut),
-                )
-                dropped += cur.rowcount
-                if cur.rowcount < 5000:
+                batch = db.execute(
+                    "SELECT seq_first, seq_last FROM audit_log WHERE workspace_id=? AND seq_first<=?"
+                    " ORDER BY seq_first LIMIT 5000",
+                    (ws, cut),
+                ).fetchall()
+                if batch:
+                    db.execute("DELETE FROM audit_log WHERE workspace_id=? AND seq_first<=?", (ws, batch[-1][0]))
+                    dropped += sum(last - first + 1 for first, last in batch)
+                if len(batch) < 5000:
                     break
                 await anyio.lowlevel.checkpoint()  # let lock commits in between batches
         db.execute("DELETE FROM outbox WHERE dead=1 AND created_at<?", (before,))
         return dropped
 
     def _audit_cut(self, ws: str, before: float) -> int | None:
-        """The highest seq of ``ws`` logged before ``before`` (a binary search: seq grows with time)."""
+        """The first seq of the newest segment of ``ws`` that ended before ``before``.
+
+        A binary search: seq grows with time.
+        """
         db = self.db
-        (lo,) = db.execute("SELECT min(seq) FROM audit WHERE workspace_id=?", (ws,)).fetchone()
-        (hi,) = db.execute("SELECT max(seq) FROM audit WHERE workspace_id=?", (ws,)).fetchone()
+        (lo,) = db.execute("SELECT min(seq_first) FROM audit_log WHERE workspace_id=?", (ws,)).fetchone()
+        (hi,) = db.execute("SELECT max(seq_first) FROM audit_log WHERE workspace_id=?", (ws,)).fetchone()
         if lo is None:
             return None
-        hi -= 1  # the newest entry always stays: the next seq continues from it, even after a restart
+        hi -= 1  # the newest segment always stays: the next seq continues from it, even after a restart
         cut = None
         while lo <= hi:
             mid = (lo + hi) // 2
             row = db.execute(
-                "SELECT seq, at FROM audit WHERE workspace_id=? AND seq>=? ORDER BY seq LIMIT 1", (ws, mid)
+                "SELECT seq_first, last_at FROM audit_log WHERE workspace_id=? AND seq_first>=?"
+                " ORDER BY seq_first LIMIT 1",
+                (ws, mid),
             ).fetchone()
-            if row is None or row[1] >= before:
+            if row is None or row[0] > hi or row[1] >= before:  # seq_first skips numbers: stay below the newest
                 hi = mid - 1
             else:
                 cut, lo = row[0], row[0] + 1
@@ -753,14 +760,8 @@ class SqliteStore:
         def count(db: sqlite3.Connection) -> tuple[int, float | None]:
             n, nxt = db.execute("SELECT count(*), min(next_at) FROM outbox WHERE dead=0").fetchone()
             for h in hooks:
-                kinds = h.kinds
-                # Bounded: a receiver down for a day must not make each count a walk through the whole log.
-                (unread,) = db.execute(
-                    "SELECT count(*) FROM (SELECT 1 FROM audit WHERE workspace_id=? AND seq>?"
-                    f" AND kind IN ({','.join('?' * len(kinds))}) LIMIT {MAX_COUNTED})",
-                    (h.workspace_id, h.cursor, *kinds),
-                ).fetchone()
-                n += unread
+                sql, args = segment_select(AuditQuery(h.workspace_id, after_seq=h.cursor), "?")
+                n += count_unread(db.execute(sql, args), h.cursor, h.kinds, MAX_COUNTED)
             return n, nxt
 
         return await self._read(count)
