@@ -5,13 +5,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from importlib import resources
 from typing import Any
 
 import anyio
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.mcpserver import MCPServer
 from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -22,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from mcp_locks.core.clock import Clock
-from mcp_locks.core.errors import Forbidden
+from mcp_locks.core.errors import Forbidden, LimitExceeded
 from mcp_locks.core.keys import LOCAL, NOBODY
 from mcp_locks.core.table import Limits
 from mcp_locks.core.version import package_version
@@ -30,7 +32,8 @@ from mcp_locks.engine.admin import bootstrap_admin_key
 from mcp_locks.engine.file_service import FileLimits
 from mcp_locks.engine.lock_service import LockService, ServiceLimits
 from mcp_locks.faces.auth import Guard, KeyVerifier, is_loopback
-from mcp_locks.faces.mcp.sdk import lowlevel
+from mcp_locks.faces.mcp.resources import limit_listens
+from mcp_locks.faces.mcp.sdk import check_new_sessions, end_http_session, http_sessions, lowlevel
 from mcp_locks.faces.mcp.tools import build_mcp
 from mcp_locks.faces.rest.operation import OPENAPI_PATH, caller_of, error_response, http_error_handler
 from mcp_locks.faces.rest.routes import build_rest
@@ -74,7 +77,11 @@ def build_service(settings: Settings, store: Store | None = None, clock: Clock |
         ),
     )
     files = FileLimits(
-        max_file_size=settings.max_file_size, chunk_size=settings.chunk_size, upload_ttl=settings.upload_ttl
+        max_file_size=settings.max_file_size,
+        chunk_size=settings.chunk_size,
+        upload_ttl=settings.upload_ttl,
+        quota_bytes=settings.quota_bytes,
+        quota_files=settings.quota_files,
     )
     files_dir = settings.files_dir if settings.store != "memory" else None  # memory: a temporary folder
     return LockService(
@@ -82,23 +89,135 @@ def build_service(settings: Settings, store: Store | None = None, clock: Clock |
     )
 
 
+#: Seconds between looks at the store's key version: a key revoked by another process (``mcp-locks keys
+#: revoke``, another server of a cluster) ends its connections here within a second too. A look is one
+#: cheap read (SQLite's data_version, one row on PostgreSQL).
+KEYS_POLL = 0.5
+
+
+def _key_of(scope: Scope) -> str | None:
+    """The id of the key a request carries (None: keys are off)."""
+    user = scope.get("user")
+    return user.access_token.client_id if isinstance(user, AuthenticatedUser) else None
+
+
+class _Sessions:
+    """Each key's MCP sessions (streamable HTTP and legacy SSE): at most ``cap`` per key, ended on revocation.
+
+    The SDK's own session limit is global, so one key could crowd out every other agent. Admin keys
+    have the same cap; without keys (``--insecure-no-auth``) there is none.
+    """
+
+    def __init__(self, service: LockService, manager: StreamableHTTPSessionManager, cap: int | None) -> None:
+        self.service = service
+        self.manager = manager
+        self.cap = cap
+        #: key id -> the legacy SSE sessions it holds (each a scope that ends it)
+        self.sse: dict[str, set[anyio.CancelScope]] = {}
+        check_new_sessions(manager, self.admit)
+
+    def count(self, key_id: str) -> int:
+        """The sessions ``key_id`` holds now."""
+        streamable = sum(1 for _, owner in http_sessions(self.manager) if owner == key_id)
+        return streamable + len(self.sse.get(key_id, ()))
+
+    def admit(self, key_id: str | None) -> None:
+        """LIMIT_EXCEEDED if ``key_id`` may open no more sessions (called right before one is registered)."""
+        if key_id is None or self.cap is None or self.count(key_id) < self.cap:
+            return
+        raise LimitExceeded(
+            f"this key already holds {self.cap} MCP sessions, the most one key may hold at once.",
+            hint="Close the sessions you no longer use (an MCP client ends its session when it disconnects;"
+            " a session unused for 30 minutes ends by itself), or ask the admin to raise max_sessions_per_key.",
+            details={"limit": self.cap},
+        )
+
+    @contextlib.contextmanager
+    def sse_session(self, key_id: str | None) -> Iterator[anyio.CancelScope]:
+        """A legacy SSE session of ``key_id``, counted from here to the block's end; cancel the scope to end it."""
+        self.admit(key_id)
+        scope = anyio.CancelScope()
+        if key_id is None:
+            yield scope
+            return
+        held = self.sse.setdefault(key_id, set())
+        held.add(scope)
+        try:
+            yield scope
+        finally:
+            held.discard(scope)
+            if not held and self.sse.get(key_id) is held:
+                del self.sse[key_id]
+
+    async def end_revoked(self) -> None:
+        """End every session whose key was revoked (or is gone)."""
+        keys = {owner for _, owner in http_sessions(self.manager) if owner} | set(self.sse)
+        for key_id in keys:
+            record = await self.service.store.get_key(key_id)
+            if record is None or record.revoked_at is not None:
+                log.info("ending the MCP sessions of revoked key %s", key_id)
+                for sid, owner in http_sessions(self.manager):
+                    if owner == key_id:
+                        await end_http_session(self.manager, sid)
+                for scope in list(self.sse.get(key_id, ())):
+                    scope.cancel()
+
+    async def watch(self) -> None:
+        """Until cancelled: end revoked keys' sessions once access changes here or the store's key version moves.
+
+        A moved version means a key changed in another process: every open stream is told to look too.
+        """
+        version = await self._version()
+        failing = False
+        while True:
+            seen = self.service.access_changed
+            with anyio.move_on_after(KEYS_POLL):
+                await seen.wait()
+            try:
+                if not seen.is_set():
+                    now = await self.service.store.keys_version()
+                    if now == version:
+                        continue
+                    version = now
+                    self.service.registry.changed_access()  # REST event streams and listen streams look too
+                await self.end_revoked()
+                failing = False
+            except Exception:  # the store failed: nothing can be decided now, the next look tries again
+                if not failing:
+                    log.warning("could not look for revoked keys", exc_info=True)
+                failing = True
+
+    async def _version(self) -> object:
+        try:
+            return await self.service.store.keys_version()
+        except Exception:
+            return None  # unknown: the first look that succeeds sees a change, and looks at every key
+
+
 class _LegacySse:
     """``GET /sse`` of the 2024-11-05 HTTP+SSE transport; its client posts messages to ``/messages/``.
 
     The same guard (keys, host, size) stands in front of both; the SDK binds each
-    session to the key that opened it, so another key cannot post into it.
+    session to the key that opened it, so another key cannot post into it. Each
+    session counts against its key's cap, and ends when its key is revoked.
     """
 
-    def __init__(self, server: MCPServer[Any], transport: SseServerTransport) -> None:
+    def __init__(self, server: MCPServer[Any], transport: SseServerTransport, sessions: _Sessions) -> None:
         self.server = server
         self.transport = transport
+        self.sessions = sessions
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # The SDK's own sse_app() drives its low-level server the same way; its no-auth route
         # would answer a second time once the stream ends, so the endpoint is ours.
         low = lowlevel(self.server)
-        async with self.transport.connect_sse(scope, receive, send) as (read, write):
-            await low.run(read, write, low.create_initialization_options())
+        with self.sessions.sse_session(_key_of(scope)) as session:
+            async with self.transport.connect_sse(scope, receive, send) as (read, write):
+                with session:
+                    await low.run(read, write, low.create_initialization_options())
+                # Ended here (its key revoked): closing our side ends the event stream as a stream's end,
+                # not a broken connection. After a client disconnect this changes nothing.
+                await write.aclose()
 
 
 @functools.cache
@@ -161,6 +280,10 @@ def build_app(
         max_request_body_size=settings.max_body,
         transport_security=no_sdk_host_check,
     )
+    keyed = verifier is not None
+    # Per-key caps only where there are keys: without them every caller is the one local user.
+    sessions = _Sessions(svc, server.session_manager, settings.max_sessions_per_key if keyed else None)
+    limit_listens(server, settings.max_listens_per_key if keyed else None)
 
     async def healthz(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "version": package_version()})
@@ -189,6 +312,7 @@ def build_app(
                 )
                 if path is not None:
                     log.warning("created an admin key; it is in %s (mode 0600; keep it secret)", path)
+                svc.background(sessions.watch, "the watch for revoked keys")  # ends with the service
             else:
                 log.warning("serving WITHOUT authentication (--insecure-no-auth): any local process can use it")
             try:
@@ -203,7 +327,7 @@ def build_app(
         Route("/metrics", metrics, methods=["GET"]),
         *build_rest(svc, version=package_version(), local=fallback),
         *mcp_app.routes,  # /mcp itself, so our 404/405 answers cover every other path
-        Route("/sse", _LegacySse(server, legacy), methods=["GET"]),
+        Route("/sse", _LegacySse(server, legacy, sessions), methods=["GET"]),
         Mount("/messages", app=legacy.handle_post_message),
     ]
     guard = Middleware(
@@ -225,4 +349,5 @@ def build_app(
     )
     app.state.service = svc
     app.state.mcp = server
+    app.state.sessions = sessions
     return app

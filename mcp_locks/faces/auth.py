@@ -10,7 +10,11 @@ of the API (``{"error": {"code", "message", "hint", "details"}}``):
   endpoints every refusal's body is a JSON-RPC error carrying the same error body in ``data``, see
   :func:`jsonrpc_refusal`);
 * an optional per-key rate limit (429 RATE_LIMITED with ``Retry-After``);
-* any exception a route lets escape becomes 500 INTERNAL: no traceback reaches a client.
+* the well-known OAuth discovery paths answer 404 NOT_FOUND without a key: this server takes API keys, so
+  a host given a wrong key is told so instead of being sent into an OAuth flow;
+* a :class:`LockError` a route lets escape (a session cap) is answered as itself; any other exception
+  becomes 500 INTERNAL: no traceback reaches a client;
+* every answer carries ``X-Content-Type-Options: nosniff`` (no browser guesses a JSON or file body into HTML).
 
 It puts the verified key in ``scope["user"]`` as the SDK's ``AuthenticatedUser``
 and in the SDK's auth context, so MCP tools read it with ``get_access_token()``
@@ -26,8 +30,10 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from typing import Protocol
 from urllib.parse import urlsplit
 
+import anyio
 import limits
 import limits.storage
 import limits.strategies
@@ -44,6 +50,7 @@ from mcp_locks.core.errors import (
     Forbidden,
     Internal,
     LockError,
+    NotFound,
     RateLimited,
     TooLarge,
     Unauthenticated,
@@ -53,6 +60,8 @@ from mcp_locks.core.keys import LOCAL, Identity, KeyRecord, key_digest, parse_ke
 from mcp_locks.stores.base import Store
 
 __all__ = [
+    "NOSNIFF",
+    "Access",
     "Guard",
     "KeyVerifier",
     "current_caller",
@@ -60,6 +69,8 @@ __all__ = [
     "identity_of",
     "is_loopback",
     "jsonrpc_refusal",
+    "rpc_code",
+    "until_access_lost",
 ]
 
 log = logging.getLogger("mcp_locks.auth")
@@ -74,6 +85,10 @@ UNAUTHENTICATED_RPC_CODE = -32010
 #: The JSON-RPC error code of every other refusal the guard answers on an MCP endpoint (rate, size, Host,
 #: Origin, a store that cannot check keys): the stable code is in the message and in ``data``.
 REFUSED_RPC_CODE = -32011
+#: Sent with every answer: browsers must take a body for the type it is labelled with, never sniff it into HTML.
+NOSNIFF = (b"x-content-type-options", b"nosniff")
+#: OAuth / OpenID discovery lives under here (RFC 8414, RFC 9728, OpenID Connect Discovery): none is served.
+WELL_KNOWN = "/.well-known/"
 
 
 @functools.lru_cache(maxsize=256)
@@ -155,9 +170,14 @@ def error_response_parts(
 ) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
     """Status, JSON body and headers of the one error body."""
     body = json.dumps({"error": err.to_dict()}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), NOSNIFF]
     headers += [(k.encode(), v.encode()) for k, v in extra_headers]
     return err.http_status, body, headers
+
+
+def rpc_code(err: LockError) -> int:
+    """The JSON-RPC error code of a refusal on an MCP endpoint (the stable code is in the message and data)."""
+    return UNAUTHENTICATED_RPC_CODE if isinstance(err, Unauthenticated) else REFUSED_RPC_CODE
 
 
 def jsonrpc_refusal(err: LockError) -> bytes:
@@ -167,8 +187,7 @@ def jsonrpc_refusal(err: LockError) -> bytes:
     Python SDK otherwise says "Server returned an error response"); the id is unknown here,
     so it is null, which the clients match to the request the answer came on.
     """
-    code = UNAUTHENTICATED_RPC_CODE if isinstance(err, Unauthenticated) else REFUSED_RPC_CODE
-    error = {"code": code, "message": err.text(), "data": {"error": err.to_dict()}}
+    error = {"code": rpc_code(err), "message": err.text(), "data": {"error": err.to_dict()}}
     return json.dumps({"jsonrpc": "2.0", "id": None, "error": error}).encode()
 
 
@@ -179,7 +198,7 @@ def _is_mcp_path(path: str) -> bool:
 async def _send_error(send: Send, scope: Scope, err: LockError, extra_headers: Iterable[tuple[str, str]] = ()) -> None:
     """Answer ``err`` with the one error body; on an MCP endpoint, inside a JSON-RPC error MCP clients read."""
     status, body, headers = error_response_parts(err, extra_headers)
-    if _is_mcp_path(scope["path"]):
+    if _is_mcp_path(scope["path"]) and WELL_KNOWN not in scope["path"]:  # a discovery document is no RPC
         body = jsonrpc_refusal(err)
         headers = [(k, str(len(body)).encode() if k == b"content-length" else v) for k, v in headers]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -188,6 +207,21 @@ async def _send_error(send: Send, scope: Scope, err: LockError, extra_headers: I
 
 class _BodyTooLarge(Exception):
     pass
+
+
+def _not_oauth(path: str) -> NotFound | None:
+    """404 for the OAuth / OpenID discovery documents, asked before any key is checked.
+
+    A host that finds no discovery document (rather than a 401) reports a refused key as a
+    refused key instead of starting an OAuth flow this server cannot finish.
+    """
+    # OpenID Connect discovery also appends to the issuer's path (/mcp/.well-known/openid-configuration).
+    if not (path.startswith(WELL_KNOWN) or (_is_mcp_path(path) and WELL_KNOWN in path)):
+        return None
+    return NotFound(
+        f"there is no '{path[:100]}' here: this server does not use OAuth.",
+        hint="This server uses API keys: pass 'Authorization: Bearer mlk_...' (ask its admin for a key).",
+    )
 
 
 class Guard:
@@ -228,7 +262,7 @@ class Guard:
         limit = self.max_body
         if self.body_limit is not None:
             limit = self.body_limit(scope["method"], scope["path"]) or limit
-        refusal = self._check_origin(headers) or self._check_length(headers, limit)
+        refusal = self._check_origin(headers) or self._check_length(headers, limit) or _not_oauth(scope["path"])
         if refusal is not None:
             await _send_error(send, scope, refusal)
             return
@@ -283,6 +317,9 @@ class Guard:
             nonlocal started
             if message["type"] == "http.response.start":
                 started = True
+                given = list(message.get("headers", ()))
+                if not any(k.lower() == NOSNIFF[0] for k, _ in given):
+                    message["headers"] = [*given, NOSNIFF]
             await send(message)
 
         ctx = auth_context_var.set(user) if user is not None else None
@@ -291,6 +328,9 @@ class Guard:
         except _BodyTooLarge:
             if not started:
                 await _send_error(send, scope, self._too_large(limit))
+        except LockError as e:  # a refusal raised below the routes (a per-key session cap): say it as itself
+            if not started:
+                await _send_error(send, scope, e)
         except Exception:
             log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
             if not started:
@@ -354,3 +394,53 @@ class Guard:
             hint=f"Retry after {retry} s; wait in line with wait= instead of polling.",
             details={"retry_after": retry},
         )
+
+
+class Access(Protocol):
+    """What a long-lived connection asks about its key (:class:`~mcp_locks.engine.lock_service.LockService`)."""
+
+    store: Store
+
+    @property
+    def access_changed(self) -> anyio.Event:
+        """Set (and replaced) when a key or workspace changes: open connections look at their key again."""
+        ...
+
+    async def still_reaches(self, caller: Identity, workspace_id: str) -> bool:
+        """Whether ``caller``'s key is still live and still reaches ``workspace_id``."""
+        ...
+
+
+async def until_access_lost(
+    access: Access, caller: Identity, workspaces: Callable[[], Iterable[str]], recheck: float
+) -> str:
+    """What ``caller`` lost, once it loses it: ``""`` its key, else a workspace of ``workspaces()``.
+
+    A key is lost when it is revoked; a workspace when it is taken from the key, or deleted.
+    It looks at once, then whenever access changes (a key revoked or changed, a workspace deleted on this
+    server, or a key change made elsewhere that the app's key watch saw) and every ``recheck`` seconds.
+    A look the store cannot answer decides nothing: the next one tries again (meanwhile nothing commits,
+    so nothing is sent either).
+    """
+    while True:
+        seen = access.access_changed  # taken before looking: a change during the look wakes the next wait
+        try:
+            lost = await _lost(access, caller, list(workspaces()))
+        except Exception:
+            log.warning("could not check whether key %s is still live", caller.key_id, exc_info=True)
+            lost = None
+        if lost is not None:
+            return lost
+        with anyio.move_on_after(recheck):
+            await seen.wait()
+
+
+async def _lost(access: Access, caller: Identity, workspaces: list[str]) -> str | None:
+    if caller.authenticated:
+        record = await access.store.get_key(caller.key_id)
+        if record is None or record.revoked_at is not None:
+            return ""
+    for ws in workspaces:
+        if not await access.still_reaches(caller, ws):
+            return ws
+    return None

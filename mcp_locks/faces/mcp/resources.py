@@ -22,13 +22,22 @@ someone ahead left is not announced on its own).
 Either way, subscribing checks what reading checks (the key must reach the
 workspace). One task reads :meth:`LockService.subscribe` while anyone
 subscribes, and stops when the last subscription ends or the service stops.
+
+Access is followed, not only checked once: a listen stream ends (with
+UNAUTHENTICATED or FORBIDDEN) the moment its key is revoked or loses a
+workspace it listens to, and a 2025-era session's subscriptions to a
+workspace its key lost are dropped (with a last update, so that the client
+reads again and is told why); a revoked key's sessions are ended by the app.
+A key may hold :func:`limit_listens` listen streams at once (LIMIT_EXCEEDED).
 """
 
 from __future__ import annotations
 
 import json
+import weakref
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 from urllib.parse import quote
@@ -50,14 +59,14 @@ from mcp_types import (
     UnsubscribeRequestParams,
 )
 
-from mcp_locks.core.errors import InvalidArgument, LimitExceeded, LockError, Unavailable
+from mcp_locks.core.errors import Forbidden, InvalidArgument, LimitExceeded, LockError, Unauthenticated, Unavailable
 from mcp_locks.core.keys import LOCAL, Identity
 from mcp_locks.core.models import LockPage, LockStatus
 from mcp_locks.core.names import ancestors
 from mcp_locks.core.records import Event
 from mcp_locks.engine.arguments import MAX_ITEMS
 from mcp_locks.engine.lock_service import LockService
-from mcp_locks.faces.auth import current_caller
+from mcp_locks.faces.auth import current_caller, rpc_code, until_access_lost
 from mcp_locks.faces.mcp.results import MCP_WORDS
 from mcp_locks.faces.mcp.sdk import lowlevel
 
@@ -65,6 +74,7 @@ __all__ = [
     "NODE_TEMPLATE",
     "PAGE",
     "WORKSPACE_TEMPLATE",
+    "limit_listens",
     "node_uri",
     "register_resources",
     "workspace_uri",
@@ -76,6 +86,8 @@ NODE_TEMPLATE = "locks://{workspace_id}/{+node_id}"
 PAGE = 1000
 #: URIs one legacy session may subscribe to.
 MAX_SESSION_URIS = 1000
+#: Seconds between looks at a subscriber's key on top of the look each access change triggers (a fallback).
+RECHECK_ACCESS = 15.0
 
 _WORKSPACE = UriTemplate.parse(WORKSPACE_TEMPLATE)
 _NODE = UriTemplate.parse(NODE_TEMPLATE)
@@ -101,6 +113,24 @@ def mcp_error(err: LockError, uri: str) -> MCPError:
     """A JSON-RPC error whose message starts with our code, with the REST error body in ``data``."""
     code = INTERNAL_ERROR if err.http_status >= 500 else INVALID_PARAMS
     return MCPError(code=code, message=err.text(MCP_WORDS), data={"uri": uri, "error": err.to_dict(MCP_WORDS)})
+
+
+def refusal(err: LockError) -> MCPError:
+    """A refusal of the request itself (a cap, a lost key) as the guard words it: our code, the body in ``data``."""
+    return MCPError(code=rpc_code(err), message=err.text(MCP_WORDS), data={"error": err.to_dict(MCP_WORDS)})
+
+
+def access_lost(lost: str) -> LockError:
+    """Why a subscription ended: ``lost`` is what :func:`until_access_lost` answered."""
+    if not lost:
+        return Unauthenticated(
+            "this key was revoked: its subscriptions ended.", hint="Ask the server's admin for a new key."
+        )
+    return Forbidden(
+        f"this key no longer reaches workspace '{lost}' (taken from the key, or deleted): its subscription ended.",
+        hint="Ask an admin for a key that reaches it.",
+        details={"workspace_id": lost},
+    )
 
 
 def _parse(uri: str) -> tuple[str, str] | None:
@@ -162,8 +192,9 @@ class _Watches:
 class _LegacySession:
     """A 2025-era session's subscriptions and the task that sends its notifications, coalesced."""
 
-    def __init__(self, session: ServerSession) -> None:
+    def __init__(self, session: ServerSession, caller: Identity) -> None:
         self.session = session
+        self.caller = caller
         self.uris: dict[str, tuple[str, str]] = {}
         self.pending: dict[str, None] = {}  # an ordered set: one notification per URI however many changes
         self.wake = anyio.Event()
@@ -173,14 +204,36 @@ class _LegacySession:
         self.pending[uri] = None
         self.wake.set()
 
-    async def run(self) -> None:
+    async def run(self, feed: _Feed) -> None:
+        """Send the notifications, and drop the subscriptions to workspaces the key loses."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._follow_access, feed)
+            await self._send()
+
+    async def _send(self) -> None:
         while True:
             await self.wake.wait()
             self.wake = anyio.Event()
             while self.pending:
                 uri = next(iter(self.pending))
                 del self.pending[uri]
-                await self.session.send_resource_updated(uri)
+                try:
+                    await self.session.send_resource_updated(uri)
+                except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                    return  # the session ended meanwhile (its key revoked, its client gone)
+
+    async def _follow_access(self, feed: _Feed) -> None:
+        def workspaces() -> set[str]:
+            return {ws for ws, _ in self.uris.values()}
+
+        while True:
+            lost = await until_access_lost(feed.service, self.caller, workspaces, RECHECK_ACCESS)
+            for uri, (ws, _) in list(self.uris.items()):
+                if not lost or ws == lost:
+                    feed.forget(self, uri)
+                    self.notify(uri)  # a last "read it again": reading now says why it ended
+            if not lost:
+                return
 
 
 class _Feed:
@@ -236,11 +289,13 @@ class _Feed:
 
     # ------------------------------------------------------------------ 2025-era sessions
 
-    async def subscribe(self, ctx: ServerRequestContext[Any, Any], uri: str, ws: str, node: str) -> None:
+    async def subscribe(
+        self, ctx: ServerRequestContext[Any, Any], caller: Identity, uri: str, ws: str, node: str
+    ) -> None:
         conn = _connection_of(ctx)
         s = self.sessions.get(conn)
         if s is None:
-            s = self.sessions[conn] = _LegacySession(ctx.session)
+            s = self.sessions[conn] = _LegacySession(ctx.session, caller)
             conn.exit_stack.callback(self.drop, conn)  # the session ended: forget it
         if uri in s.uris:
             return
@@ -255,7 +310,7 @@ class _Feed:
         try:
             await self.watch(ws, node, uri)
             if s.scope is None:
-                s.scope = self.service.background(s.run, "resource update notifications")
+                s.scope = self.service.background(partial(s.run, self), "resource update notifications")
         except BaseException:
             if uri in s.uris:
                 self._detach(s, uri)  # watch() took back its own count
@@ -266,7 +321,7 @@ class _Feed:
         s = self.sessions.get(conn)
         if s is None or uri not in s.uris:
             return
-        self._forget(s, uri)
+        self.forget(s, uri)
         if not s.uris and s.scope is not None:  # the session stays known until it ends: no sender meanwhile
             s.scope.cancel()
             s.scope = None
@@ -278,9 +333,10 @@ class _Feed:
         if s.scope is not None:
             s.scope.cancel()
         for uri in list(s.uris):
-            self._forget(s, uri)
+            self.forget(s, uri)
 
-    def _forget(self, s: _LegacySession, uri: str) -> None:
+    def forget(self, s: _LegacySession, uri: str) -> None:
+        """``s`` no longer subscribes to ``uri``."""
         self.unwatch(*self._detach(s, uri), uri)
 
     def _detach(self, s: _LegacySession, uri: str) -> tuple[str, str]:
@@ -303,6 +359,44 @@ def _connection_of(ctx: ServerRequestContext[Any, Any]) -> Connection:
     if not isinstance(conn, Connection):  # pragma: no cover - a changed SDK
         raise MCPError(code=INTERNAL_ERROR, message="INTERNAL: this server cannot follow the session's end.")
     return conn
+
+
+class _ListenSlots:
+    """Listen streams open per key, at most ``cap`` each (None: no cap; keyless callers are never capped)."""
+
+    def __init__(self) -> None:
+        self.cap: int | None = None
+        self.open: Counter[str] = Counter()
+
+    @contextmanager
+    def taken(self, caller: Identity) -> Iterator[None]:
+        """Hold one of ``caller``'s slots for the block (LIMIT_EXCEEDED if none is free)."""
+        key = caller.key_id if caller.authenticated else ""
+        if key and self.cap is not None and self.open[key] >= self.cap:
+            raise LimitExceeded(
+                f"this key already holds {self.cap} listen streams open, the most one key may hold.",
+                hint="Close listen streams you no longer read; one stream can listen to many resources at"
+                f" once (up to {MAX_ITEMS} URIs).",
+                details={"limit": self.cap},
+            )
+        self.open[key] += 1
+        try:
+            yield
+        finally:
+            self.open[key] -= 1
+            if self.open[key] <= 0:
+                del self.open[key]
+
+
+#: Each server's listen slots (see :func:`limit_listens`).
+_SLOTS: weakref.WeakKeyDictionary[MCPServer[Any], _ListenSlots] = weakref.WeakKeyDictionary()
+
+
+def limit_listens(server: MCPServer[Any], per_key: int | None) -> None:
+    """Let one key hold at most ``per_key`` listen streams on ``server`` at once (None: no cap)."""
+    slots = _SLOTS.get(server)
+    if slots is not None:  # a server without our resources has no listen streams of ours
+        slots.cap = per_key
 
 
 class _Reader:
@@ -351,7 +445,8 @@ def register_resources(
     """
     reader = _Reader(service, local)
     _register_reads(server, reader)
-    _register_subscriptions(server, reader, _Feed(service, bus), bus)
+    slots = _SLOTS[server] = _ListenSlots()
+    _register_subscriptions(server, reader, _Feed(service, bus), bus, slots)
 
 
 def _register_reads(server: MCPServer[Any], reader: _Reader) -> None:
@@ -395,7 +490,9 @@ def _register_reads(server: MCPServer[Any], reader: _Reader) -> None:
             raise mcp_error(e, node_uri(workspace_id, node_id)) from None
 
 
-def _register_subscriptions(server: MCPServer[Any], reader: _Reader, feed: _Feed, bus: SubscriptionBus) -> None:
+def _register_subscriptions(
+    server: MCPServer[Any], reader: _Reader, feed: _Feed, bus: SubscriptionBus, slots: _ListenSlots
+) -> None:
     """``subscriptions/listen`` (2026-07-28) and ``resources/(un)subscribe`` (2025-era sessions).
 
     Each checks what reading would, then follows the URIs through ``feed``. The SDK serves
@@ -410,6 +507,16 @@ def _register_subscriptions(server: MCPServer[Any], reader: _Reader, feed: _Feed
         if len(uris) > MAX_ITEMS:
             err = LimitExceeded(f"one listen stream takes at most {MAX_ITEMS} resources (got {len(uris)}).")
             raise mcp_error(err, uris[0])
+        caller = current_caller(reader.local)
+        try:
+            with slots.taken(caller):
+                return await _listen(ctx, params, caller, uris)
+        except LockError as e:
+            raise refusal(e) from None
+
+    async def _listen(
+        ctx: ServerRequestContext[Any, Any], params: SubscriptionsListenRequestParams, caller: Identity, uris: list[str]
+    ) -> HandlerResult:
         targets = [(uri, *await reader.check(uri)) for uri in uris]
         watched: list[tuple[str, str, str]] = []
         try:
@@ -419,7 +526,8 @@ def _register_subscriptions(server: MCPServer[Any], reader: _Reader, feed: _Feed
                 except LockError as e:
                     raise mcp_error(e, uri) from None
                 watched.append((uri, ws, node))
-            return await listen(ctx, params)
+            workspaces = {ws for _, ws, _ in targets}
+            return await _while_reached(feed.service, caller, workspaces, partial(listen, ctx, params))
         finally:
             for uri, ws, node in watched:
                 feed.unwatch(ws, node, uri)
@@ -427,7 +535,7 @@ def _register_subscriptions(server: MCPServer[Any], reader: _Reader, feed: _Feed
     async def on_subscribe(ctx: ServerRequestContext[Any, Any], params: SubscribeRequestParams) -> EmptyResult:
         ws, node = await reader.check(params.uri)
         try:
-            await feed.subscribe(ctx, params.uri, ws, node)
+            await feed.subscribe(ctx, current_caller(reader.local), params.uri, ws, node)
         except LockError as e:
             raise mcp_error(e, params.uri) from None
         return EmptyResult()
@@ -439,3 +547,26 @@ def _register_subscriptions(server: MCPServer[Any], reader: _Reader, feed: _Feed
     low.add_request_handler("subscriptions/listen", SubscriptionsListenRequestParams, on_listen)
     low.add_request_handler("resources/subscribe", SubscribeRequestParams, on_subscribe)
     low.add_request_handler("resources/unsubscribe", UnsubscribeRequestParams, on_unsubscribe)
+
+
+async def _while_reached(
+    service: LockService, caller: Identity, workspaces: set[str], serve: Callable[[], Awaitable[HandlerResult]]
+) -> HandlerResult:
+    """``serve()``, cut short the moment ``caller``'s key is revoked or loses one of ``workspaces``.
+
+    Cut short, the stream ends with the reason as its error (the client's listen raises it at once).
+    """
+    lost: str | None = None
+    async with anyio.create_task_group() as tg:
+
+        async def follow() -> None:
+            nonlocal lost
+            lost = await until_access_lost(service, caller, lambda: workspaces, RECHECK_ACCESS)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(follow)
+        result = await serve()
+        tg.cancel_scope.cancel()
+    if lost is not None:
+        raise access_lost(lost)
+    return result

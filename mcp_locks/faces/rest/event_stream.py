@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
+from functools import partial
 
 import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import Response
@@ -18,16 +20,24 @@ from mcp_locks.core.keys import Identity
 from mcp_locks.core.models import AuditEvent
 from mcp_locks.core.records import Event
 from mcp_locks.engine.lock_service import LockService
+from mcp_locks.faces.auth import Access, until_access_lost
 from mcp_locks.faces.rest.operation import Call
 
-__all__ = ["KEEPALIVE", "MAX_STREAMS_PER_KEY", "RECHECK_ACCESS", "stream_events"]
+__all__ = ["HELLO", "KEEPALIVE", "MAX_STREAMS_PER_KEY", "RECHECK_ACCESS", "stream_events"]
 
 #: Seconds between keep-alive comments on an event stream.
 KEEPALIVE = 15
 #: Most event streams one key may hold open at once.
 MAX_STREAMS_PER_KEY = 16
-#: Seconds between checks that an open event stream's key is still live and still reaches its workspace.
+#: Seconds between checks that an open event stream's key is still live and still reaches its workspace, on
+#: top of the check each access change on this server triggers at once (a fallback: see until_access_lost).
 RECHECK_ACCESS = 15.0
+#: What a stream sends at once, before any event, so a client on a quiet workspace sees it is connected.
+#: A comment, not a lone ``retry:`` field: some clients (httpx-sse) hand a block without data to the
+#: caller as an event with empty data.
+HELLO = ServerSentEvent(comment="connected")
+
+Live = MemoryObjectReceiveStream[tuple[str, Event]]
 
 
 async def stream_events(service: LockService, open_streams: dict[str, int], call: Call) -> Response:
@@ -60,43 +70,68 @@ def _resume_after(request: Request) -> int | None:
 async def _event_feed(
     service: LockService, workspace_id: str, after: int | None, caller: Identity
 ) -> AsyncGenerator[ServerSentEvent, None]:
-    """Logged events after ``after`` (if given), then live ones, each once, in seq order.
+    """A comment at once, then logged events after ``after`` (if given), then live ones, each once, in seq order.
 
-    The stream ends when the caller's key is revoked or loses the workspace (checked every
-    :data:`RECHECK_ACCESS` seconds), or when the workspace is deleted.
+    The stream ends as soon as the caller's key is revoked or loses the workspace (see
+    :func:`~mcp_locks.faces.auth.until_access_lost`; every :data:`RECHECK_ACCESS` s at the latest),
+    or when the workspace is deleted.
     """
     observe = service.observe
     async with observe.stream(workspace_id) as live:  # subscribed before reading the log: nothing falls in between
-        last = after or 0
-        if after is not None:
-            while True:
-                page = await observe.replay(workspace_id, last, 1000)
-                for ev in page:
-                    yield _sse(workspace_id, ev)
+        yield HELLO
+        watch = _AccessWatch()
+        watching = service.background(partial(watch.run, service, caller, workspace_id), "event stream key check")
+        try:
+            last = after or 0
+            if after is not None:
+                while not watch.lost:
+                    page = await observe.replay(workspace_id, last, 1000)
+                    for ev in page:
+                        if watch.lost:
+                            return
+                        yield _sse(workspace_id, ev)
+                        last = ev.seq
+                    if len(page) < 1000:
+                        break
+            while (item := await watch.receive(live)) is not None:
+                ws, ev = item
+                if ws == workspace_id and ev.seq > last:
                     last = ev.seq
-                if len(page) < 1000:
-                    break
-        checked, seen = anyio.current_time(), service.access_changed
-        while True:
-            # At once after a revocation here; every RECHECK_ACCESS s for one made elsewhere (the CLI).
-            if seen.is_set() or anyio.current_time() - checked >= RECHECK_ACCESS:
-                checked, seen = anyio.current_time(), service.access_changed
-                if not await service.still_reaches(caller, workspace_id):
-                    return
-            try:
-                with anyio.fail_after(RECHECK_ACCESS):
-                    ws, ev = await live.receive()
-            except TimeoutError:
-                continue  # quiet: time to look at the key again
-            except anyio.EndOfStream:
-                # The reader fell far behind, or the server is stopping: the client reconnects with
-                # Last-Event-ID and gets the rest from the log.
-                return
-            if seen.is_set() and not await service.still_reaches(caller, workspace_id):
-                return
-            if ws == workspace_id and ev.seq > last:
-                last = ev.seq
-                yield _sse(workspace_id, ev)
+                    yield _sse(workspace_id, ev)
+        finally:
+            watching.cancel()
+
+
+class _AccessWatch:
+    """Ends a stream's wait for its next event the moment its key no longer reaches its workspace."""
+
+    def __init__(self) -> None:
+        self.lost = False
+        self._waiting: anyio.CancelScope | None = None
+
+    async def run(self, access: Access, caller: Identity, workspace_id: str) -> None:
+        """Until access is lost; then mark it and wake the stream (in a task beside it)."""
+        await until_access_lost(access, caller, lambda: (workspace_id,), RECHECK_ACCESS)
+        self.lost = True
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    async def receive(self, live: Live) -> tuple[str, Event] | None:
+        """The next ``(workspace_id, event)`` of ``live``; None once access is lost or the feed ended.
+
+        The feed ends when the reader fell far behind or the server is stopping: the client
+        reconnects with Last-Event-ID and gets the rest from the log.
+        """
+        if self.lost:
+            return None
+        try:
+            with anyio.CancelScope() as self._waiting:  # never across a yield: the scope stays in this task
+                return await live.receive()
+        except anyio.EndOfStream:
+            return None
+        finally:
+            self._waiting = None
+        return None  # cancelled by run(): access is lost
 
 
 async def _counted(

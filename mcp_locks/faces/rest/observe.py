@@ -92,7 +92,7 @@ def _log_ops(service: LockService) -> list[Op]:
             f"{_WS}/events",
             "events",
             "Live events as server-sent events (id: seq, event: kind, data: the event); resume with Last-Event-ID."
-            f" A ': ping' comment every {event_stream.KEEPALIVE} s.",
+            f" A ': connected' comment at once, then a ': ping' comment every {event_stream.KEEPALIVE} s.",
             partial(event_stream.stream_events, service, open_streams),
             AuditEvent,
             stream=True,
