@@ -73,6 +73,48 @@ async def test_if_match_with_the_etag_read_guards_a_put(env: Env, http: httpx.As
     assert (await http.get("/files/a.md", headers=auth(env.alice))).content == b"two"
 
 
+async def test_an_if_match_whose_version_is_right_but_whose_tag_is_not_fails_with_412(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    await http.put("/files/a.md", content=b"one", headers=auth(env.alice, **{"If-None-Match": "*"}))
+    etag = (await http.get("/files/a.md", headers=auth(env.alice))).headers["etag"]
+    forged = etag[:-2] + ("0" if etag[-2] != "0" else "1") + '"'  # version 1, another content hash
+    for method in ("PUT", "DELETE"):
+        r = await http.request(method, "/files/a.md", content=b"x", headers=auth(env.alice, **{"If-Match": forged}))
+        assert (r.status_code, r.json()["error"]["code"]) == (412, "VERSION_MISMATCH")
+        assert r.json()["error"]["details"]["etag"] == etag
+    assert (await http.get("/files/a.md", headers=auth(env.alice))).content == b"one"
+
+
+async def test_a_weak_if_match_never_matches_even_the_current_tag(env: Env, http: httpx.AsyncClient) -> None:
+    await http.put("/files/a.md", content=b"one", headers=auth(env.alice, **{"If-None-Match": "*"}))
+    etag = (await http.get("/files/a.md", headers=auth(env.alice))).headers["etag"]
+    r = await http.put("/files/a.md", content=b"two", headers=auth(env.alice, **{"If-Match": f"W/{etag}"}))
+    assert (r.status_code, r.json()["error"]["code"]) == (412, "VERSION_MISMATCH")
+    listed = await http.put("/files/a.md", content=b"two", headers=auth(env.alice, **{"If-Match": f'"9-ab", {etag}'}))
+    assert listed.status_code == 200  # a list matches if any of its strong tags does
+
+
+async def test_if_match_star_writes_over_whatever_version_exists(env: Env, http: httpx.AsyncClient) -> None:
+    await http.put("/files/a.md", content=b"one", headers=auth(env.alice, **{"If-None-Match": "*"}))
+    await http.put("/files/a.md", content=b"two", headers=auth(env.bob, **{"If-Match": '"1"'}))
+    r = await http.put("/files/a.md", content=b"three", headers=auth(env.alice, **{"If-Match": "*"}))
+    assert r.status_code == 200, r.text
+    assert r.json()["file"]["version"] == 3
+    gone = await http.delete("/files/a.md", headers=auth(env.alice, **{"If-Match": "*"}))
+    assert gone.status_code == 200, gone.text
+
+
+async def test_if_match_star_on_a_missing_file_fails_with_412_and_creates_nothing(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    for method in ("PUT", "DELETE"):
+        r = await http.request(method, "/files/none.md", content=b"x", headers=auth(env.alice, **{"If-Match": "*"}))
+        assert (r.status_code, r.json()["error"]["code"]) == (412, "VERSION_MISMATCH"), r.text
+        assert r.json()["error"]["details"]["current_version"] == 0
+    assert (await http.get("/files/none.md", headers=auth(env.alice))).status_code == 404
+
+
 async def test_a_put_without_lock_token_or_precondition_is_refused(env: Env, http: httpx.AsyncClient) -> None:
     r = await http.put("/files/a.md", content=b"blind", headers=auth(env.alice))
     assert r.status_code == 422

@@ -115,12 +115,17 @@ class WorkspaceDisk:
         self._root_fd: int | None = None
         self._state_fds: dict[str, int] = {}
         self._lock = threading.RLock()  # descriptors are opened lazily, from worker threads too
+        #: Set by :meth:`close`: the folder is never opened again through this object (its workspace was
+        #: deleted, or the server stops), so a late caller cannot re-create a deleted workspace's folder.
+        self._closed: str | None = None
 
     # ------------------------------------------------------------------ descriptors
 
     def _root(self) -> int:
         if self._root_fd is None:
             with self._lock:
+                if self._closed is not None:
+                    raise self._closed_error()
                 if self._root_fd is None:
                     try:
                         if not self.bound:
@@ -171,14 +176,26 @@ class WorkspaceDisk:
             raise
         return cur
 
-    def close(self) -> None:
-        """Close every descriptor."""
-        for fd in self._state_fds.values():
-            os.close(fd)
-        self._state_fds.clear()
-        if self._root_fd is not None:
-            os.close(self._root_fd)
-            self._root_fd = None
+    def close(self, *, deleted: bool = False) -> None:
+        """Close every descriptor, for good: later calls get NOT_FOUND (``deleted``) or UNAVAILABLE.
+
+        The caller makes sure no worker thread still uses them (see ``WorkspaceRegistry.end_file_work``).
+        """
+        with self._lock:
+            self._closed = "deleted" if deleted else "stopped"
+            for fd in self._state_fds.values():
+                os.close(fd)
+            self._state_fds.clear()
+            if self._root_fd is not None:
+                os.close(self._root_fd)
+                self._root_fd = None
+
+    def _closed_error(self) -> LockError:
+        if self._closed == "deleted":
+            return NotFound(
+                "this workspace was deleted.", hint="Use another workspace, or create it again ({op:create_workspace})."
+            )
+        return Unavailable("the server is stopping.", hint="Retry against the restarted server.")
 
     def _parent(self, node_id: str, create: bool) -> tuple[int | None, str, list[tuple[int, str]]]:
         """A descriptor of the folder holding ``node_id`` (None if it does not exist) and the last segment.

@@ -5,30 +5,45 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import errno
 import json
+import logging
 import os
 import re
 import secrets
 import shutil
-from collections.abc import AsyncIterable, Callable
+import time
+import weakref
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import anyio
 
-from mcp_locks.core.errors import InvalidArgument, LockError, NotFound, TooLarge, Unavailable
-from mcp_locks.core.files import check_file_id
-from mcp_locks.core.keys import LOCAL, Identity
+from mcp_locks.core.errors import (
+    InvalidArgument,
+    LockError,
+    NotFound,
+    QuotaExceeded,
+    TooLarge,
+    Unavailable,
+    VersionMismatch,
+)
+from mcp_locks.core.files import STATE_DIR, FileTable, check_file_id
+from mcp_locks.core.keys import LOCAL, NOBODY, Identity
 from mcp_locks.core.models import FileContent, FileInfo, FileList, FileStatus, FileWritten, LockStatus, UploadInfo, utc
 from mcp_locks.core.records import FileMeta, Staged
 from mcp_locks.core.table import LockTable
 from mcp_locks.engine.arguments import check_count, check_token, check_version, who_is
-from mcp_locks.engine.disk import StagingFile, WorkspaceDisk, os_error
+from mcp_locks.engine.disk import ORPHAN_AGE, StagingFile, WorkspaceDisk, os_error
+from mcp_locks.engine.registry import workspace_deleted
 
 if TYPE_CHECKING:
     from mcp_locks.engine.registry import WorkspaceRegistry
 
-__all__ = ["FileLimits", "FileService"]
+__all__ = ["ANY_VERSION", "FileLimits", "FileService"]
+
+log = logging.getLogger("mcp_locks.files")
 
 T = TypeVar("T")
 _UPLOAD_RE = re.compile(r"[0-9a-f]{32}")
@@ -38,6 +53,8 @@ _CURSOR_RE = re.compile(r"[A-Za-z0-9_-]+")
 _WRITE_BATCH = 1 << 20
 #: Times a read looks again when the file changed between the rule check and the open.
 OPEN_ATTEMPTS = 5
+#: In ``if_match``: any current version will do (HTTP ``If-Match: *``), but the file must exist.
+ANY_VERSION = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +66,15 @@ class FileLimits:
     max_read: int = 1 << 20
     chunk_size: int = 16 << 20
     upload_ttl: float = 86_400.0
+    #: Most bytes of file content one workspace may keep (None: no quota).
+    quota_bytes: int | None = None
+    #: Most files one workspace may keep (None: no quota).
+    quota_files: int | None = None
+
+    @property
+    def quota(self) -> bool:
+        """Whether a per-workspace quota applies."""
+        return self.quota_bytes is not None or self.quota_files is not None
 
 
 def _pread(fd: int, n: int, offset: int) -> bytes:
@@ -74,7 +100,7 @@ def _as_text(data: bytes, eof: bool) -> tuple[str, str, int]:
 
 
 class _Change(NamedTuple):
-    """A write or delete, its arguments checked: where, by whom, under which token or version."""
+    """A write or delete, its arguments checked: where, by whom, under which token or precondition."""
 
     ws: str
     node: str
@@ -82,6 +108,42 @@ class _Change(NamedTuple):
     who: Any  # the service's Who: owner, label, key_id, as_key
     token: str | None
     version: int | None
+    #: Entity tags the current version must have (HTTP If-Match; '"7"' names version 7 whatever its
+    #: content), or (ANY_VERSION,): the file must exist.
+    match: tuple[str, ...] | None = None
+
+
+class _Room(NamedTuple):
+    """How big one file may be under the workspace's byte quota, and the numbers to explain a refusal."""
+
+    limit: int
+    quota: int
+    used: int
+    old: int  # the size of the file it replaces (its bytes are given back)
+
+
+@dataclass(slots=True)
+class _Usage:
+    """What a workspace's files take, counted once from the records of the FileTable it names.
+
+    The actor rebuilds its FileTable when it reloads (a failed commit, another server's changes), so a
+    count whose table is not the actor's current one is counted again; otherwise every write and delete
+    step updates it, in the step that commits the file.
+    """
+
+    table: weakref.ReferenceType[FileTable]
+    bytes: int
+    files: int
+
+
+class _Gate:
+    """One upload's gate: a completion, a chunk being adopted and a drop run one at a time (in this server)."""
+
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = anyio.Lock()
+        self.users = 0
 
 
 class FileService:
@@ -89,16 +151,27 @@ class FileService:
 
     Content is staged to disk and fsynced in a worker thread before the
     workspace actor is asked to commit it, so the actor never waits for a
-    big body; the rule check, the metadata commit and the rename are then one
-    actor step. Bodies stream to disk in bounded pieces: a 1 GiB upload never
-    sits in memory.
+    big body; the rule check, the quota check, the metadata commit and the
+    rename are then one actor step. Bodies stream to disk in bounded pieces:
+    a 1 GiB upload never sits in memory. Every call runs as file work on its
+    workspace (``WorkspaceRegistry.file_work``): deleting the workspace
+    cancels it and it ends with NOT_FOUND.
     """
 
     def __init__(self, registry: WorkspaceRegistry, limits: FileLimits) -> None:
         self.registry = registry
         self.limits = limits
+        self._usage: dict[str, _Usage] = {}
+        self._gates: dict[str, _Gate] = {}
+        self._sweeping = False
+        self._sweep_again = False
+        registry.access_listeners.append(self._access_changed)
 
     # ------------------------------------------------------------------ helpers
+
+    def working(self, workspace_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+        """File work on ``workspace_id`` done outside this service (a download streaming its response)."""
+        return self.registry.file_work(workspace_id)
 
     async def _where(self, workspace_id: object, node_id: object, caller: Identity) -> tuple[str, str, WorkspaceDisk]:
         svc = self.registry
@@ -107,43 +180,138 @@ class FileService:
         return ws, node, svc.disk(ws)
 
     async def _change(
-        self, workspace_id: object, node_id: object, token: object, if_version: object, agent: object, caller: Identity
-    ) -> _Change:
-        """Check a change's arguments.
+        self,
+        ws: str,
+        node_id: object,
+        token: object,
+        if_version: object,
+        agent: object,
+        caller: Identity,
+        if_match: tuple[str, ...] | None,
+        *,
+        writing: bool = True,
+    ) -> tuple[_Change, _Room | None]:
+        """Check a change's arguments, and (``writing``) the room the byte quota leaves for it.
 
-        Without a token or a version the change is refused here, before any content is staged
-        (the rule does not depend on the content).
+        Without a token or a precondition the change is refused here, before any content is staged
+        (the rule does not depend on the content); so is a new file over the file quota.
         """
-        ws, node, disk = await self._where(workspace_id, node_id, caller)
-        c = _Change(ws, node, disk, who_is(caller, agent), check_token(token) if token is not None else None,
-                    check_version(if_version))  # fmt: skip
-        if c.token is None and c.version is None:
-            actor = self.registry.actor(ws)
-            await actor.call(
-                lambda table, now: actor.files.check_change(
-                    table, now, node, owner=c.who.owner, as_key=c.who.as_key, token=None, if_version=None
-                )
-            )
-        return c
+        node = check_file_id(node_id)
+        match = _check_match(if_match)
+        c = _Change(ws, node, self.registry.disk(ws), who_is(caller, agent),
+                    check_token(token) if token is not None else None, check_version(if_version), match)  # fmt: skip
+        quota = writing and self.limits.quota
+        if not (c.token is None and c.version is None and c.match is None) and not quota:
+            return c, None
+        actor = self.registry.actor(ws)
 
-    async def _stage(self, disk: WorkspaceDisk, body: bytes | AsyncIterable[bytes], limit: int, what: str) -> Staged:
+        def step(table: LockTable, now: float) -> _Room | None:
+            files = actor.files
+            version = self._resolved(files, table, now, c)
+            files.check_change(table, now, node, owner=c.who.owner, as_key=c.who.as_key, token=c.token,
+                               if_version=version)  # fmt: skip
+            return self._room(ws, files, node) if quota else None
+
+        return c, await actor.call(step)
+
+    def _resolved(self, files: FileTable, table: LockTable, now: float, c: _Change) -> int | None:
+        """The version a change expects: ``if_version``, or the current one if it has an ETag ``match`` names.
+
+        In the actor step, so the ETag compared is the one the write replaces. A refusal by the lock rules
+        (LOCKED, a dead token) is reported before a failed precondition, as with ``if_version``.
+        """
+        if table.retired:
+            raise workspace_deleted(c.ws)
+        if c.match is None:
+            return c.version
+        cur = files.current(c.node)
+        if cur is not None and (ANY_VERSION in c.match or cur.etag in c.match or f'"{cur.version}"' in c.match):
+            return cur.version
+        files.check_change(table, now, c.node, owner=c.who.owner, as_key=c.who.as_key, token=c.token,
+                           if_version=cur.version if cur is not None else 0)  # fmt: skip
+        raise _no_match(c.node, cur, c.match)
+
+    # ------------------------------------------------------------------ quota
+
+    def _usage_of(self, ws: str, files: FileTable) -> _Usage:
+        """The workspace's usage, counted from the records if ``files`` is not the table last counted."""
+        u = self._usage.get(ws)
+        if u is None or u.table() is not files:
+            live = [m for m in files.records() if not m.deleted]
+            u = self._usage[ws] = _Usage(weakref.ref(files), sum(m.size for m in live), len(live))
+        return u
+
+    @staticmethod
+    def _size_of(files: FileTable, node: str | None) -> int | None:
+        """The recorded size of ``node`` if it is a live file (the usage counts records), else None."""
+        m = files.record(node) if node is not None else None
+        return None if m is None or m.deleted else m.size
+
+    def _room(self, ws: str, files: FileTable, node: str | None) -> _Room | None:
+        """In the actor: refuse a new ``node`` over the file quota; the byte room for it (None: no byte quota).
+
+        ``node`` None (an upload not named yet): neither a file count nor a replaced size is known.
+        """
+        lim = self.limits
+        if not lim.quota:
+            return None
+        u = self._usage_of(ws, files)
+        old = self._size_of(files, node)
+        if lim.quota_files is not None and node is not None and old is None and u.files + 1 > lim.quota_files:
+            raise _over_quota("files", lim.quota_files, u.files, 1)
+        if lim.quota_bytes is None:
+            return None
+        # A write no bigger than the file it replaces is always let through, even over a lowered quota.
+        base = old or 0
+        return _Room(max(lim.quota_bytes - u.bytes + base, base), lim.quota_bytes, u.bytes, base)
+
+    def _check_quota(self, ws: str, files: FileTable, node: str, size: int) -> None:
+        room = self._room(ws, files, node)
+        if room is not None and size > room.limit:
+            raise _over_quota("bytes", room.quota, room.used, size - room.old)
+
+    def _counted(self, ws: str, files: FileTable, old: int | None, new: int | None) -> None:
+        """A committed write (``new`` its size) or delete (``new`` None) of a file of ``old`` bytes."""
+        u = self._usage.get(ws)
+        if u is not None and u.table() is files:
+            u.bytes += (new or 0) - (old or 0)
+            u.files += (new is not None) - (old is not None)
+
+    # ------------------------------------------------------------------ staging and committing
+
+    async def _stage(
+        self,
+        disk: WorkspaceDisk,
+        body: bytes | AsyncIterable[bytes],
+        limit: int,
+        what: str,
+        over: Callable[[int], LockError] | None = None,
+    ) -> Staged:
+        """Stage ``body``; more than ``limit`` bytes is refused with ``over(bytes seen)`` (TOO_LARGE by default)."""
+        refuse = over or (lambda seen: self._too_large(limit))
         try:
-            return await self._stage_unchecked(disk, body, limit)
+            return await self._stage_unchecked(disk, body, limit, refuse)
         except OSError as e:  # a full disk, a quota: that call fails with a code, nothing else does
             raise os_error(what, e) from None
 
-    async def _stage_unchecked(self, disk: WorkspaceDisk, body: bytes | AsyncIterable[bytes], limit: int) -> Staged:
+    async def _stage_unchecked(
+        self,
+        disk: WorkspaceDisk,
+        body: bytes | AsyncIterable[bytes],
+        limit: int,
+        refuse: Callable[[int], LockError],
+    ) -> Staged:
         if isinstance(body, bytes | bytearray | memoryview):
             data = bytes(body)
             if len(data) > limit:
-                raise self._too_large(limit)
+                raise refuse(len(data))
             return await anyio.to_thread.run_sync(disk.stage, (data,))
         f: StagingFile = await anyio.to_thread.run_sync(disk.staging)
         try:
             buf = bytearray()
             async for piece in body:
                 if f.size + len(buf) + len(piece) > limit:
-                    raise self._too_large(limit)
+                    raise refuse(f.size + len(buf) + len(piece))
                 buf += piece
                 if len(buf) >= _WRITE_BATCH:
                     chunk, buf = bytes(buf), bytearray()
@@ -155,6 +323,12 @@ class FileService:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(f.discard)
             raise
+
+    def _write_limit(self, room: _Room | None) -> tuple[int, Callable[[int], LockError] | None]:
+        """The most bytes a write may stage, and the refusal past it (QUOTA_EXCEEDED if the quota is tighter)."""
+        if room is None or room.limit >= self.limits.max_file_size:
+            return self.limits.max_file_size, None
+        return room.limit, lambda seen: _over_quota("bytes", room.quota, room.used, seen - room.old)
 
     @staticmethod
     def _too_large(limit: int) -> TooLarge:
@@ -198,7 +372,13 @@ class FileService:
         The descriptor is of exactly the version the metadata describes (checked by size and mtime,
         and looked up again if the file changed in between); the caller must close it.
         """
-        ws, node, disk = await self._where(workspace_id, node_id, caller)
+        ws, node, _disk = await self._where(workspace_id, node_id, caller)
+        async with self.registry.file_work(ws):
+            meta, fd = await self._open(ws, node, token, caller)
+        return ws, meta, fd
+
+    async def _open(self, ws: str, node: str, token: object, caller: Identity) -> tuple[FileMeta, int]:
+        disk = self.registry.disk(ws)
         tok = check_token(token) if token is not None else None
         who = who_is(caller, None)
         actor = self.registry.actor(ws)
@@ -218,7 +398,7 @@ class FileService:
                 continue  # renamed or deleted meanwhile: look again
             st = os.fstat(fd)
             if st.st_size == meta.size and (not meta.mtime_ns or st.st_mtime_ns == meta.mtime_ns):
-                return ws, meta, fd
+                return meta, fd
             os.close(fd)
         raise Unavailable(f"'{node}' changed on every attempt to read it.", hint="Retry in a moment.")
 
@@ -236,11 +416,13 @@ class FileService:
         off = check_count(offset, "offset")
         n = self.limits.max_read if length is None else check_count(length, "length")
         n = min(n, self.limits.max_read)
-        ws, meta, fd = await self.open(workspace_id, node_id, token, caller=caller)
-        try:
-            data = await anyio.to_thread.run_sync(_pread, fd, n, off)
-        finally:
-            os.close(fd)
+        ws, node, _disk = await self._where(workspace_id, node_id, caller)
+        async with self.registry.file_work(ws):
+            meta, fd = await self._open(ws, node, token, caller)
+            try:
+                data = await anyio.to_thread.run_sync(_pread, fd, n, off)
+            finally:
+                os.close(fd)
         size = meta.size if meta.tracked else max(meta.size, off + len(data))
         eof = off + len(data) >= size
         content, encoding, used = _as_text(data, eof)
@@ -268,7 +450,8 @@ class FileService:
             others = [le for le in table.covering(now, node) if le.owner != who.owner]
             return meta, table.status(now, node), not any(le.mode == "write" for le in others), not others
 
-        meta, st, may_read, may_write = await actor.call(step)
+        async with self.registry.file_work(ws):
+            meta, st, may_read, may_write = await actor.call(step)
         if may_write:
             advice = (
                 f"Free: lock_file('{node}', mode='write') and write with its token, or write with if_version="
@@ -308,22 +491,23 @@ class FileService:
         after = None
         if cursor is not None:
             after = _decode_file_cursor(cursor)
-        disk = svc.disk(ws)
-        names, nxt = await anyio.to_thread.run_sync(disk.walk, prefix, after, limit)
-        actor = svc.actor(ws)
+        async with svc.file_work(ws):
+            disk = svc.disk(ws)
+            names, nxt = await anyio.to_thread.run_sync(disk.walk, prefix, after, limit)
+            actor = svc.actor(ws)
 
-        def step(table: LockTable, now: float) -> list[FileMeta]:
-            out: list[FileMeta] = []
-            for n in names:
-                try:
-                    m = actor.files.current(n)
-                except LockError:  # replaced by a folder or a link meanwhile
-                    continue
-                if m is not None:
-                    out.append(m)
-            return out
+            def step(table: LockTable, now: float) -> list[FileMeta]:
+                out: list[FileMeta] = []
+                for n in names:
+                    try:
+                        m = actor.files.current(n)
+                    except LockError:  # replaced by a folder or a link meanwhile
+                        continue
+                    if m is not None:
+                        out.append(m)
+                return out
 
-        metas = await actor.call(step)
+            metas = await actor.call(step)
         return FileList(
             workspace_id=ws,
             files=[FileInfo.of(ws, m) for m in metas],
@@ -341,18 +525,39 @@ class FileService:
         if_version: object = None,
         agent: object = None,
         *,
+        if_match: tuple[str, ...] | None = None,
         caller: Identity = LOCAL,
     ) -> FileWritten:
-        """Write the whole file atomically, under a lock (``token``) or a version check (``if_version``)."""
-        c = await self._change(workspace_id, node_id, token, if_version, agent, caller)
-        return await self._write_staged(c, await self._stage(c.disk, body, self.limits.max_file_size, c.node))
+        """Write the whole file atomically, under a lock (``token``) or a precondition.
+
+        The precondition is ``if_version`` (0: create only) or ``if_match``: entity tags one of which the
+        current version must have, or (ANY_VERSION,): the file must exist, at any version.
+        """
+        ws = await self.registry.known(workspace_id, caller)
+        async with self.registry.file_work(ws):
+            c, room = await self._change(ws, node_id, token, if_version, agent, caller, if_match)
+            limit, over = self._write_limit(room)
+            return await self._write_staged(c, await self._stage(c.disk, body, limit, c.node, over))
 
     async def _write_staged(self, c: _Change, staged: Staged) -> FileWritten:
         actor = self.registry.actor(c.ws)
 
         def step(table: LockTable, now: float) -> tuple[FileMeta, bool]:
-            return actor.files.write(table, now, c.node, staged, owner=c.who.owner, as_key=c.who.as_key,
-                                     by=c.who.owner, token=c.token, if_version=c.version)  # fmt: skip
+            files = actor.files
+            version = self._resolved(files, table, now, c)
+            old = self._size_of(files, c.node)
+            if self.limits.quota:
+                try:
+                    self._check_quota(c.ws, files, c.node, staged.size)
+                except QuotaExceeded:
+                    # A refusal by the lock rules is the one to report: the quota is not what stops it.
+                    files.check_change(table, now, c.node, owner=c.who.owner, as_key=c.who.as_key, token=c.token,
+                                       if_version=version)  # fmt: skip
+                    raise
+            meta, created = files.write(table, now, c.node, staged, owner=c.who.owner, as_key=c.who.as_key,
+                                        by=c.who.owner, token=c.token, if_version=version)  # fmt: skip
+            self._counted(c.ws, files, old, meta.size)
+            return meta, created
 
         meta, created = await self._commit(c.ws, c.disk, staged.name, step)
         return FileWritten(file=FileInfo.of(c.ws, meta), created=created, deleted=False)
@@ -365,18 +570,26 @@ class FileService:
         if_version: object = None,
         agent: object = None,
         *,
+        if_match: tuple[str, ...] | None = None,
         caller: Identity = LOCAL,
     ) -> FileWritten:
-        """Delete the file, under the same rules as a write."""
-        c = await self._change(workspace_id, node_id, token, if_version, agent, caller)
-        marker = await anyio.to_thread.run_sync(c.disk.marker)
-        actor = self.registry.actor(c.ws)
+        """Delete the file, under the same rules as a write (no quota: a delete only gives room back)."""
+        ws = await self.registry.known(workspace_id, caller)
+        async with self.registry.file_work(ws):
+            c, _room = await self._change(ws, node_id, token, if_version, agent, caller, if_match, writing=False)
+            marker = await anyio.to_thread.run_sync(c.disk.marker)
+            actor = self.registry.actor(c.ws)
 
-        def step(table: LockTable, now: float) -> FileMeta:
-            return actor.files.delete(table, now, c.node, marker, owner=c.who.owner, as_key=c.who.as_key,
-                                      by=c.who.owner, token=c.token, if_version=c.version)  # fmt: skip
+            def step(table: LockTable, now: float) -> FileMeta:
+                files = actor.files
+                version = self._resolved(files, table, now, c)
+                old = self._size_of(files, c.node)
+                gone = files.delete(table, now, c.node, marker, owner=c.who.owner, as_key=c.who.as_key,
+                                    by=c.who.owner, token=c.token, if_version=version)  # fmt: skip
+                self._counted(c.ws, files, old, None)
+                return gone
 
-        gone = await self._commit(c.ws, c.disk, marker, step)
+            gone = await self._commit(c.ws, c.disk, marker, step)
         return FileWritten(file=FileInfo.of(c.ws, gone), created=False, deleted=True)
 
     # ------------------------------------------------------------------ uploads
@@ -387,8 +600,30 @@ class FileService:
             raise _no_upload(str(upload_id)[:40])
         return upload_id
 
-    async def _upload_state(self, ws: str, disk: WorkspaceDisk, upload_id: object, caller: Identity) -> _Upload:
+    @contextlib.asynccontextmanager
+    async def _gate(self, upload_id: str) -> AsyncIterator[None]:
+        """Hold the upload's gate: in this server, one completion (or chunk adoption, or drop) at a time."""
+        gate = self._gates.get(upload_id)
+        if gate is None:
+            gate = self._gates[upload_id] = _Gate()
+        gate.users += 1
+        try:
+            async with gate.lock:
+                yield
+        finally:
+            gate.users -= 1
+            if not gate.users:
+                del self._gates[upload_id]
 
+    async def _drop(self, up: _Upload) -> None:
+        """Remove an upload nobody is completing or adding to right now (those see its state themselves)."""
+        if up.upload_id not in self._gates:
+            await anyio.to_thread.run_sync(up.remove)
+
+    async def _upload_state(
+        self, disk: WorkspaceDisk, upload_id: object, caller: Identity, *, gated: bool = False
+    ) -> _Upload:
+        """The caller's unfinished upload (NOT_FOUND if none, if it expired, or if it was completed)."""
         uid = self._upload_id(upload_id)
         up = await anyio.to_thread.run_sync(_Upload.load, disk, uid)
         who = who_is(caller, None)
@@ -396,12 +631,17 @@ class FileService:
         if up is None or up.owner != who.owner or up.key_id != caller.key_id:
             raise _no_upload(uid)  # someone else's upload is not revealed
         if up.expires_at <= now:
-            await anyio.to_thread.run_sync(up.remove)
+            if gated:
+                await anyio.to_thread.run_sync(up.remove)
+            else:
+                await self._drop(up)
             raise NotFound(
                 f"upload {uid} expired at {utc(up.expires_at):%Y-%m-%dT%H:%M:%SZ} and was dropped.",
                 hint="Start a new upload.",
                 details={"upload_id": uid},
             )
+        if up.done is not None:
+            raise _completed(uid, up.done)
         return up
 
     def _upload_info(self, ws: str, up: _Upload, received: dict[int, int]) -> UploadInfo:
@@ -415,20 +655,38 @@ class FileService:
             expires_at=utc(up.expires_at),
         )
 
+    async def _upload_room(self, ws: str, node: str | None) -> _Room | None:
+        """The byte room an upload for ``node`` has (refused at once if ``node`` is new and over the file quota)."""
+        if not self.limits.quota:
+            return None
+        actor = self.registry.actor(ws)
+
+        def step(table: LockTable, now: float) -> _Room | None:
+            if table.retired:
+                raise workspace_deleted(ws)
+            return self._room(ws, actor.files, node)
+
+        return await actor.call(step)
+
     async def create_upload(
         self, workspace_id: object = None, node_id: object = None, *, caller: Identity = LOCAL
     ) -> UploadInfo:
-        """Start a resumable upload (expired uploads of the workspace are dropped first)."""
+        """Start a resumable upload (expired uploads of the workspace are dropped first).
+
+        ``node_id``, if given, is the file it is for: with a quota, a new file over the file quota is
+        refused at once, and chunks may use the room the file they replace gives back.
+        """
         svc = self.registry
         ws = await svc.known(workspace_id, caller)
-        if node_id is not None:
-            check_file_id(node_id)
-        disk = svc.disk(ws)
-        now = svc.clock.now()
-        await anyio.to_thread.run_sync(_Upload.sweep, disk, now)
-        who = who_is(caller, None)
-        up = _Upload(disk, secrets.token_hex(16), who.owner, caller.key_id, now + self.limits.upload_ttl)
-        await anyio.to_thread.run_sync(up.save)
+        node = check_file_id(node_id) if node_id is not None else None
+        async with svc.file_work(ws):
+            await self._upload_room(ws, node)
+            disk = svc.disk(ws)
+            now = svc.clock.now()
+            await self._sweep(disk, lambda up: up.expires_at <= now)
+            who = who_is(caller, None)
+            up = _Upload(disk, secrets.token_hex(16), who.owner, caller.key_id, now + self.limits.upload_ttl, node)
+            await anyio.to_thread.run_sync(up.save)
         return self._upload_info(ws, up, {})
 
     async def upload_status(
@@ -436,9 +694,10 @@ class FileService:
     ) -> UploadInfo:
         """Which chunks of an upload arrived."""
         ws = await self.registry.known(workspace_id, caller)
-        disk = self.registry.disk(ws)
-        up = await self._upload_state(ws, disk, upload_id, caller)
-        return self._upload_info(ws, up, await anyio.to_thread.run_sync(up.chunks))
+        async with self.registry.file_work(ws):
+            up = await self._upload_state(self.registry.disk(ws), upload_id, caller)
+            received = await anyio.to_thread.run_sync(up.chunks)
+        return self._upload_info(ws, up, received)
 
     async def put_chunk(
         self,
@@ -449,20 +708,45 @@ class FileService:
         *,
         caller: Identity = LOCAL,
     ) -> UploadInfo:
-        """Store chunk ``index`` (sending it again replaces it; a chunk cut off half-way never counts)."""
+        """Store chunk ``index`` (sending it again replaces it; a chunk cut off half-way never counts).
+
+        With a byte quota, a chunk that would take the upload past the room left is refused
+        (QUOTA_EXCEEDED) and not kept; the chunks that arrived before stay.
+        """
         ws = await self.registry.known(workspace_id, caller)
-        disk = self.registry.disk(ws)
-        up = await self._upload_state(ws, disk, upload_id, caller)
-        most = -(-self.limits.max_file_size // self.limits.chunk_size)
-        n = check_count(index, "chunk")
-        if n >= most:
-            raise InvalidArgument(
-                f"chunk numbers go from 0 to {most - 1} ({self.limits.chunk_size} bytes each at most).",
-                details={"field": "chunk", "max": most - 1},
-            )
-        staged = await self._stage(disk, body, self.limits.chunk_size, f"chunk {n} of upload {up.upload_id}")
-        await anyio.to_thread.run_sync(up.adopt_chunk, staged.name, n)
-        return self._upload_info(ws, up, await anyio.to_thread.run_sync(up.chunks))
+        async with self.registry.file_work(ws):
+            disk = self.registry.disk(ws)
+            up = await self._upload_state(disk, upload_id, caller)
+            most = -(-self.limits.max_file_size // self.limits.chunk_size)
+            n = check_count(index, "chunk")
+            if n >= most:
+                raise InvalidArgument(
+                    f"chunk numbers go from 0 to {most - 1} ({self.limits.chunk_size} bytes each at most).",
+                    details={"field": "chunk", "max": most - 1},
+                )
+            limit, over = await self._chunk_limit(ws, up, n)
+            staged = await self._stage(disk, body, limit, f"chunk {n} of upload {up.upload_id}", over)
+            async with self._gate(up.upload_id):
+                try:  # completed, aborted or dropped while the chunk arrived: it is not kept
+                    up = await self._upload_state(disk, up.upload_id, caller, gated=True)
+                    await anyio.to_thread.run_sync(up.adopt_chunk, staged.name, n)
+                except BaseException:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(disk.discard, staged.name)
+                    raise
+            received = await anyio.to_thread.run_sync(up.chunks)
+        return self._upload_info(ws, up, received)
+
+    async def _chunk_limit(self, ws: str, up: _Upload, n: int) -> tuple[int, Callable[[int], LockError] | None]:
+        """The most bytes chunk ``n`` may have: the chunk size, or less if the byte quota leaves less room."""
+        room = await self._upload_room(ws, up.node)
+        if room is None:
+            return self.limits.chunk_size, None
+        others = sum(size for i, size in (await anyio.to_thread.run_sync(up.chunks)).items() if i != n)
+        left = room.limit - others
+        if left >= self.limits.chunk_size:
+            return self.limits.chunk_size, None
+        return left, lambda seen: _over_quota("bytes", room.quota, room.used, others + seen - room.old, upload=True)
 
     async def complete_upload(
         self,
@@ -478,14 +762,32 @@ class FileService:
     ) -> FileWritten:
         """Join chunks 0..n-1, check the sha256, and write them as one atomic write (the upload then ends).
 
-        If the write is refused (LOCKED, VERSION_MISMATCH...), the upload stays: fix the cause and complete again.
+        If the write is refused (LOCKED, VERSION_MISMATCH, QUOTA_EXCEEDED...), the upload stays: fix the
+        cause and complete again. An upload commits at most once: calls racing to complete it run one
+        at a time, and once one has written the file the others (and any later call) get NOT_FOUND
+        naming the file and version it wrote.
         """
-        c = await self._change(workspace_id, node_id, token, if_version, agent, caller)
-        disk = c.disk
-        up = await self._upload_state(c.ws, disk, upload_id, caller)
-        if not isinstance(sha256, str) or not _SHA_RE.fullmatch(sha256.lower()):
-            raise InvalidArgument("sha256 must be the 64 hex digits of the whole file's SHA-256.",
-                                  details={"field": "sha256"})  # fmt: skip
+        ws = await self.registry.known(workspace_id, caller)
+        async with self.registry.file_work(ws):
+            c, _room = await self._change(ws, node_id, token, if_version, agent, caller, None)
+            uid = self._upload_id(upload_id)
+            if not isinstance(sha256, str) or not _SHA_RE.fullmatch(sha256.lower()):
+                await self._upload_state(c.disk, uid, caller)  # someone else's upload is NOT_FOUND first
+                raise InvalidArgument("sha256 must be the 64 hex digits of the whole file's SHA-256.",
+                                      details={"field": "sha256"})  # fmt: skip
+            async with self._gate(uid):
+                up = await self._upload_state(c.disk, uid, caller, gated=True)
+                staged = await self._joined(up, sha256.lower())
+                # Once committed, the upload must be marked done whatever happens to the caller:
+                # a retry would otherwise write it a second time.
+                with anyio.CancelScope(shield=True):
+                    written = await self._write_staged(c, staged)
+                    done = {"node_id": c.node, "version": written.file.version, "etag": written.file.etag}
+                    await anyio.to_thread.run_sync(up.finish, done)
+        return written
+
+    async def _joined(self, up: _Upload, sha256: str) -> Staged:
+        """The upload's chunks joined into one staged file whose sha256 is ``sha256``."""
         received = await anyio.to_thread.run_sync(up.chunks)
         missing = [i for i in range(max(received, default=-1) + 1) if i not in received]
         if not received or missing:
@@ -497,41 +799,168 @@ class FileService:
         if sum(received.values()) > self.limits.max_file_size:
             raise self._too_large(self.limits.max_file_size)
         staged = await anyio.to_thread.run_sync(up.join, len(received))
-        if staged.sha256 != sha256.lower():
-            await anyio.to_thread.run_sync(disk.discard, staged.name)
+        if staged.sha256 != sha256:
+            await anyio.to_thread.run_sync(up.disk.discard, staged.name)
             raise InvalidArgument(
                 "the chunks do not add up to the sha256 given.",
                 hint="Check which chunk differs (resend them all if unsure), then complete again.",
-                details={"field": "sha256", "expected": sha256.lower(), "got": staged.sha256},
+                details={"field": "sha256", "expected": sha256, "got": staged.sha256},
             )
-        written = await self._write_staged(c, staged)
-        await anyio.to_thread.run_sync(up.remove)
-        return written
+        return staged
 
     async def abort_upload(
         self, workspace_id: object = None, upload_id: object = None, *, caller: Identity = LOCAL
     ) -> None:
         """Drop an upload and its chunks."""
         ws = await self.registry.known(workspace_id, caller)
-        disk = self.registry.disk(ws)
-        up = await self._upload_state(ws, disk, upload_id, caller)
-        await anyio.to_thread.run_sync(up.remove)
+        async with self.registry.file_work(ws):
+            uid = self._upload_id(upload_id)
+            async with self._gate(uid):
+                up = await self._upload_state(self.registry.disk(ws), uid, caller, gated=True)
+                await anyio.to_thread.run_sync(up.remove)
+
+    # ------------------------------------------------------------------ dropping uploads
+
+    async def _sweep(
+        self, disk: WorkspaceDisk, doomed: Callable[[_Upload], bool], ups: Sequence[_Upload] | None = None
+    ) -> int:
+        """Drop the uploads (``ups``, or all) ``doomed`` says to (and leftovers of interrupted ones); how many."""
+        if ups is None:
+            ups = await anyio.to_thread.run_sync(_Upload.all, disk)
+        gone = 0
+        for up in ups:
+            if doomed(up) and up.upload_id not in self._gates:
+                await anyio.to_thread.run_sync(up.remove)
+                gone += 1
+        return gone
+
+    def _access_changed(self) -> None:
+        """A key was revoked (or a workspace deleted): drop the uploads of revoked keys, in the background."""
+        if self._sweeping:
+            self._sweep_again = True  # the running sweep goes round once more
+            return
+        try:
+            self.registry.background(self._drop_revoked, "dropping the uploads of revoked keys")
+        except Unavailable:  # not running: a stopped server has no uploads in flight
+            return
+        self._sweeping = True
+
+    async def _drop_revoked(self) -> None:
+        try:
+            while True:
+                self._sweep_again = False
+                await self._drop_revoked_once()
+                if not self._sweep_again:
+                    return
+        finally:
+            self._sweeping = False
+
+    async def _drop_revoked_once(self) -> None:
+        """Drop every upload whose key is revoked (or gone), in every workspace that has uploads."""
+        svc = self.registry
+        folders = {ws: folder for ws in svc.workspaces if ws not in svc.deleting and (folder := svc.folder(ws))}
+        # One hop to a worker thread for all the looks; a folder never opened here is opened only if it has uploads.
+        having = await anyio.to_thread.run_sync(lambda: [ws for ws, f in folders.items() if _has_uploads(f)])
+        live: dict[str, bool] = {}
+        for ws in having:
+            try:
+                async with svc.file_work(ws):
+                    disk = svc.disk(ws)
+                    ups = [up for up in await anyio.to_thread.run_sync(_Upload.all, disk) if _keyed(up)]
+                    for kid in {up.key_id for up in ups} - live.keys():
+                        assert kid is not None  # _keyed
+                        rec = await svc.store.get_key(kid)
+                        live[kid] = rec is not None and rec.revoked_at is None
+                    dropped = await self._sweep(disk, lambda up: not live[up.key_id or ""], ups)
+            except LockError as e:  # this workspace's folder cannot be used now (or it was just deleted)
+                log.warning("could not look at the uploads of %s: %s", ws, e.code)
+                continue
+            if dropped:
+                log.info("dropped %d upload(s) of revoked keys in %s", dropped, ws)
+
+
+def _keyed(up: _Upload) -> bool:
+    """Whether a key started the upload (not the local caller of a server without keys)."""
+    return bool(up.key_id) and up.key_id != NOBODY.key_id
+
+
+def _has_uploads(folder: os.PathLike[str] | str) -> bool:
+    return os.path.isdir(os.path.join(folder, STATE_DIR, "uploads"))
+
+
+def _check_match(if_match: object) -> tuple[str, ...] | None:
+    if if_match is None:
+        return None
+    if not isinstance(if_match, tuple) or not all(isinstance(t, str) for t in if_match):
+        raise InvalidArgument("if_match must be a tuple of entity tags.", details={"field": "if-match"})
+    return if_match
+
+
+def _no_match(node: str, cur: FileMeta | None, match: tuple[str, ...]) -> VersionMismatch:
+    if cur is None:
+        return VersionMismatch(
+            f"'{node}' does not exist, and the write asked for an existing file (If-Match).",
+            hint="Create it instead: {op:write_file} with if_version 0.",
+            details={"node_id": node, "current_version": 0, "etag": None},
+        )
+    return VersionMismatch(
+        f"'{node}' is at version {cur.version} (ETag {cur.etag}), which If-Match does not name"
+        f" ({cur.modified_by or 'someone else'} changed it).",
+        hint="Someone changed it after you read it. Read it again ({op:read_file}), redo your change on the new"
+        " content, and write with the new ETag.",
+        details={"node_id": node, "current_version": cur.version, "etag": cur.etag},
+    )
+
+
+def _over_quota(limit: str, quota: int, used: int, needed: int, *, upload: bool = False) -> QuotaExceeded:
+    what = "bytes of file content" if limit == "bytes" else "files"
+    kept = " The chunks that arrived before stay; resend this one once there is room." if upload else ""
+    return QuotaExceeded(
+        f"this workspace may keep {quota} {what}; it keeps {used} and this needs {needed} more.{kept}",
+        hint=f"Delete files you no longer need ({{op:delete_file}}), or ask the operator to raise --quota-{limit}.",
+        details={"limit": limit, "quota": quota, "used": used, "needed": needed},
+    )
+
+
+def _completed(upload_id: str, done: dict[str, Any]) -> NotFound:
+    return NotFound(
+        f"upload {upload_id} was already completed: it wrote '{done.get('node_id')}' as version"
+        f" {done.get('version')}. Nothing more was written.",
+        hint="Read the file ({op:read_file}) to see it; start a new upload ({op:create_upload}) to write again.",
+        details={"upload_id": upload_id, "completed": True, **done},
+    )
 
 
 class _Upload:
-    """An upload's folder under ``.mcp-locks/uploads``: ``info.json`` and one file per chunk."""
+    """An upload's folder under ``.mcp-locks/uploads``: ``info.json``, its chunks, then ``done.json``.
 
-    def __init__(self, disk: WorkspaceDisk, upload_id: str, owner: str, key_id: str | None, expires_at: float):
+    ``done.json`` says what the upload wrote once it committed (its chunks are gone by then). A
+    completed upload is kept until it expires, so a late or repeated ``complete`` is told what was
+    written instead of writing again. Dropping renames the folder away first (``.gone-…``), so nobody
+    finds it by its id while it is emptied; a leftover of a crash is removed by the next sweep.
+    """
+
+    def __init__(
+        self,
+        disk: WorkspaceDisk,
+        upload_id: str,
+        owner: str,
+        key_id: str | None,
+        expires_at: float,
+        node: str | None = None,
+    ) -> None:
         self.disk = disk
         self.upload_id = upload_id
         self.owner = owner
         self.key_id = key_id
         self.expires_at = expires_at
+        #: The file named when it was created (None if none was).
+        self.node = node
+        #: What it wrote, once completed: node_id, version, etag.
+        self.done: dict[str, Any] | None = None
 
-    def _fd(self, create: bool = False) -> int | None:
+    def _fd(self) -> int | None:
         base = self.disk.state_dir("uploads")
-        if create:
-            os.mkdir(self.upload_id, 0o700, dir_fd=base)
         try:
             return os.open(self.upload_id, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
         except FileNotFoundError:
@@ -544,7 +973,7 @@ class _Upload:
         os.mkdir(tmp, 0o700, dir_fd=base)
         fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
         try:
-            info = {"owner": self.owner, "key_id": self.key_id, "expires_at": self.expires_at}
+            info = {"owner": self.owner, "key_id": self.key_id, "expires_at": self.expires_at, "node_id": self.node}
             f = StagingFile(fd, "info.json")
             f.write(json.dumps(info).encode())
             f.finish()
@@ -559,14 +988,32 @@ class _Upload:
         if fd is None:
             return None
         try:
-            with open(os.open("info.json", os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb") as f:
-                info = json.loads(f.read())
-        except (OSError, ValueError):
-            return None
+            info = _read_json(fd, "info.json")
+            done = _read_json(fd, "done.json")
         finally:
             os.close(fd)
+        if not isinstance(info, dict):
+            return None
         up.owner, up.key_id, up.expires_at = info["owner"], info["key_id"], float(info["expires_at"])
+        up.node = info.get("node_id")
+        up.done = done if isinstance(done, dict) else None
         return up
+
+    @classmethod
+    def all(cls, disk: WorkspaceDisk) -> list[_Upload]:
+        """Every upload of the workspace, after removing leftovers of drops and creations cut short."""
+        base = disk.state_dir("uploads")
+        with os.scandir(base) as it:
+            names = [e.name for e in it]
+        out = []
+        for name in names:
+            if name.startswith(".gone-") or (name.startswith(".new-") and _older(base, name, ORPHAN_AGE)):
+                _empty_and_remove(base, name)
+            elif _UPLOAD_RE.fullmatch(name):
+                up = cls.load(disk, name)
+                if up is not None:
+                    out.append(up)
+        return out
 
     def chunks(self) -> dict[int, int]:
         """Chunk number -> size, for the chunks that arrived whole."""
@@ -578,7 +1025,8 @@ class _Upload:
             with os.scandir(fd) as it:
                 for e in it:
                     if e.name.isdigit():
-                        out[int(e.name)] = e.stat(follow_symlinks=False).st_size
+                        with contextlib.suppress(FileNotFoundError):
+                            out[int(e.name)] = e.stat(follow_symlinks=False).st_size
             return out
         finally:
             os.close(fd)
@@ -603,7 +1051,10 @@ class _Upload:
         f = self.disk.staging()
         try:
             for i in range(count):
-                src = os.open(str(i), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                try:
+                    src = os.open(str(i), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:  # dropped meanwhile (it expired, its key was revoked)
+                    raise _no_upload(self.upload_id) from None
                 try:
                     while piece := os.read(src, 1 << 20):
                         f.write(piece)
@@ -616,34 +1067,89 @@ class _Upload:
         finally:
             os.close(fd)
 
-    def remove(self) -> None:
-        base = self.disk.state_dir("uploads")
+    def finish(self, done: dict[str, Any]) -> None:
+        """Mark the upload completed (``done``: what it wrote) and drop its chunks.
+
+        If the mark cannot be made, the upload is dropped instead: a retry then finds no upload
+        rather than writing the file a second time.
+        """
         fd = self._fd()
         if fd is None:
             return
         try:
+            tmp = f"done-{secrets.token_hex(4)}.tmp"
+            f = StagingFile(fd, tmp)
+            try:
+                f.write(json.dumps(done).encode())
+                f.finish()
+                os.rename(tmp, "done.json", src_dir_fd=fd, dst_dir_fd=fd)
+            except BaseException:
+                f.discard()
+                raise
+            os.fsync(fd)
             with os.scandir(fd) as it:
-                names = [e.name for e in it]
+                names = [e.name for e in it if e.name.isdigit()]
             for name in names:
-                os.unlink(name, dir_fd=fd)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=fd)
+        except OSError as e:
+            log.error("could not mark upload %s completed (%s): dropping it", self.upload_id, e)
+            self.remove()
         finally:
             os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.rmdir(self.upload_id, dir_fd=base)
 
-    @classmethod
-    def sweep(cls, disk: WorkspaceDisk, now: float) -> int:
-        """Drop every expired upload of the workspace (one being created is not listed yet: it is renamed in)."""
-        base = disk.state_dir("uploads")
-        gone = 0
-        with os.scandir(base) as it:
-            ids = [e.name for e in it if _UPLOAD_RE.fullmatch(e.name)]
-        for uid in ids:
-            up = cls.load(disk, uid)
-            if up is not None and up.expires_at <= now:
-                up.remove()
-                gone += 1
-        return gone
+    def remove(self) -> None:
+        """Drop the upload and everything in it (nothing if it is gone already)."""
+        base = self.disk.state_dir("uploads")
+        gone = f".gone-{self.upload_id}-{secrets.token_hex(4)}"
+        try:
+            os.rename(self.upload_id, gone, src_dir_fd=base, dst_dir_fd=base)
+        except FileNotFoundError:
+            return
+        _empty_and_remove(base, gone)
+
+
+def _older(dir_fd: int, name: str, age: float) -> bool:
+    """Whether ``name`` was last changed more than ``age`` seconds ago (False if it is gone)."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime < time.time() - age
+    except FileNotFoundError:
+        return False
+
+
+def _read_json(dir_fd: int, name: str) -> Any:
+    """The JSON in ``name`` under ``dir_fd``, or None if it is missing or unreadable."""
+    try:
+        with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd), "rb") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _empty_and_remove(base: int, name: str) -> None:
+    """Remove folder ``name`` under ``base`` and the files in it (tolerating others removing them too)."""
+    for _ in range(3):  # a chunk renamed in by a call that opened the folder just before: look again
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
+        except FileNotFoundError:
+            return
+        try:
+            with os.scandir(fd) as it:
+                names = [e.name for e in it]
+            for n in names:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(n, dir_fd=fd)
+        finally:
+            os.close(fd)
+        try:
+            os.rmdir(name, dir_fd=base)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            if e.errno != errno.ENOTEMPTY:
+                raise
+    log.warning("upload folder %s kept filling while it was removed; the next sweep retries", name)
 
 
 def _no_upload(upload_id: str) -> NotFound:

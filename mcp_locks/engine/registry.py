@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -25,7 +26,7 @@ from mcp_locks.observe.events import EventHub
 from mcp_locks.observe.metrics import WorkspaceGauges
 from mcp_locks.stores.base import Store
 
-__all__ = ["RETRY_AFTER_FAILURE", "WorkspaceRegistry"]
+__all__ = ["RETRY_AFTER_FAILURE", "WorkspaceRegistry", "workspace_deleted"]
 
 log = logging.getLogger("mcp_locks.service")
 
@@ -70,6 +71,13 @@ class WorkspaceRegistry:
         self._alarm_wake = anyio.Event()
         #: Set (and replaced) when a key is revoked or a workspace deleted here: open streams look again.
         self.access_changed = anyio.Event()
+        #: Called (synchronously) on every access change, after the event is set: the file service drops
+        #: the unfinished uploads of revoked keys from here.
+        self.access_listeners: list[Callable[[], None]] = []
+        #: File calls in flight per workspace (their cancel scopes): deleting a workspace cancels them and
+        #: waits for them to end before it closes the folder (see :meth:`file_work`).
+        self._file_work: dict[str, set[anyio.CancelScope]] = {}
+        self._file_work_idle: dict[str, anyio.Event] = {}
         #: Told the last lock count of an actor that stopped (None: it never loaded).
         self.on_actor_stopped: Callable[[str, int | None], None] = lambda ws, held: None
         self.tg: anyio.abc.TaskGroup | None = None
@@ -113,10 +121,16 @@ class WorkspaceRegistry:
         return scope
 
     def poked(self, workspace_id: str | None) -> None:
-        """Another server committed to ``workspace_id`` (None: to any): its actor here catches up if callers wait."""
+        """Another server committed to ``workspace_id`` (None: to any): its actor here catches up if callers wait.
+
+        None also when another server revoked or changed a key (or this server may have missed it): open
+        streams check their keys again at once.
+        """
         actors = self.actors.values() if workspace_id is None else filter(None, [self.actors.get(workspace_id)])
         for actor in list(actors):
             actor.poke()
+        if workspace_id is None:  # keys may have changed elsewhere: streams here look again
+            self.changed_access()
 
     def set_alarm(self, workspace_id: str, when: float) -> None:
         """Start the workspace's actor at ``when`` (to expire what is due then)."""
@@ -172,6 +186,8 @@ class WorkspaceRegistry:
         """Wake open streams so they check their key and workspace again (a key was revoked, a workspace deleted)."""
         done, self.access_changed = self.access_changed, anyio.Event()
         done.set()
+        for listener in list(self.access_listeners):
+            listener()
 
     async def still_reaches(self, caller: Identity, workspace_id: str) -> bool:
         """Whether ``caller``'s key is still live and still reaches ``workspace_id`` (for long-lived streams)."""
@@ -224,17 +240,73 @@ class WorkspaceRegistry:
         disk = self.disks.get(workspace_id)
         if disk is None:
             rec = self.workspaces.get(workspace_id)
-            if rec is not None and rec.root is not None:
-                disk = WorkspaceDisk(Path(rec.root), bound=True)
-            else:
-                if self.files_dir is None:
-                    self._temp_files = tempfile.mkdtemp(prefix="mcp-locks-files-")
-                    self.files_dir = Path(self._temp_files)
-                disk = WorkspaceDisk(self.files_dir / workspace_id, bound=False)
-            self.disks[workspace_id] = disk
+            bound = rec is not None and rec.root is not None
+            if not bound and self.files_dir is None:
+                self._temp_files = tempfile.mkdtemp(prefix="mcp-locks-files-")
+                self.files_dir = Path(self._temp_files)
+            root = self.folder(workspace_id)
+            assert root is not None  # bound, or under files_dir
+            disk = self.disks[workspace_id] = WorkspaceDisk(root, bound=bound)
         return disk
+
+    def folder(self, workspace_id: str) -> Path | None:
+        """Where a workspace's files live, if that folder may exist yet (None: no file was ever kept)."""
+        rec = self.workspaces.get(workspace_id)
+        if rec is not None and rec.root is not None:
+            return Path(rec.root)
+        return self.files_dir / workspace_id if self.files_dir is not None else None
+
+    # ------------------------------------------------------------------ file work in flight
+
+    @contextlib.asynccontextmanager
+    async def file_work(self, workspace_id: str) -> AsyncIterator[None]:
+        """Run a file call (a read, a write, an upload chunk, a download's stream) as work on the workspace.
+
+        Deleting the workspace cancels it and waits for it to end before the folder is closed, so no
+        worker thread ever uses a closed descriptor; the call then ends with NOT_FOUND.
+        """
+        if workspace_id in self.deleting or workspace_id not in self.workspaces:
+            raise workspace_deleted(workspace_id)
+        scopes = self._file_work.setdefault(workspace_id, set())
+        scope = anyio.CancelScope()
+        scopes.add(scope)
+        try:
+            with scope:
+                yield
+        finally:
+            scopes.discard(scope)
+            if not scopes and self._file_work.get(workspace_id) is scopes:
+                del self._file_work[workspace_id]
+                idle = self._file_work_idle.pop(workspace_id, None)
+                if idle is not None:
+                    idle.set()
+        if scope.cancelled_caught:
+            raise workspace_deleted(workspace_id)
+
+    async def end_file_work(self, workspace_id: str) -> None:
+        """Cancel the file calls in flight on a workspace being deleted and wait until they have ended.
+
+        Call it once the workspace is in :attr:`deleting` (no new call starts). A cancelled call ends at
+        its next checkpoint; a worker thread's blocking step (bounded disk I/O) finishes first.
+        """
+        scopes = self._file_work.get(workspace_id)
+        if not scopes:
+            return
+        idle = self._file_work_idle.setdefault(workspace_id, anyio.Event())
+        for scope in list(scopes):
+            scope.cancel()
+        await idle.wait()
 
     @property
     def active_actors(self) -> int:
         """How many workspace actors are running (the rest are evicted)."""
         return len(self.actors)
+
+
+def workspace_deleted(workspace_id: str) -> NotFound:
+    """The NOT_FOUND of a call that used a workspace deleted meanwhile."""
+    return NotFound(
+        f"workspace '{workspace_id}' was deleted (or is being deleted) while this call used its files.",
+        hint="Nothing of this call was kept. Use another workspace, or create this one again ({op:create_workspace}).",
+        details={"workspace_id": workspace_id},
+    )

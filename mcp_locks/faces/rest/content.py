@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
+from mcp_locks.core.errors import LockError
 from mcp_locks.core.models import FileInfo
 from mcp_locks.core.records import FileMeta
+from mcp_locks.faces.rest.operation import error_response
 
 __all__ = ["body_stream", "file_headers", "file_response"]
 
@@ -39,11 +42,16 @@ def file_headers(m: FileInfo | FileMeta) -> dict[str, str]:
     }
 
 
+#: Work the stream runs as (the workspace's file work: deleting the workspace cancels it).
+Guard = Callable[[], AbstractAsyncContextManager[None]]
+
+
 class _FileResponse(StreamingResponse):
     """Streams an open file of known size; the descriptor is closed however the response ends."""
 
-    def __init__(self, fd: int, size: int, headers: dict[str, str], head: bool) -> None:
+    def __init__(self, fd: int, size: int, headers: dict[str, str], head: bool, guard: Guard | None) -> None:
         self.fd = fd
+        self.guard = guard
 
         async def pieces() -> AsyncIterator[bytes]:
             offset = 0
@@ -58,12 +66,34 @@ class _FileResponse(StreamingResponse):
                          headers={**headers, "Content-Length": str(size)})  # fmt: skip
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        started = False
+
+        async def sending(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            await super().__call__(scope, receive, send)
+            if self.guard is None:
+                await super().__call__(scope, receive, send)
+            else:
+                async with self.guard():
+                    await super().__call__(scope, receive, sending)
+        except LockError as e:  # the workspace was deleted meanwhile (NOT_FOUND)
+            if not started:
+                await error_response(e)(scope, receive, send)
+            # Else the body stops short of its Content-Length and the server closes the connection:
+            # the client sees an incomplete download, never a complete-looking wrong one.
         finally:
             os.close(self.fd)
 
 
-def file_response(fd: int, size: int, headers: dict[str, str], head: bool = False) -> Response:
-    """Stream an open file (closed at the end, or when the client goes away); HEAD sends the headers only."""
-    return _FileResponse(fd, size, headers, head)
+def file_response(
+    fd: int, size: int, headers: dict[str, str], head: bool = False, guard: Guard | None = None
+) -> Response:
+    """Stream an open file (closed at the end, or when the client goes away); HEAD sends the headers only.
+
+    With ``guard``, the stream runs inside it: if it ends the stream with a LockError, the client gets
+    that error if nothing was sent yet, else a body cut short.
+    """
+    return _FileResponse(fd, size, headers, head, guard)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from functools import partial
 
 from pydantic import BaseModel
@@ -19,7 +20,7 @@ from mcp_locks.core.models import (
     UploadInfo,
     UploadRequest,
 )
-from mcp_locks.engine.file_service import FileService
+from mcp_locks.engine.file_service import ANY_VERSION, FileService
 from mcp_locks.engine.lock_service import LockService
 from mcp_locks.faces.rest.content import body_stream, file_headers, file_response
 from mcp_locks.faces.rest.operation import Call, Op, header_token, int_param
@@ -31,44 +32,70 @@ _UPLOADS = "/v1/workspaces/{workspace_id}/uploads"
 #: The headers a write (PUT, DELETE) takes.
 _WRITE_HEADERS = (
     ("Lock-Token", "The token of your write lock covering the file."),
-    ("If-Match", "Without a lock: the ETag (or version) you read; the write fails with 412 if it changed."),
+    ("If-Match", "Without a lock: the ETag (or version) you read, or * (the file must exist); 412 if it changed."),
     ("If-None-Match", "'*': create only (fails with 412 if the file exists)."),
 )
 
 
-def _if_version(request: Request) -> int | None:
-    """The version a write expects: ``If-None-Match: *`` (0), ``If-Match: "<version>-..."``, or ``?if_version=N``."""
+#: One entity tag of an If-Match list: weak (W/) or strong, quoted.
+_TAG = r'\s*(?:W/)?"[^"]*"\s*'
+_TAG_LIST_RE = re.compile(rf"{_TAG}(?:,{_TAG})*")
+_TAG_RE = re.compile(r'(W/)?"([^"]*)"')
+#: The entity tags this server gives: the version (at most 18 digits: int() of more is refused), "-", a hash;
+#: or a version alone ("7": that version, whatever its content).
+_OUR_TAG_RE = re.compile(r"[0-9]{1,18}(?:-[0-9a-z]+)?")
+
+
+def _preconditions(request: Request) -> tuple[int | None, tuple[str, ...] | None]:
+    """The version a write expects, or the entity tags its current version must have.
+
+    ``If-None-Match: *`` is version 0 (create only); ``If-Match: *`` is any current version (the file
+    must exist); ``If-Match`` with entity tags compares each whole tag, strongly (RFC 9110: a weak tag
+    never matches; ``"N"`` names version N); ``If-Match: N`` (a bare number) and ``?if_version=N`` give
+    a version.
+    """
     if request.headers.get("if-none-match", "").strip() == "*":
-        return 0
+        return 0, None
     match = request.headers.get("if-match")
     if match is not None:
-        tag = match.strip().removeprefix("W/").strip('"')
-        head = tag.split("-", 1)[0]
-        # ASCII digits only, and few: int() refuses "²" (a digit to isdigit) and numbers over 4300 digits.
-        if not (head.isascii() and head.isdigit()) or len(head) > 18:
-            raise InvalidArgument(
-                "If-Match must be an ETag this server returned (or a version number).",
-                hint="Send the ETag header of the version you read.",
-                details={"field": "if-match"},
-            )
-        return int(head)
+        value = match.strip()
+        if value == "*":
+            return None, (ANY_VERSION,)
+        if value.isascii() and value.isdigit() and len(value) <= 18:  # int() refuses "²" and 4300+ digits
+            return int(value), None
+        return None, _entity_tags(value)
     raw = request.query_params.get("if_version")
-    return None if raw is None else int_param(raw, "if_version", 0)
+    return (None if raw is None else int_param(raw, "if_version", 0)), None
+
+
+def _entity_tags(value: str) -> tuple[str, ...]:
+    """The strong tags of an If-Match list (weak ones never match); tags this server never gives are refused."""
+    tags = _TAG_RE.findall(value) if _TAG_LIST_RE.fullmatch(value) else []
+    if not tags or not all(_OUR_TAG_RE.fullmatch(tag) for _weak, tag in tags):
+        raise InvalidArgument(
+            "If-Match must be an ETag this server returned (or a version number, or *).",
+            hint="Send the ETag header of the version you read.",
+            details={"field": "if-match"},
+        )
+    return tuple(f'"{tag}"' for weak, tag in tags if not weak)
 
 
 async def read_file(files: FileService, call: Call) -> Response:
     """The file's content, streamed, with its version headers (HEAD: the headers only)."""
-    _, meta, fd = await files.open(call.params["workspace_id"], call.params["node_id"],
-                                   header_token(call.request), caller=call.caller)  # fmt: skip
-    return file_response(fd, os.fstat(fd).st_size, file_headers(meta), head=call.request.method == "HEAD")
+    ws, meta, fd = await files.open(call.params["workspace_id"], call.params["node_id"],
+                                    header_token(call.request), caller=call.caller)  # fmt: skip
+    # The stream is file work on the workspace too: deleting it meanwhile cuts the download short.
+    return file_response(fd, os.fstat(fd).st_size, file_headers(meta), head=call.request.method == "HEAD",
+                         guard=partial(files.working, ws))  # fmt: skip
 
 
 async def write_file(files: FileService, call: Call) -> Response:
     """Replace the file with the body: 201 if it was created."""
     r = call.request
+    version, match = _preconditions(r)
     written = await files.write(
         call.params["workspace_id"], call.params["node_id"], body_stream(r), header_token(r),
-        _if_version(r), r.query_params.get("agent"), caller=call.caller,
+        version, r.query_params.get("agent"), if_match=match, caller=call.caller,
     )  # fmt: skip
     return Response(written.model_dump_json(), status_code=201 if written.created else 200,
                     media_type="application/json", headers=file_headers(written.file))  # fmt: skip
@@ -77,9 +104,10 @@ async def write_file(files: FileService, call: Call) -> Response:
 async def delete_file(files: FileService, call: Call) -> BaseModel:
     """Delete the file."""
     r = call.request
+    version, match = _preconditions(r)
     return await files.delete(
-        call.params["workspace_id"], call.params["node_id"], header_token(r), _if_version(r),
-        r.query_params.get("agent"), caller=call.caller,
+        call.params["workspace_id"], call.params["node_id"], header_token(r), version,
+        r.query_params.get("agent"), if_match=match, caller=call.caller,
     )  # fmt: skip
 
 

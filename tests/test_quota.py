@@ -1,0 +1,223 @@
+"""Per-workspace quotas (bytes and files): every write path refuses with QUOTA_EXCEEDED and leaves nothing behind."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from mcp_locks import LockError, Settings, build_app
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.engine.file_service import FileLimits
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import Store
+from mcp_locks.stores.sqlite import SqliteStore
+
+from .helpers import STEP
+from .servers import serve_app
+
+pytestmark = pytest.mark.anyio
+
+QUOTA_BYTES = 100
+QUOTA_FILES = 3
+
+
+@pytest.fixture
+async def svc(store: Store, clock: ManualClock, tmp_path: Path) -> AsyncIterator[LockService]:
+    limits = FileLimits(chunk_size=1024, quota_bytes=QUOTA_BYTES, quota_files=QUOTA_FILES)
+    async with LockService(store, clock=clock, files_dir=tmp_path / "files", file_limits=limits) as s:
+        yield s
+
+
+async def refusal(call: object) -> LockError:
+    with pytest.raises(LockError) as e:
+        await call  # type: ignore[misc]
+    return e.value
+
+
+def staged(svc: LockService) -> list[str]:
+    folder = svc.disk("default").root / ".mcp-locks" / "staging"
+    return os.listdir(folder) if folder.exists() else []
+
+
+def assert_over(e: LockError, limit: str, quota: int, used: int, needed: int) -> None:
+    assert e.code == "QUOTA_EXCEEDED", e
+    assert e.http_status == 413
+    assert e.details == {"limit": limit, "quota": quota, "used": used, "needed": needed}
+    assert f"--quota-{limit}" in e.hint
+    assert "{op:delete_file}" in e.hint
+
+
+async def test_a_write_over_the_byte_quota_is_refused_and_leaves_nothing(svc: LockService) -> None:
+    await svc.files.write(None, "a.bin", b"x" * 60, if_version=0, agent="alice")
+    e = await refusal(svc.files.write(None, "b.bin", b"y" * 41, if_version=0, agent="alice"))
+    assert_over(e, "bytes", QUOTA_BYTES, 60, 41)
+    assert not (svc.disk("default").root / "b.bin").exists()
+    assert staged(svc) == []
+    assert (await svc.files.write(None, "b.bin", b"y" * 40, if_version=0, agent="alice")).created  # just fits
+
+
+async def test_a_streamed_write_over_the_byte_quota_stops_and_leaves_nothing(svc: LockService) -> None:
+    async def pieces() -> AsyncIterator[bytes]:
+        for _ in range(1000):  # far more than the quota: the stream is cut off, not read to its end
+            yield b"z" * 50
+
+    e = await refusal(svc.files.write(None, "s.bin", pieces(), if_version=0, agent="alice"))
+    assert e.code == "QUOTA_EXCEEDED"
+    assert e.details["used"] == 0
+    assert staged(svc) == []
+
+
+async def test_a_new_file_over_the_file_quota_is_refused(svc: LockService) -> None:
+    for i in range(QUOTA_FILES):
+        await svc.files.write(None, f"f{i}", b"1", if_version=0, agent="alice")
+    e = await refusal(svc.files.write(None, "one-more", b"", if_version=0, agent="alice"))
+    assert_over(e, "files", QUOTA_FILES, QUOTA_FILES, 1)
+    assert staged(svc) == []
+    # Overwriting an existing file adds no file; deleting one gives its place back.
+    assert (await svc.files.write(None, "f0", b"22", if_version=1, agent="alice")).file.version == 2
+    await svc.files.delete(None, "f1", if_version=1, agent="alice")
+    assert (await svc.files.write(None, "one-more", b"", if_version=0, agent="alice")).created
+
+
+async def test_a_delete_is_never_refused_by_the_quota(svc: LockService) -> None:
+    for i in range(QUOTA_FILES):
+        await svc.files.write(None, f"f{i}", b"1", if_version=0, agent="alice")
+    assert (await refusal(svc.files.delete(None, "missing", if_version=1, agent="alice"))).code == "NOT_FOUND"
+    assert (await svc.files.delete(None, "f0", if_version=1, agent="alice")).deleted
+
+
+async def test_an_overwrite_counts_only_the_difference(svc: LockService) -> None:
+    await svc.files.write(None, "a.bin", b"x" * 90, if_version=0, agent="alice")
+    assert (await svc.files.write(None, "a.bin", b"x" * 100, if_version=1, agent="alice")).file.size == 100
+    e = await refusal(svc.files.write(None, "a.bin", b"x" * 101, if_version=2, agent="alice"))
+    assert_over(e, "bytes", QUOTA_BYTES, 100, 1)
+    await svc.files.write(None, "a.bin", b"x" * 10, if_version=2, agent="alice")  # shrinking gives room back
+    assert (await svc.files.write(None, "b.bin", b"y" * 90, if_version=0, agent="alice")).created
+
+
+async def test_a_refusal_by_the_lock_rules_is_reported_before_the_quota(svc: LockService) -> None:
+    await svc.files.write(None, "a.bin", b"x" * 60, if_version=0, agent="alice")
+    await svc.lock(None, "a.bin", "write", agent="bob")
+    e = await refusal(svc.files.write(None, "a.bin", b"x" * 200, if_version=1, agent="alice"))
+    assert e.code == "LOCKED"
+
+
+async def test_racing_writes_never_take_the_workspace_over_its_quota(svc: LockService) -> None:
+    results: list[str] = []
+
+    async def write(i: int) -> None:
+        try:
+            await svc.files.write(None, f"r{i}", b"r" * 30, if_version=0, agent="alice")
+            results.append("ok")
+        except LockError as e:
+            results.append(e.code)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            for i in range(10):
+                tg.start_soon(write, i)
+    assert sorted(results) == ["QUOTA_EXCEEDED"] * 7 + ["ok"] * 3  # 3 x 30 bytes fit in 100, a 4th does not
+    assert staged(svc) == []
+
+
+async def test_an_upload_completion_over_the_quota_is_refused_and_keeps_the_upload(svc: LockService) -> None:
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 30)
+    await svc.files.put_chunk(None, up.upload_id, 1, b"u" * 30)  # it fitted when it arrived
+    await svc.files.write(None, "a.bin", b"x" * 60, if_version=0, agent="alice")
+    sha = hashlib.sha256(b"u" * 60).hexdigest()
+    e = await refusal(svc.files.complete_upload(None, up.upload_id, "big.bin", sha, if_version=0))
+    assert_over(e, "bytes", QUOTA_BYTES, 60, 60)
+    assert staged(svc) == []
+    assert not (svc.disk("default").root / "big.bin").exists()
+    await svc.files.delete(None, "a.bin", if_version=1, agent="alice")  # make room, then complete again
+    assert (await svc.files.complete_upload(None, up.upload_id, "big.bin", sha, if_version=0)).created
+
+
+async def test_a_chunk_that_takes_an_upload_past_the_room_left_is_refused_and_not_kept(svc: LockService) -> None:
+    await svc.files.write(None, "a.bin", b"x" * 60, if_version=0, agent="alice")
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 30)
+    e = await refusal(svc.files.put_chunk(None, up.upload_id, 1, b"u" * 11))
+    assert_over(e, "bytes", QUOTA_BYTES, 60, 41)
+    assert (await svc.files.upload_status(None, up.upload_id)).received == [0]
+    assert staged(svc) == []
+
+
+async def test_a_chunk_of_an_upload_named_for_a_file_may_use_the_room_that_file_gives_back(
+    svc: LockService,
+) -> None:
+    await svc.files.write(None, "a.bin", b"x" * 80, if_version=0, agent="alice")
+    up = await svc.files.create_upload(None, "a.bin")
+    await svc.files.put_chunk(None, up.upload_id, 0, b"n" * 95)  # replaces 80 of the 80 used: 95 fits
+    sha = hashlib.sha256(b"n" * 95).hexdigest()
+    assert (await svc.files.complete_upload(None, up.upload_id, "a.bin", sha, if_version=1)).file.size == 95
+
+
+async def test_an_upload_for_a_new_file_is_refused_at_once_when_the_file_quota_is_used_up(svc: LockService) -> None:
+    for i in range(QUOTA_FILES):
+        await svc.files.write(None, f"f{i}", b"1", if_version=0, agent="alice")
+    e = await refusal(svc.files.create_upload(None, "new.bin"))
+    assert_over(e, "files", QUOTA_FILES, QUOTA_FILES, 1)
+    uploads = svc.disk("default").root / ".mcp-locks" / "uploads"
+    assert not uploads.exists() or os.listdir(uploads) == []
+
+
+async def test_the_usage_is_counted_again_from_the_records_after_a_restart(tmp_path: Path) -> None:
+    limits = FileLimits(quota_bytes=QUOTA_BYTES)
+    for attempt in range(2):
+        store = SqliteStore(tmp_path / "locks.db")
+        async with LockService(store, clock=ManualClock(), files_dir=tmp_path / "files", file_limits=limits) as s:
+            if attempt == 0:
+                await s.files.write(None, "a.bin", b"x" * 70, if_version=0, agent="alice")
+            else:
+                e = await refusal(s.files.write(None, "b.bin", b"y" * 31, if_version=0, agent="alice"))
+                assert_over(e, "bytes", QUOTA_BYTES, 70, 31)
+
+
+# ---------------------------------------------------------------------- over REST
+
+
+@pytest.fixture
+async def http(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    settings = Settings(store="memory", data_dir=tmp_path, insecure_no_auth=True, quota_bytes=QUOTA_BYTES,
+                        quota_files=QUOTA_FILES)  # fmt: skip
+    async with (
+        serve_app(build_app(settings)) as url,  # the service built from the settings, as `mcp-locks serve` does
+        httpx.AsyncClient(base_url=f"{url}/v1/workspaces/default", timeout=STEP) as h,
+    ):
+        yield h
+
+
+async def test_a_rest_put_over_the_quota_set_in_the_settings_is_a_413_quota_exceeded(http: httpx.AsyncClient) -> None:
+    async def pieces() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(20):
+            yield b"p" * 10
+
+    for body in (b"p" * (QUOTA_BYTES + 1), pieces()):
+        r = await http.put("/files/big.bin", content=body, headers={"If-None-Match": "*"})
+        assert r.status_code == 413, r.text
+        err = r.json()["error"]
+        assert err["code"] == "QUOTA_EXCEEDED"
+        assert (err["details"]["limit"], err["details"]["quota"], err["details"]["used"]) == ("bytes", QUOTA_BYTES, 0)
+        assert "--quota-bytes" in err["hint"]
+    assert (await http.get("/files/big.bin")).status_code == 404
+
+
+async def test_a_rest_upload_chunk_and_completion_over_the_quota_are_refused(http: httpx.AsyncClient) -> None:
+    uid = (await http.post("/uploads", json={})).json()["upload_id"]
+    assert (await http.put(f"/uploads/{uid}/chunks/0", content=b"c" * 60)).status_code == 200
+    r = await http.put(f"/uploads/{uid}/chunks/1", content=b"c" * 41)
+    assert (r.status_code, r.json()["error"]["code"]) == (413, "QUOTA_EXCEEDED")
+    assert (await http.get(f"/uploads/{uid}")).json()["received"] == [0]
+    assert (await http.put("/files/a.bin", content=b"a" * 50, headers={"If-None-Match": "*"})).status_code == 201
+    sha = hashlib.sha256(b"c" * 60).hexdigest()
+    done = await http.post(f"/uploads/{uid}/complete", json={"node_id": "u.bin", "sha256": sha, "if_version": 0})
+    assert (done.status_code, done.json()["error"]["code"]) == (413, "QUOTA_EXCEEDED")
+    assert (await http.get("/files/u.bin")).status_code == 404

@@ -1,0 +1,236 @@
+"""Resumable uploads under races: one upload commits at most once, revoked keys' uploads go, and deleting a
+workspace ends the file work in flight on it with NOT_FOUND (never an OSError or a 500)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+
+from mcp_locks import LockError
+from mcp_locks.core.clock import ManualClock
+from mcp_locks.core.keys import parse_key_id
+from mcp_locks.engine.lock_service import LockService
+from mcp_locks.stores.base import Store
+
+from .faces import Env
+from .helpers import STEP
+
+pytestmark = pytest.mark.anyio
+
+#: Calls racing to complete one upload: enough that, before the fix, several always got through.
+RACERS = 20
+#: The issue's bound: a revoked key's unfinished uploads are dropped within one second of the revocation.
+REVOCATION_BOUND = 1.0
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def state(root: Path, sub: str) -> list[str]:
+    folder = root / ".mcp-locks" / sub
+    return sorted(os.listdir(folder)) if folder.exists() else []
+
+
+async def started_upload(http: httpx.AsyncClient, key: str, parts: list[bytes]) -> tuple[str, str]:
+    """An upload with all its chunks sent: (upload_id, sha256 of the whole)."""
+    uid = (await http.post("/uploads", headers=auth(key))).json()["upload_id"]
+    for i, part in enumerate(parts):
+        r = await http.put(f"/uploads/{uid}/chunks/{i}", content=part, headers=auth(key))
+        assert r.status_code == 200, r.text
+    return uid, hashlib.sha256(b"".join(parts)).hexdigest()
+
+
+@pytest.fixture
+async def http(env: Env) -> AsyncIterator[httpx.AsyncClient]:
+    limits = httpx.Limits(max_connections=RACERS + 5)
+    async with httpx.AsyncClient(base_url=f"{env.url}/v1/workspaces/default", timeout=30, limits=limits) as h:
+        yield h
+
+
+async def race(http: httpx.AsyncClient, uid: str, bodies: list[dict[str, object]], key: str) -> list[httpx.Response]:
+    """Send every completion of ``uid`` at once."""
+    out: list[httpx.Response] = []
+
+    async def one(body: dict[str, object]) -> None:
+        out.append(await http.post(f"/uploads/{uid}/complete", json=body, headers=auth(key)))
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            for body in bodies:
+                tg.start_soon(one, body)
+    return out
+
+
+def one_winner(answers: list[httpx.Response]) -> httpx.Response:
+    """The one 200 among ``answers``; every other is a 404 saying what the winner wrote."""
+    assert all(r.status_code < 500 for r in answers), [r.text for r in answers if r.status_code >= 500]
+    won = [r for r in answers if r.status_code == 200]
+    assert len(won) == 1, [r.text for r in answers]
+    version = won[0].json()["file"]["version"]
+    for r in answers:
+        if r is not won[0]:
+            assert r.status_code == 404, r.text
+            err = r.json()["error"]
+            assert (err["code"], err["details"]["completed"]) == ("NOT_FOUND", True)
+            assert (err["details"]["node_id"], err["details"]["version"]) == (won[0].json()["file"]["node_id"], version)
+    return won[0]
+
+
+async def test_concurrent_completes_of_one_upload_to_one_file_write_it_once(env: Env, http: httpx.AsyncClient) -> None:
+    # Under a write lock, every racer passes the file rule: only the upload can stop a second write.
+    parts = [b"a" * 70_000, b"b" * 70_000, b"c" * 5]
+    uid, sha = await started_upload(http, env.alice, parts)
+    grant = (await http.post("/nodes/big.bin/lock", json={"mode": "write"}, headers=auth(env.alice))).json()
+    body = {"node_id": "big.bin", "sha256": sha, "token": grant["token"]}
+    won = one_winner(await race(http, uid, [body] * RACERS, env.alice))
+    assert won.json()["file"]["version"] == 1
+    read = await http.get("/files/big.bin", headers=auth(env.alice))
+    assert (read.headers["x-version"], read.content) == ("1", b"".join(parts))
+    root = env.service.disk("default").root
+    assert state(root, "staging") == []
+    assert sorted(os.listdir(root / ".mcp-locks" / "uploads" / uid)) == ["done.json", "info.json"]  # no chunk left
+
+
+async def test_concurrent_completes_naming_different_files_commit_to_one_of_them(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    uid, sha = await started_upload(http, env.alice, [b"x" * 1000])
+    bodies: list[dict[str, object]] = [{"node_id": f"f{i}.bin", "sha256": sha, "if_version": 0} for i in range(RACERS)]
+    won = one_winner(await race(http, uid, bodies, env.alice))
+    listed = (await http.get("/files", headers=auth(env.alice))).json()["files"]
+    assert [f["node_id"] for f in listed] == [won.json()["file"]["node_id"]]
+    assert state(env.service.disk("default").root, "staging") == []
+
+
+async def test_a_completion_retried_after_it_committed_is_told_what_was_written_and_writes_nothing(
+    env: Env, http: httpx.AsyncClient
+) -> None:
+    uid, sha = await started_upload(http, env.alice, [b"once"])
+    body = {"node_id": "r.bin", "sha256": sha, "if_version": 0}
+    first = await http.post(f"/uploads/{uid}/complete", json=body, headers=auth(env.alice))
+    assert first.status_code == 200
+    again = await http.post(f"/uploads/{uid}/complete", json={**body, "if_version": 1}, headers=auth(env.alice))
+    assert again.status_code == 404
+    assert again.json()["error"]["details"] == {
+        "upload_id": uid, "completed": True, "node_id": "r.bin", "version": 1, "etag": first.json()["file"]["etag"],
+    }  # fmt: skip
+    assert (await http.get("/files/r.bin", headers=auth(env.alice))).headers["x-version"] == "1"
+
+
+# ---------------------------------------------------------------------- revoked keys
+
+
+async def test_a_revoked_keys_unfinished_uploads_are_dropped_within_a_second(env: Env, http: httpx.AsyncClient) -> None:
+    uid, _ = await started_upload(http, env.alice, [b"p" * 5000, b"q" * 5000])
+    kept, _ = await started_upload(http, env.bob, [b"bob's"])
+    uploads = env.service.disk("default").root / ".mcp-locks" / "uploads"
+    assert {uid, kept} <= set(os.listdir(uploads))
+    key_id = parse_key_id(env.alice)
+    assert key_id is not None
+    await env.service.revoke_key(key_id)
+    # Real time is the subject here: the drop runs in the background, so look until the bound passes.
+    with anyio.fail_after(REVOCATION_BOUND):
+        while uid in os.listdir(uploads):  # noqa: ASYNC110 - a folder on disk: no event to wait on
+            await anyio.sleep(0.02)
+    assert os.listdir(uploads) == [kept]  # bob's upload stays, and nothing of alice's is left
+    assert (await http.get(f"/uploads/{uid}", headers=auth(env.alice))).status_code == 401
+
+
+# ---------------------------------------------------------------------- deleting a workspace
+
+
+@pytest.fixture
+async def svc(store: Store, clock: ManualClock, tmp_path: Path) -> AsyncIterator[LockService]:
+    async with LockService(store, clock=clock, files_dir=tmp_path / "files") as s:
+        await s.create_workspace("team")
+        yield s
+
+
+class Held:
+    """A request body that sends one piece, says so, then waits (forever, unless released)."""
+
+    def __init__(self) -> None:
+        self.sent_one = anyio.Event()
+        self.release = anyio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"first piece "
+        self.sent_one.set()
+        await self.release.wait()
+        yield b"and the rest"
+
+
+async def deleted_while(svc: LockService, body: Held, call: object) -> LockError | None:
+    """Run ``call`` (a coroutine streaming ``body``), delete 'team' once a piece arrived; the call's error."""
+    out: list[LockError | None] = []
+
+    async def run() -> None:
+        try:
+            await call  # type: ignore[misc]
+            out.append(None)
+        except LockError as e:
+            out.append(e)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            await body.sent_one.wait()
+            await svc.delete_workspace("team")
+            body.release.set()  # before the fix the call then went on, into a deleted workspace
+    return out[0]
+
+
+async def test_deleting_a_workspace_ends_a_streaming_write_with_not_found(svc: LockService) -> None:
+    root = svc.disk("team").root
+    body = Held()
+    e = await deleted_while(svc, body, svc.files.write("team", "w.bin", body, if_version=0, agent="alice"))
+    assert e is not None
+    assert e.code == "NOT_FOUND", e
+    assert not root.exists()  # nothing re-created the deleted workspace's folder
+    assert "team" not in svc.registry.actors
+
+
+async def test_deleting_a_workspace_ends_a_streaming_upload_chunk_with_not_found(svc: LockService) -> None:
+    up = await svc.files.create_upload("team")
+    root = svc.disk("team").root
+    body = Held()
+    e = await deleted_while(svc, body, svc.files.put_chunk("team", up.upload_id, 0, body))
+    assert e is not None
+    assert e.code == "NOT_FOUND", e
+    assert not root.exists()
+
+
+async def drain(pieces: AsyncIterator[bytes]) -> None:
+    async for _ in pieces:
+        pass
+
+
+async def test_deleting_a_workspace_cuts_a_download_in_flight_short_without_a_server_error(
+    env: Env, caplog: pytest.LogCaptureFixture
+) -> None:
+    data = os.urandom(32 << 20)  # far more than the socket buffers hold, so the server is still sending
+    base = f"{env.url}/v1/workspaces/team"
+    async with httpx.AsyncClient(base_url=base, timeout=STEP) as http:
+        r = await http.put("/files/big.bin", content=data, headers={**auth(env.alice), "If-None-Match": "*"})
+        assert r.status_code == 201
+        caplog.set_level(logging.ERROR)
+        with anyio.fail_after(STEP):
+            async with http.stream("GET", "/files/big.bin", headers=auth(env.alice)) as resp:
+                assert resp.status_code == 200
+                pieces = resp.aiter_raw()
+                await pieces.__anext__()
+                gone = await http.delete(f"{env.url}/v1/workspaces/team", headers=auth(env.admin))
+                assert gone.status_code == 200, gone.text
+                with pytest.raises(httpx.RemoteProtocolError):  # closed short of its Content-Length
+                    await drain(pieces)
+        after = await http.get("/files/big.bin", headers=auth(env.admin))
+        assert (after.status_code, after.json()["error"]["code"]) == (404, "NOT_FOUND")
+    assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
