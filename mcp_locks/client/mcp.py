@@ -7,7 +7,11 @@
 It calls the lock tools over streamable HTTP at ``<url>/mcp`` (2026-07-28,
 sessionless, unless ``mode="legacy"``), with the key as ``Authorization:
 Bearer``. Holding, renewing, :class:`LeaseLost` and releasing are
-:class:`LockClient`'s own; only the calls differ. Coded tool errors, and the
+:class:`LockClient`'s own; only the calls differ, and how a lost lease is
+pushed: a guarded block's nodes are followed as ``locks://`` resources
+(``subscriptions/listen``, or ``resources/subscribe`` in a legacy session), and
+an update of one has the client ask ``check_lock_status`` with the lease's token
+(:mod:`mcp_locks.client.push`). Coded tool errors, and the
 server's HTTP refusals (``UNAUTHENTICATED``, ``RATE_LIMITED``, ...), raise the
 same :class:`~mcp_locks.LockError` subclasses; a lost connection or a 502/503/504
 is retried like REST (the connection is opened again), every lock call with a
@@ -23,17 +27,33 @@ import logging
 import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Self
+from urllib.parse import quote
 
 import anyio
+import anyio.abc
 import httpx2
 import stamina
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT, CallToolResult, TextContent
+from mcp.shared.subscriptions import ResourceUpdated
+from mcp_types import (
+    CONNECTION_CLOSED,
+    REQUEST_TIMEOUT,
+    CallToolResult,
+    EmptyResult,
+    ResourceUpdatedNotification,
+    SubscribeRequest,
+    SubscribeRequestParams,
+    TextContent,
+    UnsubscribeRequest,
+    UnsubscribeRequestParams,
+)
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from mcp_locks.client.errors import TRANSIENT_STATUS, Transient, decode_error
-from mcp_locks.client.rest import RELEASE_WITHIN, LockClient
+from mcp_locks.client.push import LeasePush, NoStream, Topic
+from mcp_locks.client.rest import RELEASE_WITHIN, Lease, LockClient
 from mcp_locks.core.clock import Clock
 from mcp_locks.core.errors import ERROR_META_KEY, ERROR_TABLE, Internal, LockError, Unavailable
 
@@ -108,6 +128,10 @@ class McpLockClient(LockClient):
         self._refusals = 0
         self._refusal: LockError | Transient | None = None
 
+    def _new_push(self) -> LeasePush:
+        """The MCP client follows its leases' node resources."""
+        return McpPush(self)
+
     async def __aenter__(self) -> Self:
         await super().__aenter__()
         self._stack.push_async_callback(self._mcp_http.aclose)
@@ -134,7 +158,9 @@ class McpLockClient(LockClient):
     async def _run(self, s: _Session) -> None:
         try:
             transport = streamable_http_client(self.endpoint, http_client=self._mcp_http)
-            async with Client(transport, mode=self.mode, read_timeout_seconds=self.timeout) as client:
+            async with Client(
+                transport, mode=self.mode, read_timeout_seconds=self.timeout, message_handler=self._on_message
+            ) as client:
                 s.client = client
                 s.ready.set()
                 await s.stop.wait()
@@ -148,7 +174,16 @@ class McpLockClient(LockClient):
             s.ready.set()
             s.done.set()
 
+    async def _on_message(self, message: object) -> None:
+        """A legacy session's resource updates go to the push (other messages need nothing)."""
+        if isinstance(message, ResourceUpdatedNotification) and isinstance(self._pusher, McpPush):
+            self._pusher.updated(message.params.uri)
+
     async def _connected(self) -> Client:
+        return (await self._open())[1]
+
+    async def _open(self) -> tuple[_Session, Client]:
+        """The live session and its client (opened if there is none); Transient if it cannot be, or the refusal."""
         s = self._session
         if s is None:
             tg = self._entered()
@@ -165,7 +200,16 @@ class McpLockClient(LockClient):
             await s.ready.wait()
         if s.client is None:
             raise Transient("the MCP session ended")
-        return s.client
+        return s, s.client
+
+    def _refused(self, e: MCPError, refusals: int) -> Exception:
+        """What an MCP error means: worth retrying (Transient), the server's coded refusal, or NoStream."""
+        if e.code in (CONNECTION_CLOSED, REQUEST_TIMEOUT):
+            return Transient(e.message)
+        refusal = self._refusal if self._refusals != refusals else None
+        if refusal is not None:
+            return refusal
+        return decode_error({"error": {"data": e.error.data}}) or NoStream(f"MCP error {e.code}: {e.message}")
 
     def _retire(self, client: Client) -> None:
         s = self._session
@@ -221,3 +265,161 @@ class McpLockClient(LockClient):
         if tool == "renew_lock":
             args.pop("node_id")  # the tool finds the lock by its token
         return await self._tool(tool, {"workspace_id": workspace_id, **args}, wait=wait)
+
+
+def node_uri(workspace_id: str, node_id: str) -> str:
+    """A node's ``locks://`` resource, spelled as the server spells it (subscriptions match URIs exactly)."""
+    return f"locks://{workspace_id}/{quote(node_id, safe='/')}"
+
+
+#: Most times one stream follows a change of the held leases before it starts over (each waits for a change).
+_MAX_CHANGES = 1_000_000
+#: Longest a legacy session spends unsubscribing from the nodes once no block holds them (seconds).
+UNSUBSCRIBE_WITHIN = 2.0
+
+
+class McpPush(LeasePush):
+    """Follows the held leases' node resources over the client's MCP connection: one stream for the client.
+
+    2026-07-28: one ``subscriptions/listen`` stream over every held node; when the nodes change, a new
+    stream opens before the old one closes, so no update falls in between. 2025-era sessions:
+    ``resources/subscribe`` and ``resources/unsubscribe`` as nodes come and go, on the session the calls
+    use. An update says only that a node changed: the leases on it are checked with ``check_lock_status``.
+    """
+
+    def __init__(self, client: McpLockClient) -> None:
+        super().__init__(client)
+        self.mcp = client
+
+    def topic_of(self, lease: Lease) -> str:
+        """One stream for the client."""
+        return ""
+
+    def added(self, t: Topic, lock_id: str, since: int) -> None:
+        """Subscribe to its node (if new), then check it once."""
+        t.awaiting.add(lock_id)  # checked once its node is subscribed: an update before that went unheard
+        t.changed.set()
+
+    def updated(self, uri: str) -> None:
+        """A followed node changed: check the leases held on it."""
+        t = self._topics.get("")
+        if t is not None:
+            t.check({lock_id for lock_id, (lease, _) in self._held.items() if _uri(lease) == uri})
+
+    def uris(self) -> list[str]:
+        """The held leases' node resources."""
+        return sorted({_uri(lease) for lease, _ in self._held.values()})
+
+    def to_cover(self, t: Topic, first: bool) -> set[str]:
+        """Taken with the URIs about to be subscribed: the leases to check once they are (all, the first time).
+
+        A lease added after this waits for the next round, whose subscription covers its node.
+        """
+        ready = self.lock_ids(t) if first else set(t.awaiting)
+        t.awaiting -= ready
+        return ready
+
+    def covered(self, t: Topic, ready: set[str], first: bool) -> None:
+        """The stream now covers the nodes of ``ready``: check those leases once."""
+        if first:
+            t.live = True
+            self.connects += 1
+        t.check(ready)
+
+    async def follow(self, t: Topic) -> None:
+        """Subscribe to the held nodes on the live session until the stream or the session ends."""
+        refusals = self.mcp._refusals
+        session, client = await self.mcp._open()
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:  # errors leave it as themselves, never as a group
+            try:
+                if client.protocol_version in MODERN_PROTOCOL_VERSIONS:
+                    await self._listen(t, client, tg)
+                else:
+                    await self._subscribe(t, session, client, tg)
+            except MCPError as e:
+                failure = self.mcp._refused(e, refusals)
+            except Exception as e:  # handed on below, outside the task group
+                failure = e
+            tg.cancel_scope.cancel()
+        if failure is not None:
+            raise failure
+
+    async def _listen(self, t: Topic, client: Client, tg: anyio.abc.TaskGroup) -> None:
+        current: anyio.CancelScope | None = None
+        listening: list[str] | None = None
+        for n in range(_MAX_CHANGES):
+            changed = t.changes()
+            want, ready = self.uris(), self.to_cover(t, first=n == 0)
+            if want and want != listening:
+                scope = await tg.start(self._listen_once, t, client, want)
+                if current is not None:
+                    current.cancel()  # only now: the new stream is acknowledged
+                current, listening = scope, want
+            self.covered(t, ready, first=n == 0)
+            await changed.wait()
+            if t.dead:
+                raise Transient("the listen stream ended")
+
+    async def _listen_once(
+        self, t: Topic, client: Client, uris: list[str], *, task_status: anyio.abc.TaskStatus[anyio.CancelScope]
+    ) -> None:
+        """One listen stream over ``uris``, started once the server acknowledged it."""
+        started = False
+        with anyio.CancelScope() as scope:
+            try:
+                async with client.listen(resource_subscriptions=uris) as sub:
+                    task_status.started(scope)
+                    started = True
+                    async for event in sub:
+                        if isinstance(event, ResourceUpdated):
+                            self.updated(event.uri)
+            except Exception as e:
+                if not started:
+                    raise
+                log.debug("listen stream for lease loss ended: %r", e)
+        if not scope.cancel_called:  # it ended by itself: the follower reconnects
+            t.dead = True
+            t.changed.set()
+
+    async def _subscribe(self, t: Topic, session: _Session, client: Client, tg: anyio.abc.TaskGroup) -> None:
+        async def session_ended() -> None:
+            await session.done.wait()
+            t.dead = True
+            t.changed.set()
+
+        tg.start_soon(session_ended)
+        subscribed: set[str] = set()
+        try:
+            for n in range(_MAX_CHANGES):
+                changed = t.changes()
+                want, ready = set(self.uris()), self.to_cover(t, first=n == 0)
+                for uri in sorted(want - subscribed):
+                    subscribe = SubscribeRequest(params=SubscribeRequestParams(uri=uri))
+                    await client.session.send_request(subscribe, EmptyResult)
+                    subscribed.add(uri)
+                await _unsubscribe(client, subscribed - want, subscribed)
+                self.covered(t, ready, first=n == 0)
+                await changed.wait()
+                if t.dead:
+                    raise Transient("the MCP session ended")
+        finally:
+            # The session outlives this stream (the calls use it): leave it subscribed to nothing (a session
+            # takes a bounded number of subscriptions), briefly, even when stopped by the last block's end.
+            if subscribed and not session.done.is_set():
+                with anyio.move_on_after(UNSUBSCRIBE_WITHIN, shield=True):
+                    try:
+                        await _unsubscribe(client, set(subscribed), subscribed)
+                    except Exception as e:  # the session is going: its subscriptions go with it
+                        log.debug("could not unsubscribe: %r", e)
+
+
+async def _unsubscribe(client: Client, uris: set[str], subscribed: set[str]) -> None:
+    """Unsubscribe the session from ``uris`` (taking each out of ``subscribed``)."""
+    for uri in sorted(uris):
+        await client.session.send_request(UnsubscribeRequest(params=UnsubscribeRequestParams(uri=uri)), EmptyResult)
+        subscribed.discard(uri)
+
+
+def _uri(lease: Lease) -> str:
+    return node_uri(lease.workspace_id, lease.node_id)

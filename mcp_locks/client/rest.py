@@ -5,10 +5,13 @@
             write_report(fence=lease.fence)
 
 While the body runs, the lease is renewed in the background at about a third of
-its length. If a renewal fails for good (the lease expired, an admin broke the
-lock), the body is cancelled at its next await and :class:`LeaseLost` is raised
-from the ``async with``: stop writing, the lock is no longer yours. The lock is
-released when the body ends, also on error or cancellation.
+its length, and the workspace's event stream is followed: when the lease ends
+(an admin broke the lock, it expired, the key was revoked) the server's event
+reaches the client within a second (:mod:`mcp_locks.client.push`; a failed
+renewal says so too, later), the body is cancelled at its next await and
+:class:`LeaseLost` is raised from the ``async with``: stop writing, the lock is
+no longer yours. The lock is released when the body ends, also on error or
+cancellation.
 
 Refusals (``LOCKED``, ``FORBIDDEN``, ...) raise the same :class:`~mcp_locks.LockError`
 subclasses the server uses, with their code, hint and details; they are never
@@ -38,6 +41,7 @@ import anyio.abc
 import httpx2
 
 from mcp_locks.client.errors import TRANSIENT_STATUS, Transient, error_of
+from mcp_locks.client.push import Guard, LeasePush, RestPush
 from mcp_locks.core.clock import Clock
 from mcp_locks.core.errors import LockBroken, LockError, LockExpired, LockNotFound, Unavailable
 from mcp_locks.core.names import check_node_id
@@ -163,6 +167,18 @@ class LockClient:
         )
         self._stack = contextlib.AsyncExitStack()
         self._tg: anyio.abc.TaskGroup | None = None
+        self._pusher: LeasePush | None = None
+
+    @property
+    def _push(self) -> LeasePush:
+        """What follows the guarded leases' ends (made on first use)."""
+        if self._pusher is None:
+            self._pusher = self._new_push()
+        return self._pusher
+
+    def _new_push(self) -> LeasePush:
+        """The REST client follows each workspace's event stream."""
+        return RestPush(self)
 
     async def __aenter__(self) -> Self:
         await self._stack.__aenter__()
@@ -177,6 +193,8 @@ class LockClient:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self._tg = None
+        if self._pusher is not None:
+            self._pusher.close()  # no stream reconnects while the client closes
         # The caller's exception is not handed to the renewals' task group (it would come back
         # wrapped in an exception group): it goes on as it is once the group has closed.
         await self._stack.__aexit__(None, None, None)
@@ -318,6 +336,8 @@ class LockClient:
         Releasing twice is not an error: a retry whose first attempt did release the
         lock (the answer was lost) finds it released, which is what was asked.
         """
+        if self._pusher is not None:
+            self._pusher.forget(lease.lock_id)  # its `released` event is no loss
         try:
             await self._op("unlock_file", lease.workspace_id, {"node_id": lease.node_id, "token": lease.token})
         except LockNotFound as e:
@@ -334,6 +354,8 @@ class LockClient:
         The workspace: ``workspace_id`` if given, else the first lease's, else the client's.
         """
         tokens = [h.token if isinstance(h, Lease) else h for h in held]
+        if self._pusher is not None:
+            self._pusher.forget_tokens(tokens)  # their `released` events are no loss
         first = next((h.workspace_id for h in held if isinstance(h, Lease)), None)
         ws = workspace_id or first or self.workspace_id
         outcomes: list[dict[str, Any]] = []
@@ -455,6 +477,7 @@ class LockClient:
     ) -> AsyncIterator[Lease]:
         """Hold a lock for the block: renewed in the background, released at the end, LeaseLost if it ends early."""
         self._entered()
+        since = self._push.connects
         lease = await self.acquire(
             node_id,
             mode=mode,
@@ -465,7 +488,7 @@ class LockClient:
             agent=agent,
             workspace_id=workspace_id,
         )
-        async with self._held([lease]):
+        async with self._held([lease], since):
             yield lease
 
     @contextlib.asynccontextmanager
@@ -481,10 +504,11 @@ class LockClient:
     ) -> AsyncIterator[list[Lease]]:
         """:meth:`lock` for several nodes taken together (all or none)."""
         self._entered()
+        since = self._push.connects
         leases = await self.acquire_many(
             items, timeout=timeout, wait=wait, note=note, agent=agent, workspace_id=workspace_id
         )
-        async with self._held(leases):
+        async with self._held(leases, since):
             yield leases
 
     def _entered(self) -> anyio.abc.TaskGroup:
@@ -492,9 +516,7 @@ class LockClient:
             raise RuntimeError("use LockClient as an async context manager: `async with LockClient(...) as c:`")
         return self._tg
 
-    async def _keep(
-        self, lease: Lease, lost: list[tuple[Lease, LockError]], definite: set[int], body: anyio.CancelScope
-    ) -> None:
+    async def _keep(self, lease: Lease, guard: Guard) -> None:
         """Renew ``lease`` a third of the way through each lease until cancelled, or mark it lost."""
         while True:
             due = lease.local_deadline - lease.timeout * (1 - RENEW_FRACTION)
@@ -502,76 +524,76 @@ class LockClient:
                 await self.clock.wait(anyio.Event(), due)
             while True:  # renew, retrying what may pass, until the lease would be gone by our clock
                 left = lease.local_deadline - self.clock.now()
-                err: LockError
                 if left <= 0:
                     err = LockExpired(
                         f"the lease on '{lease.node_id}' ran out while the server could not renew it.",
                         hint="Take the lock again and re-read the file before writing.",
                     )
-                else:
-                    try:
-                        with anyio.fail_after(left):
-                            await self.renew(lease)
-                        break
-                    except (LockExpired, LockBroken, LockNotFound) as e:
-                        err = e  # the server says it is over
-                        definite.add(id(lease))
-                    except (LockError, TimeoutError, Exception) as e:
-                        # Busy, rate-limited, unreachable, a proxy's junk: the lease may still run. Pause, retry.
-                        left = lease.local_deadline - self.clock.now()
-                        if left > 0:
-                            wait = e.details.get("retry_after", 1.0) if isinstance(e, LockError) else 1.0
-                            pause = self.clock.now() + min(float(wait), max(left / 4, 0.05))
-                            await self.clock.wait(anyio.Event(), pause)
-                        continue
-                lease.lost = err
-                lost.append((lease, err))
-                body.cancel()  # the block stops at its next await
-                return
+                    guard.lose(lease, err, definite=False)
+                    return
+                try:
+                    with anyio.fail_after(left):
+                        await self.renew(lease)
+                    break
+                except (LockExpired, LockBroken, LockNotFound) as e:
+                    guard.lose(lease, e, definite=True)  # the server says it is over
+                    return
+                except (LockError, TimeoutError, Exception) as e:
+                    # Busy, rate-limited, unreachable, a proxy's junk: the lease may still run. Pause, retry.
+                    left = lease.local_deadline - self.clock.now()
+                    if left > 0:
+                        wait = e.details.get("retry_after", 1.0) if isinstance(e, LockError) else 1.0
+                        pause = self.clock.now() + min(float(wait), max(left / 4, 0.05))
+                        await self.clock.wait(anyio.Event(), pause)
 
     @contextlib.asynccontextmanager
-    async def _held(self, leases: list[Lease]) -> AsyncIterator[None]:
+    async def _held(self, leases: list[Lease], since: int) -> AsyncIterator[None]:
+        """Run the caller's block holding ``leases``: renewed, followed for their end, released after.
+
+        ``since``: the push's connection count before the grant was asked (see :class:`LeasePush`).
+        """
         tg = self._entered()
-        body = anyio.CancelScope()
+        guard = Guard(leases, anyio.CancelScope())
         keepers = anyio.CancelScope()
         stopped = anyio.Event()
-        lost: list[tuple[Lease, LockError]] = []
-        definite: set[int] = set()  # leases the server said are over (no release needed)
 
         async def keep_all() -> None:
             try:
                 with keepers:
                     async with anyio.create_task_group() as group:
                         for le in leases:
-                            group.start_soon(self._keep, le, lost, definite, body)
+                            group.start_soon(self._keep, le, guard)
             finally:
                 stopped.set()
 
         tg.start_soon(keep_all)
+        self._push.add(guard, since)
         try:
-            with body:
+            with guard.body:
                 yield
         finally:
+            self._push.remove(guard)  # before releasing: our own `released` events are no loss
             keepers.cancel()
             with anyio.CancelScope(shield=True):
                 await stopped.wait()  # no renewal is in flight from here on
                 with anyio.move_on_after(RELEASE_WITHIN):
                     for le in leases:
-                        if id(le) not in definite:
+                        if id(le) not in guard.definite:
                             try:
                                 await self.release(le)
                             except LockError as e:  # it ends by its lease anyway
                                 log.warning("could not release %s on %s: %s", le.lock_id, le.node_id, e.code)
-        if lost:
-            raise LeaseLost(*lost[0])
+        if guard.lost:
+            raise LeaseLost(*guard.lost[0])
 
 
 class SyncLockClient:
     """:class:`LockClient` for scripts: the same calls, blocking, on an event loop in a thread of its own.
 
-    One difference: a blocking block cannot be interrupted when its lease is lost.
-    Check ``lease.lost`` between steps of long work; the block's exit then raises
-    :class:`LeaseLost` (unless the block raised something itself).
+    One difference: a blocking block cannot be interrupted when its lease is lost,
+    but ``lease.lost`` is set within a second of the loss (it is pushed, as for
+    :class:`LockClient`). Check it between steps of long work; the block's exit then
+    raises :class:`LeaseLost` (unless the block raised something itself).
     """
 
     def __init__(self, url: str, key: str | None, **options: Any) -> None:

@@ -101,7 +101,8 @@ def exec_(
     The locks are taken together (all or none), renewed while CMD runs and released when it
     exits; CMD's exit status is passed through and its environment gets MCP_LOCKS_FENCE (one
     lock) and MCP_LOCKS_FENCES (node=fence,...). Exit 75 if the locks are busy, 76 if a lock
-    was lost while CMD ran (CMD is then stopped with SIGTERM).
+    was lost while CMD ran (broken, expired, key revoked: CMD is then stopped with SIGTERM
+    within a second, as exec follows the workspace's events).
 
     Example: mcp-locks exec --lock reports/q3.md --lock data:read:tree --wait 30 -- python make_report.py
     """
