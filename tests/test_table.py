@@ -18,6 +18,7 @@ from mcp_locks.core.errors import (
     LockError,
     LockExpired,
     LockNotFound,
+    Unauthenticated,
     WaitTimeout,
 )
 from mcp_locks.core.names import MAX_NODE_ID_BYTES, check_node_id, check_workspace_id
@@ -1426,3 +1427,19 @@ def test_a_request_id_used_by_an_older_key_of_the_agent_is_not_replayed_to_a_new
     lock(table, "a", "erin", key_id="k-old", request_id="job-17")
     with pytest.raises(InvalidArgument, match="another key"):
         acquire(table, "a", "erin", key_id="k-new", as_key="k-new", request_id="job-17")
+
+
+def test_revoking_a_key_refuses_its_waiters_before_breaking_its_locks_so_none_of_them_is_granted() -> None:
+    table = LockTable("ws")
+    held = lock(table, "a", "bob/x", key_id="k-bob")
+    mine = enqueue(table, "a", "bob/y", key_id="k-bob")  # another session of the same key waits behind it
+    other = enqueue(table, "a", "carol", key_id="k-carol")
+    broken, left = table.revoke_key(T0 + 5, "k-bob", "root", "key revoked")
+    assert ([le.lock_id for le in broken], left) == ([held.lock_id], 1)
+    outcomes = dict(table.outcomes)
+    assert isinstance(outcomes[mine], Unauthenticated)
+    assert isinstance(outcomes[other], Granted)
+    assert outcomes[other].leases[0].owner == "carol"
+    with pytest.raises(LockBroken) as e:
+        table.renew(T0 + 6, held.token)
+    assert (e.value.details["broken_by"], e.value.details["reason"]) == ("root", "key revoked")

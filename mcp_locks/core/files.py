@@ -22,6 +22,7 @@ __all__ = [
     "PutFile",
     "Staged",
     "check_file_id",
+    "is_yours",
 ]
 
 #: The folder under a workspace's root where mcp-locks keeps staged writes and uploads; no node may be in it.
@@ -48,10 +49,23 @@ def check_file_id(value: object, field: str = "node_id") -> str:
     return node
 
 
-def _holders_text(leases: list[Lease]) -> str:
+def _holders_text(leases: list[Lease], owner: str) -> str:
     from mcp_locks.core.records import fmt_time as _fmt_time
 
-    return ", ".join(f"agent '{le.owner}' ({le.mode} lock until {_fmt_time(le.expires_at)})" for le in leases[:3])
+    said = ", ".join(f"agent '{le.owner}' ({le.mode} lock until {_fmt_time(le.expires_at)})" for le in leases[:3])
+    if any(le.owner == owner for le in leases):
+        said += " (taken with another key of yours: a lock belongs to the key that took it)"
+    return said
+
+
+def is_yours(lease: Lease, owner: str, as_key: str | None) -> bool:
+    """Whether ``lease`` is the caller's: same owner (agent or session) and, with an agent key, that very key.
+
+    The lock rule's own: a token works only with the key that took it, so a lock taken with another key
+    of the same agent (an old one, since revoked) is someone else's. Without ``as_key`` (an admin, or a
+    server without authentication) the owner's name decides, as it decides whose token an admin may use.
+    """
+    return lease.owner == owner and (as_key is None or lease.key_id == as_key)
 
 
 class FileTable:
@@ -63,8 +77,11 @@ class FileTable:
 
     Rules for changing a file (write or delete):
 
-    * If another agent holds any lock covering the node (read or write, on
-      the node or a tree lock above it): LOCKED.
+    * If anyone else holds any lock covering the node (read or write, on
+      the node or a tree lock above it): LOCKED. A lock is the caller's only
+      if it has the caller's owner name (agent or session) *and* was taken
+      with the caller's key: the lock rule's own, where a token works only
+      with the key that took it.
     * With a token: it must name a live write lock of the caller covering the
       node (LOCK_EXPIRED / LOCK_BROKEN / LOCK_NOT_FOUND otherwise), whose fence
       is not older than the fence the file was last written under
@@ -74,7 +91,7 @@ class FileTable:
       version (0 = the file must not exist), else VERSION_MISMATCH.
     * Neither: INVALID_ARGUMENT. A blind write is how updates get lost.
 
-    Reads are refused (LOCKED) only while another agent holds a write lock
+    Reads are refused (LOCKED) only while someone else holds a write lock
     covering the node, unless the reader shows a live token of its own.
 
     Changes are appended to the lock table's ``changes`` (committed in the
@@ -162,10 +179,12 @@ class FileTable:
         if token is not None:
             self._lease(locks, now, token, as_key, node_id, need_write=False)
         else:
-            writers = [le for le in locks.covering(now, node_id) if le.mode == "write" and le.owner != owner]
+            writers = [
+                le for le in locks.covering(now, node_id) if le.mode == "write" and not is_yours(le, owner, as_key)
+            ]
             if writers:
                 raise Locked(
-                    f"'{node_id}' is being written: {_holders_text(writers)}.",
+                    f"'{node_id}' is being written: {_holders_text(writers, owner)}.",
                     hint="Read it after the writer unlocks it: {op:lock_file} with mode 'read' and wait=30 waits in"
                     " line and then shows a consistent file (pass its token to {op:read_file}).",
                     details={"node_id": node_id, "holders": [le.owner for le in writers]},
@@ -189,10 +208,10 @@ class FileTable:
     ) -> tuple[FileMeta | None, Lease | None]:
         """Whether ``owner`` may change the file now: its current metadata and the lease it writes under."""
         lease = self._lease(locks, now, token, as_key, node_id, need_write=True) if token is not None else None
-        others = [le for le in locks.covering(now, node_id) if le.owner != owner and le is not lease]
+        others = [le for le in locks.covering(now, node_id) if le is not lease and not is_yours(le, owner, as_key)]
         if others:
             raise Locked(
-                f"'{node_id}' is locked by {_holders_text(others)}.",
+                f"'{node_id}' is locked by {_holders_text(others, owner)}.",
                 hint="Take the lock yourself ({op:lock_file} with mode 'write' and wait=30) and write with its token.",
                 details={"node_id": node_id, "holders": [le.owner for le in others]},
             )

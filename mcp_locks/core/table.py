@@ -24,6 +24,7 @@ from mcp_locks.core.errors import (
     LockExpired,
     LockNotFound,
     NotFound,
+    Unauthenticated,
     WaitTimeout,
 )
 from mcp_locks.core.records import (
@@ -762,6 +763,29 @@ class LockTable:
         self._promote(now)
         return lease, max(0, round((now - lease.acquired_at) * 1000))
 
+    def revoke_key(self, now: float, key_id: str, by: str, why: str) -> tuple[list[Lease], int]:
+        """End everything the key ``key_id`` has here: it was revoked, so nothing may stay granted to it.
+
+        Its waiters leave the line (their callers get UNAUTHENTICATED) before any of its locks is
+        released, so none of them is served by what the release frees; then each of its locks is
+        broken as :meth:`force_release` breaks one (``by``, ``why``: its token answers LOCK_BROKEN
+        with them). The waiters behind those locks are served as usual. An upgrade the key waits
+        for goes with its lock. Returns the broken leases and how many waiters left.
+
+        A scan of the line and of every lease: revocation is rare, the lock path pays nothing for it.
+        """
+        self.expire(now)
+        gone = [w for w in self._line() if w.key_id == key_id]
+        for w in gone:
+            self._drop_waiter(w)
+            self._left(w, now, Unauthenticated.code)
+            self.outcomes.append((w.waiter_id, _revoked_waiter(w, by, why)))
+        broken = [le for le in self._leases.values() if le.key_id == key_id]
+        for le in broken:
+            self._end(le, "broken", now, by, why)
+        self._promote(now)
+        return broken, len(gone)
+
     def cancel(self, now: float, waiter_id: int) -> bool:
         """Take ``waiter_id`` out of the line; False if it is no longer waiting (granted or failed first)."""
         self.expire(now)
@@ -1391,6 +1415,17 @@ _SMALL_PASS = 64
 def _line_key(w: _Waiter) -> tuple[bool, int]:
     """A waiter's place in line: upgrades first, then by arrival (waiter ids only grow)."""
     return (w.upgrade_of is None, w.waiter_id)
+
+
+def _revoked_waiter(w: _Waiter, by: str, why: str) -> Unauthenticated:
+    """The answer of a request whose key was revoked while it waited in line."""
+    nodes = ", ".join(f"'{c.node_id}'" for c in w.items)
+    return Unauthenticated(
+        f"the key this request was made with was revoked by admin '{by}' while it waited for {nodes}"
+        f" ({why}); it was not granted.",
+        hint="Ask whoever runs the server for a new key, then retry with it.",
+        details={"key_id": w.key_id, "revoked_by": by, "reason": why},
+    )
 
 
 def _claim_event(kind: EventKind, at: float, w: _Waiter, c: Claim, code: str | None = None) -> Event:

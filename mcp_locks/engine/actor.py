@@ -11,6 +11,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar, cast
 
 import anyio
+import anyio.lowlevel
 
 from mcp_locks.core.claims import Claim
 from mcp_locks.core.clock import Clock
@@ -164,6 +165,8 @@ class WorkspaceActor:
         If the caller is cancelled meanwhile, the command still runs to its
         commit; ``undo`` then gets its result, to give back what nobody will
         ever receive (a grant whose token would be lost, a place in line).
+        That holds too for a caller cancelled after its answer came back but
+        before it took it: the cancellation then raises here, after ``undo``.
         """
         if self.stopped:
             raise Unavailable("this workspace is shutting down.", hint="Retry in a moment.")
@@ -173,18 +176,26 @@ class WorkspaceActor:
         self._wake.set()
         try:
             await batch.done.wait()
+            if undo is not None and c.error is None:
+                # A cancellation that came after the batch was done is not delivered by that wait (it had
+                # ended): without this the answer would go up to a caller that can no longer take it.
+                await anyio.lowlevel.checkpoint_if_cancelled()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await batch.done.wait()
                 if c.error is None and undo is not None:
-                    try:
-                        await undo(c.result)
-                    except LockError as e:  # shutting down: the lease will expire on its own
-                        log.warning("could not give back an abandoned result in %s: %s", self.workspace_id, e.code)
+                    await self._undo(undo, c.result)
             raise
         if c.error is not None:
             raise c.error
         return c.result  # type: ignore[no-any-return]
+
+    async def _undo(self, undo: Callable[[T], Awaitable[None]], result: T) -> None:
+        """Give back what a cancelled caller will never receive (shielded by the caller)."""
+        try:
+            await undo(result)
+        except LockError as e:  # shutting down: the lease will expire on its own
+            log.warning("could not give back an abandoned result in %s: %s", self.workspace_id, e.code)
 
     def queued(
         self, outcome: Granted | Queued, upgrade: bool = False, request: tuple[str, str | None] = ("", None)
@@ -199,9 +210,14 @@ class WorkspaceActor:
         return w
 
     async def wait_for(self, w: Waiting) -> Granted:
-        """Wait for a place in line to be granted (or fail); leaving the line if cancelled."""
+        """Wait for a place in line to be granted (or fail); leaving the line if cancelled.
+
+        A caller cancelled after its grant came back but before it took it gives the grant back too.
+        """
         try:
             await w.done.wait()
+            if isinstance(w.outcome, Granted):
+                await anyio.lowlevel.checkpoint_if_cancelled()  # see call(): a late cancellation lands here
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 try:

@@ -16,7 +16,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from mcp_locks.core.claims import Claim
 from mcp_locks.core.clock import Clock
-from mcp_locks.core.errors import InvalidArgument, LockError
+from mcp_locks.core.errors import InvalidArgument, LockError, Unauthenticated
 from mcp_locks.core.keys import LOCAL, Identity, KeyRecord, require_admin
 from mcp_locks.core.models import (
     LockFilesResult,
@@ -67,6 +67,10 @@ log = logging.getLogger("mcp_locks.service")
 OVERVIEW_LIMIT = 1000
 #: Seconds before a workspace whose store failed is woken again to catch up on expiries.
 RETRY_AFTER_FAILURE = 5.0
+#: The reason recorded on the locks a revoked key held (their holders read it in LOCK_BROKEN).
+KEY_REVOKED = "key revoked"
+#: Workspaces swept at once when a key is revoked (each may have to start its actor and load its table).
+KEY_SWEEP_CONCURRENCY = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +82,14 @@ class ServiceLimits:
     idle_timeout: float = 60.0
     table: Limits = field(default_factory=Limits)
     observe: ObserveLimits = field(default_factory=ObserveLimits)
+
+
+def _revoked_key(key_id: str | None) -> Unauthenticated:
+    return Unauthenticated(
+        "the key this request was made with has been revoked.",
+        hint="Ask whoever runs the server for a new key, then retry with it.",
+        details={"key_id": key_id},
+    )
 
 
 def _yours(mine: Lease | LockError | None, node: str, now: float) -> YourLock:
@@ -134,6 +146,9 @@ class LockService:
         #: The audit log, webhooks and metrics.
         self.observe = Observability(self.registry, self.limits.observe, self.hub)
         self.registry.on_actor_stopped = self.observe.actor_stopped
+        #: Keys revoked through this server: a request they authenticated before their revocation is refused
+        #: in the actor step, so nothing is granted to them after their locks were released.
+        self._revoked: set[str] = set()
         self._tg: anyio.abc.TaskGroup | None = None
         self._stack: AsyncExitStack | None = None
 
@@ -252,6 +267,9 @@ class LockService:
         await actor.call(retire)
         self.registry.deleting.add(ws)
         try:
+            # File calls in flight (reads, writes, upload chunks, downloads) are cancelled and end with
+            # NOT_FOUND; the folder is closed only once none of them can still use its descriptors.
+            await self.registry.end_file_work(ws)
             async with self._create_lock:
                 with anyio.CancelScope(shield=True):  # once asked, the store's delete runs to its end
                     await self.store.delete_workspace(ws, self.clock.now())
@@ -260,7 +278,7 @@ class LockService:
                 self.registry.actors.pop(ws, None)
                 disk = self.registry.disks.pop(ws, None)
             if disk is not None:
-                disk.close()
+                disk.close(deleted=True)
                 if not disk.bound:  # its own folder goes with it; a bound project folder is left as it is
                     await remove_tree(disk.root)
         except BaseException:
@@ -294,16 +312,60 @@ class LockService:
         return await self.store.list_keys()
 
     async def revoke_key(self, key_id: object, *, caller: Identity = LOCAL) -> KeyRecord:
-        """Revoke a key: it stops working at once. Admin only; NOT_FOUND if no such live key."""
+        """Revoke a key: it stops working at once. Admin only; NOT_FOUND if no such live key.
+
+        Everything the key has open in the lock tables ends with it (:meth:`end_key`): its waiting
+        requests are answered UNAUTHENTICATED and its locks are broken by ``caller``, as force_unlock does.
+        """
         require_admin(caller, "revoking a key")
         kid = key_id if isinstance(key_id, str) and len(key_id) <= 64 else ""
-        if not await self.store.revoke_key(kid, self.clock.now()):
-            raise no_live_key(kid)
-        log.info("revoked key %s", kid)
-        self.registry.changed_access()
+        with anyio.CancelScope(shield=True):  # once revoked, its locks are released even if the admin's call goes
+            if not await self.store.revoke_key(kid, self.clock.now()):
+                raise no_live_key(kid)
+            log.info("revoked key %s", kid)
+            # Its waiting calls are answered (UNAUTHENTICATED) before its open streams and sessions are told to
+            # end, so an MCP session ended for the revocation does not cut off the answer of a call in it.
+            await self.end_key(kid, caller.agent or "local")
+            self.registry.changed_access()
         record = await self.store.get_key(kid)
         assert record is not None  # revoked keys are kept
         return record
+
+    async def end_key(self, key_id: str, by: str) -> None:
+        """End what a revoked key has in every workspace: its waiters leave the line, its locks are broken.
+
+        Run by the server that revokes the key; on a shared store its steps change the shared tables, so the
+        other servers' waiters of that key are answered and their tables catch up. A server that learns of a
+        revocation made elsewhere may run it too (it is idempotent). ``by`` names the admin, for the holders.
+        """
+        self._revoked.add(key_id)
+        # Workspaces with leases (waiters wait for a lease, or behind a waiter that does), and running actors.
+        wanted = set(self.registry.actors)
+        try:
+            wanted |= set(await self.store.deadlines())
+        except Exception:  # the store failed: the running workspaces are still swept; leases elsewhere expire
+            log.warning("could not list the workspaces holding locks of revoked key %s", key_id, exc_info=True)
+        limiter = anyio.CapacityLimiter(KEY_SWEEP_CONCURRENCY)
+        totals = [0, 0]  # locks broken, waiters refused
+
+        async def sweep(ws: str) -> None:
+            async with limiter:
+                try:
+                    ws = await self.registry.known(ws)
+                    broken, left = await self.registry.actor(ws).call(
+                        lambda table, now: table.revoke_key(now, key_id, by, KEY_REVOKED)
+                    )
+                except LockError as e:  # deleted meanwhile, or its store failed: its leases end by themselves
+                    log.warning("could not end revoked key %s's locks in %s: %s", key_id, ws, e.code)
+                    return
+                totals[0] += len(broken)
+                totals[1] += left
+
+        async with anyio.create_task_group() as tg:
+            for ws in sorted(wanted - self.registry.deleting):
+                tg.start_soon(sweep, ws)
+        if any(totals):
+            log.warning("revoked key %s: %d lock(s) broken, %d waiting request(s) refused", key_id, *totals)
 
     async def update_key(
         self, key_id: object, add_workspaces: object = (), remove_workspaces: object = (), *, caller: Identity = LOCAL
@@ -352,9 +414,13 @@ class LockService:
         actor = self.registry.actor(ws)
         request = (owner, request_id)
         upgrade = False  # decided in the actor: only a read lease asked for "write" is upgraded
+        revoked = self._revoked
 
         def step(table: LockTable, now: float) -> Granted | Waiting:
             nonlocal upgrade
+            if revoked and who.key_id in revoked:
+                # Authenticated before its key was revoked, here after: its locks were just released.
+                raise _revoked_key(who.key_id)
             upgrade = token is not None and items[0].mode == "write" and table.mode_of(token) == "read"
             outcome = table.acquire(
                 now,
