@@ -332,15 +332,16 @@ async def test_an_admin_key_from_the_environment_is_registered_and_no_file_is_wr
     assert not (tmp_path / "admin.key").exists()
 
 
-async def test_a_rotated_key_of_the_same_agent_cannot_use_the_old_keys_tokens(face: Face) -> None:
+async def test_a_rotated_key_finds_the_old_keys_locks_broken_by_the_revocation(face: Face) -> None:
     env = face.env
     old, old_record = await env.service.create_key("erin", ["default"])
     grant = (await face(old, "lock", node_id="a.md")).ok
     await env.service.revoke_key(old_record.key_id)
     new, _ = await env.service.create_key("erin", ["default"])  # the same agent, a new key
     out = await face(new, "unlock", node_id="a.md", token=grant["token"])
-    assert out.code == "FORBIDDEN"
-    assert (await face(env.alice, "status", node_id="a.md")).ok["holders"][0]["owner"] == "erin"
+    assert out.code == "LOCK_BROKEN"
+    assert out.details["reason"] == "key revoked"
+    assert (await face(env.alice, "status", node_id="a.md")).ok["holders"] == []
 
 
 async def test_an_agent_has_one_live_key_at_a_time(env: Env) -> None:
