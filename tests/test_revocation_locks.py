@@ -258,3 +258,13 @@ async def test_a_read_without_a_token_is_refused_while_another_key_of_the_agent_
     await service.lock(None, "a.txt", caller=old)
     with pytest.raises(Locked):
         await service.files.read(None, "a.txt", caller=new)
+
+
+async def test_file_info_tells_another_key_of_the_agent_it_may_neither_read_nor_write_a_file_write_locked(
+    service: LockService,
+) -> None:
+    old, new = await two_keys_of_alice(service)
+    await service.files.write(None, "a.txt", b"v1", if_version=0, caller=old)
+    await service.lock(None, "a.txt", caller=old)
+    info = await service.files.info(None, "a.txt", caller=new)
+    assert (info.may_read, info.may_write) == (False, False)  # the rule write and read apply, said in advance

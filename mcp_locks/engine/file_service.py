@@ -29,7 +29,7 @@ from mcp_locks.core.errors import (
     Unavailable,
     VersionMismatch,
 )
-from mcp_locks.core.files import STATE_DIR, FileTable, check_file_id
+from mcp_locks.core.files import STATE_DIR, FileTable, check_file_id, is_yours
 from mcp_locks.core.keys import LOCAL, NOBODY, Identity
 from mcp_locks.core.models import FileContent, FileInfo, FileList, FileStatus, FileWritten, LockStatus, UploadInfo, utc
 from mcp_locks.core.records import FileMeta, Staged
@@ -447,7 +447,7 @@ class FileService:
 
         def step(table: LockTable, now: float) -> tuple[FileMeta | None, Any, bool, bool]:
             meta = actor.files.current(node)
-            others = [le for le in table.covering(now, node) if le.owner != who.owner]
+            others = [le for le in table.covering(now, node) if not is_yours(le, who.owner, who.as_key)]
             return meta, table.status(now, node), not any(le.mode == "write" for le in others), not others
 
         async with self.registry.file_work(ws):
