@@ -27,8 +27,9 @@ from starlette.applications import Starlette
 import mcp_locks.faces.rest.event_stream
 from mcp_locks import Settings, build_app
 from mcp_locks.core.clock import ManualClock
-from mcp_locks.core.keys import parse_key_id
+from mcp_locks.core.keys import Identity, parse_key_id
 from mcp_locks.engine.lock_service import LockService
+from mcp_locks.faces.app import REVOKED_ELSEWHERE
 from mcp_locks.faces.auth import REFUSED_RPC_CODE
 from mcp_locks.faces.mcp.resources import workspace_uri
 from mcp_locks.faces.mcp.sdk import http_sessions
@@ -471,3 +472,19 @@ async def test_oauth_discovery_paths_answer_not_found_without_a_key_so_a_bad_key
     challenge = refused.headers["www-authenticate"]
     assert challenge.startswith("Bearer ")
     assert "resource_metadata" not in challenge  # no pointer into an OAuth flow
+
+
+async def test_a_key_revoked_by_another_process_has_its_locks_broken_within_a_second(srv: Server) -> None:
+    # As above, straight in the store: the key watch must also end what the key holds in the engine.
+    key_id = parse_key_id(srv.bob)
+    assert key_id is not None
+    rec = await srv.service.store.get_key(key_id)
+    assert rec is not None
+    bob = Identity(rec.key_id, rec.agent, rec.role, rec.workspaces)
+    await srv.service.lock("default", "held.md", caller=bob)
+    async with srv.service.subscribe() as events:
+        with anyio.fail_after(REVOKE_REACH):
+            await srv.service.store.revoke_key(key_id, srv.service.clock.now())
+            broken = await anext(ev async for _, ev in events if ev.kind == "broken")
+    assert (broken.node_id, broken.by, broken.reason) == ("held.md", REVOKED_ELSEWHERE, "key revoked")
+    assert (await srv.service.status("default", "held.md")).holders == []

@@ -167,13 +167,7 @@ async def test_a_revoked_keys_locks_end_in_a_workspace_whose_actor_was_evicted(
 # ---------------------------------------------------------------------- over the faces
 
 
-async def test_a_waiting_lock_call_is_answered_unauthenticated_at_once_when_its_key_is_revoked(
-    face: Face, request: pytest.FixtureRequest
-) -> None:
-    if face.name == "mcp-legacy":
-        # The engine answers the call, but the app then ends the revoked key's stateful MCP session (its
-        # key watch), and the call's SSE stream ends before its answer is written.
-        request.node.add_marker(pytest.mark.xfail(strict=True, reason="the session ends before the answer"))
+async def test_a_waiting_lock_call_is_answered_unauthenticated_at_once_when_its_key_is_revoked(face: Face) -> None:
     env = face.env
     kid = parse_key_id(env.bob)
     assert kid is not None

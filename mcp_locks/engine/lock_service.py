@@ -336,8 +336,11 @@ class LockService:
 
         Run by the server that revokes the key; on a shared store its steps change the shared tables, so the
         other servers' waiters of that key are answered and their tables catch up. A server that learns of a
-        revocation made elsewhere may run it too (it is idempotent). ``by`` names the admin, for the holders.
+        revocation made elsewhere runs it too (the app's key watch); a second call for a key does nothing.
+        ``by`` names the admin, for the holders.
         """
+        if key_id in self._revoked:
+            return  # ended here already: its waiters were refused and its locks broken, and it gets no more
         self._revoked.add(key_id)
         # Workspaces with leases (waiters wait for a lease, or behind a waiter that does), and running actors.
         wanted = set(self.registry.actors)

@@ -93,6 +93,12 @@ def build_service(settings: Settings, store: Store | None = None, clock: Clock |
 #: revoke``, another server of a cluster) ends its connections here within a second too. A look is one
 #: cheap read (SQLite's data_version, one row on PostgreSQL).
 KEYS_POLL = 0.5
+#: Seconds a revoked key's sessions stay open after the revocation was seen: a lock call that was waiting
+#: is answered UNAUTHENTICATED by the revocation, and that answer must reach the client before its session
+#: (and the stream the answer travels on) ends. Well inside the one second in which revocation ends them.
+ANSWER_GRACE = 0.25
+#: Who broke a lock whose key another process revoked, as its holder is told (the store keeps no revoker).
+REVOKED_ELSEWHERE = "an admin (the key was revoked by another process)"
 
 
 def _key_of(scope: Scope) -> str | None:
@@ -150,17 +156,34 @@ class _Sessions:
                 del self.sse[key_id]
 
     async def end_revoked(self) -> None:
-        """End every session whose key was revoked (or is gone)."""
+        """End every session whose key was revoked (or is gone), once the answers already decided are sent."""
         keys = {owner for _, owner in http_sessions(self.manager) if owner} | set(self.sse)
+        ending: list[str] = []
         for key_id in keys:
             record = await self.service.store.get_key(key_id)
             if record is None or record.revoked_at is not None:
-                log.info("ending the MCP sessions of revoked key %s", key_id)
-                for sid, owner in http_sessions(self.manager):
-                    if owner == key_id:
-                        await end_http_session(self.manager, sid)
-                for scope in list(self.sse.get(key_id, ())):
-                    scope.cancel()
+                ending.append(key_id)
+        if ending:
+            await anyio.sleep(ANSWER_GRACE)
+        for key_id in ending:
+            log.info("ending the MCP sessions of revoked key %s", key_id)
+            for sid, owner in http_sessions(self.manager):
+                if owner == key_id:
+                    await end_http_session(self.manager, sid)
+            for scope in list(self.sse.get(key_id, ())):
+                scope.cancel()
+
+    async def end_revoked_elsewhere(self) -> None:
+        """End, in the engine, what keys revoked by another process still have here (waiters, locks).
+
+        ``mcp-locks keys revoke`` on the data dir, or another server of a cluster, revokes in the store
+        only. A key revoked longer ago than the longest lease can hold no lock any more, so it is skipped
+        (a server starting after a day of revocations does not sweep every workspace for each).
+        """
+        oldest = self.service.clock.now() - self.service.limits.max_timeout
+        for rec in await self.service.store.list_keys():
+            if rec.revoked_at is not None and rec.revoked_at >= oldest:
+                await self.service.end_key(rec.key_id, REVOKED_ELSEWHERE)  # does nothing for a key ended here
 
     async def watch(self) -> None:
         """Until cancelled: end revoked keys' sessions once access changes here or the store's key version moves.
@@ -169,6 +192,8 @@ class _Sessions:
         """
         version = await self._version()
         failing = False
+        with contextlib.suppress(Exception):  # revoked while this server was down: ended now, else at the next change
+            await self.end_revoked_elsewhere()
         while True:
             seen = self.service.access_changed
             with anyio.move_on_after(KEYS_POLL):
@@ -180,6 +205,7 @@ class _Sessions:
                         continue
                     version = now
                     self.service.registry.changed_access()  # REST event streams and listen streams look too
+                    await self.end_revoked_elsewhere()
                 await self.end_revoked()
                 failing = False
             except Exception:  # the store failed: nothing can be decided now, the next look tries again
