@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import anyio
 import pytest
 from click.testing import CliRunner
 
 from mcp_locks import __version__
 from mcp_locks.cli.main import main
+from mcp_locks.stores.sqlite import SqliteStore
 
 from .pg import PG_URL, need_pg
 
@@ -216,3 +220,26 @@ def test_a_config_file_with_an_unknown_or_bad_setting_is_a_clear_error(tmp_path:
     assert "Traceback" not in result.output
     missing = CliRunner().invoke(main, ["--config", str(tmp_path / "nope.toml"), "workspaces", "list"])
     assert "does not exist" in missing.output
+
+
+def test_an_admin_key_setting_naming_a_stored_key_without_its_secret_stops_the_server_with_one_line(
+    tmp_path: Path,
+) -> None:
+    store = SqliteStore(tmp_path / "locks.db")
+    anyio.run(store.open)
+    anyio.run(store.close)  # an existing database, as a first start leaves it
+    runner = CliRunner()
+    created = runner.invoke(main, ["keys", "create", "--role", "admin", "--agent", "ops", "--data-dir", str(tmp_path)])
+    key = re.search(r"mlk_\S+", created.output)
+    assert key is not None, created.output
+    wrong = key.group()[:-4] + ("AAAA" if not key.group().endswith("AAAA") else "BBBB")
+    out = subprocess.run(
+        [sys.executable, "-m", "mcp_locks", "serve", "--port", "0", "--data-dir", str(tmp_path)],
+        env={**os.environ, "MCP_LOCKS_ADMIN_KEY": wrong},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1
+    assert "Error: MCP_LOCKS_ADMIN_KEY has the id of a stored key but not its secret" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -16,7 +16,7 @@ from mcp_locks.cli.datadir import claim_data_dir
 from mcp_locks.cli.probe import check_postgres, check_store, without_password
 from mcp_locks.cli.runtime import tune_gc
 from mcp_locks.core.version import package_version
-from mcp_locks.faces.app import build_app
+from mcp_locks.faces.app import STARTUP_ERROR, build_app
 from mcp_locks.faces.auth import is_loopback
 from mcp_locks.observe.logging import configure_logging
 from mcp_locks.settings import Settings, default_data_dir
@@ -39,6 +39,15 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 class _Server(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: Any) -> None:
+        super().__init__(config)
+        self.state = state  # the app's: where its lifespan leaves a reason not to serve
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if getattr(self.state, STARTUP_ERROR, None):
+            self.should_exit = True  # the lifespan found it must not serve; _run says why
+
     def handle_exit(self, sig: int, frame: Any) -> None:
         super().handle_exit(sig, frame)
         # uvicorn re-raises a caught SIGTERM after shutting down; a requested stop is a clean exit (status 0).
@@ -106,7 +115,9 @@ def _run(settings: Settings, sock: socket.socket) -> None:
         timeout_graceful_shutdown=5,
         lifespan="on",
     )
-    _Server(config).run(sockets=[sock])
+    _Server(config, app.state).run(sockets=[sock])
+    if error := getattr(app.state, STARTUP_ERROR, None):
+        raise click.ClickException(error)
 
 
 @click.command()

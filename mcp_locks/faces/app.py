@@ -45,7 +45,7 @@ from mcp_locks.stores.base import MemoryStore, Store
 from mcp_locks.stores.postgres import PostgresStore
 from mcp_locks.stores.sqlite import SqliteStore
 
-__all__ = ["build_app", "build_service", "build_store"]
+__all__ = ["STARTUP_ERROR", "build_app", "build_service", "build_store"]
 
 log = logging.getLogger("mcp_locks")
 
@@ -97,6 +97,9 @@ KEYS_POLL = 0.5
 #: is answered UNAUTHENTICATED by the revocation, and that answer must reach the client before its session
 #: (and the stream the answer travels on) ends. Well inside the one second in which revocation ends them.
 ANSWER_GRACE = 0.25
+#: Where the lifespan leaves why the server must not serve (``app.state``): ``mcp-locks serve`` stops at once
+#: and prints it as one line (a lifespan that raises makes uvicorn print a traceback).
+STARTUP_ERROR = "startup_error"
 #: Who broke a lock whose key another process revoked, as its holder is told (the store keeps no revoker).
 REVOKED_ELSEWHERE = "an admin (the key was revoked by another process)"
 
@@ -333,9 +336,15 @@ def build_app(
         async with svc, server.session_manager.run():
             if verifier is not None:
                 env_key = settings.admin_key.get_secret_value() if settings.admin_key else None
-                path = await bootstrap_admin_key(
-                    svc.store, settings.data_dir, env_key, svc.clock.now(), persistent=persistent
-                )
+                try:
+                    path = await bootstrap_admin_key(
+                        svc.store, settings.data_dir, env_key, svc.clock.now(), persistent=persistent
+                    )
+                except ValueError as e:  # MCP_LOCKS_ADMIN_KEY names a stored key without its secret, or the like
+                    # Said once, as a line: the server stops at once (see STARTUP_ERROR), no traceback.
+                    setattr(app.state, STARTUP_ERROR, str(e))
+                    yield
+                    return
                 if path is not None:
                     log.warning("created an admin key; it is in %s (mode 0600; keep it secret)", path)
                 svc.background(sessions.watch, "the watch for revoked keys")  # ends with the service
