@@ -197,7 +197,8 @@ class SharedStore(Store, Protocol):
     async def watch(self, poke: Callable[[str | None], None]) -> None:
         """Run until cancelled, calling ``poke`` with each workspace another server commits to.
 
-        ``poke(None)``: anything may have changed unseen (after a lost connection).
+        ``poke(None)``: anything may have changed unseen (after a lost connection), or another server revoked
+        or changed a key (open streams then check their keys again).
         """
 
 
