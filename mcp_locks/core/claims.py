@@ -10,7 +10,7 @@ sorted list of paths makes listing the claims below a path a range scan.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Any, Generic, Literal, NamedTuple, Protocol, TypeVar
 
 from sortedcontainers import SortedList
@@ -103,9 +103,17 @@ _DEAD_PATHS = 1024
 
 
 class ClaimIndex(Generic[K, C]):
-    """Claims (of type ``C``) keyed by ``K``; no clock, no I/O."""
+    """Claims (of type ``C``) keyed by ``K``; no clock, no I/O.
 
-    def __init__(self) -> None:
+    With ``fold`` (a workspace on a case-insensitive disk: ``str.casefold``), the index also knows
+    every claimed path and every folder above one by its folded form, so :meth:`other_spelling`
+    finds a claim that names the same file with other case. Without it, that costs nothing.
+    """
+
+    def __init__(self, fold: Callable[[str], str] | None = None) -> None:
+        self._fold = fold
+        # Folded path -> {spelling: claims at or below it}; only with ``fold``.
+        self._spellings: dict[str, dict[str, int]] = {}
         self._n = 0
         self._paths: dict[str, _Path] = {}
         self._tree_paths = 0  # how many paths hold a tree claim: ancestors are checked only when > 0
@@ -175,7 +183,40 @@ class ClaimIndex(Generic[K, C]):
             below[anc] = below.get(anc, 0) + 1
             if write:
                 below_w[anc] = below_w.get(anc, 0) + 1
+        if self._fold is not None:
+            self._spell(p.ancestors, path, 1)
         return fresh
+
+    def _spell(self, folders: Iterable[str], path: str, delta: int) -> None:
+        """Count a claim on ``path`` in (or out of) the spellings of the path and of each folder above it."""
+        assert self._fold is not None
+        spellings = self._spellings
+        for at in (*folders, path):
+            key = self._fold(at)
+            seen = spellings.setdefault(key, {})
+            n = seen.get(at, 0) + delta
+            if n:
+                seen[at] = n
+            else:
+                del seen[at]
+                if not seen:
+                    del spellings[key]
+
+    def other_spelling(self, node_id: str) -> str | None:
+        """A claimed path that names ``node_id`` (or a folder above it) with other case, spelled in full; or None.
+
+        Always None without ``fold``. The answer keeps the rest of ``node_id`` as given: the spelling to use.
+        """
+        if self._fold is None or not self._spellings:
+            return None
+        spelled = ""  # node_id as the claims spell it, one segment deeper each time
+        for at, seg in zip((*ancestors(node_id), node_id), node_id.split("/"), strict=True):
+            seen = self._spellings.get(self._fold(at))
+            if not seen:  # nothing claimed there: as given
+                spelled = f"{spelled}/{seg}" if spelled else seg
+                continue
+            spelled = at if at in seen else next(iter(seen))
+        return spelled if spelled != node_id else None
 
     def replace(self, key: K, claim: C) -> None:
         """Store ``claim`` under ``key`` in place of an equal one (same node, mode and depth)."""
@@ -213,6 +254,8 @@ class ClaimIndex(Generic[K, C]):
                 self._tree_paths -= 1
             if write:
                 p.tree_w -= 1
+        if self._fold is not None:
+            self._spell(p.ancestors, path, -1)
         below, below_w = self._below, self._below_w
         for anc in p.ancestors:
             n = below[anc] - 1

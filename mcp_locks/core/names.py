@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 
 from mcp_locks.core.errors import InvalidArgument
 
@@ -62,7 +63,12 @@ def check_workspace_id(value: object, field: str = "workspace_id") -> str:
 
 
 def check_node_id(value: object, field: str = "node_id") -> str:
-    """Return ``value`` if it is a clean workspace-relative path, else raise INVALID_ARGUMENT naming the rule."""
+    """Return ``value`` in Unicode NFC if it is a clean workspace-relative path, else raise INVALID_ARGUMENT.
+
+    Composed and decomposed spellings of one name (``é`` as one code point, or ``e`` and a combining
+    accent, as macOS writes file names) are one node: every id is normalised where it enters, so locks,
+    files and answers all see the composed form (docs/locks.md#names).
+    """
     if not isinstance(value, str):
         raise InvalidArgument(
             f"{field} must be a string.",
@@ -91,6 +97,9 @@ def _check_path(value: str, field: str) -> str:
         size = len(value.encode("utf-8"))
     except UnicodeEncodeError:
         raise bad("must be valid UTF-8") from None
+    if not value.isascii():
+        value = unicodedata.normalize("NFC", value)
+        size = len(value.encode("utf-8"))
     if size > MAX_NODE_ID_BYTES:
         raise bad(f"must be at most {MAX_NODE_ID_BYTES} bytes of UTF-8 (got {size})")
     if value.startswith("/"):

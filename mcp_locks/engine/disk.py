@@ -15,6 +15,7 @@ import secrets
 import stat
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -46,6 +47,19 @@ def _refused(node_id: str, segment: str, why: str) -> InvalidArgument:
         f"'{node_id}' cannot be used: '{segment}' {why}.",
         hint="Paths are walked inside the workspace's folder only; symbolic links are never followed.",
         details={"field": "node_id", "node_id": node_id, "segment": segment},
+    )
+
+
+def _nfc(name: str) -> str:
+    return name if name.isascii() else unicodedata.normalize("NFC", name)
+
+
+def _other_case(node_id: str, existing: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"'{node_id}' is spelled with other case than '{existing}', which exists: this workspace's folder"
+        " ignores case, so both would be one file.",
+        hint=f"Use '{existing}', as the folder spells it ({{op:list_files}} shows it).",
+        details={"field": "node_id", "node_id": node_id, "existing": existing},
     )
 
 
@@ -109,9 +123,11 @@ class WorkspaceDisk:
     store's pending record says which staged file still has to be moved.
     """
 
-    def __init__(self, root: Path, *, bound: bool) -> None:
+    def __init__(self, root: Path, *, bound: bool, case_insensitive: bool | None = None) -> None:
         self.root = root
         self.bound = bound
+        # None until probed (on first use); tests set it to play a case-insensitive disk on Linux.
+        self._case_insensitive = case_insensitive
         self._root_fd: int | None = None
         self._state_fds: dict[str, int] = {}
         self._lock = threading.RLock()  # descriptors are opened lazily, from worker threads too
@@ -197,11 +213,102 @@ class WorkspaceDisk:
             )
         return Unavailable("the server is stopping.", hint="Retry against the restarted server.")
 
-    def _parent(self, node_id: str, create: bool) -> tuple[int | None, str, list[tuple[int, str]]]:
+    # ------------------------------------------------------------------ names
+
+    @property
+    def case_insensitive(self) -> bool:
+        """Whether the folder's file system holds names that differ only by case as one file (probed once)."""
+        if self._case_insensitive is None:
+            with self._lock:
+                if self._case_insensitive is None:
+                    self._case_insensitive = self._probe_case()
+        return self._case_insensitive
+
+    @case_insensitive.setter
+    def case_insensitive(self, value: bool) -> None:
+        self._case_insensitive = value
+
+    def _probe_case(self) -> bool:
+        """Create a lower-case name in the staging folder and ask for its upper-case twin: never assumed by OS."""
+        try:
+            staging = self.state_dir("staging")
+            name = "case-probe-" + secrets.token_hex(8)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+            os.close(os.open(name, flags, 0o600, dir_fd=staging))
+            try:
+                os.stat(name.upper(), dir_fd=staging, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            finally:
+                os.unlink(name, dir_fd=staging)
+            return True
+        except (OSError, LockError) as e:  # a folder mcp-locks may not write to: only reads; take the usual case
+            log.warning("cannot tell whether %s ignores case (%s): taken as case-sensitive", self.root, e)
+            return False
+
+    def _spelled(self, dir_fd: int, parts: list[str], i: int, strict: bool) -> str:
+        """The name under which the folder ``dir_fd`` holds segment ``i`` of a node id (the id's own if none).
+
+        Node ids are NFC; a name written decomposed (on a Mac) is found under its composed id. On a
+        case-insensitive disk one file answers to every case of its name: with ``strict``, an id that
+        spells an existing name with other case is refused, naming the existing spelling.
+        """
+        seg = parts[i]
+        insensitive = self.case_insensitive
+        if not insensitive:
+            if seg.isascii():
+                return seg
+            try:
+                os.stat(seg, dir_fd=dir_fd, follow_symlinks=False)
+                return seg
+            except OSError:
+                pass  # not under its composed spelling: look for a decomposed one
+        folded = seg.casefold()
+        other: str | None = None
+        # A descriptor of its own: one shared by threads listing at once shares its read position too.
+        own = os.open(".", _DIR_FLAGS, dir_fd=dir_fd)
+        try:
+            with os.scandir(own) as it:
+                for e in it:
+                    name = _nfc(e.name)
+                    if name == seg:
+                        return e.name
+                    if insensitive and other is None and name.casefold() == folded:
+                        other = e.name
+        finally:
+            os.close(own)
+        if other is None:
+            return seg
+        if strict:
+            raise _other_case("/".join(parts), self._existing(parts))
+        return other
+
+    def _existing(self, parts: list[str]) -> str:
+        """How the disk spells a node id, as far as it exists (the rest as given): the refusal names it."""
+        out: list[str] = []
+        cur = os.open(".", _DIR_FLAGS, dir_fd=self._root())
+        try:
+            for i in range(len(parts)):
+                name = self._spelled(cur, parts, i, strict=False)
+                out.append(_nfc(name))
+                if i < len(parts) - 1:
+                    nxt = os.open(name, _DIR_FLAGS, dir_fd=cur)
+                    os.close(cur)
+                    cur = nxt
+        except OSError:
+            pass  # a folder that is not there (or not a folder): the rest as given
+        finally:
+            os.close(cur)
+        return "/".join(out + parts[len(out) :])
+
+    def _parent(
+        self, node_id: str, create: bool, strict: bool = False
+    ) -> tuple[int | None, str, list[tuple[int, str]]]:
         """A descriptor of the folder holding ``node_id`` (None if it does not exist) and the last segment.
 
         With ``create``, missing folders are made; they are returned as (parent fd, name) to fsync.
-        The caller closes the descriptor unless it is the root's.
+        Each segment is the name the disk holds it under (see :meth:`_spelled`; ``strict`` refuses an
+        existing name spelled with other case). The caller closes the descriptor unless it is the root's.
         """
         parts = node_id.split("/")
         cur = self._root()
@@ -209,7 +316,7 @@ class WorkspaceDisk:
         try:
             for i, seg in enumerate(parts[:-1]):
                 try:
-                    nxt = os.open(seg, _DIR_FLAGS, dir_fd=cur)
+                    nxt = os.open(self._spelled(cur, parts, i, strict), _DIR_FLAGS, dir_fd=cur)
                 except FileNotFoundError:
                     if not create:
                         self._close(cur)
@@ -226,12 +333,16 @@ class WorkspaceDisk:
                     raise os_error(node_id, e) from None
                 self._close(cur)
                 cur = nxt
+            try:
+                name = self._spelled(cur, parts, len(parts) - 1, strict)
+            except OSError as e:
+                raise os_error(node_id, e) from None
         except BaseException:
             self._close(cur)
             for fd, _ in made:
                 os.close(fd)
             raise
-        return cur, parts[-1], made
+        return cur, name, made
 
     @staticmethod
     def _is_link(dir_fd: int, name: str) -> bool:
@@ -248,7 +359,7 @@ class WorkspaceDisk:
 
     def probe(self, node_id: str) -> OnDisk | None:
         """What is at ``node_id`` (never following a link), or None."""
-        pfd, name, _ = self._parent(node_id, create=False)
+        pfd, name, _ = self._parent(node_id, create=False, strict=True)
         if pfd is None:
             return None
         try:
@@ -263,7 +374,7 @@ class WorkspaceDisk:
 
     def open_read(self, node_id: str) -> int:
         """An open descriptor of the regular file at ``node_id`` (NOT_FOUND if none); the caller closes it."""
-        pfd, name, _ = self._parent(node_id, create=False)
+        pfd, name, _ = self._parent(node_id, create=False, strict=True)
         if pfd is None:
             raise NotFound(f"there is no file '{node_id}'.", details={"node_id": node_id})
         try:
@@ -291,7 +402,9 @@ class WorkspaceDisk:
 
         Returns up to ``limit`` ids and the cursor to continue from (None at the end). Links are not
         followed, the state folder is skipped, and at most ``max_scan`` entries are read per call.
+        Names are listed in NFC, as node ids are (a name a Mac wrote decomposed is listed composed).
         """
+        prefix = _nfc(prefix)
         out: list[str] = []
         scanned = 0
         last_seen: str | None = None
@@ -299,7 +412,7 @@ class WorkspaceDisk:
         def visit(fd: int, base: str) -> bool:  # False: stop
             nonlocal scanned, last_seen
             with os.scandir(fd) as it:
-                entries = [(e.name + ("/" if e.is_dir(follow_symlinks=False) else ""), e) for e in it]
+                entries = [(_nfc(e.name) + ("/" if e.is_dir(follow_symlinks=False) else ""), e) for e in it]
             # Sorting "name/" for folders gives exactly the order of the node ids below them.
             for key, e in sorted(entries, key=lambda x: x[0]):
                 if not base and e.name == STATE_DIR:
@@ -323,15 +436,21 @@ class WorkspaceDisk:
                     finally:
                         os.close(sub)
                 elif e.is_file(follow_symlinks=False) and path.startswith(prefix):
-                    if after is not None and path <= after:
-                        continue
+                    if (after is not None and path <= after) or path == last_seen:
+                        continue  # before the cursor, or both Unicode forms of one name side by side
                     if len(out) == limit:
                         return False
                     out.append(path)
                     last_seen = path
             return True
 
-        done = visit(self._root(), "")
+        # A descriptor of the root of its own: listings run in several threads at once, and descriptors
+        # duplicated from one share its read position (each listing then missed or repeated files).
+        top = os.open(".", _DIR_FLAGS, dir_fd=self._root())
+        try:
+            done = visit(top, "")
+        finally:
+            os.close(top)
         return out, (None if done else last_seen or after)
 
     # ------------------------------------------------------------------ staging
