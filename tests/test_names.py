@@ -265,3 +265,9 @@ def test_a_claim_index_without_fold_keeps_names_differing_by_case_apart() -> Non
     index.add("k1", Claim("README.md", "write", "node"))
     assert index.other_spelling("readme.md") is None
     assert not index.conflicts(Claim("readme.md", "write", "node"))
+
+
+async def test_a_decomposed_prefix_lists_the_locks_held_on_composed_ids(service: LockService) -> None:
+    await service.lock(None, "caf\u00e9/menu.md")
+    page = await service.list_locks(None, prefix="cafe\u0301/")
+    assert [le.node_id for le in page.locks] == ["caf\u00e9/menu.md"]

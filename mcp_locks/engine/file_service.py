@@ -1003,8 +1003,13 @@ class _Upload:
     def all(cls, disk: WorkspaceDisk) -> list[_Upload]:
         """Every upload of the workspace, after removing leftovers of drops and creations cut short."""
         base = disk.state_dir("uploads")
-        with os.scandir(base) as it:
-            names = [e.name for e in it]
+        # A descriptor of its own: scanning the shared cached one moves its read position under other scans.
+        own = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
+        try:
+            with os.scandir(own) as it:
+                names = [e.name for e in it]
+        finally:
+            os.close(own)
         out = []
         for name in names:
             if name.startswith(".gone-") or (name.startswith(".new-") and _older(base, name, ORPHAN_AGE)):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -667,7 +668,7 @@ class LockService:
     ) -> LockPage:
         """A page of held locks whose node_id starts with ``prefix``."""
         ws = await self.registry.known(workspace_id, caller)
-        pre = check_text(prefix, "prefix", 1024) or ""
+        pre = unicodedata.normalize("NFC", check_text(prefix, "prefix", 1024) or "")  # node ids are NFC
         own = check_text(owner, "owner", 64)
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
             raise InvalidArgument("limit must be an integer from 1 to 1000.", details={"field": "limit"})
