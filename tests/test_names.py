@@ -23,10 +23,15 @@ import pytest
 from mcp_locks import LockError
 from mcp_locks.core.claims import Claim, ClaimIndex
 from mcp_locks.core.clock import ManualClock
+from mcp_locks.core.files import FileTable
 from mcp_locks.core.names import check_node_id
+from mcp_locks.core.records import Staged
+from mcp_locks.core.table import LockTable
 from mcp_locks.engine.disk import WorkspaceDisk
 from mcp_locks.engine.lock_service import LockService
 from mcp_locks.stores.base import MemoryStore
+
+from .helpers import until_event
 
 pytestmark = pytest.mark.anyio
 
@@ -271,3 +276,44 @@ async def test_a_decomposed_prefix_lists_the_locks_held_on_composed_ids(service:
     await service.lock(None, "caf\u00e9/menu.md")
     page = await service.list_locks(None, prefix="cafe\u0301/")
     assert [le.node_id for le in page.locks] == ["caf\u00e9/menu.md"]
+
+
+# ---------------------------------------------------------------------- case: the locks
+
+
+async def test_a_lock_spelling_a_held_node_with_other_case_is_refused_naming_the_spelling(bound: Bound) -> None:
+    await bound.svc.lock("proj", "notes/Plan.md", "write", agent="alice")  # a new file: not on disk yet
+    e = await refusal(bound.svc.lock("proj", "Notes/plan.md", "write", agent="bob"))
+    assert e.code == "INVALID_ARGUMENT"
+    assert e.details["existing"] == "notes/Plan.md"
+
+
+async def test_a_lock_spelling_a_node_others_wait_for_with_other_case_is_refused(bound: Bound) -> None:
+    await bound.svc.lock("proj", "dir", "write", depth="tree", agent="alice")  # holds the folder, not plan.md
+    async with bound.svc.subscribe() as events, anyio.create_task_group() as tg:
+        tg.start_soon(lambda: bound.svc.lock("proj", "dir/plan.md", "write", agent="bob", wait=30))
+        await until_event(events, "queued", "dir/plan.md")
+        e = await refusal(bound.svc.lock("proj", "dir/PLAN.md", "read", agent="carol"))
+        tg.cancel_scope.cancel()
+    assert (e.code, e.details["existing"]) == ("INVALID_ARGUMENT", "dir/plan.md")
+
+
+async def test_one_call_locking_a_node_twice_under_two_cases_is_refused(bound: Bound) -> None:
+    e = await refusal(bound.svc.lock_many("proj", [{"node_id": "x.md"}, {"node_id": "X.md"}], agent="alice"))
+    assert (e.code, e.details["existing"]) == ("INVALID_ARGUMENT", "x.md")
+
+
+@pytest.mark.parametrize("bound", [False], indirect=True)
+async def test_a_case_sensitive_folder_locks_names_differing_by_case_apart(bound: Bound) -> None:
+    await bound.svc.lock("proj", "plan.md", "write", agent="alice")
+    await bound.svc.lock("proj", "PLAN.md", "write", agent="bob")
+
+
+def test_two_new_files_differing_by_case_in_one_batch_cannot_both_be_written() -> None:
+    table = LockTable("w", case_insensitive=True)
+    files = FileTable([], lambda n: None, case_insensitive=True)  # neither is on disk yet
+    kw = {"owner": "alice", "as_key": None, "by": "alice", "token": None, "if_version": 0}
+    files.write(table, 1.0, "docs/a.md", Staged("s1", 1, "x"), **kw)  # type: ignore[arg-type]
+    with pytest.raises(LockError) as twin:
+        files.write(table, 1.0, "Docs/A.md", Staged("s2", 1, "y"), **kw)  # type: ignore[arg-type]
+    assert (twin.value.code, twin.value.details["existing"]) == ("INVALID_ARGUMENT", "docs/a.md")

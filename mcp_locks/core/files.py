@@ -68,6 +68,12 @@ def is_yours(lease: Lease, owner: str, as_key: str | None) -> bool:
     return lease.owner == owner and (as_key is None or lease.key_id == as_key)
 
 
+def _same_but_case(a: str, b: str) -> bool:
+    """Whether ``a`` and ``b``, or a folder of one and the other, name one path once case is ignored."""
+    fa, fb = a.casefold(), b.casefold()
+    return fa == fb or fa.startswith(fb + "/") or fb.startswith(fa + "/")
+
+
 class FileTable:
     """The files of one workspace as the lock rules see them.
 
@@ -99,9 +105,13 @@ class FileTable:
     which the actor applies after the commit and before answering.
     """
 
-    def __init__(self, metas: Iterable[FileMeta], probe: Callable[[str], OnDisk | None]) -> None:
+    def __init__(
+        self, metas: Iterable[FileMeta], probe: Callable[[str], OnDisk | None], *, case_insensitive: bool = False
+    ) -> None:
         self._meta: dict[str, FileMeta] = {m.node_id: m for m in metas}
         self._probe = probe
+        #: The folder ignores case: a change this batch made under one spelling is not on disk yet to say so.
+        self._case_insensitive = case_insensitive
         #: Disk changes recorded since the actor last took them: committed with the batch, then applied.
         self.ops: list[FileOp] = []
         # Until then the disk still shows the old file: this batch's later steps must not look there.
@@ -216,6 +226,13 @@ class FileTable:
                 details={"node_id": node_id, "holders": [le.owner for le in others]},
             )
         for other, op in self._unapplied.items():  # changes earlier in this batch are not on disk yet
+            if self._case_insensitive and other != node_id and _same_but_case(other, node_id):
+                raise InvalidArgument(
+                    f"'{node_id}' is spelled with other case than '{other}', changed a moment ago: this"
+                    " workspace's folder ignores case, so both would be one file.",
+                    hint=f"Use '{other}'.",
+                    details={"field": "node_id", "node_id": node_id, "existing": other},
+                )
             if not op.delete and other.startswith(node_id + "/"):
                 raise _not_a_file(node_id, "dir")
             if not op.delete and node_id.startswith(other + "/"):

@@ -234,8 +234,11 @@ class LockTable:
         fence_reserved: int = 0,
         ids: Callable[[], tuple[str, str]] = new_id_and_token,
         first_waiter_id: int = 1,
+        case_insensitive: bool = False,
     ) -> None:
         self.workspace_id = workspace_id
+        #: The workspace's folder ignores case: two ids differing only by case would be one file.
+        self.case_insensitive = case_insensitive
         self.limits = limits or Limits()
         self._ids = ids
         self._fence_next = fence_next
@@ -247,8 +250,9 @@ class LockTable:
         # The lock ids each named owner holds (for the quick deadlock check).
         self._held_by: dict[str, set[str]] = {}
         # Held leases are stored as their own claims (a lease has node_id, mode and depth).
-        self._holders: ClaimIndex[str, Lease] = ClaimIndex()
-        self._waiting: ClaimIndex[tuple[int, int], Claim] = ClaimIndex()
+        fold = str.casefold if case_insensitive else None
+        self._holders: ClaimIndex[str, Lease] = ClaimIndex(fold)
+        self._waiting: ClaimIndex[tuple[int, int], Claim] = ClaimIndex(fold)
         self._queue: dict[int, _Waiter] = {}
         self._queue_ids = SortedList()  # the keys of _queue, for a waiter's place in line in O(log n)
         self._upgrades: dict[int, _Waiter] = {}
@@ -535,6 +539,8 @@ class LockTable:
                 )
             return self._change_mode(now, token, items[0], owner, timeout, wait, note, request_id, fingerprint, as_key)
         self._check_disjoint(items)
+        if self.case_insensitive:
+            self._check_spelling(items)
         queued = len(self._waiting) - len(self._upgrades)  # items of ordinary waiters, granted later
         if len(self._leases) + queued + len(items) > self.limits.max_locks:
             raise LimitExceeded(
@@ -555,6 +561,22 @@ class LockTable:
         if owner != ANONYMOUS and not self._nobody_waits_for(owner, waiter):
             self._check_deadlock(owner, waiter)
         return Queued(self._enqueue(waiter))
+
+    def _check_spelling(self, items: tuple[Claim, ...]) -> None:
+        """INVALID_ARGUMENT for an item spelling a held or awaited node (or one of ``items``) with other case."""
+        seen: dict[str, str] = {}
+        for c in items:
+            other = self._holders.other_spelling(c.node_id) or self._waiting.other_spelling(c.node_id)
+            twin = seen.setdefault(c.node_id.casefold(), c.node_id)
+            if other is None and twin != c.node_id:
+                other = twin
+            if other is not None:
+                raise InvalidArgument(
+                    f"'{c.node_id}' is spelled with other case than '{other}': this workspace's folder ignores"
+                    " case, so both would be one file.",
+                    hint=f"Use '{other}', as the locks on it spell it.",
+                    details={"field": "node_id", "node_id": c.node_id, "existing": other},
+                )
 
     def _replay(self, owner: str, request_id: str, fingerprint: str, key_id: str | None) -> Granted | Queued | None:
         key = (owner, request_id)

@@ -130,6 +130,8 @@ class WorkspaceActor:
         self.disk = disk
         #: The workspace's file metadata, beside the lock table (see :class:`FileTable`).
         self.files = FileTable((), lambda node_id: None)
+        #: Whether the workspace's folder ignores case (None: not asked yet; see _rebuild).
+        self._case_insensitive: bool | None = None
         self._mailbox = _Batch()
         self._inflight: _Batch | None = None
         self.failed = False
@@ -296,12 +298,18 @@ class WorkspaceActor:
 
     async def _rebuild(self, snap: Snapshot, first_waiter_id: int, old: LockTable | None, *, sweep: bool) -> LockTable:
         """A table (and file records) from ``snap``; a catch-up snapshot (``delta``) is merged into ``old``'s."""
+        disk = self.disk
+        if self._case_insensitive is None:  # asked of the folder once (a file is made and looked up: a thread)
+            self._case_insensitive = (
+                await anyio.to_thread.run_sync(lambda: disk.case_insensitive) if disk is not None else False
+            )
         table = LockTable(
             self.workspace_id,
             limits=self.limits,
             fence_next=snap.fence_next,
             fence_reserved=snap.fence_reserved,
             first_waiter_id=max(first_waiter_id, snap.next_waiter),
+            case_insensitive=self._case_insensitive,
         )
         table.track_waiters = self.shared
         self._mine = snap.mine
@@ -314,14 +322,13 @@ class WorkspaceActor:
             table.retired = old.retired  # a workspace being deleted stays so
         if self.hub is not None:
             self.hub.loaded(self.workspace_id, snap.event_seq, self.clock.now())
-        disk = self.disk
         if disk is not None:
             metas = snap.files
             if snap.delta:
                 merged = {m.node_id: m for m in self.files.records()}
                 merged.update((m.node_id, m) for m in snap.files)
                 metas = list(merged.values())
-            files = FileTable(metas, disk.probe)
+            files = FileTable(metas, disk.probe, case_insensitive=self._case_insensitive)
             pending = files.pending()
             try:
                 if pending:
