@@ -19,6 +19,13 @@ on a refusal):
   (no lock: the version the writer read; 0 creates); inc=True marks an
   increment of a counter file; out version, fence.
 - ``read``: args node; out version, value (version 0 and value None: no file).
+- ``upload``: the commit of a resumable upload (its chunks went before, unrecorded: they change
+  nothing until the commit); args node, token, value, upload (its id); out version, fence.
+- ``force_unlock`` (by the admin): args lock_id, node; out fence, owner of the lease it broke.
+- ``revoke`` (by the admin): args key (its id), agent; out {}.
+
+With API keys, every client call's args also carry ``key``: the id of the key it was sent with. A
+client whose key is revoked gets a new one from the admin, so one client may use several keys.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-Kind = Literal["lock", "lock_files", "renew", "unlock", "write", "read"]
+Kind = Literal["lock", "lock_files", "renew", "unlock", "write", "read", "upload", "force_unlock", "revoke"]
 
 #: Refusals that say the token's lease is over (released, expired or broken).
 TOKEN_GONE = frozenset({"LOCK_EXPIRED", "LOCK_NOT_FOUND", "LOCK_BROKEN"})

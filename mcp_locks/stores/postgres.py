@@ -489,8 +489,11 @@ class PostgresStore:
                         while True:  # still ours? (the session holds the role)
                             await anyio.sleep(LEADER_RETRY)
                             await conn.execute("SELECT 1")
-            except (psycopg.Error, OSError) as e:
-                log.warning("lost the connection that holds %s (%s); trying again", role, e)
+            except* (psycopg.Error, OSError) as lost:
+                # except*: a ping failing inside the task group arrives wrapped in an ExceptionGroup. Let
+                # through, it ended the server's lifespan and closed the pool: every call then answered
+                # UNAVAILABLE until a restart (found by the torture's database restarts).
+                log.warning("lost the connection that holds %s (%s); trying again", role, lost.exceptions[0])
             await anyio.sleep(LEADER_RETRY)
 
     # ------------------------------------------------------------------ workspaces

@@ -33,8 +33,9 @@ class History:
     def grant(self, call: float, ret: float, node: str, mode: str = "write", depth: str = "node", **kw: Any) -> str:
         self.fence += 1
         token = f"t{self.fence}"
-        out = {"token": token, "fence": kw.pop("fence", self.fence), "expires_at": kw.pop("expires", call + LEASE),
-               "node": node, "mode": mode, "depth": depth, "owner": kw.get("client", "a")}  # fmt: skip
+        out = {"token": token, "lock_id": f"lk_{token}", "fence": kw.pop("fence", self.fence),
+               "expires_at": kw.pop("expires", call + LEASE), "node": node, "mode": mode, "depth": depth,
+               "owner": kw.get("client", "a")}  # fmt: skip
         self._add("lock", call, ret, {"node": node, "mode": mode, "depth": depth, **kw}, True, out)
         return token
 
@@ -388,3 +389,159 @@ def test_a_failed_search_names_the_calls_it_could_not_place() -> None:
     res = linearizable(h.ops, budget=30)
     assert res.ok is False
     assert h.ops[-1].id in res.stuck
+
+
+# ---------------------------------------------------------------- force-unlocks, revocations, uploads
+
+
+def force_unlock(h: History, call: float, ret: float | None, token: str, node: str = "d/f", **kw: Any) -> None:
+    """The admin breaks the lease ``token`` names (by its lock_id, as the admin API does)."""
+    ok: bool | None = None if ret is None else kw.pop("ok", True)
+    out = kw.pop("out", {"fence": int(token[1:]), "owner": "a"}) if ok else kw.pop("out", {})
+    h._add("force_unlock", call, ret, {"lock_id": f"lk_{token}", "node": node, "client": "admin"}, ok, out)
+
+
+def revoke(h: History, call: float, ret: float | None, key: str, agent: str = "a", **kw: Any) -> None:
+    ok: bool | None = None if ret is None else kw.pop("ok", True)
+    h._add("revoke", call, ret, {"key": key, "agent": agent, "client": "admin"}, ok, kw.pop("out", {}))
+
+
+def upload(h: History, call: float, ret: float | None, node: str, token: str, value: Any, upload_id: str,
+           version: int, fence: int) -> None:  # fmt: skip
+    out = {} if ret is None else {"version": version, "fence": fence}
+    h._add("upload", call, ret, {"node": node, "token": token, "value": value, "upload": upload_id},
+           None if ret is None else True, out)  # fmt: skip
+
+
+def test_a_lock_granted_after_an_admin_broke_the_holders_lease_passes() -> None:
+    h = History()
+    a = h.grant(0, 1, "d/f", client="a")
+    force_unlock(h, 2, 3, a)
+    b = h.grant(4, 5, "d/f", client="b")  # long before a's deadline: the break ended a's lease
+    h.refused("write", 6, 7, "LOCK_BROKEN", node="d/f", token=a, value="late", client="a")
+    h.write(8, 9, "d/f", b, "x", 1, 2, client="b")
+    h.read(10, 11, "d/f", "x", 1, final=True)
+    assert check(h.ops).ok, check(h.ops).summary()
+
+
+def test_a_write_under_a_broken_lease_that_is_accepted_fails() -> None:
+    h = History()
+    a = h.grant(0, 1, "d/f", client="a")
+    force_unlock(h, 2, 3, a)
+    h.write(4, 5, "d/f", a, "late", 1, 1, client="a")  # fencing must refuse it: the lease ended at the break
+    assert kinds(h) == {"not linearizable"}
+
+
+def test_a_refusal_saying_the_lease_is_broken_before_any_break_is_an_early_end() -> None:
+    h = History()
+    a = h.grant(0, 1, "d/f", client="a")
+    h.refused("renew", 2, 3, "LOCK_BROKEN", token=a, timeout=LEASE, client="a")
+    force_unlock(h, 4, 5, a, ok=False, out={"code": "LOCK_BROKEN"})
+    assert {"lease ended early", "not linearizable"} <= kinds(h)
+
+
+def test_a_force_unlock_acknowledged_for_a_released_lease_fails() -> None:
+    h = History()
+    a = h.grant(0, 1, "d/f", client="a")
+    h.unlock(2, 3, a)
+    force_unlock(h, 4, 5, a)
+    assert kinds(h) == {"not linearizable"}
+
+
+def test_a_force_unlock_that_maybe_happened_may_have_let_another_holder_in() -> None:
+    h = History()
+    a = h.grant(0, 1, "d/f", client="a")
+    force_unlock(h, 2, None, a)
+    h.grant(4, 5, "d/f", client="b")
+    assert check(h.ops).ok
+
+
+def test_a_revoked_keys_lease_ends_at_the_revocation_and_its_calls_are_refused() -> None:
+    h = History()
+    a = h.grant(0, 1, "d/f", client="a", key="k1")
+    revoke(h, 2, 3, "k1")
+    h.refused("renew", 4, 5, "UNAUTHENTICATED", token=a, timeout=LEASE, key="k1", client="a")
+    b = h.grant(6, 7, "d/f", client="b", key="kb")  # before a's deadline: the revocation ended a's lease
+    h.refused("write", 8, 9, "FORBIDDEN", node="d/f", token=a, value="late", key="k2", client="a")
+    h.write(10, 11, "d/f", b, "x", 1, 2, client="b", key="kb")
+    h.read(12, 13, "d/f", "x", 1, final=True)
+    assert check(h.ops).ok, check(h.ops).summary()
+
+
+def test_a_revoked_key_whose_call_is_accepted_after_the_revocation_fails() -> None:
+    h = History()
+    a = h.grant(0, 1, "d/f", client="a", key="k1")
+    revoke(h, 2, 3, "k1")
+    h._add("renew", 4, 5, {"token": a, "timeout": LEASE, "key": "k1"}, True, {"expires_at": 4 + LEASE})
+    assert kinds(h) == {"not linearizable"}
+
+
+def test_a_live_key_refused_as_unauthenticated_fails() -> None:
+    h = History()
+    a = h.grant(0, 1, "d/f", client="a", key="k1")
+    h.refused("renew", 2, 3, "UNAUTHENTICATED", token=a, timeout=LEASE, key="k1", client="a")
+    revoke(h, 4, 5, "k1")
+    assert kinds(h) == {"not linearizable"}
+
+
+def test_revoking_a_key_that_was_already_revoked_is_refused() -> None:
+    h = History()
+    revoke(h, 0, 1, "k1")
+    revoke(h, 2, 3, "k1")
+    assert kinds(h) == {"not linearizable"}
+    h = History()
+    revoke(h, 0, None, "k1")  # the answer was lost: the retry may find the key revoked already
+    revoke(h, 2, 3, "k1", ok=False, out={"code": "NOT_FOUND"})
+    assert check(h.ops).ok
+
+
+def test_a_lock_granted_to_a_key_after_its_revocation_is_a_violation_unless_lenient() -> None:
+    h = History()
+    h.grant(4.5, 5, "d/g", client="b", key="kb", fence=1)  # granted after the revocation was answered...
+    h.grant(2, 6, "d/f", client="a", key="k1", fence=2)  # ...so this later fence was too: to a waiter of k1
+    revoke(h, 3, 4, "k1")
+    assert "not linearizable" in {v.kind for v in check(h.ops).violations}
+    assert check(h.ops, strict_revocation=False).ok
+
+
+def test_a_lock_granted_to_a_revoked_key_still_keeps_others_out_until_its_deadline() -> None:
+    h = History()
+    revoke(h, 0, 1, "k1")
+    h.grant(2, 3, "d/f", client="a", key="k1")  # tolerated: a server that has not yet dropped such waiters
+    h.grant(4, 5, "d/f", client="b", key="kb")  # but two holders at once is a double grant all the same
+    assert {"double grant", "not linearizable"} <= kinds(h)
+
+
+def test_an_upload_committed_under_its_lock_is_a_write() -> None:
+    h = History()
+    t = h.grant(0, 1, "d/f")
+    upload(h, 2, 3, "d/f", t, "big", "u1", 1, 1)
+    h.unlock(4, 5, t)
+    h.read(6, 7, "d/f", "big", 1, final=True)
+    assert check(h.ops).ok
+
+
+def test_an_upload_committed_twice_fails() -> None:
+    h = History()
+    t = h.grant(0, 1, "d/f")
+    upload(h, 2, 3, "d/f", t, "big", "u1", 1, 1)
+    upload(h, 4, 5, "d/f", t, "big", "u1", 2, 1)  # a retried complete must not write the upload again
+    assert {"upload committed twice", "not linearizable"} <= kinds(h)
+
+
+def test_an_upload_retried_after_an_unknown_outcome_commits_once() -> None:
+    h = History()
+    t = h.grant(0, 1, "d/f")
+    upload(h, 2, None, "d/f", t, "big", "u1", 1, 1)  # the connection broke: committed or not
+    upload(h, 3, 4, "d/f", t, "big", "u1", 1, 1)  # the retry commits it: so the first did not
+    h.read(5, 6, "d/f", "big", 1, final=True)
+    assert check(h.ops).ok
+    h.read(7, 8, "d/f", "big", 2, final=True)  # had both committed, it would be version 2
+    assert "not linearizable" in kinds(h)
+
+
+def test_an_upload_committed_under_an_expired_lease_fails() -> None:
+    h = History()
+    t = h.grant(0, 1, "d/f", expires=5.0)
+    upload(h, 6, 7, "d/f", t, "big", "u1", 1, 1)
+    assert kinds(h) == {"not linearizable"}
