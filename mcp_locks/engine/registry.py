@@ -15,7 +15,7 @@ import anyio
 import anyio.abc
 
 from mcp_locks.core.clock import Clock
-from mcp_locks.core.errors import Forbidden, NotFound, Unavailable
+from mcp_locks.core.errors import Forbidden, LockError, NotFound, Unavailable
 from mcp_locks.core.keys import LOCAL, Identity
 from mcp_locks.core.names import DEFAULT_WORKSPACE, check_workspace_id
 from mcp_locks.core.records import WorkspaceRecord
@@ -170,6 +170,8 @@ class WorkspaceRegistry:
     async def _run_actor(self, actor: WorkspaceActor) -> None:
         try:
             await actor.run()
+        except LockError as e:  # its store is unreachable (a database restarting): it is started again later
+            log.warning("workspace actor %s stopped: %s", actor.workspace_id, e.text())
         except Exception:
             log.exception("workspace actor %s stopped", actor.workspace_id)
         finally:

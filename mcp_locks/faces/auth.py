@@ -270,8 +270,11 @@ class Guard:
         if self.backend is not None and scope["path"] not in self.open_paths:
             try:
                 found = await self.backend.authenticate(HTTPConnection(scope))
-            except Exception:  # the store could not be read: say so, never guess either way
-                log.exception("checking a key failed")
+            except Exception as e:  # the store could not be read: say so, never guess either way
+                if isinstance(e, LockError):  # the store said it is unreachable: expected while it restarts
+                    log.warning("could not check a key: %s", e.text())
+                else:
+                    log.exception("checking a key failed")
                 await _send_error(
                     send, scope, Unavailable("the server could not check the API key.", hint="Retry in a few seconds.")
                 )
