@@ -45,11 +45,24 @@ class _QuietServer(uvicorn.Server):
         self.up.set()
 
 
+#: Seconds a gracefully stopped test server gives connections still open (an event stream a test left open,
+#: say) before it cancels them; a bound, so that a stuck stream cannot hang a test's teardown.
+STOP_GRACE = 2.0
+
+
 @asynccontextmanager
-async def serve_app(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
-    """Run ``app`` under uvicorn on a free loopback port; yields its base URL."""
+async def serve_app(app: ASGIApp, *, graceful: bool = False, **config: Any) -> AsyncIterator[str]:
+    """Run ``app`` under uvicorn on a free loopback port; yields its base URL.
+
+    By default the server is stopped at once, without the app's lifespan shutdown. With ``graceful`` it
+    gives open connections :data:`STOP_GRACE` seconds and then runs that shutdown (which stops the
+    service and closes its store) before this block exits, so that what the caller tears down next
+    (a PostgreSQL schema, a folder) is no longer in use.
+    """
     sock = free_socket()
     port = sock.getsockname()[1]
+    if graceful:
+        config.setdefault("timeout_graceful_shutdown", STOP_GRACE)
     server = _QuietServer(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve, [sock])
@@ -59,7 +72,7 @@ async def serve_app(app: ASGIApp, **config: Any) -> AsyncIterator[str]:
             yield f"http://127.0.0.1:{port}"
         finally:
             server.should_exit = True
-            server.force_exit = True
+            server.force_exit = not graceful
     sock.close()
 
 

@@ -396,7 +396,10 @@ async def test_a_legacy_sse_session_opened_with_one_key_refuses_another(env: Env
         headers = {"Authorization": f"Bearer {env.alice}"}
         async with h.stream("GET", "/sse", headers=headers) as stream:
             endpoint = None
-            async for line in stream.aiter_lines():  # the first event names where to post
+            # One reader, kept while the session is used: a dropped, partly read aiter_lines() is closed
+            # when the garbage collector finalises it, and that closes the connection (and the session).
+            lines = stream.aiter_lines()
+            async for line in lines:  # the first event names where to post
                 if line.startswith("data: "):
                     endpoint = line.removeprefix("data: ").strip()
                     break

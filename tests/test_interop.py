@@ -93,6 +93,13 @@ RUN_DEADLINE_MS = 75_000
 RUN_GRACE_S = 20
 #: A well-formed key that no server issued.
 WRONG_KEY = "mlk_0123456789ab_" + "A" * 43
+#: The per-key MCP session cap of the interop server (``MCP_LOCKS_MAX_SESSIONS_PER_KEY``; 32 by default). Small, so
+#: that a group can go over it; no other key here comes near it: each key of a cell holds one session (one per
+#: named session), the bridge and the Python client's streamable HTTP speak the sessionless 2026 protocol, and
+#: the cap group has a key of its own per cell.
+SESSION_CAP = 2
+#: The cells that go over the cap: the TypeScript client over both HTTP transports (each opens a session).
+CAP_CELLS = {("ts", "streamable-http"), ("ts", "sse")}
 
 #: Tools whose ``agent`` argument names the owner on the embedded transport (and is only a label with keys).
 OWNER_TOOLS = {"lock_file", "lock_files", "write_file", "delete_file"}
@@ -112,7 +119,7 @@ def cli() -> str:
 
 
 def clean_env() -> dict[str, str]:
-    """This environment without MCP_LOCKS_* settings (the servers here are configured by flags only)."""
+    """This environment without MCP_LOCKS_* settings (the servers here are configured by flags, see serve)."""
     return {k: v for k, v in os.environ.items() if not k.startswith("MCP_LOCKS_")}
 
 
@@ -150,14 +157,17 @@ def need_node() -> None:
 
 @contextmanager
 def serve(data_dir: Path, log: Path) -> Iterator[str]:
-    """``mcp-locks serve`` on a free loopback port; yields its base URL, stops it (SIGTERM) at the end."""
+    """``mcp-locks serve`` on a free loopback port; yields its base URL, stops it (SIGTERM) at the end.
+
+    Flags configure it, except the per-key session cap (:data:`SESSION_CAP`), given by its environment variable.
+    """
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [cli(), "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir)],
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=clean_env(),
+            env={**clean_env(), "MCP_LOCKS_MAX_SESSIONS_PER_KEY": str(SESSION_CAP)},  # the setting as deployed
         )
     try:
         deadline = time.monotonic() + 30
@@ -382,6 +392,17 @@ def auth_steps(c: Cell) -> list[dict[str, Any]]:
     return [{"op": "connect", "session": "intruder", "tag": "probe", "timeoutMs": 8000}]
 
 
+#: The sessions of the cap group, all on one key of their own (kept open until the run ends): the last is over.
+CAP_SESSIONS = tuple(f"cap{i}" for i in range(1, SESSION_CAP + 2))
+
+
+def session_cap_steps(c: Cell) -> list[dict[str, Any]]:
+    """As many sessions as the key may hold, then one more on the same key: the one tagged "probe"."""
+    *within, over = CAP_SESSIONS
+    steps = [{"op": "connect", "session": s, "tag": "within"} for s in within]
+    return [*steps, {"op": "connect", "session": over, "tag": "probe", "timeoutMs": 8000}]
+
+
 def scenario_groups(c: Cell) -> list[dict[str, Any]]:
     """The table: one group per scenario that applies to this cell's transport."""
     groups = [{"name": "tools", "steps": tools_steps(c)}, {"name": "success", "steps": success_steps(c)}]
@@ -396,6 +417,8 @@ def scenario_groups(c: Cell) -> list[dict[str, Any]]:
         groups.append({"name": "resources", "steps": resources_steps(c)})
     if c.transport in HTTP_TRANSPORTS:
         groups.append({"name": "auth", "steps": auth_steps(c)})
+    if (c.client, c.transport) in CAP_CELLS:
+        groups.append({"name": "session cap", "steps": session_cap_steps(c)})
     if c.transport == "stdio-embedded":  # owners are named by `agent` here (with keys it is only a label)
         for g in groups:
             for s in g["steps"]:
@@ -546,6 +569,9 @@ def table(tmp_path_factory: pytest.TempPathFactory) -> Table:
                     }  # fmt: skip
                     continue
                 endpoint = f"{url}/mcp" if c.transport == "streamable-http" else f"{url}/sse"
+                if (c.client, c.transport) in CAP_CELLS:  # a key of the cell's own, so no other cell adds to its count
+                    cap_key = agent_key(http, url, admin, f"cap-{c.cid}", ["default"], "agent")
+                    keys.update(dict.fromkeys(CAP_SESSIONS, cap_key))
                 c.sessions = {
                     s: {"transport": c.transport, "url": endpoint, "headers": {"Authorization": f"Bearer {k}"}}
                     for s, k in {**keys, "intruder": WRONG_KEY}.items()
@@ -774,3 +800,24 @@ def test_the_client_is_told_a_wrong_key_was_refused_with_401_unauthenticated(
     assert err["code"] == 401 or "401" in said or "UNAUTHENTICATED" in said, (
         f"the client cannot tell its key was refused: {err}"
     )
+
+
+CAP_PARAMS = [p for p in CELLS if tuple(p.values) in CAP_CELLS]
+
+
+@pytest.mark.parametrize(CELL_ARGS, CAP_PARAMS)
+def test_a_key_opens_as_many_sessions_as_its_cap_allows(table: Table, client: str, transport: str) -> None:
+    within = [r for r in table.group(client, transport, "session cap") if r.get("tag") == "within"]
+    assert len(within) == SESSION_CAP
+    assert all(r.get("ok") for r in within), f"a session within the cap was refused: {within}"
+
+
+@pytest.mark.parametrize(CELL_ARGS, CAP_PARAMS)
+def test_a_session_over_the_keys_cap_is_refused_and_the_client_is_told_429_limit_exceeded(
+    table: Table, client: str, transport: str
+) -> None:
+    rec = tagged(table.group(client, transport, "session cap"), "probe")
+    assert not rec.get("ok"), f"a session over the cap of {SESSION_CAP} connected: {rec}"
+    err = rec["error"]
+    said = f"{err['code']} {err['message']} {json.dumps(err.get('data'))}"
+    assert "429" in said or "LIMIT_EXCEEDED" in said, f"the client cannot tell the key is over its session cap: {err}"

@@ -229,12 +229,17 @@ async def test_get_audit_log_answers_on_every_face(face: Face) -> None:
 # ---------------------------------------------------------------------- the live event stream
 
 
-async def _read_sse(r: httpx.Response, n: int) -> list[tuple[str, str, dict[str, Any]]]:
-    """The next ``n`` events of an open event stream as (id, event, data)."""
+async def _read_sse(lines: AsyncIterator[str], n: int) -> list[tuple[str, str, dict[str, Any]]]:
+    """The next ``n`` events of an open event stream as (id, event, data).
+
+    ``lines`` is the stream's one line reader (``r.aiter_lines()``, taken once and kept while the stream
+    is open): a partly read ``aiter_lines()`` that is dropped is finalised by the garbage collector,
+    and closing it closes the connection, so the server would see the client leave.
+    """
     out: list[tuple[str, str, dict[str, Any]]] = []
     fields: dict[str, str] = {}
     with anyio.fail_after(STEP):
-        async for line in r.aiter_lines():
+        async for line in lines:
             if line.startswith(":"):
                 continue
             if line == "":
@@ -258,7 +263,7 @@ async def test_the_event_stream_sends_committed_events_and_resumes_after_last_ev
             assert r.headers["content-type"].startswith("text/event-stream")
             await env.service.lock("team", "other.md", "write")  # another workspace: not on this stream
             g = await env.service.lock("default", "s.md", "write", agent="x")
-            got = await _read_sse(r, 2)
+            got = await _read_sse(r.aiter_lines(), 2)
         assert [(e, d["kind"], d["node_id"]) for _, e, d in got] == [
             ("requested", "requested", "s.md"),
             ("granted", "granted", "s.md"),
@@ -268,7 +273,7 @@ async def test_the_event_stream_sends_committed_events_and_resumes_after_last_ev
         await env.service.unlock("default", g.token, "s.md")
         await env.service.lock("default", "t.md", "read")
         async with http.stream("GET", url, headers={**auth, "Last-Event-ID": got[1][0]}) as r:
-            missed = await _read_sse(r, 3)
+            missed = await _read_sse(r.aiter_lines(), 3)
     assert [d["kind"] for _, _, d in missed] == ["released", "requested", "granted"]
     assert [int(i) for i, _, _ in missed] == list(range(int(got[1][0]) + 1, int(got[1][0]) + 4))
 
@@ -663,17 +668,23 @@ async def test_a_key_may_hold_only_so_many_event_streams_and_a_closed_one_frees_
     auth = {"Authorization": f"Bearer {env.bob}"}
     before = len(env.service.hub._subscribers)
     async with httpx.AsyncClient(timeout=STEP) as http, contextlib.AsyncExitStack() as stack:
+        readers = []
         for _ in range(2):
             r = await stack.enter_async_context(http.stream("GET", url, headers=auth))
             assert r.status_code == 200
+            readers.append(r.aiter_lines())  # one reader per stream, kept: see _read_sse
         await env.service.lock("default", "x.md", "read")  # both streams are running (and counted) now
-        await _read_sse(r, 1)
+        for lines in readers:
+            await _read_sse(lines, 2)  # requested, granted
         over = await http.get(url, headers=auth)
         assert (over.status_code, over.json()["error"]["code"]) == (429, "LIMIT_EXCEEDED")
         other = await http.get(
             f"{env.url}/v1/workspaces/default/audit", headers={"Authorization": f"Bearer {env.alice}"}
         )
         assert other.status_code == 200
+        await env.service.lock("default", "y.md", "read")  # and both are still open after the refusal
+        for lines in readers:
+            assert [d["node_id"] for _, _, d in await _read_sse(lines, 1)] == ["y.md"]
     with anyio.fail_after(STEP):  # the server notices the clients left: their places and subscriptions are freed
         while len(env.service.hub._subscribers) > before:  # noqa: ASYNC110 - nothing to wait on but the count
             await anyio.sleep(0.01)
