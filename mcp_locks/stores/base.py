@@ -42,6 +42,8 @@ __all__ = [
     "TakeOutcome",
     "WaiterOutcome",
     "WorkspaceRecord",
+    "key_taken",
+    "several_live_keys",
     "workspace_in_use",
     "workspace_not_found",
 ]
@@ -286,10 +288,10 @@ class MemoryStore:
     async def put_key(self, record: KeyRecord) -> None:
         """Store a new key record; ALREADY_EXISTS if its id is stored or its agent has a live key."""
         if record.key_id in self._keys:
-            raise AlreadyExists(f"key id {record.key_id} is already stored.", details={"field": "key_id"})
+            raise key_taken(record, "key_id")
         live = (r for r in self._keys.values() if r.agent == record.agent and r.revoked_at is None)
         if record.revoked_at is None and next(live, None) is not None:
-            raise AlreadyExists(f"agent '{record.agent}' already has a live key.", details={"field": "agent"})
+            raise key_taken(record, "agent")
         self._keys[record.key_id] = record
         self._key_writes += 1
 
@@ -432,6 +434,22 @@ class MemoryStore:
     def delivery_worker_args(self) -> None:
         """None: another process cannot see this process's memory (webhooks are delivered in the server)."""
         return None
+
+
+def key_taken(record: KeyRecord, field: str) -> AlreadyExists:
+    """ALREADY_EXISTS for a key refused by the one-live-key-per-agent rule (``field`` "agent") or a stored id."""
+    if field == "key_id":
+        return AlreadyExists(f"key id {record.key_id} is already stored.", details={"field": "key_id"})
+    return AlreadyExists(f"agent '{record.agent}' already has a live key.", details={"field": "agent"})
+
+
+def several_live_keys(agent: str, key_ids: list[str]) -> str:
+    """The warning for an agent holding several live keys from before the one-live-key rule."""
+    return (
+        f"agent '{agent}' has {len(key_ids)} live keys ({', '.join(key_ids)}), made before the rule of one live"
+        " key per agent: revoke all but one (mcp-locks keys revoke KEY_ID, or the admin API); the database"
+        " enforces the rule, for every agent, from the first start after that."
+    )
 
 
 def workspace_not_found(workspace_id: str) -> NotFound:

@@ -38,7 +38,7 @@ from mcp_locks.core.records import (
     WebhookRecord,
     WorkspaceRecord,
 )
-from mcp_locks.stores.base import workspace_in_use, workspace_not_found
+from mcp_locks.stores.base import key_taken, several_live_keys, workspace_in_use, workspace_not_found
 from mcp_locks.stores.folding import Folded, fold_changes
 from mcp_locks.stores.rows import (
     LEASE_COLS,
@@ -288,22 +288,6 @@ def _waiter_from(doc: list[Any]) -> WaiterRecord:
     return WaiterRecord(doc[0], doc[1], tuple(Claim(*c) for c in doc[2]), *doc[3:])
 
 
-def _key_taken(record: KeyRecord, field: str) -> AlreadyExists:
-    """ALREADY_EXISTS for a key refused by the one-live-key-per-agent index (or for an id already stored)."""
-    if field == "key_id":
-        return AlreadyExists(f"key id {record.key_id} is already stored.", details={"field": "key_id"})
-    return AlreadyExists(f"agent '{record.agent}' already has a live key.", details={"field": "agent"})
-
-
-def _revoke_all_but_one(agent: str, key_ids: list[str]) -> str:
-    """The warning for an agent holding several live keys from before the one-live-key rule."""
-    return (
-        f"agent '{agent}' has {len(key_ids)} live keys ({', '.join(key_ids)}), made before the rule of one live"
-        " key per agent: revoke all but one (mcp-locks keys revoke KEY_ID, or the admin API); the database"
-        " enforces the rule, for every agent, from the first start after that."
-    )
-
-
 def _unavailable(e: Exception) -> Unavailable:
     return Unavailable(
         f"the lock database cannot be reached ({type(e).__name__}).",
@@ -421,7 +405,7 @@ class PostgresStore:
                 " GROUP BY agent HAVING count(*) > 1 ORDER BY agent"
             )
             for agent, key_ids in await cur.fetchall():
-                log.warning(_revoke_all_but_one(agent, list(key_ids)))
+                log.warning(several_live_keys(agent, list(key_ids)))
 
     async def close(self) -> None:
         """Take this server's waiters out of every line (so others need not wait for it to be noticed), then close."""
@@ -902,7 +886,7 @@ class PostgresStore:
                 await conn.execute("INSERT INTO keys VALUES (%s, %s, %s, %s, %s, %s, %s)", key_row(record))
                 await conn.execute("UPDATE cluster SET keys_version = keys_version + 1")
         except psycopg.errors.UniqueViolation as e:
-            raise _key_taken(record, "key_id" if e.diag.constraint_name == "keys_pkey" else "agent") from None
+            raise key_taken(record, "key_id" if e.diag.constraint_name == "keys_pkey" else "agent") from None
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         """The key record, or None."""

@@ -31,7 +31,7 @@ from mcp_locks.core.records import (
     WebhookRecord,
     WorkspaceRecord,
 )
-from mcp_locks.stores.base import workspace_in_use, workspace_not_found
+from mcp_locks.stores.base import key_taken, several_live_keys, workspace_in_use, workspace_not_found
 from mcp_locks.stores.folding import fold_changes
 from mcp_locks.stores.rows import (
     LEASE_COLS,
@@ -202,22 +202,6 @@ _PUT_LEASE = (
 _lease_from = partial(tuple.__new__, Lease)  # a row of LEASE_COLS as a Lease, without a Python-level call
 
 
-def _key_taken(record: KeyRecord, field: str) -> AlreadyExists:
-    """ALREADY_EXISTS for a key refused by the one-live-key-per-agent index (or for an id already stored)."""
-    if field == "key_id":
-        return AlreadyExists(f"key id {record.key_id} is already stored.", details={"field": "key_id"})
-    return AlreadyExists(f"agent '{record.agent}' already has a live key.", details={"field": "agent"})
-
-
-def _revoke_all_but_one(agent: str, key_ids: list[str]) -> str:
-    """The warning for an agent holding several live keys from before the one-live-key rule."""
-    return (
-        f"agent '{agent}' has {len(key_ids)} live keys ({', '.join(key_ids)}), made before the rule of one live"
-        " key per agent: revoke all but one (mcp-locks keys revoke KEY_ID, or the admin API); the database"
-        " enforces the rule, for every agent, from the first start after that."
-    )
-
-
 class SqliteStore:
     """SQLite in WAL mode; every batch is one transaction on one connection.
 
@@ -328,7 +312,7 @@ class SqliteStore:
                 " GROUP BY agent HAVING count(*) > 1 ORDER BY agent"
             ).fetchall()
             for agent, key_ids in rows:
-                log.warning(_revoke_all_but_one(agent, key_ids.split(", ")))
+                log.warning(several_live_keys(agent, key_ids.split(", ")))
 
     def _start_checkpointer(self, interval: float = 1.0) -> None:
         stop = self._checkpoint_stop = threading.Event()
@@ -544,7 +528,7 @@ class SqliteStore:
             self.db.execute("INSERT INTO keys VALUES (?, ?, ?, ?, ?, ?, ?)", key_row(record))
         except sqlite3.IntegrityError as e:
             field = "key_id" if "keys.key_id" in str(e) else "agent"
-            raise _key_taken(record, field) from None
+            raise key_taken(record, field) from None
 
     async def get_key(self, key_id: str) -> KeyRecord | None:
         """The key record, or None."""
