@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from mcp_locks.core.clock import Clock, ManualClock
-from mcp_locks.core.errors import LockError
+from mcp_locks.core.errors import LockError, Unavailable
 from mcp_locks.engine.actor import WorkspaceActor
 from mcp_locks.engine.lock_service import LockService
 from mcp_locks.stores.postgres import PostgresStore
@@ -175,3 +175,35 @@ async def test_leases_are_stamped_with_the_databases_clock_not_the_servers() -> 
             assert row is not None
             assert abs(g.acquired_at.timestamp() - row[0]) < STEP
             assert abs((g.expires_at - g.acquired_at).total_seconds() - LEASE) < 1e-3
+
+
+@pytest.mark.parametrize("failure", ["unavailable", "bug"])
+async def test_a_cluster_role_whose_work_fails_is_taken_up_again_and_the_server_keeps_running(
+    monkeypatch: pytest.MonkeyPatch, failure: str
+) -> None:
+    # The webhook role's work is told UNAVAILABLE while the database restarts; that used to escape the role's
+    # task group as an ExceptionGroup, end the server's lifespan and close its pool (every call UNAVAILABLE).
+    monkeypatch.setattr("mcp_locks.stores.postgres.LEADER_RETRY", 0.05)  # the retry pause, shortened
+    runs = 0
+    second = anyio.Event()
+
+    async def work() -> None:
+        nonlocal runs
+        runs += 1
+        if runs == 1:
+            raise Unavailable("the lock database cannot be reached.") if failure == "unavailable" else KeyError("x")
+        second.set()
+        await anyio.sleep_forever()
+
+    with pg_schema() as schema:
+        store = PostgresStore(PG_URL, schema=schema, db_clock=False)
+        await store.open()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.lead, "webhooks", work)
+                with anyio.fail_after(STEP):
+                    await second.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            await store.close()
+    assert runs == 2

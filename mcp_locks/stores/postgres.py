@@ -288,6 +288,11 @@ def _waiter_from(doc: list[Any]) -> WaiterRecord:
     return WaiterRecord(doc[0], doc[1], tuple(Claim(*c) for c in doc[2]), *doc[3:])
 
 
+#: What losing the database looks like (a pooled connection closed by a restart is an InterfaceError): not
+#: the errors a caller handles itself (a unique violation), which pass through.
+_LOST = (psycopg.OperationalError, psycopg.InterfaceError, TimeoutError, OSError)
+
+
 def _unavailable(e: Exception) -> Unavailable:
     return Unavailable(
         f"the lock database cannot be reached ({type(e).__name__}).",
@@ -473,11 +478,14 @@ class PostgresStore:
                         while True:  # still ours? (the session holds the role)
                             await anyio.sleep(LEADER_RETRY)
                             await conn.execute("SELECT 1")
-            except* (psycopg.Error, OSError) as lost:
-                # except*: a ping failing inside the task group arrives wrapped in an ExceptionGroup. Let
-                # through, it ended the server's lifespan and closed the pool: every call then answered
-                # UNAVAILABLE until a restart (found by the torture's database restarts).
+            except* (psycopg.Error, OSError, LockError) as lost:
+                # except*: a ping failing inside the task group, or ``work`` told UNAVAILABLE by this store while
+                # the database restarts, arrives wrapped in an ExceptionGroup. Let through, it ended the server's
+                # lifespan and closed the pool: every call then answered UNAVAILABLE until a restart (found by
+                # the torture's database restarts).
                 log.warning("lost the connection that holds %s (%s); trying again", role, lost.exceptions[0])
+            except* Exception:  # a bug in the role's work: said, and the role taken up again, the server kept
+                log.exception("%s failed; trying again", role)
             await anyio.sleep(LEADER_RETRY)
 
     # ------------------------------------------------------------------ workspaces
@@ -580,14 +588,14 @@ class PostgresStore:
                     f"another server has held workspace '{workspace_id}' for over {self.timeout:g} s.",
                     hint="Retry in a few seconds; if it persists, a server is stuck: restart it.",
                 ) from None
-            except psycopg.OperationalError as e:
+            except (psycopg.OperationalError, psycopg.InterfaceError) as e:
                 await self._putconn(conn, broken=True)
                 if attempt == 2:  # the first may have been a pooled connection from before a database restart
                     raise _unavailable(e) from None
             except BaseException as e:  # cancelled, or any other failure: the connection's state is unknown
                 with anyio.CancelScope(shield=True):
                     await self._putconn(conn, broken=True)
-                if isinstance(e, psycopg.Error):
+                if isinstance(e, psycopg.Error | OSError):
                     raise _unavailable(e) from None
                 raise
         self._held[workspace_id] = (conn, -1, False)  # from here on, end() lets go of the workspace
@@ -1045,7 +1053,7 @@ class PostgresStore:
         try:
             async with self._pool.connection(timeout=self.timeout) as conn:
                 yield conn
-        except (psycopg.OperationalError, TimeoutError) as e:
+        except _LOST as e:
             raise _unavailable(e) from None
 
     async def _fetch(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
