@@ -62,6 +62,7 @@ __all__ = [
     "VersionMismatch",
     "Vocabulary",
     "WaitTimeout",
+    "refusal_in",
     "render_hint",
 ]
 
@@ -258,6 +259,21 @@ class Internal(LockError):
 
     code = "INTERNAL"
     http_status = 500
+
+
+def refusal_in(exc: BaseException) -> LockError | None:
+    """``exc`` if it is a :class:`LockError`, else the first one an ExceptionGroup holds, else None.
+
+    A task group wraps what its tasks raise: a refusal (UNAVAILABLE while a database restarts) can reach
+    a face inside an ExceptionGroup, and must still be answered as itself, not as INTERNAL.
+    """
+    if isinstance(exc, LockError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            if (found := refusal_in(inner)) is not None:
+                return found
+    return None
 
 
 #: code -> class; the one table every face reads.

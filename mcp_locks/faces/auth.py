@@ -55,6 +55,7 @@ from mcp_locks.core.errors import (
     TooLarge,
     Unauthenticated,
     Unavailable,
+    refusal_in,
 )
 from mcp_locks.core.keys import LOCAL, Identity, KeyRecord, key_digest, parse_key_id, verify_key
 from mcp_locks.stores.base import Store
@@ -334,13 +335,16 @@ class Guard:
         except LockError as e:  # a refusal raised below the routes (a per-key session cap): say it as itself
             if not started:
                 await _send_error(send, scope, e)
-        except Exception:
-            log.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+        except Exception as e:
+            refusal = refusal_in(e)  # a refusal a task group wrapped: said as itself (logged, to find the group)
+            log.log(logging.WARNING if refusal else logging.ERROR, "unhandled error on %s %s",
+                    scope.get("method"), scope.get("path"), exc_info=True)  # fmt: skip
             if not started:
                 await _send_error(
                     send,
                     scope,
-                    Internal("the server failed to handle this request.", hint="Retry; if it persists, report it."),
+                    refusal
+                    or Internal("the server failed to handle this request.", hint="Retry; if it persists, report it."),
                 )
         finally:
             if ctx is not None:

@@ -22,7 +22,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from mcp_locks.core.errors import InvalidArgument, LockError, MethodNotAllowed, NotFound, UnsupportedMediaType
+from mcp_locks.core.errors import (
+    InvalidArgument,
+    LockError,
+    MethodNotAllowed,
+    NotFound,
+    UnsupportedMediaType,
+    refusal_in,
+)
 from mcp_locks.core.keys import Identity, require_admin
 from mcp_locks.core.models import parse_body
 from mcp_locks.faces.auth import identity_of
@@ -165,6 +172,11 @@ def endpoint(op: Op, local: Identity) -> Callable[[Request], Awaitable[Response]
             return error_response(e)
         except ClientDisconnect:
             return Response(status_code=499)  # the client left while sending its body
+        except BaseExceptionGroup as group:  # what a task group wrapped (_or_disconnect's, the engine's)
+            refusal = refusal_in(group)
+            if refusal is None:
+                raise
+            return error_response(refusal)
         if isinstance(result, Response):
             return result
         return Response(result.model_dump_json(), status_code=op.status, media_type="application/json")
