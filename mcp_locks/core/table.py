@@ -840,8 +840,10 @@ class LockTable:
 
     def expire(self, now: float) -> int:
         """End every lease due at ``now``, grant the waiters that frees, time out due waiters."""
-        n = 0
         lh, wh = self._lease_heap, self._wait_heap
+        if lh and lh[0][0] <= now and not (wh and wh[0][0] <= now) and not self._upgrades:
+            return self._expire_leases(now)
+        n = 0
         dirty = False  # something ended since the last grant pass
         last = -math.inf
         # Handle deadlines one instant at a time, in the order they fell, even when told
@@ -879,6 +881,27 @@ class LockTable:
                     dirty = True
         if dirty:
             self._promote(now)
+        self._prune(now)
+        return n
+
+    def _expire_leases(self, now: float) -> int:
+        """End every lease due at ``now``, then grant in one pass: when no wait runs out by ``now``.
+
+        The same outcome as :meth:`expire`'s instant-by-instant handling, for less work (an expiry
+        storm: a grant pass per instant costs more than the grant): with no wait ending and no
+        upgrade in line, a grant made at an earlier instant changes no lease that ends later (a
+        new lease ends after ``now``), and the line's order alone decides who goes first.
+        ``tests/test_table_model.py`` holds the table to the instant-by-instant model with timers firing late.
+        """
+        n = 0
+        lh, leases = self._lease_heap, self._leases
+        while lh and lh[0][0] <= now:
+            when, lock_id = heapq.heappop(lh)
+            lease = leases.get(lock_id)
+            if lease is not None and lease.expires_at == when:
+                self._end(lease, "expired", when)
+                n += 1
+        self._promote(now)
         self._prune(now)
         return n
 
