@@ -76,17 +76,39 @@ async def lose(c: LockClient, node_id: str, act: Callable[[Lease], Awaitable[obj
     return lost.value
 
 
+@pytest.fixture(params=KINDS)
+def kind(request: pytest.FixtureRequest) -> str:
+    """The face a client speaks: each test that takes it runs once over every one of :data:`KINDS`."""
+    return str(request.param)
+
+
+#: ``await lose_on_face(act, timeout=..., **client_options)``: see :func:`lose_on_face`.
+LoseOnFace = Callable[..., Awaitable[LeaseLost]]
+
+
+@pytest.fixture
+def lose_on_face(env: KeyedServer, kind: str) -> LoseOnFace:
+    """Hold ``a.md`` from a fresh client of ``kind`` for a block that does ``act`` to its lease (see :func:`lose`);
+    all within STEP, with the client closed before the ``LeaseLost`` it ended with is returned."""
+
+    async def run(
+        act: Callable[[Lease], Awaitable[object]], *, timeout: float = LONG_LEASE, **client_options: Any
+    ) -> LeaseLost:
+        with anyio.fail_after(STEP):
+            async with client_of(kind, env, **client_options) as c:
+                return await lose(c, "a.md", act, timeout=timeout)
+
+    return run
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 async def test_a_force_unlock_cancels_the_guarded_block_with_lease_lost_within_a_second(
-    env: KeyedServer, kind: str
+    env: KeyedServer, lose_on_face: LoseOnFace
 ) -> None:
     def force_unlock(lease: Lease) -> Awaitable[object]:
         return env.service.force_unlock(None, lease.lock_id, "agent looked stuck")
 
-    with anyio.fail_after(STEP):
-        async with client_of(kind, env) as c:
-            lost = await lose(c, "a.md", force_unlock, timeout=LONG_LEASE)
+    lost = await lose_on_face(force_unlock)
     assert isinstance(lost.cause, LockBroken)
     assert "agent looked stuck" in str(lost)
     assert lost.lease.lost is lost.cause
@@ -111,59 +133,53 @@ class SaysWhenChecked(httpx2.AsyncHTTPTransport):
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-async def test_a_break_after_the_stream_is_live_is_pushed_by_the_stream(env: KeyedServer, kind: str) -> None:
+async def test_a_break_after_the_stream_is_live_is_pushed_by_the_stream(
+    env: KeyedServer, lose_on_face: LoseOnFace
+) -> None:
     transport = SaysWhenChecked()
 
     async def force_unlock_later(lease: Lease) -> None:
         await transport.checked.wait()
         await env.service.force_unlock(None, lease.lock_id, "agent looked stuck")
 
-    with anyio.fail_after(STEP):
-        async with client_of(kind, env, transport=transport) as c:
-            lost = await lose(c, "a.md", force_unlock_later, timeout=LONG_LEASE)
+    lost = await lose_on_face(force_unlock_later, transport=transport)
     assert isinstance(lost.cause, LockBroken)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-async def test_an_expiry_is_pushed_to_the_guarded_block_too(env: KeyedServer, kind: str) -> None:
+async def test_an_expiry_is_pushed_to_the_guarded_block_too(env: KeyedServer, lose_on_face: LoseOnFace) -> None:
     async def expire(lease: Lease) -> None:
         env.clock.advance(EXPIRING_LEASE + 1)  # the server's clock: the lease ends now
 
-    with anyio.fail_after(STEP):
-        async with client_of(kind, env) as c:
-            lost = await lose(c, "a.md", expire, timeout=EXPIRING_LEASE)
+    lost = await lose_on_face(expire, timeout=EXPIRING_LEASE)
     assert isinstance(lost.cause, LockExpired)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-async def test_a_release_by_another_holder_of_the_token_cancels_the_guarded_block(env: KeyedServer, kind: str) -> None:
+async def test_a_release_by_another_holder_of_the_token_cancels_the_guarded_block(
+    env: KeyedServer, lose_on_face: LoseOnFace
+) -> None:
     async def release_elsewhere(lease: Lease) -> None:
         await env.service.unlock(None, lease.token)  # someone else with the token (and the key) let it go
 
-    with anyio.fail_after(STEP):
-        async with client_of(kind, env) as c:
-            lost = await lose(c, "a.md", release_elsewhere, timeout=LONG_LEASE)
+    lost = await lose_on_face(release_elsewhere)
     assert isinstance(lost.cause, LockNotFound)
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
-async def test_revoking_the_key_cancels_the_guarded_block_within_a_second(env: KeyedServer, kind: str) -> None:
+async def test_revoking_the_key_cancels_the_guarded_block_within_a_second(
+    env: KeyedServer, lose_on_face: LoseOnFace
+) -> None:
     async def revoke(lease: Lease) -> None:
         await env.service.revoke_key(parse_key_id(env.key))
 
-    with anyio.fail_after(STEP):
-        async with client_of(kind, env) as c:
-            lost = await lose(c, "a.md", revoke, timeout=LONG_LEASE)
-    # Its locks are broken ("key revoked"); a stream cut before that event came says so by refusing the key.
+    lost = await lose_on_face(revoke)
+    # Its locks are broken ("key revoked"). The client's own look at its lease, refused the revoked key, may
+    # tell it first (test_revoked_stream holds the REST stream to sending the break before it ends).
     assert isinstance(lost.cause, LockBroken | Unauthenticated), lost.cause
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", KINDS)
 async def test_breaking_one_reader_leaves_another_clients_read_lock_on_that_node_alone(
     env: KeyedServer, kind: str
 ) -> None:

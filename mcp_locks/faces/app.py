@@ -207,8 +207,11 @@ class _Sessions:
                     if now == version:
                         continue
                     version = now
-                    self.service.registry.changed_access()  # REST event streams and listen streams look too
-                    await self.end_revoked_elsewhere()
+                    try:
+                        await self.end_revoked_elsewhere()
+                    finally:
+                        # Streams look only now: a revoked key's stream is sent the breaks of its locks, then ends.
+                        self.service.registry.changed_access()
                 await self.end_revoked()
                 failing = False
             except Exception:  # the store failed: nothing can be decided now, the next look tries again

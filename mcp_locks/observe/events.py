@@ -34,6 +34,7 @@ from mcp_locks.core.records import (
 )
 
 __all__ = [
+    "MARK",
     "TYPE_OF",
     "WEBHOOK_EVENTS",
     "AppendEvents",
@@ -46,6 +47,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("mcp_locks.events")
+
+#: What :meth:`EventHub.mark` puts in a subscriber's stream: a placeholder, told from events by its empty
+#: workspace id (no workspace has one).
+MARK: tuple[str, Event] = ("", Event("left", 0.0, "", ""))
 
 
 class EventSink(NamedTuple):
@@ -66,6 +71,10 @@ class EventHub:
         # Each subscriber: whether it would rather be cut off than miss an event (it can replay the log),
         # and the one workspace it follows (None: all).
         self._subscribers: dict[MemoryObjectSendStream[tuple[str, Event]], tuple[bool, str | None]] = {}
+        # Each subscription's own send side, by the stream its reader got (what :meth:`mark` sends on).
+        self._send_of: dict[
+            MemoryObjectReceiveStream[tuple[str, Event]], MemoryObjectSendStream[tuple[str, Event]]
+        ] = {}
         #: Called after a commit logged events in a workspace with webhooks (the dispatcher's wake-up).
         self.on_logged: Callable[[], None] | None = None
         self.sink: EventSink | None = None
@@ -140,6 +149,28 @@ class EventHub:
                     self._subscribers.pop(send, None)
                     break
 
+    def mark(self, recv: MemoryObjectReceiveStream[tuple[str, Event]]) -> bool:
+        """Put :data:`MARK` in ``recv`` (a stream :meth:`subscribe` gave) after every event already sent to it.
+
+        Its reader then knows which of its events were committed before this call and which after.
+        False if it could not go in: the subscription ended, or it is a full buffer behind (with
+        ``cut_off`` its stream then ends, as it would at the next event).
+        """
+        send = self._send_of.get(recv)
+        subscriber = self._subscribers.get(send) if send is not None else None
+        if send is None or subscriber is None:
+            return False
+        try:
+            send.send_nowait(MARK)
+            return True
+        except anyio.WouldBlock:
+            if subscriber[0]:
+                self._subscribers.pop(send, None)
+                send.close()
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._subscribers.pop(send, None)
+        return False
+
     def close(self) -> None:
         """End every subscriber's stream (the server is stopping)."""
         for send in list(self._subscribers):
@@ -154,13 +185,15 @@ class EventHub:
 
         A subscriber more than ``buffer`` events behind misses events, or with ``cut_off`` sees its
         stream end (so it can resume from the audit log instead of silently skipping some).
-        With ``workspace_id``, only that workspace's events are sent.
+        With ``workspace_id``, only that workspace's events are sent. :meth:`mark` marks a place in it.
         """
         send, recv = anyio.create_memory_object_stream[tuple[str, Event]](buffer)
         self._subscribers[send] = (cut_off, workspace_id)
+        self._send_of[recv] = send
         try:
             with recv:
                 yield recv
         finally:
             self._subscribers.pop(send, None)
+            self._send_of.pop(recv, None)
             send.close()

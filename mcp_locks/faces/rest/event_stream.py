@@ -6,6 +6,7 @@ The limits are module constants so that a test can shorten them.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import AsyncGenerator, AsyncIterator
 from functools import partial
 
@@ -20,18 +21,23 @@ from mcp_locks.core.keys import Identity
 from mcp_locks.core.models import AuditEvent
 from mcp_locks.core.records import Event
 from mcp_locks.engine.lock_service import LockService
-from mcp_locks.faces.auth import Access, until_access_lost
+from mcp_locks.faces.auth import Access
 from mcp_locks.faces.rest.operation import Call
+from mcp_locks.observe.events import EventHub
 
-__all__ = ["HELLO", "KEEPALIVE", "MAX_STREAMS_PER_KEY", "RECHECK_ACCESS", "stream_events"]
+__all__ = ["HELLO", "KEEPALIVE", "MAX_STREAMS_PER_KEY", "RECHECK_ACCESS", "RETRY_LOOK", "stream_events"]
+
+log = logging.getLogger("mcp_locks.rest")
 
 #: Seconds between keep-alive comments on an event stream.
 KEEPALIVE = 15
 #: Most event streams one key may hold open at once.
 MAX_STREAMS_PER_KEY = 16
 #: Seconds between checks that an open event stream's key is still live and still reaches its workspace, on
-#: top of the check each access change on this server triggers at once (a fallback: see until_access_lost).
+#: top of the check each access change on this server triggers at once (a fallback).
 RECHECK_ACCESS = 15.0
+#: Seconds before a look at the key that the store could not answer is tried again (the stream holds meanwhile).
+RETRY_LOOK = 1.0
 #: What a stream sends at once, before any event, so a client on a quiet workspace sees it is connected.
 #: A comment, not a lone ``retry:`` field: some clients (httpx-sse) hand a block without data to the
 #: caller as an event with empty data.
@@ -72,66 +78,115 @@ async def _event_feed(
 ) -> AsyncGenerator[ServerSentEvent, None]:
     """A comment at once, then logged events after ``after`` (if given), then live ones, each once, in seq order.
 
-    The stream ends as soon as the caller's key is revoked or loses the workspace (see
-    :func:`~mcp_locks.faces.auth.until_access_lost`; every :data:`RECHECK_ACCESS` s at the latest),
-    or when the workspace is deleted.
+    The stream ends as soon as the caller's key is revoked or loses the workspace (looked at on each access
+    change on this server, every :data:`RECHECK_ACCESS` s at the latest), or when the workspace is deleted.
+    It ends after the events committed before that change was heard (a revoked key's own locks broken, say),
+    and none committed after it goes out: see :class:`_AccessWatch`.
     """
     observe = service.observe
     async with observe.stream(workspace_id) as live:  # subscribed before reading the log: nothing falls in between
-        yield HELLO
-        watch = _AccessWatch()
-        watching = service.background(partial(watch.run, service, caller, workspace_id), "event stream key check")
+        watch = _AccessWatch(service.hub, live)
+        looking = service.background(partial(watch.run, service, caller, workspace_id), "event stream key check")
+        listeners = service.registry.access_listeners
+        listeners.append(watch.heard)
+        watch.heard()  # the first look, at once: a change made before the line above went unheard
         try:
+            yield HELLO
             last = after or 0
             if after is not None:
-                while not watch.lost:
+                while True:
                     page = await observe.replay(workspace_id, last, 1000)
+                    # The page may hold events committed after any mark placed so far: sent once each is cleared.
+                    if not await watch.passed(watch.marks):
+                        return
                     for ev in page:
-                        if watch.lost:
-                            return
                         yield _sse(workspace_id, ev)
                         last = ev.seq
                     if len(page) < 1000:
                         break
-            while (item := await watch.receive(live)) is not None:
-                ws, ev = item
-                if ws == workspace_id and ev.seq > last:
-                    last = ev.seq
-                    yield _sse(workspace_id, ev)
+            marks = 0
+            async for ws, ev in live:  # ends if the subscriber fell far behind, or the server stops
+                if ws == workspace_id:
+                    if ev.seq > last:
+                        last = ev.seq
+                        yield _sse(workspace_id, ev)
+                else:  # a mark: what follows it was committed after an access change was heard
+                    marks += 1
+                    if not await watch.passed(marks):
+                        return
         finally:
-            watching.cancel()
+            looking.cancel()
+            listeners.remove(watch.heard)
 
 
 class _AccessWatch:
-    """Ends a stream's wait for its next event the moment its key no longer reaches its workspace."""
+    """Holds a stream at each mark in its live events until a look at its key, begun after the mark, says fine.
 
-    def __init__(self) -> None:
+    Each access change heard on this server (a key revoked or changed, a workspace deleted, a key change made
+    elsewhere that the app's key watch saw) puts a mark in the stream at once, behind every event committed
+    before it, and wakes the look. The stream sends what comes before a mark; at the mark it waits for the
+    look, then goes on, or ends if the key no longer reaches the workspace. So a revoked key is sent what was
+    committed before the revocation was heard here (the breaks of its own locks, when it was revoked through
+    this server), and nothing committed after. A stream whose key is fine pays one look per access change.
+
+    A feed that ends (the subscriber fell far behind, or the server is stopping) ends the stream: the client
+    reconnects with Last-Event-ID and gets the rest from the log.
+    """
+
+    def __init__(self, hub: EventHub, live: Live) -> None:
+        self._hub = hub
+        self._live = live
+        #: Marks put in the stream so far, and how many of them a look begun after them found fine.
+        self.marks = 0
+        self.cleared = 0
+        #: The looks stopped: the key no longer reaches the workspace (or the service is stopping).
         self.lost = False
-        self._waiting: anyio.CancelScope | None = None
+        self._changed = anyio.Event()  # wakes the look
+        self._looked = anyio.Event()  # wakes a stream held at a mark
+
+    def heard(self) -> None:
+        """Access changed (an access listener, called at once): mark the stream here and look again."""
+        self._mark()
+        self._changed.set()
+
+    def _mark(self) -> None:
+        # One that cannot go in has cut the stream off: it ends after the events before, all committed before.
+        if self._hub.mark(self._live):
+            self.marks += 1
 
     async def run(self, access: Access, caller: Identity, workspace_id: str) -> None:
-        """Until access is lost; then mark it and wake the stream (in a task beside it)."""
-        await until_access_lost(access, caller, lambda: (workspace_id,), RECHECK_ACCESS)
-        self.lost = True
-        if self._waiting is not None:
-            self._waiting.cancel()
-
-    async def receive(self, live: Live) -> tuple[str, Event] | None:
-        """The next ``(workspace_id, event)`` of ``live``; None once access is lost or the feed ended.
-
-        The feed ends when the reader fell far behind or the server is stopping: the client
-        reconnects with Last-Event-ID and gets the rest from the log.
-        """
-        if self.lost:
-            return None
+        """Look after each mark until the key no longer reaches the workspace (in a task beside the stream)."""
         try:
-            with anyio.CancelScope() as self._waiting:  # never across a yield: the scope stays in this task
-                return await live.receive()
-        except anyio.EndOfStream:
-            return None
-        finally:
-            self._waiting = None
-        return None  # cancelled by run(): access is lost
+            while True:
+                self._changed = anyio.Event()  # before the look: a change heard during it triggers the next one
+                upto = self.marks
+                try:
+                    fine: bool | None = await access.still_reaches(caller, workspace_id)
+                except Exception:  # the store did not answer: nothing is decided, the marks hold until a look does
+                    log.warning("could not check whether key %s is still live", caller.key_id, exc_info=True)
+                    fine = None
+                if fine is False:
+                    return
+                if fine:
+                    self.cleared = upto
+                    self._wake()
+                with anyio.move_on_after(RECHECK_ACCESS if fine else RETRY_LOOK):
+                    await self._changed.wait()
+                if not self._changed.is_set():
+                    self._mark()  # a periodic look is marked too: what follows waits for it
+        finally:  # the key is lost, or the service stops: a stream held at a mark ends there
+            self.lost = True
+            self._wake()
+
+    def _wake(self) -> None:
+        done, self._looked = self._looked, anyio.Event()
+        done.set()
+
+    async def passed(self, mark: int) -> bool:
+        """Whether the stream may go past its ``mark``-th mark (waiting for the look); False: end it there."""
+        while self.cleared < mark and not self.lost:
+            await self._looked.wait()
+        return self.cleared >= mark
 
 
 async def _counted(
