@@ -101,16 +101,14 @@ async def _listening(service: LockService) -> None:
 
 async def _change_and_read_to_the_end(
     lines: AsyncIterator[str], b: Server, workspace: str, change: Callable[[], Awaitable[object]]
-) -> list[str]:
+) -> None:
     """Make ``change`` (through A); once B has heard of it, commit an event there and read the stream to its
-    end, all within :data:`WITHIN`. Returns the data lines read after the change."""
+    end, all within :data:`WITHIN`."""
     changed = b.service.access_changed  # set when B hears of the change (taken before it is made)
-    seen: list[str] = []
 
     async def read() -> None:
-        async for line in lines:
-            if line.startswith("data:"):
-                seen.append(line)
+        async for _ in lines:
+            pass
 
     with anyio.fail_after(WITHIN):
         async with anyio.create_task_group() as tg:
@@ -119,7 +117,6 @@ async def _change_and_read_to_the_end(
             await changed.wait()
             # An event to deliver: a stream that looks at its key only when it wakes ends here at the latest.
             await b.service.lock(workspace, "after.md", "read", agent="other")
-    return seen
 
 
 async def _first_event(lines: AsyncIterator[str], b: Server, workspace: str) -> None:
@@ -133,21 +130,28 @@ async def _first_event(lines: AsyncIterator[str], b: Server, workspace: str) -> 
     raise AssertionError("the stream ended before its first event")
 
 
+async def _stream_on_b_ends_at_once(
+    b: Server, key: str, workspace: str, change: Callable[[], Awaitable[object]]
+) -> None:
+    """Open B's event stream of ``workspace`` with ``key`` and read its first event; then make ``change``
+    (through A) and return once the stream has ended, within :data:`WITHIN`: that is the promise."""
+    async with httpx.AsyncClient(timeout=STEP) as http:
+        auth = {"Authorization": f"Bearer {key}"}
+        async with http.stream("GET", f"{b.url}/v1/workspaces/{workspace}/events", headers=auth) as r:
+            assert r.status_code == 200
+            lines = r.aiter_lines()  # one reader for the whole stream
+            await _first_event(lines, b, workspace)
+            # B sends nothing committed after it heard of the change; an event committed on A after the change
+            # but before B heard of it may still go out from B, so what was read is not asserted.
+            await _change_and_read_to_the_end(lines, b, workspace, change)
+
+
 async def test_a_key_revoked_on_one_server_ends_its_event_stream_on_another_at_once(
     servers: tuple[Server, Server],
 ) -> None:
     a, b = servers
     key, record = await a.service.create_key("alice", ["default"])
-    async with httpx.AsyncClient(timeout=STEP) as http:
-        auth = {"Authorization": f"Bearer {key}"}
-        async with http.stream("GET", f"{b.url}/v1/workspaces/default/events", headers=auth) as r:
-            assert r.status_code == 200
-            lines = r.aiter_lines()  # one reader for the whole stream
-            await _first_event(lines, b, "default")
-            # Returns once the stream has ended, within WITHIN: that is the promise. An event committed in the
-            # moment between B hearing of the change and its stream re-reading the key (a store read) may still
-            # go out, so what was read is not asserted (seen once in CI).
-            await _change_and_read_to_the_end(lines, b, "default", lambda: a.service.revoke_key(record.key_id))
+    await _stream_on_b_ends_at_once(b, key, "default", lambda: a.service.revoke_key(record.key_id))
 
 
 async def test_a_workspace_taken_from_a_key_on_one_server_ends_its_stream_of_that_workspace_on_another(
@@ -156,15 +160,6 @@ async def test_a_workspace_taken_from_a_key_on_one_server_ends_its_stream_of_tha
     a, b = servers
     await a.service.create_workspace("team")
     key, record = await a.service.create_key("alice", ["default", "team"])
-    async with httpx.AsyncClient(timeout=STEP) as http:
-        auth = {"Authorization": f"Bearer {key}"}
-        async with http.stream("GET", f"{b.url}/v1/workspaces/team/events", headers=auth) as r:
-            assert r.status_code == 200
-            lines = r.aiter_lines()  # one reader for the whole stream
-            await _first_event(lines, b, "team")
-            # Returns once the stream has ended, within WITHIN: that is the promise. An event committed in the
-            # moment between B hearing of the change and its stream re-reading the key (a store read) may still
-            # go out, so what was read is not asserted (seen once in CI).
-            await _change_and_read_to_the_end(
-                lines, b, "team", lambda: a.service.update_key(record.key_id, remove_workspaces=["team"])
-            )
+    await _stream_on_b_ends_at_once(
+        b, key, "team", lambda: a.service.update_key(record.key_id, remove_workspaces=["team"])
+    )

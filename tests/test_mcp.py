@@ -31,7 +31,7 @@ from mcp_locks.faces.mcp.tools import PROGRESS_EVERY, build_mcp, with_progress
 from mcp_locks.stores.base import MemoryStore
 
 from .faces import Env, McpFace
-from .helpers import until_event
+from .helpers import Events, until_event
 from .servers import serve_app
 
 pytestmark = pytest.mark.anyio
@@ -206,40 +206,57 @@ async def test_an_unknown_workspace_is_not_found_with_a_hint_to_create_it(client
     err(await client.call_tool("create_workspace", {"workspace_id": "ghost"}), "ALREADY_EXISTS")
 
 
-async def test_a_waiting_lock_file_is_granted_when_another_client_unlocks(server: Server, client: Client) -> None:
-    holder = ok(await client.call_tool("lock_file", {"node_id": "doc.md", "agent": "alice"}))
-    got: list[dict[str, Any]] = []
+class Waiting:
+    """A call that a second client makes in a task of its own (see :func:`another_client_waiting`)."""
+
+    def __init__(self, events: Events) -> None:
+        self.events = events  # the service's committed events, from before the call was made
+        self.results: list[CallToolResult] = []  # the call's result, once it has returned
+        self.scope = anyio.CancelScope()
+
+    def cancel(self) -> None:
+        """Take the call back, as a client that goes away does."""
+        self.scope.cancel()
+
+
+@asynccontextmanager
+async def another_client_waiting(
+    server: Server, node_id: str, tool: str, args: dict[str, Any], **options: Any
+) -> AsyncIterator[Waiting]:
+    """A second client calls ``tool`` (``args``, ``options``) in a task of its own; the body runs once that call
+    is queued on ``node_id``, and the block ends once the call has returned or was taken back, all within STEP."""
     async with server.client() as other, server.service.subscribe() as events:
+        waiting = Waiting(events)
+
+        async def call() -> None:
+            with waiting.scope:
+                waiting.results.append(await other.call_tool(tool, args, **options))
+
         with anyio.fail_after(STEP):
             async with anyio.create_task_group() as tg:
+                tg.start_soon(call)
+                await until_event(events, "queued", node_id)
+                yield waiting
 
-                async def wait_for_it() -> None:
-                    got.append(
-                        ok(await other.call_tool("lock_file", {"node_id": "doc.md", "agent": "bob", "wait": 60}))
-                    )
 
-                tg.start_soon(wait_for_it)
-                await until_event(events, "queued", "doc.md")
-                ok(await client.call_tool("unlock_file", {"token": holder["token"]}))
-    assert got[0]["owner"] == "bob"
-    assert got[0]["fence"] > holder["fence"]
+async def test_a_waiting_lock_file_is_granted_when_another_client_unlocks(server: Server, client: Client) -> None:
+    holder = ok(await client.call_tool("lock_file", {"node_id": "doc.md", "agent": "alice"}))
+    args = {"node_id": "doc.md", "agent": "bob", "wait": 60}
+    async with another_client_waiting(server, "doc.md", "lock_file", args) as bob:
+        ok(await client.call_tool("unlock_file", {"token": holder["token"]}))
+    got = ok(bob.results[0])
+    assert got["owner"] == "bob"
+    assert got["fence"] > holder["fence"]
 
 
 async def test_cancelling_a_waiting_call_removes_the_waiter(server: Server, client: Client) -> None:
     ok(await client.call_tool("lock_file", {"node_id": "doc.md", "agent": "alice"}))
-    async with server.client() as other, server.service.subscribe() as events:
-        with anyio.fail_after(STEP):
-            async with anyio.create_task_group() as tg:
-
-                async def wait_for_it() -> None:
-                    await other.call_tool("lock_file", {"node_id": "doc.md", "agent": "bob", "wait": 600})
-
-                tg.start_soon(wait_for_it)
-                await until_event(events, "queued", "doc.md")
-                tg.cancel_scope.cancel()
-        left = await until_event(events, "left", "doc.md")
-        assert left.code == "CANCELLED"
-        assert (await server.service.status(None, "doc.md")).waiters == []
+    args = {"node_id": "doc.md", "agent": "bob", "wait": 600}
+    async with another_client_waiting(server, "doc.md", "lock_file", args) as bob:
+        bob.cancel()
+        left = await until_event(bob.events, "left", "doc.md")
+    assert left.code == "CANCELLED"
+    assert (await server.service.status(None, "doc.md")).waiters == []
 
 
 async def test_lock_files_is_all_or_none_over_mcp(client: Client) -> None:
@@ -366,65 +383,38 @@ async def test_a_waiting_call_reports_its_place_in_line_as_progress(server: Serv
         messages.append(message or "")
         reported.set()
 
-    got: list[dict[str, Any]] = []
-    async with server.client() as other, server.service.subscribe() as events:
-        with anyio.fail_after(STEP):
-            async with anyio.create_task_group() as tg:
-
-                async def wait_for_it() -> None:
-                    args = {"node_id": "doc.md", "agent": "bob", "wait": 60}
-                    got.append(ok(await other.call_tool("lock_file", args, progress_callback=on_progress)))
-
-                tg.start_soon(wait_for_it)
-                await until_event(events, "queued", "doc.md")
-                server.clock.advance(PROGRESS_EVERY)
-                await reported.wait()
-                ok(await client.call_tool("unlock_file", {"token": holder["token"]}))
+    args = {"node_id": "doc.md", "agent": "bob", "wait": 60}
+    async with another_client_waiting(server, "doc.md", "lock_file", args, progress_callback=on_progress) as bob:
+        server.clock.advance(PROGRESS_EVERY)
+        await reported.wait()
+        ok(await client.call_tool("unlock_file", {"token": holder["token"]}))
     assert "position 1 in line" in messages[0]
     assert "alice" in messages[0]
-    assert got[0]["owner"] == "bob"
+    assert ok(bob.results[0])["owner"] == "bob"
 
 
 @pytest.mark.parametrize("items", [False, True], ids=["lock_file", "lock_files"])
 async def test_a_wait_that_runs_out_is_wait_timeout_over_mcp(server: Server, client: Client, items: bool) -> None:
     ok(await client.call_tool("lock_file", {"node_id": "doc.md", "agent": "alice"}))
-    results: list[CallToolResult] = []
-    async with server.client() as other, server.service.subscribe() as events:
-        with anyio.fail_after(STEP):
-            async with anyio.create_task_group() as tg:
-
-                async def wait_for_it() -> None:
-                    args: dict[str, Any] = {"agent": "bob", "wait": 30}
-                    if items:
-                        args["items"] = [{"node_id": "doc.md"}, {"node_id": "other.md"}]
-                    else:
-                        args["node_id"] = "doc.md"
-                    results.append(await other.call_tool("lock_files" if items else "lock_file", args))
-
-                tg.start_soon(wait_for_it)
-                await until_event(events, "queued", "doc.md")
-                server.clock.advance(30)
-    body = err(results[0], "WAIT_TIMEOUT")
+    args: dict[str, Any] = {"agent": "bob", "wait": 30}
+    if items:
+        args["items"] = [{"node_id": "doc.md"}, {"node_id": "other.md"}]
+    else:
+        args["node_id"] = "doc.md"
+    async with another_client_waiting(server, "doc.md", "lock_files" if items else "lock_file", args) as bob:
+        server.clock.advance(30)
+    body = err(bob.results[0], "WAIT_TIMEOUT")
     assert "alice" in body["message"]
 
 
 async def test_a_cycle_is_deadlock_over_mcp_while_the_other_call_waits(server: Server, client: Client) -> None:
     ok(await client.call_tool("lock_file", {"node_id": "x", "agent": "alice"}))
     ok(await client.call_tool("lock_file", {"node_id": "y", "agent": "bob"}))
-    async with server.client() as other, server.service.subscribe() as events:
-        with anyio.fail_after(STEP):
-            async with anyio.create_task_group() as tg:
-
-                async def alice_waits() -> None:
-                    await other.call_tool("lock_file", {"node_id": "y", "agent": "alice", "wait": 600})
-
-                tg.start_soon(alice_waits)
-                await until_event(events, "queued", "y")
-                body = err(
-                    await client.call_tool("lock_file", {"node_id": "x", "agent": "bob", "wait": 600}), "DEADLOCK"
-                )
-                assert "alice" in body["message"]
-                tg.cancel_scope.cancel()
+    args = {"node_id": "y", "agent": "alice", "wait": 600}
+    async with another_client_waiting(server, "y", "lock_file", args) as alice:
+        body = err(await client.call_tool("lock_file", {"node_id": "x", "agent": "bob", "wait": 600}), "DEADLOCK")
+        assert "alice" in body["message"]
+        alice.cancel()
 
 
 async def test_a_failing_progress_report_never_cuts_a_wait_short() -> None:

@@ -10,6 +10,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 from anyio import wait_all_tasks_blocked
+from anyio.abc import TaskGroup
 
 from mcp_locks import (
     AlreadyExists,
@@ -81,18 +82,29 @@ async def test_mode_aliases_shared_and_exclusive_are_accepted(service: LockServi
         await service.lock(None, "a", mode="exclusive")
 
 
-async def test_a_waiter_is_granted_when_the_holder_unlocks(service: LockService, events: Events) -> None:
-    holder = await service.lock(None, "doc.md", agent="alice")
+@contextlib.asynccontextmanager
+async def bob_waiting_for_doc(
+    service: LockService, events: Events, wait: float
+) -> AsyncIterator[tuple[list[LockGrant], TaskGroup]]:
+    """Bob waits (up to ``wait`` s) for doc.md in a task of his own; the body runs once he is queued, all within
+    STEP. Yields the list that holds his grant once the body and his wait are over, and the task group his wait
+    runs in (the body's own tasks can join it; cancelling it takes his wait back, as a client that goes away)."""
     got: list[LockGrant] = []
 
     async def wait_for_it() -> None:
-        got.append(await service.lock(None, "doc.md", agent="bob", wait=60))
+        got.append(await service.lock(None, "doc.md", agent="bob", wait=wait))
 
     with anyio.fail_after(STEP):
         async with anyio.create_task_group() as tg:
             tg.start_soon(wait_for_it)
             await until_event(events, "queued", "doc.md")
-            await service.unlock(None, holder.token)
+            yield got, tg
+
+
+async def test_a_waiter_is_granted_when_the_holder_unlocks(service: LockService, events: Events) -> None:
+    holder = await service.lock(None, "doc.md", agent="alice")
+    async with bob_waiting_for_doc(service, events, wait=60) as (got, _):
+        await service.unlock(None, holder.token)
     assert got[0].owner == "bob"
     assert got[0].fence > holder.fence
 
@@ -101,19 +113,11 @@ async def test_an_expired_lease_frees_its_waiter_without_any_other_call(
     service: LockService, clock: ManualClock, events: Events
 ) -> None:
     await service.lock(None, "doc.md", agent="alice", timeout=30)
-    got: list[LockGrant] = []
-
-    async def wait_for_it() -> None:
-        got.append(await service.lock(None, "doc.md", agent="bob", wait=600))
-
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(wait_for_it)
-            await until_event(events, "queued", "doc.md")
-            clock.advance(29.9)
-            await wait_all_tasks_blocked()
-            assert not got
-            clock.advance(0.1)  # exactly the deadline: the actor's timer ends the lease and grants bob
+    async with bob_waiting_for_doc(service, events, wait=600) as (got, _):
+        clock.advance(29.9)
+        await wait_all_tasks_blocked()
+        assert not got
+        clock.advance(0.1)  # exactly the deadline: the actor's timer ends the lease and grants bob
     assert got[0].owner == "bob"
 
 
@@ -146,15 +150,8 @@ async def test_a_wait_that_runs_out_is_wait_timeout(service: LockService, clock:
 
 async def test_a_cancelled_waiter_leaves_the_line(service: LockService, events: Events) -> None:
     holder = await service.lock(None, "doc.md", agent="alice")
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
-
-            async def wait_for_it() -> None:
-                await service.lock(None, "doc.md", agent="bob", wait=600)
-
-            tg.start_soon(wait_for_it)
-            await until_event(events, "queued", "doc.md")
-            tg.cancel_scope.cancel()
+    async with bob_waiting_for_doc(service, events, wait=600) as (_, tg):
+        tg.cancel_scope.cancel()
     await until_event(events, "left", "doc.md")
     status = await service.status(None, "doc.md")
     assert status.waiters == []
@@ -166,22 +163,15 @@ async def test_a_grant_that_crosses_the_cancellation_is_released_not_leaked(
     service: LockService, events: Events
 ) -> None:
     holder = await service.lock(None, "doc.md", agent="alice")
-    with anyio.fail_after(STEP):
-        async with anyio.create_task_group() as tg:
+    async with bob_waiting_for_doc(service, events, wait=600) as (_, tg):
 
-            async def wait_for_it() -> None:
-                await service.lock(None, "doc.md", agent="bob", wait=600)
+        async def unlock() -> None:
+            await service.unlock(None, holder.token)
 
-            tg.start_soon(wait_for_it)
-            await until_event(events, "queued", "doc.md")
-
-            async def unlock() -> None:
-                await service.unlock(None, holder.token)
-
-            # The release (which grants bob) is queued to the actor before bob's cancellation lands.
-            tg.start_soon(unlock)
-            await anyio.lowlevel.checkpoint()
-            tg.cancel_scope.cancel()
+        # The release (which grants bob) is queued to the actor before bob's cancellation lands.
+        tg.start_soon(unlock)
+        await anyio.lowlevel.checkpoint()
+        tg.cancel_scope.cancel()
     granted = await until_event(events, "granted", "doc.md", owner="bob")
     released = await until_event(events, "released", "doc.md", owner="bob")
     assert released.lock_id == granted.lock_id

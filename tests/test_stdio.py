@@ -381,52 +381,57 @@ class Listens:
                 await self._changed.wait()
 
 
+#: The two URIs the host of :func:`following_two_when_the_key_loses_one` follows: one in ``default``, which its key
+#: keeps, and one in ``other``, which the key loses.
+KEPT, LOST = "locks://default/a.md", "locks://other/b.md"
+
+
+@asynccontextmanager
+async def following_two_when_the_key_loses_one(env: Env) -> AsyncIterator[tuple[Client, Relay, Updates]]:
+    """A 2025-era host on the bridge, its key good for ``default`` and ``other``, subscribed to KEPT and LOST; then
+    the key loses ``other``. Yields the host, the bridge's relay and the updates the host hears, all within STEP * 3."""
+    await env.service.create_workspace("other")
+    key, record = await env.service.create_key("desk", ["default", "other"])
+    updates = Updates()
+    with anyio.fail_after(STEP * 3):
+        async with bridged(env.url, key, mode="legacy", message_handler=updates) as (host, relay):
+            await subscribe(host, KEPT)
+            await subscribe(host, LOST)
+            await env.service.update_key(record.key_id, remove_workspaces=["other"])
+            yield host, relay, updates
+
+
 async def test_a_uri_the_key_lost_fails_only_its_own_subscription_and_the_others_are_still_followed(
     env: Env,
 ) -> None:
-    await env.service.create_workspace("other")
-    key, record = await env.service.create_key("desk", ["default", "other"])
-    a, b, c = "locks://default/a.md", "locks://other/b.md", "locks://default/c.md"
-    updates = Updates()
-    with anyio.fail_after(STEP * 3):
-        async with bridged(env.url, key, mode="legacy", message_handler=updates) as (host, _):
-            await subscribe(host, a)
-            await subscribe(host, b)
-            await env.service.update_key(record.key_id, remove_workspaces=["other"])
-            await subscribe(host, c)  # not refused for b's sake
-            with pytest.raises(MCPError) as refused:  # b itself is: the server no longer lets this key read it
-                await subscribe(host, b)
-            assert refused.value.error.data["uri"] == b
-            assert refused.value.error.data["error"]["code"] == "FORBIDDEN"
-            # b was dropped when the server refused it (the host was told it changed: reading it says why).
-            assert await updates.until(1) == [b]
-            await env.service.lock(None, "c.md", agent="other")
-            assert await updates.until(2) == [b, c]
-            await env.service.lock(None, "a.md", agent="other")
-            assert await updates.until(3) == [b, c, a]
+    c = "locks://default/c.md"
+    async with following_two_when_the_key_loses_one(env) as (host, _, updates):
+        await subscribe(host, c)  # not refused for LOST's sake
+        with pytest.raises(MCPError) as refused:  # LOST itself is: the server no longer lets this key read it
+            await subscribe(host, LOST)
+        assert refused.value.error.data["uri"] == LOST
+        assert refused.value.error.data["error"]["code"] == "FORBIDDEN"
+        # LOST was dropped when the server refused it (the host was told it changed: reading it says why).
+        assert await updates.until(1) == [LOST]
+        await env.service.lock(None, "c.md", agent="other")
+        assert await updates.until(2) == [LOST, c]
+        await env.service.lock(None, "a.md", agent="other")
+        assert await updates.until(3) == [LOST, c, KEPT]
 
 
 async def test_after_a_reconnection_a_uri_the_key_lost_is_dropped_and_the_others_are_followed_again(
     env: Env,
 ) -> None:
-    await env.service.create_workspace("other")
-    key, record = await env.service.create_key("desk", ["default", "other"])
-    a, b = "locks://default/a.md", "locks://other/b.md"
-    updates = Updates()
-    with anyio.fail_after(STEP * 3):
-        async with bridged(env.url, key, mode="legacy", message_handler=updates) as (host, relay):
-            await subscribe(host, a)
-            await subscribe(host, b)
-            await env.service.update_key(record.key_id, remove_workspaces=["other"])
-            link = relay.link
-            assert link is not None
-            assert link.client is not None
-            link.lost(link.client)  # as after an outage
-            # b is refused and dropped (the host told it changed); a is followed again (and may have changed).
-            assert await updates.until(2) == [b, a]
-            await env.service.lock(None, "a.md", agent="other")
-            assert await updates.until(3) == [b, a, a]
-            assert b not in relay.watched
+    async with following_two_when_the_key_loses_one(env) as (_, relay, updates):
+        link = relay.link
+        assert link is not None
+        assert link.client is not None
+        link.lost(link.client)  # as after an outage
+        # LOST is refused and dropped (the host told it changed); KEPT is followed again (and may have changed).
+        assert await updates.until(2) == [LOST, KEPT]
+        await env.service.lock(None, "a.md", agent="other")
+        assert await updates.until(3) == [LOST, KEPT, KEPT]
+        assert LOST not in relay.watched
 
 
 async def test_a_host_may_follow_more_uris_than_one_listen_stream_carries(env: Env) -> None:

@@ -72,6 +72,16 @@ class Planted:
                     out[str(p)] = ("file", p.read_bytes(), st.st_mtime_ns)
         return out
 
+    def swap_docs_for_a_link(self) -> None:
+        """Move ``docs`` aside to ``docs.real``; a link to ``outside`` (an a.md there too) takes its place."""
+        (self.root / "docs").rename(self.root / "docs.real")
+        (self.root / "docs").symlink_to(self.outside)
+
+    def swap_readme_for_a_link(self) -> None:
+        """Put a link to the secret outside in the place of the file ``readme.md``."""
+        (self.root / "readme.md").unlink()
+        (self.root / "readme.md").symlink_to(self.outside / "secret.txt")
+
 
 @pytest.fixture
 async def planted(tmp_path: Path) -> AsyncIterator[Planted]:
@@ -96,6 +106,30 @@ async def planted(tmp_path: Path) -> AsyncIterator[Planted]:
     await store.create_workspace("proj", None, clock.now(), root=str(root))
     async with LockService(store, clock=clock) as svc:
         yield Planted(svc, root, outside, tmp_path)
+
+
+#: ``swap_before_the_rename(swap)``: see :func:`swap_before_the_rename`.
+SwapBeforeTheRename = Callable[[Callable[[], None]], None]
+
+
+@pytest.fixture
+def swap_before_the_rename(planted: Planted, monkeypatch: pytest.MonkeyPatch) -> SwapBeforeTheRename:
+    """Arrange for ``swap`` to run once, when the disk first puts content in place: the race after the rule
+    check and before the rename."""
+
+    def arrange(swap: Callable[[], None]) -> None:
+        disk = planted.svc.disk("proj")
+        real = disk.apply
+        swaps = [swap]
+
+        def swap_then_apply(ops: Sequence[FileOp]) -> list[int]:
+            while swaps:
+                swaps.pop()()
+            return real(ops)
+
+        monkeypatch.setattr(disk, "apply", swap_then_apply)
+
+    return arrange
 
 
 async def refusal(call: Awaitable[object]) -> LockError:
@@ -226,11 +260,10 @@ async def test_encoded_dot_segments_and_slashes_over_rest_are_refused(
 
 
 async def test_a_folder_swapped_for_a_link_after_a_lock_was_taken_is_never_followed(planted: Planted) -> None:
-    s, root = planted.svc, planted.root
+    s = planted.svc
     grant = await s.lock("proj", "docs", "write", depth="tree")
     assert (await s.files.read("proj", "docs/a.md", token=grant.token)).content == "a"
-    (root / "docs").rename(root / "docs.real")
-    (root / "docs").symlink_to(planted.outside)  # outside holds an a.md too
+    planted.swap_docs_for_a_link()
     before = planted.outside_state()
     for call in (
         lambda: s.files.read("proj", "docs/a.md", token=grant.token),
@@ -245,10 +278,9 @@ async def test_a_folder_swapped_for_a_link_after_a_lock_was_taken_is_never_follo
 
 
 async def test_a_file_swapped_for_a_link_after_a_lock_was_taken_is_never_followed(planted: Planted) -> None:
-    s, root = planted.svc, planted.root
+    s = planted.svc
     grant = await s.lock("proj", "readme.md", "write")
-    (root / "readme.md").unlink()
-    (root / "readme.md").symlink_to(planted.outside / "secret.txt")
+    planted.swap_readme_for_a_link()
     before = planted.outside_state()
     for call in (
         lambda: s.files.read("proj", "readme.md", token=grant.token),
@@ -260,19 +292,10 @@ async def test_a_file_swapped_for_a_link_after_a_lock_was_taken_is_never_followe
 
 
 async def test_a_folder_swapped_for_a_link_between_the_check_and_the_rename_gets_nothing(
-    planted: Planted, monkeypatch: pytest.MonkeyPatch
+    planted: Planted, swap_before_the_rename: SwapBeforeTheRename
 ) -> None:
     s, root = planted.svc, planted.root
-    disk = s.disk("proj")
-    real = disk.apply
-
-    def swap_then_apply(ops: Sequence[FileOp]) -> list[int]:
-        if not (root / "docs.real").exists():  # the race, once: after the rule check, before the rename
-            (root / "docs").rename(root / "docs.real")
-            (root / "docs").symlink_to(planted.outside)
-        return real(ops)
-
-    monkeypatch.setattr(disk, "apply", swap_then_apply)
+    swap_before_the_rename(planted.swap_docs_for_a_link)
     before = planted.outside_state()
     e = await refusal(s.files.write("proj", "docs/a.md", b"pwned", if_version=1))
     assert e.code == "UNAVAILABLE"  # committed, not put in place: the caller is told to check file_info
@@ -281,19 +304,10 @@ async def test_a_folder_swapped_for_a_link_between_the_check_and_the_rename_gets
 
 
 async def test_a_file_swapped_for_a_link_between_the_check_and_the_rename_replaces_only_the_link(
-    planted: Planted, monkeypatch: pytest.MonkeyPatch
+    planted: Planted, swap_before_the_rename: SwapBeforeTheRename
 ) -> None:
     s, root = planted.svc, planted.root
-    disk = s.disk("proj")
-    real = disk.apply
-
-    def swap_then_apply(ops: Sequence[FileOp]) -> list[int]:
-        if not (root / "readme.md").is_symlink():
-            (root / "readme.md").unlink()
-            (root / "readme.md").symlink_to(planted.outside / "secret.txt")
-        return real(ops)
-
-    monkeypatch.setattr(disk, "apply", swap_then_apply)
+    swap_before_the_rename(planted.swap_readme_for_a_link)
     before = planted.outside_state()
     await s.files.write("proj", "readme.md", b"mine", if_version=1)
     assert not (root / "readme.md").is_symlink()
