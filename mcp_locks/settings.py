@@ -65,7 +65,10 @@ class Settings(BaseSettings):
     chunk_size: int = Field(16 << 20, ge=1024, description="Largest chunk of a resumable upload, in bytes (16 MiB).")
     upload_ttl: float = Field(86_400, ge=60, description="Seconds before an unfinished upload is dropped.")
     quota_bytes: int | None = Field(
-        None, ge=0, description="Most bytes of file content one workspace may keep (default: no quota)."
+        None,
+        ge=0,
+        description="Most bytes of file content one workspace may keep, the chunks of its unfinished uploads"
+        " included (default: no quota).",
     )
     quota_files: int | None = Field(None, ge=0, description="Most files one workspace may keep (default: no quota).")
     max_sessions_per_key: int = Field(

@@ -127,15 +127,15 @@ async def test_racing_writes_never_take_the_workspace_over_its_quota(svc: LockSe
 
 
 async def test_an_upload_completion_over_the_quota_is_refused_and_keeps_the_upload(svc: LockService) -> None:
-    up = await svc.files.create_upload(None)
-    await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 30)
-    await svc.files.put_chunk(None, up.upload_id, 1, b"u" * 30)  # it fitted when it arrived
-    await svc.files.write(None, "a.bin", b"x" * 60, if_version=0, agent="alice")
-    sha = hashlib.sha256(b"u" * 60).hexdigest()
-    e = await refusal(svc.files.complete_upload(None, up.upload_id, "big.bin", sha, if_version=0))
-    assert_over(e, "bytes", QUOTA_BYTES, 60, 60)
+    await svc.files.write(None, "a.bin", b"x" * 80, if_version=0, agent="alice")
+    up = await svc.files.create_upload(None, "a.bin")
+    await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 95)  # fits as a.bin's next version (80 given back)
+    sha = hashlib.sha256(b"u" * 95).hexdigest()
+    e = await refusal(svc.files.complete_upload(None, up.upload_id, "big.bin", sha, if_version=0))  # a new file
+    assert_over(e, "bytes", QUOTA_BYTES, 95, 80)  # 80 + 95 after, against 80 + the 15 its chunks held
     assert staged(svc) == []
     assert not (svc.disk("default").root / "big.bin").exists()
+    assert (await svc.files.upload_status(None, up.upload_id)).received == [0]
     await svc.files.delete(None, "a.bin", if_version=1, agent="alice")  # make room, then complete again
     assert (await svc.files.complete_upload(None, up.upload_id, "big.bin", sha, if_version=0)).created
 
@@ -145,7 +145,7 @@ async def test_a_chunk_that_takes_an_upload_past_the_room_left_is_refused_and_no
     up = await svc.files.create_upload(None)
     await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 30)
     e = await refusal(svc.files.put_chunk(None, up.upload_id, 1, b"u" * 11))
-    assert_over(e, "bytes", QUOTA_BYTES, 60, 41)
+    assert_over(e, "bytes", QUOTA_BYTES, 90, 11)  # the upload's first chunk counts as used
     assert (await svc.files.upload_status(None, up.upload_id)).received == [0]
     assert staged(svc) == []
 
@@ -158,6 +158,90 @@ async def test_a_chunk_of_an_upload_named_for_a_file_may_use_the_room_that_file_
     await svc.files.put_chunk(None, up.upload_id, 0, b"n" * 95)  # replaces 80 of the 80 used: 95 fits
     sha = hashlib.sha256(b"n" * 95).hexdigest()
     assert (await svc.files.complete_upload(None, up.upload_id, "a.bin", sha, if_version=1)).file.size == 95
+
+
+def upload_folder(svc: LockService, upload_id: str) -> list[str]:
+    return sorted(os.listdir(svc.disk("default").root / ".mcp-locks" / "uploads" / upload_id))
+
+
+async def test_chunks_of_parallel_uploads_together_cannot_pass_the_room_left(svc: LockService) -> None:
+    await svc.files.write(None, "a.bin", b"x" * 40, if_version=0, agent="alice")
+    first, second = await svc.files.create_upload(None), await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, first.upload_id, 0, b"u" * 40)
+    e = await refusal(svc.files.put_chunk(None, second.upload_id, 0, b"v" * 21))
+    assert_over(e, "bytes", QUOTA_BYTES, 80, 21)
+    assert staged(svc) == []
+    assert upload_folder(svc, second.upload_id) == ["info.json"]  # nothing of the refused chunk
+    assert (await svc.files.put_chunk(None, second.upload_id, 0, b"v" * 20)).received == [0]  # just fits
+
+
+async def test_racing_chunks_of_parallel_uploads_never_take_the_workspace_over_its_quota(svc: LockService) -> None:
+    ups = [await svc.files.create_upload(None) for _ in range(10)]
+    results: list[str] = []
+
+    async def send(upload_id: str) -> None:
+        try:
+            await svc.files.put_chunk(None, upload_id, 0, b"r" * 30)
+            results.append("ok")
+        except LockError as e:
+            results.append(e.code)
+
+    with anyio.fail_after(STEP):
+        async with anyio.create_task_group() as tg:
+            for up in ups:
+                tg.start_soon(send, up.upload_id)
+    assert sorted(results) == ["QUOTA_EXCEEDED"] * 7 + ["ok"] * 3  # 3 x 30 bytes fit in 100, a 4th does not
+    assert staged(svc) == []
+    assert sum(len(upload_folder(svc, up.upload_id)) - 1 for up in ups) == 3  # chunks kept beside each info.json
+
+
+async def test_a_write_cannot_take_the_room_an_unfinished_uploads_chunks_hold(svc: LockService) -> None:
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 60)
+    e = await refusal(svc.files.write(None, "a.bin", b"x" * 41, if_version=0, agent="alice"))
+    assert_over(e, "bytes", QUOTA_BYTES, 60, 41)
+    assert "unfinished uploads" in e.message
+    assert staged(svc) == []
+    assert (await svc.files.write(None, "a.bin", b"x" * 40, if_version=0, agent="alice")).created
+
+
+async def test_a_chunk_sent_again_counts_once(svc: LockService) -> None:
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 60)
+    assert (await svc.files.put_chunk(None, up.upload_id, 0, b"w" * 90)).size == 90  # replaces the 60
+    e = await refusal(svc.files.write(None, "a.bin", b"x" * 11, if_version=0, agent="alice"))
+    assert_over(e, "bytes", QUOTA_BYTES, 90, 11)
+
+
+async def test_uploads_named_for_one_file_share_the_room_it_gives_back(svc: LockService) -> None:
+    await svc.files.write(None, "a.bin", b"x" * 80, if_version=0, agent="alice")
+    first, second = await svc.files.create_upload(None, "a.bin"), await svc.files.create_upload(None, "a.bin")
+    await svc.files.put_chunk(None, first.upload_id, 0, b"u" * 95)  # 80 of it is room a.bin gives back
+    e = await refusal(svc.files.put_chunk(None, second.upload_id, 0, b"v" * 95))
+    assert_over(e, "bytes", QUOTA_BYTES, 95, 95)  # a.bin's room was given once, to the first
+    assert staged(svc) == []
+
+
+async def test_an_aborted_upload_gives_its_room_back(svc: LockService) -> None:
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 60)
+    await svc.files.abort_upload(None, up.upload_id)
+    assert (await svc.files.write(None, "a.bin", b"x" * 100, if_version=0, agent="alice")).created
+
+
+async def test_an_expired_upload_gives_its_room_back(svc: LockService, clock: ManualClock) -> None:
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 60)
+    clock.advance(svc.files.limits.upload_ttl)
+    assert (await svc.files.write(None, "a.bin", b"x" * 100, if_version=0, agent="alice")).created
+
+
+async def test_a_completed_upload_counts_only_as_its_file(svc: LockService) -> None:
+    up = await svc.files.create_upload(None)
+    await svc.files.put_chunk(None, up.upload_id, 0, b"u" * 60)
+    sha = hashlib.sha256(b"u" * 60).hexdigest()
+    await svc.files.complete_upload(None, up.upload_id, "u.bin", sha, if_version=0)
+    assert (await svc.files.write(None, "a.bin", b"x" * 40, if_version=0, agent="alice")).created
 
 
 async def test_an_upload_for_a_new_file_is_refused_at_once_when_the_file_quota_is_used_up(svc: LockService) -> None:
@@ -176,6 +260,19 @@ async def test_the_usage_is_counted_again_from_the_records_after_a_restart(tmp_p
         async with LockService(store, clock=ManualClock(), files_dir=tmp_path / "files", file_limits=limits) as s:
             if attempt == 0:
                 await s.files.write(None, "a.bin", b"x" * 70, if_version=0, agent="alice")
+            else:
+                e = await refusal(s.files.write(None, "b.bin", b"y" * 31, if_version=0, agent="alice"))
+                assert_over(e, "bytes", QUOTA_BYTES, 70, 31)
+
+
+async def test_the_room_unfinished_uploads_hold_is_counted_again_after_a_restart(tmp_path: Path) -> None:
+    limits = FileLimits(quota_bytes=QUOTA_BYTES)
+    for attempt in range(2):
+        store = SqliteStore(tmp_path / "locks.db")
+        async with LockService(store, clock=ManualClock(), files_dir=tmp_path / "files", file_limits=limits) as s:
+            if attempt == 0:
+                up = await s.files.create_upload(None)
+                await s.files.put_chunk(None, up.upload_id, 0, b"u" * 70)
             else:
                 e = await refusal(s.files.write(None, "b.bin", b"y" * 31, if_version=0, agent="alice"))
                 assert_over(e, "bytes", QUOTA_BYTES, 70, 31)
@@ -210,14 +307,17 @@ async def test_a_rest_put_over_the_quota_set_in_the_settings_is_a_413_quota_exce
     assert (await http.get("/files/big.bin")).status_code == 404
 
 
-async def test_a_rest_upload_chunk_and_completion_over_the_quota_are_refused(http: httpx.AsyncClient) -> None:
+async def test_a_rest_upload_chunk_over_the_quota_is_refused_and_its_chunks_hold_their_room(
+    http: httpx.AsyncClient,
+) -> None:
     uid = (await http.post("/uploads", json={})).json()["upload_id"]
     assert (await http.put(f"/uploads/{uid}/chunks/0", content=b"c" * 60)).status_code == 200
     r = await http.put(f"/uploads/{uid}/chunks/1", content=b"c" * 41)
     assert (r.status_code, r.json()["error"]["code"]) == (413, "QUOTA_EXCEEDED")
     assert (await http.get(f"/uploads/{uid}")).json()["received"] == [0]
-    assert (await http.put("/files/a.bin", content=b"a" * 50, headers={"If-None-Match": "*"})).status_code == 201
+    put = await http.put("/files/a.bin", content=b"a" * 50, headers={"If-None-Match": "*"})
+    assert (put.status_code, put.json()["error"]["code"]) == (413, "QUOTA_EXCEEDED")  # the chunk holds its room
     sha = hashlib.sha256(b"c" * 60).hexdigest()
     done = await http.post(f"/uploads/{uid}/complete", json={"node_id": "u.bin", "sha256": sha, "if_version": 0})
-    assert (done.status_code, done.json()["error"]["code"]) == (413, "QUOTA_EXCEEDED")
-    assert (await http.get("/files/u.bin")).status_code == 404
+    assert done.status_code == 200, done.text
+    assert (await http.put("/files/a.bin", content=b"a" * 40, headers={"If-None-Match": "*"})).status_code == 201

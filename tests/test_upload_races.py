@@ -1,5 +1,6 @@
-"""Resumable uploads under races: one upload commits at most once, revoked keys' uploads go, and deleting a
-workspace ends the file work in flight on it with NOT_FOUND (never an OSError or a 500)."""
+"""Resumable uploads under races and crashes: one upload commits at most once (even across a crash at any
+point of its completion), revoked keys' uploads go, and deleting a workspace ends the file work in flight on
+it with NOT_FOUND (never an OSError or a 500)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import hashlib
 import logging
 import os
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import httpx
@@ -16,11 +19,16 @@ import pytest
 from mcp_locks import LockError
 from mcp_locks.core.clock import ManualClock
 from mcp_locks.core.keys import parse_key_id
+from mcp_locks.engine.disk import WorkspaceDisk
+from mcp_locks.engine.file_service import _Upload
 from mcp_locks.engine.lock_service import LockService
 from mcp_locks.stores.base import Store
+from mcp_locks.stores.postgres import PostgresStore
+from mcp_locks.stores.sqlite import SqliteStore
 
 from .faces import Env
 from .helpers import STEP
+from .pg import PG_URL, pg_schema
 
 pytestmark = pytest.mark.anyio
 
@@ -123,6 +131,184 @@ async def test_a_completion_retried_after_it_committed_is_told_what_was_written_
         "upload_id": uid, "completed": True, "node_id": "r.bin", "version": 1, "etag": first.json()["file"]["etag"],
     }  # fmt: skip
     assert (await http.get("/files/r.bin", headers=auth(env.alice))).headers["x-version"] == "1"
+
+
+# ---------------------------------------------------------------------- crashes
+
+
+class Crash(Exception):
+    """The server dying where a test injects it: nothing after that point runs."""
+
+
+def reopened(store: Store) -> Store:
+    """The same data as a restarted server opens it (a memory store outlives its server here: the same object)."""
+    if isinstance(store, SqliteStore):
+        return SqliteStore(store.path)
+    if isinstance(store, PostgresStore):
+        return PostgresStore(PG_URL, schema=store.schema, db_clock=False)
+    return store
+
+
+@asynccontextmanager
+async def server(store: Store, tmp_path: Path) -> AsyncIterator[LockService]:
+    """A server on ``store`` and the data dir under ``tmp_path`` (the same one each time: a restart)."""
+    async with LockService(store, clock=ManualClock(), files_dir=tmp_path / "files") as s:
+        yield s
+
+
+async def sent_under_lock(s: LockService) -> tuple[str, str, str]:
+    """An upload of b"once" with its chunk sent, and alice's write lock on crash.bin: (upload_id, sha256, token).
+
+    Under the lock a second write of the upload passes the file rule: only the upload can stop it.
+    """
+    up = await s.files.create_upload(None)
+    await s.files.put_chunk(None, up.upload_id, 0, b"once")
+    grant = await s.lock(None, "crash.bin", "write", agent="alice")
+    return up.upload_id, hashlib.sha256(b"once").hexdigest(), grant.token
+
+
+def crash(*args: Any) -> None:
+    raise Crash
+
+
+async def refused(call: object) -> LockError:
+    with pytest.raises(LockError) as e:
+        await call  # type: ignore[misc]
+    return e.value
+
+
+async def test_a_completion_retried_after_a_crash_between_its_commit_and_its_done_record_writes_nothing(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server(store, tmp_path) as s:
+        uid, sha, token = await sent_under_lock(s)
+        with monkeypatch.context() as m:
+            m.setattr(_Upload, "finish", crash)  # dies once the file is committed and in place
+            with pytest.raises(Crash):
+                await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
+    async with server(reopened(store), tmp_path) as s:
+        e = await refused(s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice"))
+        assert (e.code, e.details["completed"], e.details["node_id"], e.details["version"]) == (
+            "NOT_FOUND", True, "crash.bin", 1,
+        )  # fmt: skip
+        assert (await s.files.info(None, "crash.bin")).file.version == 1  # type: ignore[union-attr]
+        assert (await s.files.read(None, "crash.bin", token)).content == "once"
+
+
+async def test_a_completion_whose_file_could_not_be_put_in_place_is_not_written_again_by_a_retry(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server(store, tmp_path) as s:
+        uid, sha, token = await sent_under_lock(s)
+        with monkeypatch.context() as m:
+            m.setattr(WorkspaceDisk, "apply", crash)  # committed, then the rename fails: the next step redoes it
+            e = await refused(s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice"))
+            assert e.code == "UNAVAILABLE", e
+        again = await refused(s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice"))
+        assert (again.code, again.details["completed"], again.details["version"]) == ("NOT_FOUND", True, 1)
+        assert (await s.files.info(None, "crash.bin")).file.version == 1  # type: ignore[union-attr]
+
+
+async def test_a_completion_cut_short_before_its_commit_is_made_by_a_retry_after_the_restart(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = _Upload.mark
+
+    def record_then_crash(up: _Upload, marker: dict[str, Any]) -> None:
+        record(up, marker)
+        raise Crash  # the commit it records never happens
+
+    async with server(store, tmp_path) as s:
+        uid, sha, token = await sent_under_lock(s)
+        with monkeypatch.context() as m:
+            m.setattr(_Upload, "mark", record_then_crash)
+            with pytest.raises(Crash):
+                await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
+    async with server(reopened(store), tmp_path) as s:
+        assert (await s.files.upload_status(None, uid)).received == [0]  # still open: nothing was written
+        done = await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
+        assert (done.file.version, done.created) == (1, True)
+        assert state(s.disk("default").root, "staging") == []  # the content joined before the crash is gone
+
+
+async def test_a_completion_cut_short_after_its_commit_and_the_file_changed_since_is_not_written_again(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server(store, tmp_path) as s:
+        uid, sha, token = await sent_under_lock(s)
+        with monkeypatch.context() as m:
+            m.setattr(_Upload, "finish", crash)
+            with pytest.raises(Crash):
+                await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
+    async with server(reopened(store), tmp_path) as s:
+        await s.files.write(None, "crash.bin", b"newer", token=token, agent="alice")  # version 2
+        e = await refused(s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice"))
+        assert (e.code, e.http_status) == ("NOT_FOUND", 404)
+        assert e.details == {"upload_id": uid, "completed": None, "node_id": "crash.bin", "version": None, "etag": None}
+        assert "{op:read_file}" in e.hint
+        assert (await s.files.read(None, "crash.bin", token)).content == "newer"
+        again = await refused(s.files.upload_status(None, uid))
+        assert again.details["completed"] is None  # told so every time, and its chunks are gone
+        assert sorted(os.listdir(s.disk("default").root / ".mcp-locks" / "uploads" / uid)) == ["done.json", "info.json"]
+
+
+async def test_a_completion_whose_commit_the_store_refused_is_made_by_a_retry(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with server(store, tmp_path) as s:
+        uid, sha, token = await sent_under_lock(s)
+        commit = store.commit
+
+        async def refuse_once(*args: Any, **kwargs: Any) -> None:
+            monkeypatch.setattr(store, "commit", commit)
+            raise OSError("the database went away")
+
+        monkeypatch.setattr(store, "commit", refuse_once)
+        e = await refused(s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice"))
+        assert e.code == "UNAVAILABLE", e
+        assert sorted(os.listdir(s.disk("default").root / ".mcp-locks" / "uploads" / uid)) == ["0", "info.json"]
+        assert state(s.disk("default").root, "staging") == []
+        done = await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
+        assert done.file.version == 1
+
+
+async def test_a_completion_in_flight_on_another_server_sharing_the_folder_is_not_taken_for_one_cut_short(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = _Upload.mark
+    marked, go = anyio.Event(), anyio.Event()
+
+    def record_then_wait(up: _Upload, marker: dict[str, Any]) -> None:
+        record(up, marker)
+        anyio.from_thread.run_sync(marked.set)
+        anyio.from_thread.run(go.wait)  # server a is between its record and its commit
+
+    written: list[int] = []
+    with pg_schema() as schema:
+
+        def shared() -> PostgresStore:  # a cluster keeping its files in one folder (--pg-files folder)
+            return PostgresStore(PG_URL, schema=schema, files="folder", db_clock=False)
+
+        async with server(shared(), tmp_path) as a, server(shared(), tmp_path) as b:
+            uid, sha, token = await sent_under_lock(a)
+
+            async def complete() -> None:
+                done = await a.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
+                written.append(done.file.version)
+
+            monkeypatch.setattr(_Upload, "mark", record_then_wait)
+            with anyio.fail_after(STEP):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(complete)
+                    await marked.wait()
+                    try:
+                        e = await refused(b.files.upload_status(None, uid))
+                    finally:
+                        go.set()  # a's completion is shielded: it must go on for the test to end
+                    assert (e.code, e.details) == ("UNAVAILABLE", {"upload_id": uid})
+            assert written == [1]  # what b saw was left alone
+            after = await refused(b.files.upload_status(None, uid))
+            assert (after.code, after.details["completed"], after.details["version"]) == ("NOT_FOUND", True, 1)
 
 
 # ---------------------------------------------------------------------- revoked keys

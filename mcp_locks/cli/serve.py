@@ -162,7 +162,12 @@ def _run(settings: Settings, sock: socket.socket) -> None:
 @click.option("--max-file-size", type=int, default=None, help="Largest file the file store takes [default: 1 GiB].")
 @click.option("--chunk-size", type=int, default=None, help="Largest upload chunk in bytes [default: 16 MiB].")
 @click.option("--upload-ttl", type=float, default=None, help="Seconds before an unfinished upload is dropped.")
-@click.option("--quota-bytes", type=int, default=None, help="Most bytes of files per workspace [default: none].")
+@click.option(
+    "--quota-bytes",
+    type=int,
+    default=None,
+    help="Most bytes of files per workspace, unfinished uploads' chunks included [default: none].",
+)
 @click.option("--quota-files", type=int, default=None, help="Most files per workspace [default: none].")
 @click.option(
     "--max-sessions-per-key", type=int, default=None, help="Most MCP sessions one key holds open [default: 32]."

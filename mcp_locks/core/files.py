@@ -270,6 +270,14 @@ class FileTable:
             )
         return cur, lease
 
+    def next_version(self, node_id: str, cur: FileMeta | None) -> int:
+        """The version a write of ``node_id`` would give it now (``cur``: its live record, as checked).
+
+        Above the live file's and a deleted one's: a version is never given twice to one path.
+        """
+        last = self._meta.get(node_id)
+        return max(cur.version if cur else 0, last.version if last else 0) + 1
+
     def write(
         self,
         locks: LockTable,
@@ -288,7 +296,7 @@ class FileTable:
             locks, now, node_id, owner=owner, as_key=as_key, token=token, if_version=if_version
         )
         last = self._meta.get(node_id)
-        version = max(cur.version if cur else 0, last.version if last else 0) + 1
+        version = self.next_version(node_id, cur)
         fence = max(lease.fence if lease else 0, last.fence if last else 0)
         meta = FileMeta(
             node_id, version, staged.size, staged.sha256, now, by, fence, pending=staged.name, mtime_ns=staged.mtime_ns

@@ -6,6 +6,7 @@ import base64
 import binascii
 import contextlib
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -113,13 +114,75 @@ class _Change(NamedTuple):
     match: tuple[str, ...] | None = None
 
 
+class _Terms(NamedTuple):
+    """A change's effect on the bytes a workspace's quota counts, as a function of its size ``s``.
+
+    After it the workspace counts ``base + max(free, s)`` bytes: up to ``free`` bytes cost nothing more,
+    their room being held already (by chunks of uploads named for the file written, or, for a chunk, by
+    the file its upload is named for). ``before`` is what it counts now, ``held`` the part of that in
+    unfinished uploads' chunks. The quota lets a change through if it stays within the quota or does
+    not add to what is counted (so a lowered quota never blocks a change that shrinks nothing).
+    """
+
+    before: int
+    base: int
+    free: int
+    held: int
+
+    def after(self, size: int) -> int:
+        """What the workspace counts once the change, ``size`` bytes, is made."""
+        return self.base + max(self.free, size)
+
+    def limit(self, quota: int) -> int:
+        """The largest size the quota lets through: within it, or no more than counted now."""
+        return max(self.free, max(quota, self.before) - self.base)
+
+    def refusal(self, quota: int, size: int, *, upload: bool = False) -> QuotaExceeded:
+        """QUOTA_EXCEEDED for a change of ``size`` bytes."""
+        return _over_quota("bytes", quota, self.before, self.after(size) - self.before, held=self.held, upload=upload)
+
+
 class _Room(NamedTuple):
-    """How big one file may be under the workspace's byte quota, and the numbers to explain a refusal."""
+    """How big one file may be under the workspace's byte quota, and the terms to explain a refusal."""
 
     limit: int
     quota: int
-    used: int
-    old: int  # the size of the file it replaces (its bytes are given back)
+    terms: _Terms
+
+
+class _Open:
+    """An unfinished upload's chunks, as the byte quota counts them: chunk number -> size, and their sum."""
+
+    __slots__ = ("chunks", "expires_at", "node", "size")
+
+    def __init__(self, node: str | None, expires_at: float, chunks: dict[int, int]) -> None:
+        self.node = node
+        self.expires_at = expires_at
+        self.chunks = chunks
+        self.size = sum(chunks.values())  # kept up to date: actor steps sum every open upload
+
+    def put(self, index: int, size: int | None) -> int | None:
+        """Set (``size`` None: remove) chunk ``index``; its size before (None if it had none)."""
+        before = self.chunks.pop(index, None)
+        if size is not None:
+            self.chunks[index] = size
+        self.size += (size or 0) - (before or 0)
+        return before
+
+
+class _Held:
+    """The chunks a workspace's unfinished uploads keep on disk (upload id -> :class:`_Open`).
+
+    Counted from the uploads folder when first needed (``ready`` set then), then kept by every step
+    that adds a chunk, commits an upload or drops one. They count against the byte quota until their
+    upload commits (its file then counts instead), is dropped, or expires.
+    """
+
+    __slots__ = ("ready", "ups")
+
+    def __init__(self) -> None:
+        self.ready = anyio.Event()
+        self.ups: dict[str, _Open] = {}
 
 
 @dataclass(slots=True)
@@ -139,11 +202,13 @@ class _Usage:
 class _Gate:
     """One upload's gate: a completion, a chunk being adopted and a drop run one at a time (in this server)."""
 
-    __slots__ = ("lock", "users")
+    __slots__ = ("claimed", "lock", "users")
 
     def __init__(self) -> None:
         self.lock = anyio.Lock()
         self.users = 0
+        #: The holder also holds the upload against other server processes sharing the folder (:meth:`_claimed`).
+        self.claimed = False
 
 
 class FileService:
@@ -162,6 +227,8 @@ class FileService:
         self.registry = registry
         self.limits = limits
         self._usage: dict[str, _Usage] = {}
+        #: Per workspace folder (a deleted workspace's goes with its folder object): its uploads' chunks.
+        self._held: weakref.WeakKeyDictionary[WorkspaceDisk, _Held] = weakref.WeakKeyDictionary()
         self._gates: dict[str, _Gate] = {}
         self._sweeping = False
         self._sweep_again = False
@@ -203,6 +270,7 @@ class FileService:
         quota = writing and self.limits.quota
         if not (c.token is None and c.version is None and c.match is None) and not quota:
             return c, None
+        held = await self._holding(c.disk) if quota else None
         actor = self.registry.actor(ws)
 
         def step(table: LockTable, now: float) -> _Room | None:
@@ -210,7 +278,7 @@ class FileService:
             version = self._resolved(files, table, now, c)
             files.check_change(table, now, node, owner=c.who.owner, as_key=c.who.as_key, token=c.token,
                                if_version=version)  # fmt: skip
-            return self._room(ws, files, node) if quota else None
+            return self._room(ws, files, now, node, held) if quota else None
 
         return c, await actor.call(step)
 
@@ -247,30 +315,119 @@ class FileService:
         m = files.record(node) if node is not None else None
         return None if m is None or m.deleted else m.size
 
-    def _room(self, ws: str, files: FileTable, node: str | None) -> _Room | None:
-        """In the actor: refuse a new ``node`` over the file quota; the byte room for it (None: no byte quota).
+    async def _holding(self, disk: WorkspaceDisk) -> _Held | None:
+        """The workspace's unfinished uploads' chunks (None without a byte quota), counted on first use."""
+        if self.limits.quota_bytes is None:
+            return None
+        while True:
+            held = self._held.get(disk)
+            if held is None:
+                held = self._held[disk] = _Held()
+                try:
+                    held.ups = await anyio.to_thread.run_sync(_Upload.holding, disk)
+                except BaseException:
+                    if self._held.get(disk) is held:
+                        del self._held[disk]  # the next caller counts again
+                    raise
+                finally:
+                    held.ready.set()
+                return held
+            if held.ready.is_set():
+                return held
+            await held.ready.wait()  # counted by another call: take its count (or count again if it failed)
 
-        ``node`` None (an upload not named yet): neither a file count nor a replaced size is known.
+    def _held_now(self, disk: WorkspaceDisk) -> _Held | None:
+        """The count :meth:`_holding` made (a call that needs it awaited that first), for an actor step."""
+        held = self._held.get(disk)
+        return held if held is not None and held.ready.is_set() else None
+
+    async def _forget(self, disk: WorkspaceDisk, upload_id: str) -> None:
+        """An upload's chunks are gone (dropped, or joined into its file): they no longer count."""
+        held = self._held.get(disk)
+        if held is not None:
+            await held.ready.wait()  # a count being made may include them: take them out of it
+            held.ups.pop(upload_id, None)
+
+    @staticmethod
+    def _groups(held: _Held | None, now: float, without: str | None = None) -> dict[str | None, int]:
+        """Bytes of unexpired uploads' chunks by the file they are named for (None: none named)."""
+        out: dict[str | None, int] = {}
+        for uid, up in held.ups.items() if held is not None else ():
+            if uid != without and up.expires_at > now and up.size:
+                out[up.node] = out.get(up.node, 0) + up.size
+        return out
+
+    def _counted(self, files: FileTable, node: str | None, chunks: int) -> int:
+        """What ``chunks`` bytes of uploads named for ``node`` count: past the size of the file they replace.
+
+        The uploads named for one file share the room it gives back, so many of them cannot each stage
+        that much again for free.
         """
+        return chunks if node is None else max(0, chunks - (self._size_of(files, node) or 0))
+
+    def _held_bytes(self, files: FileTable, groups: dict[str | None, int]) -> int:
+        return sum(self._counted(files, node, chunks) for node, chunks in groups.items())
+
+    def _write_terms(
+        self, ws: str, files: FileTable, now: float, node: str, held: _Held | None, upload: str | None = None
+    ) -> _Terms:
+        """The quota terms of writing ``node`` (with the chunks of ``upload``, which then stop counting)."""
+        usage = self._usage_of(ws, files).bytes
+        groups = self._groups(held, now)
+        before = self._held_bytes(files, groups)
+        if upload is not None:
+            groups = self._groups(held, now, without=upload)
+        named = groups.get(node, 0)
+        others = self._held_bytes(files, groups) - self._counted(files, node, named)
+        # Afterwards: the files less the one replaced, plus the new one, plus the chunks it does not cover.
+        return _Terms(usage + before, usage - (self._size_of(files, node) or 0) + others, named, before)
+
+    def _chunk_terms(self, ws: str, files: FileTable, now: float, up: _Upload, index: int, held: _Held) -> _Terms:
+        """The quota terms of chunk ``index`` of ``up`` (replacing the copy of it that arrived before, if any)."""
+        usage = self._usage_of(ws, files).bytes
+        groups = self._groups(held, now)
+        before = self._held_bytes(files, groups)
+        mine = held.ups.get(up.upload_id)
+        rest = groups.get(up.node, 0) - (mine.chunks.get(index, 0) if mine is not None else 0)
+        others = before - self._counted(files, up.node, groups.get(up.node, 0))
+        # Its group counts past the file it is named for: free up to that file's size less the rest.
+        free = (self._size_of(files, up.node) or 0) - rest if up.node is not None else -rest
+        return _Terms(usage + before, usage + others - free, free, before)
+
+    def _check_files(self, ws: str, files: FileTable, node: str | None) -> None:
+        """In the actor: refuse a new ``node`` over the file quota (``node`` None: an upload not named yet)."""
         lim = self.limits
-        if not lim.quota:
-            return None
+        if lim.quota_files is None or node is None or self._size_of(files, node) is not None:
+            return
         u = self._usage_of(ws, files)
-        old = self._size_of(files, node)
-        if lim.quota_files is not None and node is not None and old is None and u.files + 1 > lim.quota_files:
+        if u.files + 1 > lim.quota_files:
             raise _over_quota("files", lim.quota_files, u.files, 1)
-        if lim.quota_bytes is None:
+
+    def _room(self, ws: str, files: FileTable, now: float, node: str, held: _Held | None) -> _Room | None:
+        """In the actor: refuse a new ``node`` over the file quota; the byte room for it (None: no byte quota)."""
+        self._check_files(ws, files, node)
+        quota = self.limits.quota_bytes
+        if quota is None:
             return None
-        # A write no bigger than the file it replaces is always let through, even over a lowered quota.
-        base = old or 0
-        return _Room(max(lim.quota_bytes - u.bytes + base, base), lim.quota_bytes, u.bytes, base)
+        terms = self._write_terms(ws, files, now, node, held)
+        return _Room(terms.limit(quota), quota, terms)
 
-    def _check_quota(self, ws: str, files: FileTable, node: str, size: int) -> None:
-        room = self._room(ws, files, node)
-        if room is not None and size > room.limit:
-            raise _over_quota("bytes", room.quota, room.used, size - room.old)
+    def _check_quota(
+        self, ws: str, files: FileTable, now: float, node: str, size: int, held: _Held | None, upload: str | None
+    ) -> None:
+        """In the actor: refuse a write of ``size`` bytes (of ``upload``'s chunks, if given) over a quota.
 
-    def _counted(self, ws: str, files: FileTable, old: int | None, new: int | None) -> None:
+        A write that adds nothing to what the workspace counts is let through even over a lowered quota
+        (no bigger than the file it replaces, or than the chunks it is made of).
+        """
+        self._check_files(ws, files, node)
+        quota = self.limits.quota_bytes
+        if quota is not None:
+            terms = self._write_terms(ws, files, now, node, held, upload)
+            if terms.after(size) > max(quota, terms.before):
+                raise terms.refusal(quota, size)
+
+    def _tally(self, ws: str, files: FileTable, old: int | None, new: int | None) -> None:
         """A committed write (``new`` its size) or delete (``new`` None) of a file of ``old`` bytes."""
         u = self._usage.get(ws)
         if u is not None and u.table() is files:
@@ -328,7 +485,7 @@ class FileService:
         """The most bytes a write may stage, and the refusal past it (QUOTA_EXCEEDED if the quota is tighter)."""
         if room is None or room.limit >= self.limits.max_file_size:
             return self.limits.max_file_size, None
-        return room.limit, lambda seen: _over_quota("bytes", room.quota, room.used, seen - room.old)
+        return room.limit, lambda seen: room.terms.refusal(room.quota, seen)
 
     @staticmethod
     def _too_large(limit: int) -> TooLarge:
@@ -540,15 +697,31 @@ class FileService:
             return await self._write_staged(c, await self._stage(c.disk, body, limit, c.node, over))
 
     async def _write_staged(self, c: _Change, staged: Staged) -> FileWritten:
-        actor = self.registry.actor(c.ws)
+        out = await self._commit(c.ws, c.disk, staged.name, self._write_step(c, staged))
+        assert out is not None  # no version expected: the step writes or refuses
+        meta, created = out
+        return FileWritten(file=FileInfo.of(c.ws, meta), created=created, deleted=False)
 
-        def step(table: LockTable, now: float) -> tuple[FileMeta, bool]:
+    def _write_step(
+        self, c: _Change, staged: Staged, *, expect: int | None = None, upload: str | None = None
+    ) -> Callable[[LockTable, float], tuple[FileMeta, bool] | None]:
+        """The actor step committing ``staged`` as ``c``'s file: (metadata, created).
+
+        ``expect``: write only if the file's next version is this one (None returned otherwise, nothing
+        written). ``upload``: the upload whose chunks ``staged`` joins; they stop counting in this step.
+        """
+        actor = self.registry.actor(c.ws)
+        held = self._held_now(c.disk)
+
+        def step(table: LockTable, now: float) -> tuple[FileMeta, bool] | None:
             files = actor.files
             version = self._resolved(files, table, now, c)
+            if expect is not None and self._next_version(files, table, now, c, version) != expect:
+                return None
             old = self._size_of(files, c.node)
             if self.limits.quota:
                 try:
-                    self._check_quota(c.ws, files, c.node, staged.size)
+                    self._check_quota(c.ws, files, now, c.node, staged.size, held, upload)
                 except QuotaExceeded:
                     # A refusal by the lock rules is the one to report: the quota is not what stops it.
                     files.check_change(table, now, c.node, owner=c.who.owner, as_key=c.who.as_key, token=c.token,
@@ -556,11 +729,18 @@ class FileService:
                     raise
             meta, created = files.write(table, now, c.node, staged, owner=c.who.owner, as_key=c.who.as_key,
                                         by=c.who.owner, token=c.token, if_version=version)  # fmt: skip
-            self._counted(c.ws, files, old, meta.size)
+            self._tally(c.ws, files, old, meta.size)
+            if held is not None and upload is not None:
+                held.ups.pop(upload, None)  # its chunks are the file now: counted once, in the same step
             return meta, created
 
-        meta, created = await self._commit(c.ws, c.disk, staged.name, step)
-        return FileWritten(file=FileInfo.of(c.ws, meta), created=created, deleted=False)
+        return step
+
+    def _next_version(self, files: FileTable, table: LockTable, now: float, c: _Change, version: int | None) -> int:
+        """The version a write of ``c`` (expecting ``version``) would give the file now; a refusal is raised."""
+        cur, _lease = files.check_change(table, now, c.node, owner=c.who.owner, as_key=c.who.as_key, token=c.token,
+                                         if_version=version)  # fmt: skip
+        return files.next_version(c.node, cur)
 
     async def delete(
         self,
@@ -586,7 +766,7 @@ class FileService:
                 old = self._size_of(files, c.node)
                 gone = files.delete(table, now, c.node, marker, owner=c.who.owner, as_key=c.who.as_key,
                                     by=c.who.owner, token=c.token, if_version=version)  # fmt: skip
-                self._counted(c.ws, files, old, None)
+                self._tally(c.ws, files, old, None)
                 return gone
 
             gone = await self._commit(c.ws, c.disk, marker, step)
@@ -615,15 +795,50 @@ class FileService:
             if not gate.users:
                 del self._gates[upload_id]
 
+    @contextlib.asynccontextmanager
+    async def _claimed(self, disk: WorkspaceDisk, upload_id: str) -> AsyncIterator[None]:
+        """Under the upload's gate: hold it against other server processes sharing the folder, too.
+
+        A completion holds it from before it looks at the upload to its end, and settling a completion
+        cut short needs it: with several servers on one folder, another server's completion in flight is
+        not one cut short (UNAVAILABLE then). The lock is the kernel's (flock): a dead process lets go.
+        """
+        gate = self._gates[upload_id]
+        if gate.claimed:  # the completion holding the gate has it already
+            yield
+            return
+        fd = await anyio.to_thread.run_sync(_claim, disk, upload_id)
+        if fd is None:
+            raise Unavailable(
+                f"upload {upload_id} is being completed by another server process.",
+                hint="Retry in a moment: its answer then says what it wrote.",
+                details={"upload_id": upload_id},
+            )
+        gate.claimed = True
+        try:
+            yield
+        finally:
+            gate.claimed = False
+            os.close(fd)
+
+    async def _remove(self, up: _Upload) -> None:
+        """Remove an upload and its chunks (they stop counting against the quota)."""
+        with anyio.CancelScope(shield=True):  # gone from disk means gone from the count
+            await anyio.to_thread.run_sync(up.remove)
+            await self._forget(up.disk, up.upload_id)
+
     async def _drop(self, up: _Upload) -> None:
         """Remove an upload nobody is completing or adding to right now (those see its state themselves)."""
         if up.upload_id not in self._gates:
-            await anyio.to_thread.run_sync(up.remove)
+            await self._remove(up)
 
     async def _upload_state(
-        self, disk: WorkspaceDisk, upload_id: object, caller: Identity, *, gated: bool = False
+        self, ws: str, disk: WorkspaceDisk, upload_id: object, caller: Identity, *, gated: bool = False
     ) -> _Upload:
-        """The caller's unfinished upload (NOT_FOUND if none, if it expired, or if it was completed)."""
+        """The caller's unfinished upload (NOT_FOUND if none, if it expired, or if it was completed).
+
+        A completion cut short (its ``commit.json`` left) is settled first, under the upload's gate.
+        """
         uid = self._upload_id(upload_id)
         up = await anyio.to_thread.run_sync(_Upload.load, disk, uid)
         who = who_is(caller, None)
@@ -632,7 +847,7 @@ class FileService:
             raise _no_upload(uid)  # someone else's upload is not revealed
         if up.expires_at <= now:
             if gated:
-                await anyio.to_thread.run_sync(up.remove)
+                await self._remove(up)
             else:
                 await self._drop(up)
             raise NotFound(
@@ -640,6 +855,19 @@ class FileService:
                 hint="Start a new upload.",
                 details={"upload_id": uid},
             )
+        if up.done is None and up.marker is not None:
+            if not gated:  # a completion of it may be running here: settle it only once that one is over
+                async with self._gate(uid):
+                    return await self._upload_state(ws, disk, uid, caller, gated=True)
+            async with self._claimed(disk, uid):
+                # Looked at again once held: another server may have ended it meanwhile.
+                fresh = await anyio.to_thread.run_sync(_Upload.load, disk, uid)
+                if fresh is None:
+                    raise _no_upload(uid)
+                up = fresh
+                if up.done is None and up.marker is not None:
+                    with anyio.CancelScope(shield=True):  # the upload's files and its count change together
+                        await self._settle(ws, up)
         if up.done is not None:
             raise _completed(uid, up.done)
         return up
@@ -655,19 +883,6 @@ class FileService:
             expires_at=utc(up.expires_at),
         )
 
-    async def _upload_room(self, ws: str, node: str | None) -> _Room | None:
-        """The byte room an upload for ``node`` has (refused at once if ``node`` is new and over the file quota)."""
-        if not self.limits.quota:
-            return None
-        actor = self.registry.actor(ws)
-
-        def step(table: LockTable, now: float) -> _Room | None:
-            if table.retired:
-                raise workspace_deleted(ws)
-            return self._room(ws, actor.files, node)
-
-        return await actor.call(step)
-
     async def create_upload(
         self, workspace_id: object = None, node_id: object = None, *, caller: Identity = LOCAL
     ) -> UploadInfo:
@@ -680,7 +895,15 @@ class FileService:
         ws = await svc.known(workspace_id, caller)
         node = check_file_id(node_id) if node_id is not None else None
         async with svc.file_work(ws):
-            await self._upload_room(ws, node)
+            if self.limits.quota:
+                actor = svc.actor(ws)
+
+                def step(table: LockTable, now: float) -> None:
+                    if table.retired:
+                        raise workspace_deleted(ws)
+                    self._check_files(ws, actor.files, node)
+
+                await actor.call(step)
             disk = svc.disk(ws)
             now = svc.clock.now()
             await self._sweep(disk, lambda up: up.expires_at <= now)
@@ -695,7 +918,7 @@ class FileService:
         """Which chunks of an upload arrived."""
         ws = await self.registry.known(workspace_id, caller)
         async with self.registry.file_work(ws):
-            up = await self._upload_state(self.registry.disk(ws), upload_id, caller)
+            up = await self._upload_state(ws, self.registry.disk(ws), upload_id, caller)
             received = await anyio.to_thread.run_sync(up.chunks)
         return self._upload_info(ws, up, received)
 
@@ -710,13 +933,13 @@ class FileService:
     ) -> UploadInfo:
         """Store chunk ``index`` (sending it again replaces it; a chunk cut off half-way never counts).
 
-        With a byte quota, a chunk that would take the upload past the room left is refused
-        (QUOTA_EXCEEDED) and not kept; the chunks that arrived before stay.
+        With a byte quota, the chunks of unfinished uploads count as they arrive: a chunk that would take
+        the workspace over it is refused (QUOTA_EXCEEDED) and not kept; the chunks that arrived before stay.
         """
         ws = await self.registry.known(workspace_id, caller)
         async with self.registry.file_work(ws):
             disk = self.registry.disk(ws)
-            up = await self._upload_state(disk, upload_id, caller)
+            up = await self._upload_state(ws, disk, upload_id, caller)
             most = -(-self.limits.max_file_size // self.limits.chunk_size)
             n = check_count(index, "chunk")
             if n >= most:
@@ -727,9 +950,14 @@ class FileService:
             limit, over = await self._chunk_limit(ws, up, n)
             staged = await self._stage(disk, body, limit, f"chunk {n} of upload {up.upload_id}", over)
             async with self._gate(up.upload_id):
-                try:  # completed, aborted or dropped while the chunk arrived: it is not kept
-                    up = await self._upload_state(disk, up.upload_id, caller, gated=True)
-                    await anyio.to_thread.run_sync(up.adopt_chunk, staged.name, n)
+                try:  # completed, aborted or dropped while the chunk arrived, or no room left: it is not kept
+                    up = await self._upload_state(ws, disk, up.upload_id, caller, gated=True)
+                    undo = await self._hold_chunk(ws, up, n, staged.size)
+                    try:
+                        await anyio.to_thread.run_sync(up.adopt_chunk, staged.name, n)
+                    except BaseException:
+                        undo()
+                        raise
                 except BaseException:
                     with anyio.CancelScope(shield=True):
                         await anyio.to_thread.run_sync(disk.discard, staged.name)
@@ -738,15 +966,54 @@ class FileService:
         return self._upload_info(ws, up, received)
 
     async def _chunk_limit(self, ws: str, up: _Upload, n: int) -> tuple[int, Callable[[int], LockError] | None]:
-        """The most bytes chunk ``n`` may have: the chunk size, or less if the byte quota leaves less room."""
-        room = await self._upload_room(ws, up.node)
-        if room is None:
+        """The most bytes chunk ``n`` may have: the chunk size, or less if the byte quota leaves less room.
+
+        A first look, so a body far over the room is cut off as it arrives; :meth:`_hold_chunk` decides.
+        """
+        held = await self._holding(up.disk)
+        quota = self.limits.quota_bytes
+        if held is None or quota is None:
             return self.limits.chunk_size, None
-        others = sum(size for i, size in (await anyio.to_thread.run_sync(up.chunks)).items() if i != n)
-        left = room.limit - others
-        if left >= self.limits.chunk_size:
+        actor = self.registry.actor(ws)
+
+        def step(table: LockTable, now: float) -> _Terms:
+            if table.retired:
+                raise workspace_deleted(ws)
+            return self._chunk_terms(ws, actor.files, now, up, n, held)
+
+        terms = await actor.call(step)
+        limit = terms.limit(quota)
+        if limit >= self.limits.chunk_size:
             return self.limits.chunk_size, None
-        return left, lambda seen: _over_quota("bytes", room.quota, room.used, others + seen - room.old, upload=True)
+        return limit, lambda seen: terms.refusal(quota, seen, upload=True)
+
+    async def _hold_chunk(self, ws: str, up: _Upload, n: int, size: int) -> Callable[[], None]:
+        """Count chunk ``n`` of ``size`` bytes against the byte quota before it is kept (or QUOTA_EXCEEDED).
+
+        Returns what gives the room back if the chunk is not kept after all. In an actor step, so chunks
+        racing each other, and writes racing them, are counted one at a time.
+        """
+        held = self._held_now(up.disk)
+        quota = self.limits.quota_bytes
+        if held is None or quota is None:
+            return lambda: None
+        actor = self.registry.actor(ws)
+
+        def step(table: LockTable, now: float) -> tuple[_Open, int | None]:
+            if table.retired:
+                raise workspace_deleted(ws)
+            terms = self._chunk_terms(ws, actor.files, now, up, n, held)
+            if terms.after(size) > max(quota, terms.before):
+                raise terms.refusal(quota, size, upload=True)
+            mine = held.ups.setdefault(up.upload_id, _Open(up.node, up.expires_at, {}))
+            return mine, mine.put(n, size)
+
+        mine, before = await actor.call(step)
+
+        def undo() -> None:
+            mine.put(n, before)
+
+        return undo
 
     async def complete_upload(
         self,
@@ -763,28 +1030,151 @@ class FileService:
         """Join chunks 0..n-1, check the sha256, and write them as one atomic write (the upload then ends).
 
         If the write is refused (LOCKED, VERSION_MISMATCH, QUOTA_EXCEEDED...), the upload stays: fix the
-        cause and complete again. An upload commits at most once: calls racing to complete it run one
-        at a time, and once one has written the file the others (and any later call) get NOT_FOUND
-        naming the file and version it wrote.
+        cause and complete again. An upload commits at most once, even across a crash: calls racing to
+        complete it run one at a time, and once one has written the file the others (and any later call)
+        get NOT_FOUND naming the file and version it wrote (see :meth:`_commit_upload`).
         """
         ws = await self.registry.known(workspace_id, caller)
         async with self.registry.file_work(ws):
             c, _room = await self._change(ws, node_id, token, if_version, agent, caller, None)
             uid = self._upload_id(upload_id)
             if not isinstance(sha256, str) or not _SHA_RE.fullmatch(sha256.lower()):
-                await self._upload_state(c.disk, uid, caller)  # someone else's upload is NOT_FOUND first
+                await self._upload_state(ws, c.disk, uid, caller)  # someone else's upload is NOT_FOUND first
                 raise InvalidArgument("sha256 must be the 64 hex digits of the whole file's SHA-256.",
                                       details={"field": "sha256"})  # fmt: skip
-            async with self._gate(uid):
-                up = await self._upload_state(c.disk, uid, caller, gated=True)
+            async with self._gate(uid), self._claimed(c.disk, uid):
+                up = await self._upload_state(ws, c.disk, uid, caller, gated=True)
                 staged = await self._joined(up, sha256.lower())
-                # Once committed, the upload must be marked done whatever happens to the caller:
-                # a retry would otherwise write it a second time.
+                # Once its commit may have happened, the upload must be settled whatever happens to the caller.
                 with anyio.CancelScope(shield=True):
-                    written = await self._write_staged(c, staged)
-                    done = {"node_id": c.node, "version": written.file.version, "etag": written.file.etag}
-                    await anyio.to_thread.run_sync(up.finish, done)
+                    written = await self._commit_upload(c, up, staged)
         return written
+
+    async def _commit_upload(self, c: _Change, up: _Upload, staged: Staged) -> FileWritten:
+        """Commit ``staged`` (the joined chunks) as ``c``'s file: at most once, whatever happens meanwhile.
+
+        First ``commit.json`` records, durably, the content's name, sha256 and mtime and the version the
+        commit is to give the file; the commit step writes that version or nothing. Once the commit is
+        durable the upload is marked done (``done.json``). A crash or a failed step in between leaves
+        ``commit.json``: the next call on the upload settles it from the file's records (:meth:`_settle`),
+        so a retry answers as the first call would have, and never writes again.
+        """
+        actor = self.registry.actor(c.ws)
+        for _ in range(OPEN_ATTEMPTS):
+            try:
+                version = await actor.call(self._version_step(c))
+                marker = {"staged": staged.name, "node_id": c.node, "version": version, "sha256": staged.sha256,
+                          "size": staged.size, "mtime_ns": staged.mtime_ns}  # fmt: skip
+                await anyio.to_thread.run_sync(up.mark, marker)
+            except BaseException as e:
+                await self._unstage(up, staged.name)
+                if isinstance(e, OSError):
+                    raise os_error(f"upload {up.upload_id}", e) from None
+                raise
+            up.marker = marker
+            out = await self._try_commit(c, up, staged, version)
+            if out is None:
+                continue  # the file changed between the two steps: record the version it will now get
+            meta, created = out
+            await anyio.to_thread.run_sync(up.finish, {"node_id": c.node, "version": meta.version, "etag": meta.etag})
+            await self._forget(up.disk, up.upload_id)
+            return FileWritten(file=FileInfo.of(c.ws, meta), created=created, deleted=False)
+        await self._unstage(up, staged.name)
+        raise Unavailable(
+            f"'{c.node}' changed on every attempt to commit the upload to it.", hint="Complete the upload again."
+        )
+
+    def _version_step(self, c: _Change) -> Callable[[LockTable, float], int]:
+        """The actor step telling the version a write of ``c`` would give the file (a refusal is raised)."""
+        actor = self.registry.actor(c.ws)
+
+        def step(table: LockTable, now: float) -> int:
+            return self._next_version(actor.files, table, now, c, self._resolved(actor.files, table, now, c))
+
+        return step
+
+    async def _try_commit(self, c: _Change, up: _Upload, staged: Staged, version: int) -> tuple[FileMeta, bool] | None:
+        """The commit step of :meth:`_commit_upload`; if it fails, what it left is settled (or dropped)."""
+        step = self._write_step(c, staged, expect=version, upload=up.upload_id)
+        wrote = False
+
+        def run(table: LockTable, now: float) -> tuple[FileMeta, bool] | None:
+            nonlocal wrote
+            out = step(table, now)
+            wrote = out is not None
+            return out
+
+        try:
+            return await self.registry.actor(c.ws).call(run)
+        except BaseException:
+            if not wrote:  # refused, or never run: nothing of it was committed
+                await self._unstage(up, staged.name)
+            else:  # recorded, and then the store or the disk failed: it may have committed
+                try:
+                    await self._settle(c.ws, up)
+                except LockError as e:  # the store is still out: the next call on the upload settles it
+                    log.warning("could not settle upload %s yet: %s", up.upload_id, e.code)
+            raise
+
+    async def _unstage(self, up: _Upload, staged: str) -> None:
+        """Drop joined content no commit took: ``commit.json`` first, so nothing then claims a file that is gone."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await anyio.to_thread.run_sync(up.unmark)
+            except OSError as e:  # the marker stays, naming the content: the next call on the upload settles it
+                log.error("could not clear the commit record of upload %s: %s", up.upload_id, e)
+                return
+            up.marker = None
+            await anyio.to_thread.run_sync(up.disk.discard, staged)
+
+    async def _settle(self, ws: str, up: _Upload) -> None:
+        """Under the upload's gate: did the completion ``commit.json`` records commit? Mark the upload so.
+
+        It committed if the file's record still names its staged content as pending, or is its content
+        (the sha256 and the precise mtime it was staged with); it did not if the file's version is still
+        below the one it was to get (versions only grow). Otherwise the file changed since, and whether
+        this upload wrote one of those versions cannot be told: the upload ends without writing, and says
+        so. Either way it never writes twice.
+        """
+        m = up.marker
+        assert m is not None
+        node, staged, version = str(m["node_id"]), str(m["staged"]), int(m["version"])
+        actor = self.registry.actor(ws)
+
+        def step(table: LockTable, now: float) -> tuple[str, FileMeta | None]:
+            if table.retired:
+                raise workspace_deleted(ws)
+            files = actor.files
+            rec = files.record(node)
+            ours = rec if rec is not None and rec.pending == staged else None
+            if ours is not None or any(op.staged == staged for op in files.ops):
+                return "wrote", ours  # committed; its file is not in place yet
+            if rec is not None and not rec.deleted and (rec.sha256, rec.mtime_ns) == (m["sha256"], m["mtime_ns"]):
+                return "wrote", rec
+            try:
+                cur = files.current(node)
+            except LockError:  # a folder or a link there now: the record alone says how far it went
+                cur = None
+            newest = max(rec.version if rec is not None else 0, cur.version if cur is not None else 0)
+            return ("not", None) if newest < version else ("unsure", None)
+
+        outcome, rec = await actor.call(step)
+        if outcome == "not":
+            await self._unstage(up, staged)
+            held = self._held_now(up.disk)
+            if held is not None:  # its chunks are still there (the failed step may have stopped counting them)
+                chunks = await anyio.to_thread.run_sync(up.chunks)
+                held.ups[up.upload_id] = _Open(up.node, up.expires_at, chunks)
+            return
+        if outcome == "wrote":
+            meta = rec or FileMeta(node, version, int(m["size"]), str(m["sha256"]), 0.0, None, 0)
+            done: dict[str, Any] = {"node_id": node, "version": meta.version, "etag": meta.etag}
+        else:
+            done = {"node_id": node, "version": None, "etag": None, "unsure": True}
+            log.warning("upload %s: a completion cut short cannot be told to have written '%s'", up.upload_id, node)
+        await anyio.to_thread.run_sync(up.finish, done)
+        await self._forget(up.disk, up.upload_id)
+        up.done = done
 
     async def _joined(self, up: _Upload, sha256: str) -> Staged:
         """The upload's chunks joined into one staged file whose sha256 is ``sha256``."""
@@ -811,13 +1201,13 @@ class FileService:
     async def abort_upload(
         self, workspace_id: object = None, upload_id: object = None, *, caller: Identity = LOCAL
     ) -> None:
-        """Drop an upload and its chunks."""
+        """Drop an upload and its chunks (the room they held under the byte quota is given back)."""
         ws = await self.registry.known(workspace_id, caller)
         async with self.registry.file_work(ws):
             uid = self._upload_id(upload_id)
             async with self._gate(uid):
-                up = await self._upload_state(self.registry.disk(ws), uid, caller, gated=True)
-                await anyio.to_thread.run_sync(up.remove)
+                up = await self._upload_state(ws, self.registry.disk(ws), uid, caller, gated=True)
+                await self._remove(up)
 
     # ------------------------------------------------------------------ dropping uploads
 
@@ -830,7 +1220,7 @@ class FileService:
         gone = 0
         for up in ups:
             if doomed(up) and up.upload_id not in self._gates:
-                await anyio.to_thread.run_sync(up.remove)
+                await self._remove(up)
                 gone += 1
         return gone
 
@@ -912,19 +1302,33 @@ def _no_match(node: str, cur: FileMeta | None, match: tuple[str, ...]) -> Versio
     )
 
 
-def _over_quota(limit: str, quota: int, used: int, needed: int, *, upload: bool = False) -> QuotaExceeded:
+def _over_quota(
+    limit: str, quota: int, used: int, needed: int, *, held: int = 0, upload: bool = False
+) -> QuotaExceeded:
     what = "bytes of file content" if limit == "bytes" else "files"
+    of = f" ({held} of them in unfinished uploads' chunks)" if held else ""
     kept = " The chunks that arrived before stay; resend this one once there is room." if upload else ""
+    drop = ", complete or drop unfinished uploads" if held else ""
     return QuotaExceeded(
-        f"this workspace may keep {quota} {what}; it keeps {used} and this needs {needed} more.{kept}",
-        hint=f"Delete files you no longer need ({{op:delete_file}}), or ask the operator to raise --quota-{limit}.",
+        f"this workspace may keep {quota} {what}; it keeps {used}{of} and this needs {needed} more.{kept}",
+        hint=f"Delete files you no longer need ({{op:delete_file}}){drop}, or ask the operator to raise"
+        f" --quota-{limit}.",
         details={"limit": limit, "quota": quota, "used": used, "needed": needed},
     )
 
 
 def _completed(upload_id: str, done: dict[str, Any]) -> NotFound:
+    node = done.get("node_id")
+    if done.get("unsure"):
+        return NotFound(
+            f"upload {upload_id} was being completed when the server stopped, and '{node}' has changed since:"
+            " whether this upload wrote one of its versions cannot be told. It writes nothing more.",
+            hint="Read the file ({op:read_file}) to see whether it holds your content; if not, start a new upload"
+            " ({op:create_upload}).",
+            details={"upload_id": upload_id, "completed": None, "node_id": node, "version": None, "etag": None},
+        )
     return NotFound(
-        f"upload {upload_id} was already completed: it wrote '{done.get('node_id')}' as version"
+        f"upload {upload_id} was already completed: it wrote '{node}' as version"
         f" {done.get('version')}. Nothing more was written.",
         hint="Read the file ({op:read_file}) to see it; start a new upload ({op:create_upload}) to write again.",
         details={"upload_id": upload_id, "completed": True, **done},
@@ -934,10 +1338,13 @@ def _completed(upload_id: str, done: dict[str, Any]) -> NotFound:
 class _Upload:
     """An upload's folder under ``.mcp-locks/uploads``: ``info.json``, its chunks, then ``done.json``.
 
-    ``done.json`` says what the upload wrote once it committed (its chunks are gone by then). A
-    completed upload is kept until it expires, so a late or repeated ``complete`` is told what was
-    written instead of writing again. Dropping renames the folder away first (``.gone-…``), so nobody
-    finds it by its id while it is emptied; a leftover of a crash is removed by the next sweep.
+    ``commit.json``, written just before a completion's commit, names the joined content and the
+    version the commit is to give the file; ``done.json``, written once it committed, says what the
+    upload wrote (its chunks and ``commit.json`` are gone by then). ``commit.json`` without
+    ``done.json`` is a completion cut short, settled by the next call on the upload. A completed
+    upload is kept until it expires, so a late or repeated ``complete`` is told what was written
+    instead of writing again. Dropping renames the folder away first (``.gone-…``), so nobody finds
+    it by its id while it is emptied; a leftover of a crash is removed by the next sweep.
     """
 
     def __init__(
@@ -956,8 +1363,10 @@ class _Upload:
         self.expires_at = expires_at
         #: The file named when it was created (None if none was).
         self.node = node
-        #: What it wrote, once completed: node_id, version, etag.
+        #: What it wrote, once completed: node_id, version, etag (``unsure`` if that cannot be told).
         self.done: dict[str, Any] | None = None
+        #: A completion under way or cut short (``commit.json``): staged, node_id, version, sha256, size, mtime_ns.
+        self.marker: dict[str, Any] | None = None
 
     def _fd(self) -> int | None:
         base = self.disk.state_dir("uploads")
@@ -990,6 +1399,7 @@ class _Upload:
         try:
             info = _read_json(fd, "info.json")
             done = _read_json(fd, "done.json")
+            marker = _read_json(fd, "commit.json") if done is None else None
         finally:
             os.close(fd)
         if not isinstance(info, dict):
@@ -997,6 +1407,7 @@ class _Upload:
         up.owner, up.key_id, up.expires_at = info["owner"], info["key_id"], float(info["expires_at"])
         up.node = info.get("node_id")
         up.done = done if isinstance(done, dict) else None
+        up.marker = marker if isinstance(marker, dict) else None
         return up
 
     @classmethod
@@ -1019,6 +1430,18 @@ class _Upload:
                 if up is not None:
                     out.append(up)
         return out
+
+    @classmethod
+    def holding(cls, disk: WorkspaceDisk) -> dict[str, _Open]:
+        """The chunks of every unfinished upload of the workspace (none if it never had uploads)."""
+        if not _has_uploads(disk.root):
+            return {}
+        try:
+            ups = cls.all(disk)
+        except LockError as e:  # an unusable uploads folder (a link planted there) holds no upload either
+            log.warning("could not count the uploads of %s: %s", disk.root, e.code)
+            return {}
+        return {up.upload_id: _Open(up.node, up.expires_at, up.chunks()) for up in ups if up.done is None}
 
     def chunks(self) -> dict[int, int]:
         """Chunk number -> size, for the chunks that arrived whole."""
@@ -1072,8 +1495,43 @@ class _Upload:
         finally:
             os.close(fd)
 
+    def _put_json(self, fd: int, name: str, data: dict[str, Any]) -> None:
+        """Write ``name`` in the upload's folder at once (a temporary file renamed over it), durably."""
+        tmp = f"{name}-{secrets.token_hex(4)}.tmp"
+        f = StagingFile(fd, tmp)
+        try:
+            f.write(json.dumps(data).encode())
+            f.finish()
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            f.discard()
+            raise
+        os.fsync(fd)
+
+    def mark(self, marker: dict[str, Any]) -> None:
+        """Record, durably, the completion about to commit (``commit.json``); OSError if it cannot be."""
+        fd = self._fd()
+        if fd is None:
+            raise _no_upload(self.upload_id)
+        try:
+            self._put_json(fd, "commit.json", marker)
+        finally:
+            os.close(fd)
+
+    def unmark(self) -> None:
+        """Forget the completion ``commit.json`` records (it did not commit), durably."""
+        fd = self._fd()
+        if fd is None:
+            return
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink("commit.json", dir_fd=fd)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
     def finish(self, done: dict[str, Any]) -> None:
-        """Mark the upload completed (``done``: what it wrote) and drop its chunks.
+        """Mark the upload completed (``done``: what it wrote) and drop its chunks and ``commit.json``.
 
         If the mark cannot be made, the upload is dropped instead: a retry then finds no upload
         rather than writing the file a second time.
@@ -1082,18 +1540,9 @@ class _Upload:
         if fd is None:
             return
         try:
-            tmp = f"done-{secrets.token_hex(4)}.tmp"
-            f = StagingFile(fd, tmp)
-            try:
-                f.write(json.dumps(done).encode())
-                f.finish()
-                os.rename(tmp, "done.json", src_dir_fd=fd, dst_dir_fd=fd)
-            except BaseException:
-                f.discard()
-                raise
-            os.fsync(fd)
+            self._put_json(fd, "done.json", done)
             with os.scandir(fd) as it:
-                names = [e.name for e in it if e.name.isdigit()]
+                names = [e.name for e in it if e.name.isdigit() or e.name == "commit.json"]
             for name in names:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(name, dir_fd=fd)
@@ -1112,6 +1561,27 @@ class _Upload:
         except FileNotFoundError:
             return
         _empty_and_remove(base, gone)
+
+
+def _claim(disk: WorkspaceDisk, upload_id: str) -> int | None:
+    """A descriptor of the upload's folder holding its lock (flock), or None if another process holds it.
+
+    NOT_FOUND if there is no such upload. The lock goes with the descriptor, or with the process.
+    """
+    try:
+        fd = os.open(upload_id, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     dir_fd=disk.state_dir("uploads"))  # fmt: skip
+    except FileNotFoundError:
+        raise _no_upload(upload_id) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _older(dir_fd: int, name: str, age: float) -> bool:
