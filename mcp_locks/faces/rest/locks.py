@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from functools import partial
 
-import anyio
 from pydantic import BaseModel
-from starlette.responses import Response
-from starlette.types import Message
 
 from mcp_locks.core.errors import InvalidArgument
 from mcp_locks.core.keys import Identity
@@ -71,52 +66,22 @@ def _lock_token(call: Call) -> str | None:
     return body.token if body is not None else None
 
 
-async def _answered(call: Call, wait: float, run: Callable[[], Awaitable[BaseModel]]) -> BaseModel | Response:
-    """Run a lock call so that a client that leaves before its answer cancels it (and so gives its grant back).
-
-    The endpoint watches for that only around a call that may wait (``wait`` > 0); a grant made at once
-    to a client that has gone is just as lost, so this watches the others. The engine gives back what a
-    cancelled call was granted. The watch is a bare asyncio task (uvicorn serves on asyncio): a task
-    group around every lock call cost ~45 µs, this ~8 µs.
-    """
-    if wait > 0:
-        return await run()
-    scope = anyio.CancelScope()
-    listening = asyncio.ensure_future(call.request.receive())  # answers only once the client has gone
-    listening.add_done_callback(partial(_cancel_if_gone, scope))
-    try:
-        with scope:
-            return await run()
-    finally:
-        listening.cancel()
-    return Response(status_code=499)  # nobody is listening any more
-
-
-def _cancel_if_gone(scope: anyio.CancelScope, listening: asyncio.Future[Message]) -> None:
-    if not listening.cancelled() and listening.exception() is None and listening.result()["type"] == "http.disconnect":
-        scope.cancel()
-
-
-async def lock(service: LockService, call: Call) -> BaseModel | Response:
+async def lock(service: LockService, call: Call) -> BaseModel:
     """Take (or change) a lock on the node."""
     b: LockRequest = call.body
     ws = _workspace(call)
-    return await _answered(
-        call,
+    return await service.lock(
+        ws,
+        call.params["node_id"],
+        b.mode,
+        b.timeout,
         b.wait,
-        lambda: service.lock(
-            ws,
-            call.params["node_id"],
-            b.mode,
-            b.timeout,
-            b.wait,
-            b.depth,
-            b.note,
-            b.agent,
-            b.request_id,
-            b.token,
-            caller=call.caller,
-        ),
+        b.depth,
+        b.note,
+        b.agent,
+        b.request_id,
+        b.token,
+        caller=call.caller,
     )
 
 
@@ -162,15 +127,11 @@ async def list_locks(service: LockService, call: Call) -> BaseModel:
     )
 
 
-async def lock_files(service: LockService, call: Call) -> BaseModel | Response:
+async def lock_files(service: LockService, call: Call) -> BaseModel:
     """Take several locks: all or none."""
     b: LockFilesRequest = call.body
     ws = call.params["workspace_id"]
-    return await _answered(
-        call,
-        b.wait,
-        lambda: service.lock_many(ws, b.items, b.timeout, b.wait, b.note, b.agent, b.request_id, caller=call.caller),
-    )
+    return await service.lock_many(ws, b.items, b.timeout, b.wait, b.note, b.agent, b.request_id, caller=call.caller)
 
 
 async def unlock_files(service: LockService, call: Call) -> BaseModel:

