@@ -20,8 +20,8 @@ from mcp_locks import LockError
 from mcp_locks.core.clock import ManualClock
 from mcp_locks.core.keys import parse_key_id
 from mcp_locks.engine.disk import WorkspaceDisk
-from mcp_locks.engine.file_service import _Upload
 from mcp_locks.engine.lock_service import LockService
+from mcp_locks.engine.uploads import Upload
 from mcp_locks.stores.base import Store
 from mcp_locks.stores.postgres import PostgresStore
 from mcp_locks.stores.sqlite import SqliteStore
@@ -183,7 +183,7 @@ async def test_a_completion_retried_after_a_crash_between_its_commit_and_its_don
     async with server(store, tmp_path) as s:
         uid, sha, token = await sent_under_lock(s)
         with monkeypatch.context() as m:
-            m.setattr(_Upload, "finish", crash)  # dies once the file is committed and in place
+            m.setattr(Upload, "finish", crash)  # dies once the file is committed and in place
             with pytest.raises(Crash):
                 await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
     async with server(reopened(store), tmp_path) as s:
@@ -212,16 +212,16 @@ async def test_a_completion_whose_file_could_not_be_put_in_place_is_not_written_
 async def test_a_completion_cut_short_before_its_commit_is_made_by_a_retry_after_the_restart(
     store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record = _Upload.mark
+    record = Upload.mark
 
-    def record_then_crash(up: _Upload, marker: dict[str, Any]) -> None:
+    def record_then_crash(up: Upload, marker: dict[str, Any]) -> None:
         record(up, marker)
         raise Crash  # the commit it records never happens
 
     async with server(store, tmp_path) as s:
         uid, sha, token = await sent_under_lock(s)
         with monkeypatch.context() as m:
-            m.setattr(_Upload, "mark", record_then_crash)
+            m.setattr(Upload, "mark", record_then_crash)
             with pytest.raises(Crash):
                 await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
     async with server(reopened(store), tmp_path) as s:
@@ -237,7 +237,7 @@ async def test_a_completion_cut_short_after_its_commit_and_the_file_changed_sinc
     async with server(store, tmp_path) as s:
         uid, sha, token = await sent_under_lock(s)
         with monkeypatch.context() as m:
-            m.setattr(_Upload, "finish", crash)
+            m.setattr(Upload, "finish", crash)
             with pytest.raises(Crash):
                 await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
     async with server(reopened(store), tmp_path) as s:
@@ -275,10 +275,10 @@ async def test_a_completion_whose_commit_the_store_refused_is_made_by_a_retry(
 async def test_a_completion_in_flight_on_another_server_sharing_the_folder_is_not_taken_for_one_cut_short(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    record = _Upload.mark
+    record = Upload.mark
     marked, go = anyio.Event(), anyio.Event()
 
-    def record_then_wait(up: _Upload, marker: dict[str, Any]) -> None:
+    def record_then_wait(up: Upload, marker: dict[str, Any]) -> None:
         record(up, marker)
         anyio.from_thread.run_sync(marked.set)
         anyio.from_thread.run(go.wait)  # server a is between its record and its commit
@@ -296,7 +296,7 @@ async def test_a_completion_in_flight_on_another_server_sharing_the_folder_is_no
                 done = await a.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
                 written.append(done.file.version)
 
-            monkeypatch.setattr(_Upload, "mark", record_then_wait)
+            monkeypatch.setattr(Upload, "mark", record_then_wait)
             with anyio.fail_after(STEP):
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(complete)

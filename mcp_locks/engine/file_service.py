@@ -1,20 +1,19 @@
-"""The file store's service layer: reads, writes, deletes, listings and resumable uploads that obey the locks."""
+"""The file store's service layer: reads, writes, deletes, listings and resumable uploads that obey the locks.
+
+The quota's accounting is in :mod:`~mcp_locks.engine.quota`, the uploads' folders in
+:mod:`~mcp_locks.engine.uploads`; this module runs the steps that use them.
+"""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import contextlib
-import errno
-import fcntl
-import json
 import logging
 import os
 import re
 import secrets
 import shutil
-import time
-import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -30,14 +29,16 @@ from mcp_locks.core.errors import (
     Unavailable,
     VersionMismatch,
 )
-from mcp_locks.core.files import STATE_DIR, FileTable, check_file_id, is_yours
-from mcp_locks.core.keys import LOCAL, NOBODY, Identity
+from mcp_locks.core.files import FileTable, check_file_id, is_yours
+from mcp_locks.core.keys import LOCAL, Identity
 from mcp_locks.core.models import FileContent, FileInfo, FileList, FileStatus, FileWritten, LockStatus, UploadInfo, utc
 from mcp_locks.core.records import FileMeta, Staged
 from mcp_locks.core.table import LockTable
 from mcp_locks.engine.arguments import check_count, check_token, check_version, who_is
-from mcp_locks.engine.disk import ORPHAN_AGE, StagingFile, WorkspaceDisk, os_error
+from mcp_locks.engine.disk import StagingFile, WorkspaceDisk, os_error
+from mcp_locks.engine.quota import Quotas, Room, size_of, stage_limit
 from mcp_locks.engine.registry import workspace_deleted
+from mcp_locks.engine.uploads import Upload, check_upload_id, claim, completed, has_uploads, keyed, no_upload, settled
 
 if TYPE_CHECKING:
     from mcp_locks.engine.registry import WorkspaceRegistry
@@ -47,7 +48,6 @@ __all__ = ["ANY_VERSION", "FileLimits", "FileService"]
 log = logging.getLogger("mcp_locks.files")
 
 T = TypeVar("T")
-_UPLOAD_RE = re.compile(r"[0-9a-f]{32}")
 _SHA_RE = re.compile(r"[0-9a-f]{64}")
 _CURSOR_RE = re.compile(r"[A-Za-z0-9_-]+")
 #: Bytes gathered from a request body before one hop to a worker thread writes them.
@@ -114,91 +114,6 @@ class _Change(NamedTuple):
     match: tuple[str, ...] | None = None
 
 
-class _Terms(NamedTuple):
-    """A change's effect on the bytes a workspace's quota counts, as a function of its size ``s``.
-
-    After it the workspace counts ``base + max(free, s)`` bytes: up to ``free`` bytes cost nothing more,
-    their room being held already (by chunks of uploads named for the file written, or, for a chunk, by
-    the file its upload is named for). ``before`` is what it counts now, ``held`` the part of that in
-    unfinished uploads' chunks. The quota lets a change through if it stays within the quota or does
-    not add to what is counted (so a lowered quota never blocks a change that shrinks nothing).
-    """
-
-    before: int
-    base: int
-    free: int
-    held: int
-
-    def after(self, size: int) -> int:
-        """What the workspace counts once the change, ``size`` bytes, is made."""
-        return self.base + max(self.free, size)
-
-    def limit(self, quota: int) -> int:
-        """The largest size the quota lets through: within it, or no more than counted now."""
-        return max(self.free, max(quota, self.before) - self.base)
-
-    def refusal(self, quota: int, size: int, *, upload: bool = False) -> QuotaExceeded:
-        """QUOTA_EXCEEDED for a change of ``size`` bytes."""
-        return _over_quota("bytes", quota, self.before, self.after(size) - self.before, held=self.held, upload=upload)
-
-
-class _Room(NamedTuple):
-    """How big one file may be under the workspace's byte quota, and the terms to explain a refusal."""
-
-    limit: int
-    quota: int
-    terms: _Terms
-
-
-class _Open:
-    """An unfinished upload's chunks, as the byte quota counts them: chunk number -> size, and their sum."""
-
-    __slots__ = ("chunks", "expires_at", "node", "size")
-
-    def __init__(self, node: str | None, expires_at: float, chunks: dict[int, int]) -> None:
-        self.node = node
-        self.expires_at = expires_at
-        self.chunks = chunks
-        self.size = sum(chunks.values())  # kept up to date: actor steps sum every open upload
-
-    def put(self, index: int, size: int | None) -> int | None:
-        """Set (``size`` None: remove) chunk ``index``; its size before (None if it had none)."""
-        before = self.chunks.pop(index, None)
-        if size is not None:
-            self.chunks[index] = size
-        self.size += (size or 0) - (before or 0)
-        return before
-
-
-class _Held:
-    """The chunks a workspace's unfinished uploads keep on disk (upload id -> :class:`_Open`).
-
-    Counted from the uploads folder when first needed (``ready`` set then), then kept by every step
-    that adds a chunk, commits an upload or drops one. They count against the byte quota until their
-    upload commits (its file then counts instead), is dropped, or expires.
-    """
-
-    __slots__ = ("ready", "ups")
-
-    def __init__(self) -> None:
-        self.ready = anyio.Event()
-        self.ups: dict[str, _Open] = {}
-
-
-@dataclass(slots=True)
-class _Usage:
-    """What a workspace's files take, counted once from the records of the FileTable it names.
-
-    The actor rebuilds its FileTable when it reloads (a failed commit, another server's changes), so a
-    count whose table is not the actor's current one is counted again; otherwise every write and delete
-    step updates it, in the step that commits the file.
-    """
-
-    table: weakref.ReferenceType[FileTable]
-    bytes: int
-    files: int
-
-
 class _Gate:
     """One upload's gate: a completion, a chunk being adopted and a drop run one at a time (in this server)."""
 
@@ -226,9 +141,7 @@ class FileService:
     def __init__(self, registry: WorkspaceRegistry, limits: FileLimits) -> None:
         self.registry = registry
         self.limits = limits
-        self._usage: dict[str, _Usage] = {}
-        #: Per workspace folder (a deleted workspace's goes with its folder object): its uploads' chunks.
-        self._held: weakref.WeakKeyDictionary[WorkspaceDisk, _Held] = weakref.WeakKeyDictionary()
+        self.quotas = Quotas(limits.quota_bytes, limits.quota_files)
         self._gates: dict[str, _Gate] = {}
         self._sweeping = False
         self._sweep_again = False
@@ -257,7 +170,7 @@ class FileService:
         if_match: tuple[str, ...] | None,
         *,
         writing: bool = True,
-    ) -> tuple[_Change, _Room | None]:
+    ) -> tuple[_Change, Room | None]:
         """Check a change's arguments, and (``writing``) the room the byte quota leaves for it.
 
         Without a token or a precondition the change is refused here, before any content is staged
@@ -270,15 +183,15 @@ class FileService:
         quota = writing and self.limits.quota
         if not (c.token is None and c.version is None and c.match is None) and not quota:
             return c, None
-        held = await self._holding(c.disk) if quota else None
+        held = await self.quotas.holding(c.disk) if quota else None
         actor = self.registry.actor(ws)
 
-        def step(table: LockTable, now: float) -> _Room | None:
+        def step(table: LockTable, now: float) -> Room | None:
             files = actor.files
             version = self._resolved(files, table, now, c)
             files.check_change(table, now, node, owner=c.who.owner, as_key=c.who.as_key, token=c.token,
                                if_version=version)  # fmt: skip
-            return self._room(ws, files, now, node, held) if quota else None
+            return self.quotas.room(ws, files, now, node, held) if quota else None
 
         return c, await actor.call(step)
 
@@ -298,141 +211,6 @@ class FileService:
         files.check_change(table, now, c.node, owner=c.who.owner, as_key=c.who.as_key, token=c.token,
                            if_version=cur.version if cur is not None else 0)  # fmt: skip
         raise _no_match(c.node, cur, c.match)
-
-    # ------------------------------------------------------------------ quota
-
-    def _usage_of(self, ws: str, files: FileTable) -> _Usage:
-        """The workspace's usage, counted from the records if ``files`` is not the table last counted."""
-        u = self._usage.get(ws)
-        if u is None or u.table() is not files:
-            live = [m for m in files.records() if not m.deleted]
-            u = self._usage[ws] = _Usage(weakref.ref(files), sum(m.size for m in live), len(live))
-        return u
-
-    @staticmethod
-    def _size_of(files: FileTable, node: str | None) -> int | None:
-        """The recorded size of ``node`` if it is a live file (the usage counts records), else None."""
-        m = files.record(node) if node is not None else None
-        return None if m is None or m.deleted else m.size
-
-    async def _holding(self, disk: WorkspaceDisk) -> _Held | None:
-        """The workspace's unfinished uploads' chunks (None without a byte quota), counted on first use."""
-        if self.limits.quota_bytes is None:
-            return None
-        while True:
-            held = self._held.get(disk)
-            if held is None:
-                held = self._held[disk] = _Held()
-                try:
-                    held.ups = await anyio.to_thread.run_sync(_Upload.holding, disk)
-                except BaseException:
-                    if self._held.get(disk) is held:
-                        del self._held[disk]  # the next caller counts again
-                    raise
-                finally:
-                    held.ready.set()
-                return held
-            if held.ready.is_set():
-                return held
-            await held.ready.wait()  # counted by another call: take its count (or count again if it failed)
-
-    def _held_now(self, disk: WorkspaceDisk) -> _Held | None:
-        """The count :meth:`_holding` made (a call that needs it awaited that first), for an actor step."""
-        held = self._held.get(disk)
-        return held if held is not None and held.ready.is_set() else None
-
-    async def _forget(self, disk: WorkspaceDisk, upload_id: str) -> None:
-        """An upload's chunks are gone (dropped, or joined into its file): they no longer count."""
-        held = self._held.get(disk)
-        if held is not None:
-            await held.ready.wait()  # a count being made may include them: take them out of it
-            held.ups.pop(upload_id, None)
-
-    @staticmethod
-    def _groups(held: _Held | None, now: float, without: str | None = None) -> dict[str | None, int]:
-        """Bytes of unexpired uploads' chunks by the file they are named for (None: none named)."""
-        out: dict[str | None, int] = {}
-        for uid, up in held.ups.items() if held is not None else ():
-            if uid != without and up.expires_at > now and up.size:
-                out[up.node] = out.get(up.node, 0) + up.size
-        return out
-
-    def _counted(self, files: FileTable, node: str | None, chunks: int) -> int:
-        """What ``chunks`` bytes of uploads named for ``node`` count: past the size of the file they replace.
-
-        The uploads named for one file share the room it gives back, so many of them cannot each stage
-        that much again for free.
-        """
-        return chunks if node is None else max(0, chunks - (self._size_of(files, node) or 0))
-
-    def _held_bytes(self, files: FileTable, groups: dict[str | None, int]) -> int:
-        return sum(self._counted(files, node, chunks) for node, chunks in groups.items())
-
-    def _write_terms(
-        self, ws: str, files: FileTable, now: float, node: str, held: _Held | None, upload: str | None = None
-    ) -> _Terms:
-        """The quota terms of writing ``node`` (with the chunks of ``upload``, which then stop counting)."""
-        usage = self._usage_of(ws, files).bytes
-        groups = self._groups(held, now)
-        before = self._held_bytes(files, groups)
-        if upload is not None:
-            groups = self._groups(held, now, without=upload)
-        named = groups.get(node, 0)
-        others = self._held_bytes(files, groups) - self._counted(files, node, named)
-        # Afterwards: the files less the one replaced, plus the new one, plus the chunks it does not cover.
-        return _Terms(usage + before, usage - (self._size_of(files, node) or 0) + others, named, before)
-
-    def _chunk_terms(self, ws: str, files: FileTable, now: float, up: _Upload, index: int, held: _Held) -> _Terms:
-        """The quota terms of chunk ``index`` of ``up`` (replacing the copy of it that arrived before, if any)."""
-        usage = self._usage_of(ws, files).bytes
-        groups = self._groups(held, now)
-        before = self._held_bytes(files, groups)
-        mine = held.ups.get(up.upload_id)
-        rest = groups.get(up.node, 0) - (mine.chunks.get(index, 0) if mine is not None else 0)
-        others = before - self._counted(files, up.node, groups.get(up.node, 0))
-        # Its group counts past the file it is named for: free up to that file's size less the rest.
-        free = (self._size_of(files, up.node) or 0) - rest if up.node is not None else -rest
-        return _Terms(usage + before, usage + others - free, free, before)
-
-    def _check_files(self, ws: str, files: FileTable, node: str | None) -> None:
-        """In the actor: refuse a new ``node`` over the file quota (``node`` None: an upload not named yet)."""
-        lim = self.limits
-        if lim.quota_files is None or node is None or self._size_of(files, node) is not None:
-            return
-        u = self._usage_of(ws, files)
-        if u.files + 1 > lim.quota_files:
-            raise _over_quota("files", lim.quota_files, u.files, 1)
-
-    def _room(self, ws: str, files: FileTable, now: float, node: str, held: _Held | None) -> _Room | None:
-        """In the actor: refuse a new ``node`` over the file quota; the byte room for it (None: no byte quota)."""
-        self._check_files(ws, files, node)
-        quota = self.limits.quota_bytes
-        if quota is None:
-            return None
-        terms = self._write_terms(ws, files, now, node, held)
-        return _Room(terms.limit(quota), quota, terms)
-
-    def _check_quota(
-        self, ws: str, files: FileTable, now: float, node: str, size: int, held: _Held | None, upload: str | None
-    ) -> None:
-        """In the actor: refuse a write of ``size`` bytes (of ``upload``'s chunks, if given) over a quota.
-
-        A write that adds nothing to what the workspace counts is let through even over a lowered quota
-        (no bigger than the file it replaces, or than the chunks it is made of).
-        """
-        self._check_files(ws, files, node)
-        quota = self.limits.quota_bytes
-        if quota is not None:
-            terms = self._write_terms(ws, files, now, node, held, upload)
-            if terms.after(size) > max(quota, terms.before):
-                raise terms.refusal(quota, size)
-
-    def _tally(self, ws: str, files: FileTable, old: int | None, new: int | None) -> None:
-        """A committed write (``new`` its size) or delete (``new`` None) of a file of ``old`` bytes."""
-        u = self._usage.get(ws)
-        if u is not None and u.table() is files:
-            u.bytes += (new or 0) - (old or 0)
-            u.files += (new is not None) - (old is not None)
 
     # ------------------------------------------------------------------ staging and committing
 
@@ -480,12 +258,6 @@ class FileService:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(f.discard)
             raise
-
-    def _write_limit(self, room: _Room | None) -> tuple[int, Callable[[int], LockError] | None]:
-        """The most bytes a write may stage, and the refusal past it (QUOTA_EXCEEDED if the quota is tighter)."""
-        if room is None or room.limit >= self.limits.max_file_size:
-            return self.limits.max_file_size, None
-        return room.limit, lambda seen: room.terms.refusal(room.quota, seen)
 
     @staticmethod
     def _too_large(limit: int) -> TooLarge:
@@ -693,7 +465,7 @@ class FileService:
         ws = await self.registry.known(workspace_id, caller)
         async with self.registry.file_work(ws):
             c, room = await self._change(ws, node_id, token, if_version, agent, caller, if_match)
-            limit, over = self._write_limit(room)
+            limit, over = stage_limit(room, self.limits.max_file_size)
             return await self._write_staged(c, await self._stage(c.disk, body, limit, c.node, over))
 
     async def _write_staged(self, c: _Change, staged: Staged) -> FileWritten:
@@ -711,17 +483,17 @@ class FileService:
         written). ``upload``: the upload whose chunks ``staged`` joins; they stop counting in this step.
         """
         actor = self.registry.actor(c.ws)
-        held = self._held_now(c.disk)
+        held = self.quotas.held_now(c.disk)
 
         def step(table: LockTable, now: float) -> tuple[FileMeta, bool] | None:
             files = actor.files
             version = self._resolved(files, table, now, c)
             if expect is not None and self._next_version(files, table, now, c, version) != expect:
                 return None
-            old = self._size_of(files, c.node)
+            old = size_of(files, c.node)
             if self.limits.quota:
                 try:
-                    self._check_quota(c.ws, files, now, c.node, staged.size, held, upload)
+                    self.quotas.check_write(c.ws, files, now, c.node, staged.size, held, upload)
                 except QuotaExceeded:
                     # A refusal by the lock rules is the one to report: the quota is not what stops it.
                     files.check_change(table, now, c.node, owner=c.who.owner, as_key=c.who.as_key, token=c.token,
@@ -729,9 +501,8 @@ class FileService:
                     raise
             meta, created = files.write(table, now, c.node, staged, owner=c.who.owner, as_key=c.who.as_key,
                                         by=c.who.owner, token=c.token, if_version=version)  # fmt: skip
-            self._tally(c.ws, files, old, meta.size)
-            if held is not None and upload is not None:
-                held.ups.pop(upload, None)  # its chunks are the file now: counted once, in the same step
+            self.quotas.tally(c.ws, files, old, meta.size)
+            self.quotas.joined(held, upload)  # in the same step: counted once, as chunks or as the file
             return meta, created
 
         return step
@@ -763,22 +534,16 @@ class FileService:
             def step(table: LockTable, now: float) -> FileMeta:
                 files = actor.files
                 version = self._resolved(files, table, now, c)
-                old = self._size_of(files, c.node)
+                old = size_of(files, c.node)
                 gone = files.delete(table, now, c.node, marker, owner=c.who.owner, as_key=c.who.as_key,
                                     by=c.who.owner, token=c.token, if_version=version)  # fmt: skip
-                self._tally(c.ws, files, old, None)
+                self.quotas.tally(c.ws, files, old, None)
                 return gone
 
             gone = await self._commit(c.ws, c.disk, marker, step)
         return FileWritten(file=FileInfo.of(c.ws, gone), created=False, deleted=True)
 
     # ------------------------------------------------------------------ uploads
-
-    @staticmethod
-    def _upload_id(upload_id: object) -> str:
-        if not isinstance(upload_id, str) or not _UPLOAD_RE.fullmatch(upload_id):
-            raise _no_upload(str(upload_id)[:40])
-        return upload_id
 
     @contextlib.asynccontextmanager
     async def _gate(self, upload_id: str) -> AsyncIterator[None]:
@@ -807,7 +572,7 @@ class FileService:
         if gate.claimed:  # the completion holding the gate has it already
             yield
             return
-        fd = await anyio.to_thread.run_sync(_claim, disk, upload_id)
+        fd = await anyio.to_thread.run_sync(claim, disk, upload_id)
         if fd is None:
             raise Unavailable(
                 f"upload {upload_id} is being completed by another server process.",
@@ -821,30 +586,30 @@ class FileService:
             gate.claimed = False
             os.close(fd)
 
-    async def _remove(self, up: _Upload) -> None:
+    async def _remove(self, up: Upload) -> None:
         """Remove an upload and its chunks (they stop counting against the quota)."""
         with anyio.CancelScope(shield=True):  # gone from disk means gone from the count
             await anyio.to_thread.run_sync(up.remove)
-            await self._forget(up.disk, up.upload_id)
+            await self.quotas.forget(up.disk, up.upload_id)
 
-    async def _drop(self, up: _Upload) -> None:
+    async def _drop(self, up: Upload) -> None:
         """Remove an upload nobody is completing or adding to right now (those see its state themselves)."""
         if up.upload_id not in self._gates:
             await self._remove(up)
 
     async def _upload_state(
         self, ws: str, disk: WorkspaceDisk, upload_id: object, caller: Identity, *, gated: bool = False
-    ) -> _Upload:
+    ) -> Upload:
         """The caller's unfinished upload (NOT_FOUND if none, if it expired, or if it was completed).
 
         A completion cut short (its ``commit.json`` left) is settled first, under the upload's gate.
         """
-        uid = self._upload_id(upload_id)
-        up = await anyio.to_thread.run_sync(_Upload.load, disk, uid)
+        uid = check_upload_id(upload_id)
+        up = await anyio.to_thread.run_sync(Upload.load, disk, uid)
         who = who_is(caller, None)
         now = self.registry.clock.now()
         if up is None or up.owner != who.owner or up.key_id != caller.key_id:
-            raise _no_upload(uid)  # someone else's upload is not revealed
+            raise no_upload(uid)  # someone else's upload is not revealed
         if up.expires_at <= now:
             if gated:
                 await self._remove(up)
@@ -861,18 +626,18 @@ class FileService:
                     return await self._upload_state(ws, disk, uid, caller, gated=True)
             async with self._claimed(disk, uid):
                 # Looked at again once held: another server may have ended it meanwhile.
-                fresh = await anyio.to_thread.run_sync(_Upload.load, disk, uid)
+                fresh = await anyio.to_thread.run_sync(Upload.load, disk, uid)
                 if fresh is None:
-                    raise _no_upload(uid)
+                    raise no_upload(uid)
                 up = fresh
                 if up.done is None and up.marker is not None:
                     with anyio.CancelScope(shield=True):  # the upload's files and its count change together
                         await self._settle(ws, up)
         if up.done is not None:
-            raise _completed(uid, up.done)
+            raise completed(uid, up.done)
         return up
 
-    def _upload_info(self, ws: str, up: _Upload, received: dict[int, int]) -> UploadInfo:
+    def _upload_info(self, ws: str, up: Upload, received: dict[int, int]) -> UploadInfo:
         return UploadInfo(
             workspace_id=ws,
             upload_id=up.upload_id,
@@ -901,14 +666,14 @@ class FileService:
                 def step(table: LockTable, now: float) -> None:
                     if table.retired:
                         raise workspace_deleted(ws)
-                    self._check_files(ws, actor.files, node)
+                    self.quotas.check_files(ws, actor.files, node)
 
                 await actor.call(step)
             disk = svc.disk(ws)
             now = svc.clock.now()
             await self._sweep(disk, lambda up: up.expires_at <= now)
             who = who_is(caller, None)
-            up = _Upload(disk, secrets.token_hex(16), who.owner, caller.key_id, now + self.limits.upload_ttl, node)
+            up = Upload(disk, secrets.token_hex(16), who.owner, caller.key_id, now + self.limits.upload_ttl, node)
             await anyio.to_thread.run_sync(up.save)
         return self._upload_info(ws, up, {})
 
@@ -965,55 +730,40 @@ class FileService:
             received = await anyio.to_thread.run_sync(up.chunks)
         return self._upload_info(ws, up, received)
 
-    async def _chunk_limit(self, ws: str, up: _Upload, n: int) -> tuple[int, Callable[[int], LockError] | None]:
+    async def _chunk_limit(self, ws: str, up: Upload, n: int) -> tuple[int, Callable[[int], LockError] | None]:
         """The most bytes chunk ``n`` may have: the chunk size, or less if the byte quota leaves less room.
 
         A first look, so a body far over the room is cut off as it arrives; :meth:`_hold_chunk` decides.
         """
-        held = await self._holding(up.disk)
-        quota = self.limits.quota_bytes
-        if held is None or quota is None:
+        held = await self.quotas.holding(up.disk)
+        if held is None:
             return self.limits.chunk_size, None
         actor = self.registry.actor(ws)
 
-        def step(table: LockTable, now: float) -> _Terms:
+        def step(table: LockTable, now: float) -> Room:
             if table.retired:
                 raise workspace_deleted(ws)
-            return self._chunk_terms(ws, actor.files, now, up, n, held)
+            return self.quotas.chunk_room(ws, actor.files, now, up, n, held)
 
-        terms = await actor.call(step)
-        limit = terms.limit(quota)
-        if limit >= self.limits.chunk_size:
-            return self.limits.chunk_size, None
-        return limit, lambda seen: terms.refusal(quota, seen, upload=True)
+        return stage_limit(await actor.call(step), self.limits.chunk_size, upload=True)
 
-    async def _hold_chunk(self, ws: str, up: _Upload, n: int, size: int) -> Callable[[], None]:
+    async def _hold_chunk(self, ws: str, up: Upload, n: int, size: int) -> Callable[[], None]:
         """Count chunk ``n`` of ``size`` bytes against the byte quota before it is kept (or QUOTA_EXCEEDED).
 
         Returns what gives the room back if the chunk is not kept after all. In an actor step, so chunks
         racing each other, and writes racing them, are counted one at a time.
         """
-        held = self._held_now(up.disk)
-        quota = self.limits.quota_bytes
-        if held is None or quota is None:
+        held = self.quotas.held_now(up.disk)
+        if held is None:
             return lambda: None
         actor = self.registry.actor(ws)
 
-        def step(table: LockTable, now: float) -> tuple[_Open, int | None]:
+        def step(table: LockTable, now: float) -> Callable[[], None]:
             if table.retired:
                 raise workspace_deleted(ws)
-            terms = self._chunk_terms(ws, actor.files, now, up, n, held)
-            if terms.after(size) > max(quota, terms.before):
-                raise terms.refusal(quota, size, upload=True)
-            mine = held.ups.setdefault(up.upload_id, _Open(up.node, up.expires_at, {}))
-            return mine, mine.put(n, size)
+            return self.quotas.hold_chunk(ws, actor.files, now, up, n, size, held)
 
-        mine, before = await actor.call(step)
-
-        def undo() -> None:
-            mine.put(n, before)
-
-        return undo
+        return await actor.call(step)
 
     async def complete_upload(
         self,
@@ -1037,7 +787,7 @@ class FileService:
         ws = await self.registry.known(workspace_id, caller)
         async with self.registry.file_work(ws):
             c, _room = await self._change(ws, node_id, token, if_version, agent, caller, None)
-            uid = self._upload_id(upload_id)
+            uid = check_upload_id(upload_id)
             if not isinstance(sha256, str) or not _SHA_RE.fullmatch(sha256.lower()):
                 await self._upload_state(ws, c.disk, uid, caller)  # someone else's upload is NOT_FOUND first
                 raise InvalidArgument("sha256 must be the 64 hex digits of the whole file's SHA-256.",
@@ -1050,7 +800,7 @@ class FileService:
                     written = await self._commit_upload(c, up, staged)
         return written
 
-    async def _commit_upload(self, c: _Change, up: _Upload, staged: Staged) -> FileWritten:
+    async def _commit_upload(self, c: _Change, up: Upload, staged: Staged) -> FileWritten:
         """Commit ``staged`` (the joined chunks) as ``c``'s file: at most once, whatever happens meanwhile.
 
         First ``commit.json`` records, durably, the content's name, sha256 and mtime and the version the
@@ -1077,7 +827,7 @@ class FileService:
                 continue  # the file changed between the two steps: record the version it will now get
             meta, created = out
             await anyio.to_thread.run_sync(up.finish, {"node_id": c.node, "version": meta.version, "etag": meta.etag})
-            await self._forget(up.disk, up.upload_id)
+            await self.quotas.forget(up.disk, up.upload_id)
             return FileWritten(file=FileInfo.of(c.ws, meta), created=created, deleted=False)
         await self._unstage(up, staged.name)
         raise Unavailable(
@@ -1093,7 +843,7 @@ class FileService:
 
         return step
 
-    async def _try_commit(self, c: _Change, up: _Upload, staged: Staged, version: int) -> tuple[FileMeta, bool] | None:
+    async def _try_commit(self, c: _Change, up: Upload, staged: Staged, version: int) -> tuple[FileMeta, bool] | None:
         """The commit step of :meth:`_commit_upload`; if it fails, what it left is settled (or dropped)."""
         step = self._write_step(c, staged, expect=version, upload=up.upload_id)
         wrote = False
@@ -1116,7 +866,7 @@ class FileService:
                     log.warning("could not settle upload %s yet: %s", up.upload_id, e.code)
             raise
 
-    async def _unstage(self, up: _Upload, staged: str) -> None:
+    async def _unstage(self, up: Upload, staged: str) -> None:
         """Drop joined content no commit took: ``commit.json`` first, so nothing then claims a file that is gone."""
         with anyio.CancelScope(shield=True):
             try:
@@ -1127,56 +877,35 @@ class FileService:
             up.marker = None
             await anyio.to_thread.run_sync(up.disk.discard, staged)
 
-    async def _settle(self, ws: str, up: _Upload) -> None:
+    async def _settle(self, ws: str, up: Upload) -> None:
         """Under the upload's gate: did the completion ``commit.json`` records commit? Mark the upload so.
 
-        It committed if the file's record still names its staged content as pending, or is its content
-        (the sha256 and the precise mtime it was staged with); it did not if the file's version is still
-        below the one it was to get (versions only grow). Otherwise the file changed since, and whether
-        this upload wrote one of those versions cannot be told: the upload ends without writing, and says
-        so. Either way it never writes twice.
+        The file's records tell (:func:`~mcp_locks.engine.uploads.settled`); if they cannot, the upload
+        ends without writing, and says so. Either way it never writes twice.
         """
         m = up.marker
         assert m is not None
-        node, staged, version = str(m["node_id"]), str(m["staged"]), int(m["version"])
         actor = self.registry.actor(ws)
 
-        def step(table: LockTable, now: float) -> tuple[str, FileMeta | None]:
+        def step(table: LockTable, now: float) -> dict[str, Any] | None:
             if table.retired:
                 raise workspace_deleted(ws)
-            files = actor.files
-            rec = files.record(node)
-            ours = rec if rec is not None and rec.pending == staged else None
-            if ours is not None or any(op.staged == staged for op in files.ops):
-                return "wrote", ours  # committed; its file is not in place yet
-            if rec is not None and not rec.deleted and (rec.sha256, rec.mtime_ns) == (m["sha256"], m["mtime_ns"]):
-                return "wrote", rec
-            try:
-                cur = files.current(node)
-            except LockError:  # a folder or a link there now: the record alone says how far it went
-                cur = None
-            newest = max(rec.version if rec is not None else 0, cur.version if cur is not None else 0)
-            return ("not", None) if newest < version else ("unsure", None)
+            return settled(actor.files, m)
 
-        outcome, rec = await actor.call(step)
-        if outcome == "not":
-            await self._unstage(up, staged)
-            held = self._held_now(up.disk)
-            if held is not None:  # its chunks are still there (the failed step may have stopped counting them)
-                chunks = await anyio.to_thread.run_sync(up.chunks)
-                held.ups[up.upload_id] = _Open(up.node, up.expires_at, chunks)
+        done = await actor.call(step)
+        if done is None:
+            await self._unstage(up, str(m["staged"]))
+            await self.quotas.recount(up)  # its chunks are still there (the failed step may have stopped counting them)
             return
-        if outcome == "wrote":
-            meta = rec or FileMeta(node, version, int(m["size"]), str(m["sha256"]), 0.0, None, 0)
-            done: dict[str, Any] = {"node_id": node, "version": meta.version, "etag": meta.etag}
-        else:
-            done = {"node_id": node, "version": None, "etag": None, "unsure": True}
-            log.warning("upload %s: a completion cut short cannot be told to have written '%s'", up.upload_id, node)
+        if done.get("unsure"):
+            log.warning(
+                "upload %s: a completion cut short cannot be told to have written '%s'", up.upload_id, done["node_id"]
+            )
         await anyio.to_thread.run_sync(up.finish, done)
-        await self._forget(up.disk, up.upload_id)
+        await self.quotas.forget(up.disk, up.upload_id)
         up.done = done
 
-    async def _joined(self, up: _Upload, sha256: str) -> Staged:
+    async def _joined(self, up: Upload, sha256: str) -> Staged:
         """The upload's chunks joined into one staged file whose sha256 is ``sha256``."""
         received = await anyio.to_thread.run_sync(up.chunks)
         missing = [i for i in range(max(received, default=-1) + 1) if i not in received]
@@ -1204,7 +933,7 @@ class FileService:
         """Drop an upload and its chunks (the room they held under the byte quota is given back)."""
         ws = await self.registry.known(workspace_id, caller)
         async with self.registry.file_work(ws):
-            uid = self._upload_id(upload_id)
+            uid = check_upload_id(upload_id)
             async with self._gate(uid):
                 up = await self._upload_state(ws, self.registry.disk(ws), uid, caller, gated=True)
                 await self._remove(up)
@@ -1212,11 +941,11 @@ class FileService:
     # ------------------------------------------------------------------ dropping uploads
 
     async def _sweep(
-        self, disk: WorkspaceDisk, doomed: Callable[[_Upload], bool], ups: Sequence[_Upload] | None = None
+        self, disk: WorkspaceDisk, doomed: Callable[[Upload], bool], ups: Sequence[Upload] | None = None
     ) -> int:
         """Drop the uploads (``ups``, or all) ``doomed`` says to (and leftovers of interrupted ones); how many."""
         if ups is None:
-            ups = await anyio.to_thread.run_sync(_Upload.all, disk)
+            ups = await anyio.to_thread.run_sync(Upload.all, disk)
         gone = 0
         for up in ups:
             if doomed(up) and up.upload_id not in self._gates:
@@ -1250,15 +979,15 @@ class FileService:
         svc = self.registry
         folders = {ws: folder for ws in svc.workspaces if ws not in svc.deleting and (folder := svc.folder(ws))}
         # One hop to a worker thread for all the looks; a folder never opened here is opened only if it has uploads.
-        having = await anyio.to_thread.run_sync(lambda: [ws for ws, f in folders.items() if _has_uploads(f)])
+        having = await anyio.to_thread.run_sync(lambda: [ws for ws, f in folders.items() if has_uploads(f)])
         live: dict[str, bool] = {}
         for ws in having:
             try:
                 async with svc.file_work(ws):
                     disk = svc.disk(ws)
-                    ups = [up for up in await anyio.to_thread.run_sync(_Upload.all, disk) if _keyed(up)]
+                    ups = [up for up in await anyio.to_thread.run_sync(Upload.all, disk) if keyed(up)]
                     for kid in {up.key_id for up in ups} - live.keys():
-                        assert kid is not None  # _keyed
+                        assert kid is not None  # keyed
                         rec = await svc.store.get_key(kid)
                         live[kid] = rec is not None and rec.revoked_at is None
                     dropped = await self._sweep(disk, lambda up: not live[up.key_id or ""], ups)
@@ -1267,15 +996,6 @@ class FileService:
                 continue
             if dropped:
                 log.info("dropped %d upload(s) of revoked keys in %s", dropped, ws)
-
-
-def _keyed(up: _Upload) -> bool:
-    """Whether a key started the upload (not the local caller of a server without keys)."""
-    return bool(up.key_id) and up.key_id != NOBODY.key_id
-
-
-def _has_uploads(folder: os.PathLike[str] | str) -> bool:
-    return os.path.isdir(os.path.join(folder, STATE_DIR, "uploads"))
 
 
 def _check_match(if_match: object) -> tuple[str, ...] | None:
@@ -1299,339 +1019,6 @@ def _no_match(node: str, cur: FileMeta | None, match: tuple[str, ...]) -> Versio
         hint="Someone changed it after you read it. Read it again ({op:read_file}), redo your change on the new"
         " content, and write with the new ETag.",
         details={"node_id": node, "current_version": cur.version, "etag": cur.etag},
-    )
-
-
-def _over_quota(
-    limit: str, quota: int, used: int, needed: int, *, held: int = 0, upload: bool = False
-) -> QuotaExceeded:
-    what = "bytes of file content" if limit == "bytes" else "files"
-    of = f" ({held} of them in unfinished uploads' chunks)" if held else ""
-    kept = " The chunks that arrived before stay; resend this one once there is room." if upload else ""
-    drop = ", complete or drop unfinished uploads" if held else ""
-    return QuotaExceeded(
-        f"this workspace may keep {quota} {what}; it keeps {used}{of} and this needs {needed} more.{kept}",
-        hint=f"Delete files you no longer need ({{op:delete_file}}){drop}, or ask the operator to raise"
-        f" --quota-{limit}.",
-        details={"limit": limit, "quota": quota, "used": used, "needed": needed},
-    )
-
-
-def _completed(upload_id: str, done: dict[str, Any]) -> NotFound:
-    node = done.get("node_id")
-    if done.get("unsure"):
-        return NotFound(
-            f"upload {upload_id} was being completed when the server stopped, and '{node}' has changed since:"
-            " whether this upload wrote one of its versions cannot be told. It writes nothing more.",
-            hint="Read the file ({op:read_file}) to see whether it holds your content; if not, start a new upload"
-            " ({op:create_upload}).",
-            details={"upload_id": upload_id, "completed": None, "node_id": node, "version": None, "etag": None},
-        )
-    return NotFound(
-        f"upload {upload_id} was already completed: it wrote '{node}' as version"
-        f" {done.get('version')}. Nothing more was written.",
-        hint="Read the file ({op:read_file}) to see it; start a new upload ({op:create_upload}) to write again.",
-        details={"upload_id": upload_id, "completed": True, **done},
-    )
-
-
-class _Upload:
-    """An upload's folder under ``.mcp-locks/uploads``: ``info.json``, its chunks, then ``done.json``.
-
-    ``commit.json``, written just before a completion's commit, names the joined content and the
-    version the commit is to give the file; ``done.json``, written once it committed, says what the
-    upload wrote (its chunks and ``commit.json`` are gone by then). ``commit.json`` without
-    ``done.json`` is a completion cut short, settled by the next call on the upload. A completed
-    upload is kept until it expires, so a late or repeated ``complete`` is told what was written
-    instead of writing again. Dropping renames the folder away first (``.gone-…``), so nobody finds
-    it by its id while it is emptied; a leftover of a crash is removed by the next sweep.
-    """
-
-    def __init__(
-        self,
-        disk: WorkspaceDisk,
-        upload_id: str,
-        owner: str,
-        key_id: str | None,
-        expires_at: float,
-        node: str | None = None,
-    ) -> None:
-        self.disk = disk
-        self.upload_id = upload_id
-        self.owner = owner
-        self.key_id = key_id
-        self.expires_at = expires_at
-        #: The file named when it was created (None if none was).
-        self.node = node
-        #: What it wrote, once completed: node_id, version, etag (``unsure`` if that cannot be told).
-        self.done: dict[str, Any] | None = None
-        #: A completion under way or cut short (``commit.json``): staged, node_id, version, sha256, size, mtime_ns.
-        self.marker: dict[str, Any] | None = None
-
-    def _fd(self) -> int | None:
-        base = self.disk.state_dir("uploads")
-        try:
-            return os.open(self.upload_id, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
-        except FileNotFoundError:
-            return None
-
-    def save(self) -> None:
-        """Create the upload's folder with its info in place at once (a sweep never sees it half made)."""
-        base = self.disk.state_dir("uploads")
-        tmp = f".new-{self.upload_id}"
-        os.mkdir(tmp, 0o700, dir_fd=base)
-        fd = os.open(tmp, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
-        try:
-            info = {"owner": self.owner, "key_id": self.key_id, "expires_at": self.expires_at, "node_id": self.node}
-            f = StagingFile(fd, "info.json")
-            f.write(json.dumps(info).encode())
-            f.finish()
-        finally:
-            os.close(fd)
-        os.rename(tmp, self.upload_id, src_dir_fd=base, dst_dir_fd=base)
-
-    @classmethod
-    def load(cls, disk: WorkspaceDisk, upload_id: str) -> _Upload | None:
-        up = cls(disk, upload_id, "", None, 0.0)
-        fd = up._fd()
-        if fd is None:
-            return None
-        try:
-            info = _read_json(fd, "info.json")
-            done = _read_json(fd, "done.json")
-            marker = _read_json(fd, "commit.json") if done is None else None
-        finally:
-            os.close(fd)
-        if not isinstance(info, dict):
-            return None
-        up.owner, up.key_id, up.expires_at = info["owner"], info["key_id"], float(info["expires_at"])
-        up.node = info.get("node_id")
-        up.done = done if isinstance(done, dict) else None
-        up.marker = marker if isinstance(marker, dict) else None
-        return up
-
-    @classmethod
-    def all(cls, disk: WorkspaceDisk) -> list[_Upload]:
-        """Every upload of the workspace, after removing leftovers of drops and creations cut short."""
-        base = disk.state_dir("uploads")
-        # A descriptor of its own: scanning the shared cached one moves its read position under other scans.
-        own = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
-        try:
-            with os.scandir(own) as it:
-                names = [e.name for e in it]
-        finally:
-            os.close(own)
-        out = []
-        for name in names:
-            if name.startswith(".gone-") or (name.startswith(".new-") and _older(base, name, ORPHAN_AGE)):
-                _empty_and_remove(base, name)
-            elif _UPLOAD_RE.fullmatch(name):
-                up = cls.load(disk, name)
-                if up is not None:
-                    out.append(up)
-        return out
-
-    @classmethod
-    def holding(cls, disk: WorkspaceDisk) -> dict[str, _Open]:
-        """The chunks of every unfinished upload of the workspace (none if it never had uploads)."""
-        if not _has_uploads(disk.root):
-            return {}
-        try:
-            ups = cls.all(disk)
-        except LockError as e:  # an unusable uploads folder (a link planted there) holds no upload either
-            log.warning("could not count the uploads of %s: %s", disk.root, e.code)
-            return {}
-        return {up.upload_id: _Open(up.node, up.expires_at, up.chunks()) for up in ups if up.done is None}
-
-    def chunks(self) -> dict[int, int]:
-        """Chunk number -> size, for the chunks that arrived whole."""
-        fd = self._fd()
-        if fd is None:
-            return {}
-        try:
-            out: dict[int, int] = {}
-            with os.scandir(fd) as it:
-                for e in it:
-                    if e.name.isdigit():
-                        with contextlib.suppress(FileNotFoundError):
-                            out[int(e.name)] = e.stat(follow_symlinks=False).st_size
-            return out
-        finally:
-            os.close(fd)
-
-    def adopt_chunk(self, staged: str, index: int) -> None:
-        """Move a staged, fsynced chunk into the upload (replacing an earlier copy of it)."""
-        fd = self._fd()
-        if fd is None:
-            self.disk.discard(staged)
-            raise _no_upload(self.upload_id)
-        try:
-            os.rename(staged, str(index), src_dir_fd=self.disk.state_dir("staging"), dst_dir_fd=fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def join(self, count: int) -> Staged:
-        """Chunks 0..count-1 concatenated into one staged, fsynced file (hashed on the way)."""
-        fd = self._fd()
-        if fd is None:
-            raise _no_upload(self.upload_id)
-        f = self.disk.staging()
-        try:
-            for i in range(count):
-                try:
-                    src = os.open(str(i), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                except FileNotFoundError:  # dropped meanwhile (it expired, its key was revoked)
-                    raise _no_upload(self.upload_id) from None
-                try:
-                    while piece := os.read(src, 1 << 20):
-                        f.write(piece)
-                finally:
-                    os.close(src)
-            return f.finish()
-        except BaseException:
-            f.discard()
-            raise
-        finally:
-            os.close(fd)
-
-    def _put_json(self, fd: int, name: str, data: dict[str, Any]) -> None:
-        """Write ``name`` in the upload's folder at once (a temporary file renamed over it), durably."""
-        tmp = f"{name}-{secrets.token_hex(4)}.tmp"
-        f = StagingFile(fd, tmp)
-        try:
-            f.write(json.dumps(data).encode())
-            f.finish()
-            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
-        except BaseException:
-            f.discard()
-            raise
-        os.fsync(fd)
-
-    def mark(self, marker: dict[str, Any]) -> None:
-        """Record, durably, the completion about to commit (``commit.json``); OSError if it cannot be."""
-        fd = self._fd()
-        if fd is None:
-            raise _no_upload(self.upload_id)
-        try:
-            self._put_json(fd, "commit.json", marker)
-        finally:
-            os.close(fd)
-
-    def unmark(self) -> None:
-        """Forget the completion ``commit.json`` records (it did not commit), durably."""
-        fd = self._fd()
-        if fd is None:
-            return
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink("commit.json", dir_fd=fd)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def finish(self, done: dict[str, Any]) -> None:
-        """Mark the upload completed (``done``: what it wrote) and drop its chunks and ``commit.json``.
-
-        If the mark cannot be made, the upload is dropped instead: a retry then finds no upload
-        rather than writing the file a second time.
-        """
-        fd = self._fd()
-        if fd is None:
-            return
-        try:
-            self._put_json(fd, "done.json", done)
-            with os.scandir(fd) as it:
-                names = [e.name for e in it if e.name.isdigit() or e.name == "commit.json"]
-            for name in names:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name, dir_fd=fd)
-        except OSError as e:
-            log.error("could not mark upload %s completed (%s): dropping it", self.upload_id, e)
-            self.remove()
-        finally:
-            os.close(fd)
-
-    def remove(self) -> None:
-        """Drop the upload and everything in it (nothing if it is gone already)."""
-        base = self.disk.state_dir("uploads")
-        gone = f".gone-{self.upload_id}-{secrets.token_hex(4)}"
-        try:
-            os.rename(self.upload_id, gone, src_dir_fd=base, dst_dir_fd=base)
-        except FileNotFoundError:
-            return
-        _empty_and_remove(base, gone)
-
-
-def _claim(disk: WorkspaceDisk, upload_id: str) -> int | None:
-    """A descriptor of the upload's folder holding its lock (flock), or None if another process holds it.
-
-    NOT_FOUND if there is no such upload. The lock goes with the descriptor, or with the process.
-    """
-    try:
-        fd = os.open(upload_id, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     dir_fd=disk.state_dir("uploads"))  # fmt: skip
-    except FileNotFoundError:
-        raise _no_upload(upload_id) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        return None
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _older(dir_fd: int, name: str, age: float) -> bool:
-    """Whether ``name`` was last changed more than ``age`` seconds ago (False if it is gone)."""
-    try:
-        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mtime < time.time() - age
-    except FileNotFoundError:
-        return False
-
-
-def _read_json(dir_fd: int, name: str) -> Any:
-    """The JSON in ``name`` under ``dir_fd``, or None if it is missing or unreadable."""
-    try:
-        with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd), "rb") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-def _empty_and_remove(base: int, name: str) -> None:
-    """Remove folder ``name`` under ``base`` and the files in it (tolerating others removing them too)."""
-    for _ in range(3):  # a chunk renamed in by a call that opened the folder just before: look again
-        try:
-            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=base)
-        except FileNotFoundError:
-            return
-        try:
-            with os.scandir(fd) as it:
-                names = [e.name for e in it]
-            for n in names:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(n, dir_fd=fd)
-        finally:
-            os.close(fd)
-        try:
-            os.rmdir(name, dir_fd=base)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            if e.errno != errno.ENOTEMPTY:
-                raise
-    log.warning("upload folder %s kept filling while it was removed; the next sweep retries", name)
-
-
-def _no_upload(upload_id: str) -> NotFound:
-    return NotFound(
-        f"there is no upload '{upload_id}' of yours in this workspace.",
-        hint="Start one with {op:create_upload}.",
-        details={"upload_id": upload_id},
     )
 
 
