@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -253,26 +253,27 @@ async def test_an_upload_for_a_new_file_is_refused_at_once_when_the_file_quota_i
     assert not uploads.exists() or os.listdir(uploads) == []
 
 
-async def test_the_usage_is_counted_again_from_the_records_after_a_restart(tmp_path: Path) -> None:
+async def _file_of_70_bytes(s: LockService) -> None:
+    await s.files.write(None, "a.bin", b"x" * 70, if_version=0, agent="alice")
+
+
+async def _chunk_of_70_bytes(s: LockService) -> None:
+    up = await s.files.create_upload(None)
+    await s.files.put_chunk(None, up.upload_id, 0, b"u" * 70)
+
+
+@pytest.mark.parametrize(
+    "hold", [_file_of_70_bytes, _chunk_of_70_bytes], ids=["a file's bytes", "an unfinished upload's chunk"]
+)
+async def test_the_room_taken_is_counted_again_after_a_restart(
+    tmp_path: Path, hold: Callable[[LockService], Awaitable[None]]
+) -> None:
     limits = FileLimits(quota_bytes=QUOTA_BYTES)
     for attempt in range(2):
         store = SqliteStore(tmp_path / "locks.db")
         async with LockService(store, clock=ManualClock(), files_dir=tmp_path / "files", file_limits=limits) as s:
             if attempt == 0:
-                await s.files.write(None, "a.bin", b"x" * 70, if_version=0, agent="alice")
-            else:
-                e = await refusal(s.files.write(None, "b.bin", b"y" * 31, if_version=0, agent="alice"))
-                assert_over(e, "bytes", QUOTA_BYTES, 70, 31)
-
-
-async def test_the_room_unfinished_uploads_hold_is_counted_again_after_a_restart(tmp_path: Path) -> None:
-    limits = FileLimits(quota_bytes=QUOTA_BYTES)
-    for attempt in range(2):
-        store = SqliteStore(tmp_path / "locks.db")
-        async with LockService(store, clock=ManualClock(), files_dir=tmp_path / "files", file_limits=limits) as s:
-            if attempt == 0:
-                up = await s.files.create_upload(None)
-                await s.files.put_chunk(None, up.upload_id, 0, b"u" * 70)
+                await hold(s)
             else:
                 e = await refusal(s.files.write(None, "b.bin", b"y" * 31, if_version=0, agent="alice"))
                 assert_over(e, "bytes", QUOTA_BYTES, 70, 31)

@@ -177,15 +177,21 @@ async def refused(call: object) -> LockError:
     return e.value
 
 
-async def test_a_completion_retried_after_a_crash_between_its_commit_and_its_done_record_writes_nothing(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def crashed_after_its_commit(store: Store, tmp_path: Path) -> tuple[str, str, str]:
+    """An upload whose completion died once its file was committed and in place, before its done record."""
     async with server(store, tmp_path) as s:
         uid, sha, token = await sent_under_lock(s)
-        with monkeypatch.context() as m:
-            m.setattr(Upload, "finish", crash)  # dies once the file is committed and in place
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(Upload, "finish", crash)
             with pytest.raises(Crash):
                 await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
+    return uid, sha, token
+
+
+async def test_a_completion_retried_after_a_crash_between_its_commit_and_its_done_record_writes_nothing(
+    store: Store, tmp_path: Path
+) -> None:
+    uid, sha, token = await crashed_after_its_commit(store, tmp_path)
     async with server(reopened(store), tmp_path) as s:
         e = await refused(s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice"))
         assert (e.code, e.details["completed"], e.details["node_id"], e.details["version"]) == (
@@ -232,14 +238,9 @@ async def test_a_completion_cut_short_before_its_commit_is_made_by_a_retry_after
 
 
 async def test_a_completion_cut_short_after_its_commit_and_the_file_changed_since_is_not_written_again(
-    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: Store, tmp_path: Path
 ) -> None:
-    async with server(store, tmp_path) as s:
-        uid, sha, token = await sent_under_lock(s)
-        with monkeypatch.context() as m:
-            m.setattr(Upload, "finish", crash)
-            with pytest.raises(Crash):
-                await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
+    uid, sha, token = await crashed_after_its_commit(store, tmp_path)
     async with server(reopened(store), tmp_path) as s:
         await s.files.write(None, "crash.bin", b"newer", token=token, agent="alice")  # version 2
         e = await refused(s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice"))
