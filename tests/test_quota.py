@@ -15,7 +15,7 @@ from mcp_locks import LockError, Settings, build_app
 from mcp_locks.core.clock import ManualClock
 from mcp_locks.engine.file_service import FileLimits
 from mcp_locks.engine.lock_service import LockService
-from mcp_locks.stores.base import Store
+from mcp_locks.stores.base import MemoryStore, Store
 from mcp_locks.stores.sqlite import SqliteStore
 
 from .helpers import STEP
@@ -322,3 +322,22 @@ async def test_a_rest_upload_chunk_over_the_quota_is_refused_and_its_chunks_hold
     done = await http.post(f"/uploads/{uid}/complete", json={"node_id": "u.bin", "sha256": sha, "if_version": 0})
     assert done.status_code == 200, done.text
     assert (await http.put("/files/a.bin", content=b"a" * 40, headers={"If-None-Match": "*"})).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "info",
+    [b'{"owner": "alice"}', b"[1, 2]", b'{"owner": "a", "key_id": null, "expires_at": "x"}'],
+    ids=["a field missing", "not an object", "a time that is no number"],
+)
+async def test_an_upload_folder_with_an_unreadable_record_holds_no_room_and_fails_no_write(
+    tmp_path: Path, info: bytes
+) -> None:
+    # Counting the uploads' room reads every upload folder: one broken by hand must not fail every write.
+    limits = FileLimits(quota_bytes=QUOTA_BYTES)
+    async with LockService(MemoryStore(), clock=ManualClock(), files_dir=tmp_path / "files", file_limits=limits) as s:
+        up = await s.files.create_upload(None)
+        await s.files.put_chunk(None, up.upload_id, 0, b"u" * 70)
+        (s.disk("default").root / ".mcp-locks" / "uploads" / up.upload_id / "info.json").write_bytes(info)
+    async with LockService(MemoryStore(), clock=ManualClock(), files_dir=tmp_path / "files", file_limits=limits) as s:
+        written = await s.files.write(None, "b.bin", b"y" * 90, if_version=0, agent="alice")
+        assert written.file.size == 90

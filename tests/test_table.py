@@ -386,6 +386,21 @@ def test_waiter_whose_wait_ran_out_before_the_lease_ended_times_out_even_if_expi
     assert len(table) == 0
 
 
+def test_an_upgrade_freed_before_its_own_read_lock_would_have_ended_is_granted_even_if_expire_runs_late(
+    table: LockTable,
+) -> None:
+    # bob's read ends at T0+20, alice's own at T0+40: at T0+20 her upgrade goes through and renews it.
+    lock(table, "a", "bob", mode="read", timeout=20)
+    mine = lock(table, "a", "alice", mode="read", timeout=40)
+    wid = enqueue(table, "a", "alice", token=mine.token, wait=1000, timeout=50)
+    table.expire(T0 + 100)
+    [(got, outcome)] = drain(table)
+    assert got == wid
+    assert isinstance(outcome, Granted), outcome
+    (lease,) = outcome.leases
+    assert (lease.lock_id, lease.mode, lease.expires_at) == (mine.lock_id, "write", T0 + 100 + 50)
+
+
 # ---------------------------------------------------------------------- leases and time
 
 

@@ -224,12 +224,17 @@ async def test_a_completion_cut_short_before_its_commit_is_made_by_a_retry_after
         record(up, marker)
         raise Crash  # the commit it records never happens
 
+    def died(*args: Any) -> None:
+        raise OSError("the process died")  # so the marker it cleans up after a failure stays, as after a crash
+
     async with server(store, tmp_path) as s:
         uid, sha, token = await sent_under_lock(s)
         with monkeypatch.context() as m:
             m.setattr(Upload, "mark", record_then_crash)
+            m.setattr(Upload, "unmark", died)
             with pytest.raises(Crash):
                 await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")
+        assert "commit.json" in os.listdir(s.disk("default").root / ".mcp-locks" / "uploads" / uid)
     async with server(reopened(store), tmp_path) as s:
         assert (await s.files.upload_status(None, uid)).received == [0]  # still open: nothing was written
         done = await s.files.complete_upload(None, uid, "crash.bin", sha, token=token, agent="alice")

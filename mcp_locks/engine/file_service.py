@@ -864,6 +864,9 @@ class FileService:
                     await self._settle(c.ws, up)
                 except LockError as e:  # the store is still out: the next call on the upload settles it
                     log.warning("could not settle upload %s yet: %s", up.upload_id, e.code)
+                    # Meanwhile its chunks, still on disk, count again (the step stopped counting them); if it did
+                    # commit, the room is counted twice until it is settled: on the safe side.
+                    await self.quotas.recount(up)
             raise
 
     async def _unstage(self, up: Upload, staged: str) -> None:

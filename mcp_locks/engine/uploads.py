@@ -110,10 +110,11 @@ class Upload:
             marker = _read_json(fd, "commit.json") if done is None else None
         finally:
             os.close(fd)
-        if not isinstance(info, dict):
+        try:  # a hand-edited or truncated info.json is no readable info: no upload, not an INTERNAL error
+            up.owner, up.key_id, up.expires_at = str(info["owner"]), info["key_id"], float(info["expires_at"])
+            up.node = info.get("node_id")
+        except (KeyError, TypeError, ValueError):
             return None
-        up.owner, up.key_id, up.expires_at = info["owner"], info["key_id"], float(info["expires_at"])
-        up.node = info.get("node_id")
         up.done = done if isinstance(done, dict) else None
         up.marker = marker if isinstance(marker, dict) else None
         return up
@@ -131,12 +132,15 @@ class Upload:
             os.close(own)
         out = []
         for name in names:
-            if name.startswith(".gone-") or (name.startswith(".new-") and _older(base, name, ORPHAN_AGE)):
-                _empty_and_remove(base, name)
-            elif _UPLOAD_RE.fullmatch(name):
-                up = cls.load(disk, name)
-                if up is not None:
-                    out.append(up)
+            try:
+                if name.startswith(".gone-") or (name.startswith(".new-") and _older(base, name, ORPHAN_AGE)):
+                    _empty_and_remove(base, name)
+                elif _UPLOAD_RE.fullmatch(name):
+                    up = cls.load(disk, name)
+                    if up is not None:
+                        out.append(up)
+            except OSError as e:  # one unreadable entry must not fail every write that counts the uploads
+                log.warning("skipped upload entry %s in %s: %s", name, disk.root, e)
         return out
 
     @classmethod

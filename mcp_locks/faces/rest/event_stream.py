@@ -157,13 +157,17 @@ class _AccessWatch:
     async def run(self, access: Access, caller: Identity, workspace_id: str) -> None:
         """Look after each mark until the key no longer reaches the workspace (in a task beside the stream)."""
         try:
+            failing = False  # logged once per outage, not at every retry of every stream
             while True:
                 self._changed = anyio.Event()  # before the look: a change heard during it triggers the next one
                 upto = self.marks
                 try:
                     fine: bool | None = await access.still_reaches(caller, workspace_id)
+                    failing = False
                 except Exception:  # the store did not answer: nothing is decided, the marks hold until a look does
-                    log.warning("could not check whether key %s is still live", caller.key_id, exc_info=True)
+                    if not failing:
+                        log.warning("could not check whether key %s is still live", caller.key_id, exc_info=True)
+                    failing = True
                     fine = None
                 if fine is False:
                     return

@@ -139,8 +139,8 @@ class Op:
     status: int = 200
     query: tuple[tuple[str, str, str], ...] = ()  # (name, JSON type, description)
     headers: tuple[tuple[str, str], ...] = ()  # (name, description)
-    #: Takes locks: a client that leaves before its answer cancels the call, which leaves the line or gives
-    #: back what it was granted (a grant made to a client that has gone is lost to it either way).
+    #: Takes locks, and may wait in line for them: a client that leaves before its answer cancels the call,
+    #: which leaves the line or gives back what it was granted (lost to a client that has gone, waited or not).
     waits: bool = False
     admin: bool = False
     tags: tuple[str, ...] = field(default=("locks",))
@@ -265,6 +265,7 @@ class _Gone:
     def __init__(self, request: Request, scope: anyio.CancelScope) -> None:
         self._receive = request.receive
         self._scope = scope
+        self._closed = False
         self._listening = self._listen()
 
     def _listen(self) -> asyncio.Future[Message]:
@@ -273,7 +274,7 @@ class _Gone:
         return listening
 
     def _heard(self, listening: asyncio.Future[Message]) -> None:
-        if listening.cancelled() or listening.exception() is not None:
+        if self._closed or listening.cancelled() or listening.exception() is not None:
             return
         if listening.result()["type"] == "http.disconnect":
             self._scope.cancel()
@@ -282,6 +283,7 @@ class _Gone:
 
     def close(self) -> None:
         """Stop listening (the call is over)."""
+        self._closed = True
         self._listening.cancel()
 
 
