@@ -891,7 +891,8 @@ class LockTable:
         storm: a grant pass per instant costs more than the grant): with no wait ending and no
         upgrade in line, a grant made at an earlier instant changes no lease that ends later (a
         new lease ends after ``now``), and the line's order alone decides who goes first.
-        ``tests/test_table_model.py`` holds the table to the instant-by-instant model with timers firing late.
+        ``tests/test_table_model.py`` holds the table to the instant-by-instant model with timers firing late;
+        ``tests/test_table.py`` has a case for each condition.
         """
         n = 0
         lh, leases = self._lease_heap, self._leases
