@@ -14,7 +14,6 @@ from pathlib import Path
 
 import anyio
 import pytest
-from anyio import wait_all_tasks_blocked
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mcp_locks import Settings, build_app
@@ -37,7 +36,12 @@ async def events(service: LockService) -> AsyncIterator[Events]:
 
 
 async def cancel_on(service: LockService, kind: str, scope: anyio.CancelScope, ready: anyio.Event) -> None:
-    """Cancel ``scope`` as soon as the feed shows a ``kind`` event (the batch deciding the grant committed)."""
+    """Cancel ``scope`` as soon as the feed shows a ``kind`` event (the batch deciding the grant committed).
+
+    Subscribed once ``ready`` is set. The feed is handed a batch's events before the batch's callers are
+    woken, so this task, parked on the feed or already scheduled, runs before the caller takes its answer.
+    (Not ``wait_all_tasks_blocked``: the PostgreSQL store's LISTEN task can look unblocked to it for good.)
+    """
     async with service.subscribe() as feed:
         ready.set()
         async for _, ev in feed:
@@ -61,7 +65,6 @@ async def test_a_grant_whose_caller_was_cancelled_after_it_came_back_is_released
         async with anyio.create_task_group() as tg:
             tg.start_soon(cancel_on, service, "requested", scope, ready)
             await ready.wait()
-            await wait_all_tasks_blocked()  # the subscriber waits on the feed, so it is woken first
             tg.start_soon(bob_locks)
     assert got == []
     granted = await until_event(events, "granted", "doc.md", owner="bob")
@@ -88,7 +91,6 @@ async def test_a_waiters_grant_whose_caller_was_cancelled_after_it_came_back_is_
             await until_event(events, "queued", "doc.md")
             tg.start_soon(cancel_on, service, "released", scope, ready)
             await ready.wait()
-            await wait_all_tasks_blocked()
             await service.unlock(None, holder.token)  # grants bob; the subscriber cancels him before he wakes
     assert got == []
     await until_event(events, "granted", "doc.md", owner="bob")
