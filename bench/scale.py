@@ -429,6 +429,7 @@ class Waiters:
         self.n = n
         self.granted = 0
         self.last_grant = 0.0
+        self.grants: list[float] = []  # when each call returned its grant (perf_counter)
         self.done = anyio.Event()
         self.failures: list[str] = []
 
@@ -442,8 +443,26 @@ class Waiters:
         assert g.owner == f"w{i}"
         self.granted += 1
         self.last_grant = time.perf_counter()
+        self.grants.append(self.last_grant)
         if self.granted == self.n:
             self.done.set()
+
+
+async def longest_stall(stop: anyio.Event, tick: float = 0.005) -> float:
+    """The longest gap, until ``stop``, between turns of a task that asks to run every ``tick`` seconds.
+
+    What any other caller of the server (another workspace, a health check, a new connection)
+    waits at worst meanwhile: the event loop runs nothing else while a step holds it.
+    """
+    longest = 0.0
+    last = time.perf_counter()
+    end = last + DEADLINE
+    while not stop.is_set() and last < end:
+        await anyio.sleep(tick)
+        now = time.perf_counter()
+        longest = max(longest, now - last)
+        last = now
+    return longest
 
 
 async def run_waiters(a: argparse.Namespace) -> dict[str, float]:
@@ -536,7 +555,7 @@ async def run_expiry(a: argparse.Namespace) -> dict[str, float]:
     n: int = a.expiring
     nws: int = a.workspaces
     per_ws = -(-n // nws)
-    limits = service_limits(a, Limits(max_waiters=max(per_ws, Limits().max_waiters)))
+    limits = service_limits(a, Limits(max_waiters=max(per_ws, Limits().max_waiters), expire_batch=a.expire_batch))
     clock = ManualClock(start=1_800_000_000.0)
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="mcp-locks-scale-") as d:
@@ -589,10 +608,17 @@ async def run_expiry(a: argparse.Namespace) -> dict[str, float]:
                 out["rss_bytes_per_waiter"] = (rss() - rss0) / n
                 first_end = min(t.next_deadline() or 0.0 for t in tables if t is not None)
                 assert first_end >= clock.now() + EXPIRY_LEASE, first_end - clock.now()
-                # Every lease ends in [start + LEASE, start + LEASE + 1): move past that second at once.
+                stalls: list[float] = []
+
+                async def probe() -> None:
+                    stalls.append(await longest_stall(ws.done))
+
+                tg.start_soon(probe)
+                await anyio.sleep(0.02)  # the probe has taken its first turn
                 c0 = time.process_time()
                 t2 = time.perf_counter()
                 with Profile(a.profile, "expiry"):
+                    # Every lease ends in [start + LEASE, start + LEASE + 1): move past that second at once.
                     clock.advance(EXPIRY_LEASE + 1.0)
                     with anyio.fail_after(DEADLINE):
                         await ws.done.wait()
@@ -600,8 +626,11 @@ async def run_expiry(a: argparse.Namespace) -> dict[str, float]:
                 # each waiter's call has returned (with its service result built) by last_grant.
                 out["expire_to_committed_s"] = store.last_commit_before(ws.last_grant) - t2
                 out["expire_to_all_granted_s"] = ws.last_grant - t2
+                out["first_grant_s"] = min(ws.grants) - t2
+                out["median_grant_s"] = statistics.median(ws.grants) - t2
                 out["cpu_s"] = time.process_time() - c0
                 out["granted"] = ws.granted
+            out["longest_stall_s"] = stalls[0]  # the task group has ended: so has the probe
             assert all(t is not None and len(t) == per_ws and t.waiter_count == 0 for t in tables)
     return out
 
@@ -646,6 +675,12 @@ def main() -> None:
     ap.add_argument("--waiters", type=int, default=10_000)
     ap.add_argument("--expiring", type=int, default=100_000)
     ap.add_argument("--workspaces", type=int, default=1, help="expiry: spread the leases over this many workspaces")
+    ap.add_argument(
+        "--expire-batch",
+        type=int,
+        default=Limits().expire_batch,
+        help="expiry: leases ended per commit in a storm (Limits.expire_batch; a number above --expiring: one commit)",
+    )
     ap.add_argument("--fill-callers", type=int, default=16, help="concurrent batch calls while filling")
     ap.add_argument("--layer", choices=["service", "actor"], default="service", help="held: which layer to drive")
     ap.add_argument(

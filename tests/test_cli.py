@@ -95,7 +95,8 @@ def test_the_observability_benchmark_runs_end_to_end() -> None:
 @pytest.mark.slow
 def test_the_scale_benchmark_runs_end_to_end() -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "bench.scale", "--runs", "1", "--held", "2000", "--waiters", "200", "--expiring", "200"],
+        [sys.executable, "-m", "bench.scale", "--runs", "1", "--held", "2000", "--waiters", "200", "--expiring", "200",
+         "--expire-batch", "50"],
         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     medians = {
@@ -105,7 +106,22 @@ def test_the_scale_benchmark_runs_end_to_end() -> None:
     }
     assert medians["waiters"]["granted"] == 200
     assert medians["expiry"]["granted"] == 200
+    # In parts of 50, the first waiter is answered before the last.
+    assert medians["expiry"]["first_grant_s"] < medians["expiry"]["expire_to_all_granted_s"]
     assert medians["held"]["restart_s"] > 0
+
+
+@pytest.mark.slow
+def test_the_storm_floor_benchmark_runs_end_to_end() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.storm_floor", "--runs", "1", "--leases", "500"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    median = json.loads(out.stdout.splitlines()[-1].removeprefix("median "))
+    assert median["records_s"] > 0
+    assert median["commit_s"] > 0
+    assert median["table_s"] > 0
+    assert median["floor_s"] == pytest.approx(median["records_s"] + median["commit_s"], abs=0.002)
 
 
 @pytest.mark.slow

@@ -489,6 +489,25 @@ class LockTableMachine(RuleBasedStateMachine):
         expected, got = self.call(lambda: self.model.expire(self.now), lambda: self.table.expire(self.now))
         self.check_result(expected, got)
 
+    @rule(limit=st.integers(1, 3))
+    def the_timer_fires_in_a_storm(self, limit: int) -> None:
+        """As the actor does in an expiry storm: a few leases per call, with the same ``now``, until none is due."""
+        due = self.model.next_deadline()
+        if due is not None:
+            self.now = max(self.now, math.ceil(due))
+
+        def in_parts() -> int:
+            ended = 0
+            for _ in range(len(self.table) + 2):  # each call ends at least one lease, or all that is due
+                ended += self.table.expire(self.now, limit)
+                deadline = self.table.next_deadline()
+                if deadline is None or deadline > self.now:
+                    return ended
+            raise AssertionError(f"still due after {len(self.table) + 2} calls of expire(now, {limit})")
+
+        expected, got = self.call(lambda: self.model.expire(self.now), in_parts)
+        self.check_result(expected, got)
+
     # ------------------------------------------------------------ locks
 
     @rule(owner=owners, claim=claims, timeout=timeouts, wait=waits)

@@ -18,6 +18,7 @@ from mcp_locks.core.clock import Clock
 from mcp_locks.core.errors import LockError, Unavailable
 from mcp_locks.core.files import FileTable
 from mcp_locks.core.records import (
+    Event,
     FileMeta,
     FileOp,
     Granted,
@@ -456,12 +457,16 @@ class WorkspaceActor:
         assert table is not None
         batch = pending.calls
         broken = False
+        ended = 0
+        part = None if self.shared else self.limits.expire_batch
         try:
-            table.expire(now)
+            ended = table.expire(now, part)
             self._take_outcomes(table, now)
         except Exception:
             log.exception("expiry failed in %s", self.workspace_id)
             broken = True
+        if not broken and part is not None and ended >= part:
+            broken = await self._expire_rest(table, now, part)
         files = self.files
         # The call that recorded each file op, in order (None: an op carried over from a failed apply).
         op_calls: list[_Call[Any] | None] = [None] * len(files.ops)
@@ -488,13 +493,8 @@ class WorkspaceActor:
         events, table.events = table.events, []
         extra: list[StoreChange] = []
         first = 0
-        if events and self.hub is not None and not broken:
-            # The events' audit segment (also the webhooks' outbox) rides the same transaction.
-            first, logged = self.hub.stamp(self.workspace_id, events)
-            extra = [*logged]
-        if self._extra:
-            extra += self._extra
-            self._extra = []
+        if not broken:
+            first, extra = self._log(events)
         if self.copies and files.ops and self.disk is not None and not broken:
             disk = self.disk  # the content of each write goes into the same transaction as its record
             extra += [PutContent(op.node_id, partial(disk.open_staged, op.staged)) for op in files.ops if not op.delete]
@@ -531,6 +531,57 @@ class WorkspaceActor:
             self.hub.committed(self.workspace_id, events, first, took)
         pending.done.set()
         self._inflight = None
+        self._answer_decided()
+
+    async def _expire_rest(self, table: LockTable, now: float, part: int) -> bool:
+        """An expiry storm: the table ended ``part`` leases and more may be due; end the rest in parts.
+
+        Each part is committed and its waiters answered before the next, with a pause for the event
+        loop between, so one workspace's storm does not stall every other call the server has (one
+        commit of 100,000 ends and grants holds the loop for seconds). The step's own calls run after
+        the whole storm. (A shared store's step ends with its one commit, so there a storm stays one
+        part.) Returns whether the step is broken.
+        """
+        while True:
+            due = table.next_deadline()
+            if due is None or due > now:
+                return False
+            events, table.events = table.events, []
+            changes, table.changes = table.changes, []
+            first, extra = self._log(events)
+            try:
+                started = time.perf_counter()
+                await self.store.commit(self.workspace_id, [*changes, *extra])
+                took = time.perf_counter() - started
+            except Exception:
+                log.exception("commit failed in %s", self.workspace_id)
+                return True
+            if self.hub is not None:
+                self.hub.committed(self.workspace_id, events, first, took)
+            self._answer_decided()
+            await anyio.lowlevel.checkpoint()
+            try:
+                table.expire(now, part)
+                self._take_outcomes(table, now)
+            except Exception:
+                log.exception("expiry failed in %s", self.workspace_id)
+                return True
+
+    def _log(self, events: list[Event]) -> tuple[int, list[StoreChange]]:
+        """The store changes that ride a commit besides the table's: the events' audit segment, and ``_extra``."""
+        first = 0
+        extra: list[StoreChange] = []
+        if events and self.hub is not None:
+            # The events' audit segment (also the webhooks' outbox) rides the same transaction.
+            first, logged = self.hub.stamp(self.workspace_id, events)
+            extra = [*logged]
+        if self._extra:
+            extra += self._extra
+            self._extra = []
+        return first, extra
+
+    def _answer_decided(self) -> None:
+        """Wake the waiters decided since the last commit (now durable)."""
         decided, self._decided = self._decided, []
         for w in decided:  # only those decided in this step: not a walk over everyone in line
             if self._waiting.get(w.waiter_id) is w:
