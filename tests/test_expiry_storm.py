@@ -13,6 +13,7 @@ import anyio
 import pytest
 
 from mcp_locks.core.clock import ManualClock
+from mcp_locks.core.errors import LockError, WaitTimeout
 from mcp_locks.core.records import EndLease, StoreChange
 from mcp_locks.engine.lock_service import LockService, ServiceLimits
 from mcp_locks.stores.base import Store
@@ -43,22 +44,38 @@ async def stormy(store: Store, clock: ManualClock) -> AsyncIterator[LockService]
 
 
 class CommitLog:
-    """What happened, in order: ("ended", n) for each commit that ended n leases, and what the callers noted."""
+    """What happened, in order: ("ended", n) for each commit that ended n leases, and what the callers noted.
 
-    def __init__(self, store: Store) -> None:
+    ``hold``: the storm's second commit waits until that is noted (so what is noted comes first, if it can).
+    ``fail``: the storm's second commit fails instead (once).
+    """
+
+    def __init__(self, store: Store, *, hold: str | None = None, fail: bool = False) -> None:
         self.entries: list[tuple[str, int]] = []
+        self.noted: dict[str, anyio.Event] = {}
+        self.failed = False
         inner = store.commit
 
         async def commit(workspace_id: str, changes: Sequence[StoreChange]) -> None:
-            await inner(workspace_id, changes)
             ended = sum(isinstance(c, EndLease) for c in changes)
+            if ended and len(self.ended()) == 1:
+                if hold is not None:
+                    await self.event(hold).wait()
+                if fail and not self.failed:
+                    self.failed = True
+                    raise OSError("disk on fire")
+            await inner(workspace_id, changes)
             if ended:
                 self.entries.append(("ended", ended))
 
         store.commit = commit  # type: ignore[method-assign]
 
+    def event(self, what: str) -> anyio.Event:
+        return self.noted.setdefault(what, anyio.Event())
+
     def note(self, what: str) -> None:
         self.entries.append((what, 0))
+        self.event(what).set()
 
     def ended(self) -> list[int]:
         return [n for what, n in self.entries if what == "ended"]
@@ -74,7 +91,7 @@ Hook = Callable[[], Awaitable[None]]
 
 
 async def storm(service: LockService, clock: ManualClock, on_grant: dict[int, Hook] | None = None) -> dict[int, str]:
-    """Queue a waiter on every node, end every lease at once; returns the node each waiter was granted.
+    """Queue a waiter on every node, end every lease at once; returns what each waiter got (its node, or an error code).
 
     ``on_grant[i]`` runs in waiter ``i``'s task as soon as its grant is returned.
     """
@@ -82,7 +99,11 @@ async def storm(service: LockService, clock: ManualClock, on_grant: dict[int, Ho
     hooks = on_grant or {}
 
     async def waiter(i: int) -> None:
-        grant = await service.lock(None, node(i), wait=LEASE * 2, timeout=LEASE * 10, agent=f"w{i}")
+        try:
+            grant = await service.lock(None, node(i), wait=LEASE * 2, timeout=LEASE * 10, agent=f"w{i}")
+        except LockError as e:
+            got[i] = e.code
+            return
         got[i] = grant.node_id
         if i in hooks:
             await hooks[i]()
@@ -125,8 +146,8 @@ async def test_another_workspace_is_answered_while_an_expiry_storm_goes_on(
     store: Store, stormy: LockService, clock: ManualClock
 ) -> None:
     await stormy.create_workspace("other")
-    await stormy.unlock("other", (await stormy.lock("other", "warm-up.txt")).token)  # its actor is running
-    log = CommitLog(store)
+    # The storm's second part waits for the other workspace's answer: it comes if the server serves it meanwhile.
+    log = CommitLog(store, hold="other answered")
 
     async def elsewhere() -> None:
         await stormy.lock("other", "unrelated.txt", agent="bystander")
@@ -134,3 +155,44 @@ async def test_another_workspace_is_answered_while_an_expiry_storm_goes_on(
 
     await storm(stormy, clock, {0: elsewhere})
     assert log.first("other answered") < log.last_commit(), f"{log.entries}"
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"], indirect=True)
+async def test_a_commit_failing_mid_storm_keeps_the_grants_of_the_parts_before_and_answers_the_rest_unavailable(
+    store: Store, stormy: LockService, clock: ManualClock
+) -> None:
+    CommitLog(store, fail=True)
+    got = await storm(stormy, clock)
+    first_part = {i for i, what in got.items() if what == node(i)}
+    assert first_part == set(range(PART))  # the leases end in deadline order: the first part is the first PART
+    assert all(got[i] == "UNAVAILABLE" for i in range(PART, LEASES)), got
+    # The table was rebuilt from the store: the first part's grants stand, the rest of the storm ended anew.
+    for i in range(LEASES):
+        st = await stormy.status(None, node(i))
+        assert [h.owner for h in st.holders] == ([f"w{i}"] if i < PART else [])
+        assert not st.waiters
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"], indirect=True)
+async def test_a_storm_in_which_a_wait_also_runs_out_is_one_part(
+    store: Store, stormy: LockService, clock: ManualClock
+) -> None:
+    # The table must then take the deadlines one instant at a time: a wait that ran out before a lease
+    # ended is a timeout, not a grant.
+    await stormy.lock(None, "elsewhere.txt", timeout=LEASE * 10, agent="holder")
+    log = CommitLog(store)
+    outcome: list[str] = []
+
+    async def impatient() -> None:
+        try:
+            await stormy.lock(None, "elsewhere.txt", wait=LEASE, agent="impatient")
+        except WaitTimeout as e:
+            outcome.append(e.code)
+
+    async with stormy.subscribe() as events, anyio.create_task_group() as tg:
+        tg.start_soon(impatient)
+        await until_event(events, "queued", "elsewhere.txt")
+        got = await storm(stormy, clock)
+    assert outcome == ["WAIT_TIMEOUT"]
+    assert got == {i: node(i) for i in range(LEASES)}
+    assert log.ended() == [LEASES]

@@ -1458,3 +1458,10 @@ def test_revoking_a_key_refuses_its_waiters_before_breaking_its_locks_so_none_of
     with pytest.raises(LockBroken) as e:
         table.renew(T0 + 6, held.token)
     assert (e.value.details["broken_by"], e.value.details["reason"]) == ("root", "key revoked")
+
+
+@pytest.mark.parametrize("batch", [0, -1])
+def test_an_expiry_storm_part_must_end_at_least_one_lease(batch: int) -> None:
+    # A part that ends nothing would never finish a storm.
+    with pytest.raises(ValueError, match="expire_batch"):
+        Limits(expire_batch=batch)

@@ -136,6 +136,10 @@ class Limits:
     #: the owner commits and answers each part before the next, so the server keeps answering.
     expire_batch: int = 2_000
 
+    def __post_init__(self) -> None:
+        if self.expire_batch < 1:
+            raise ValueError(f"expire_batch must be at least 1, not {self.expire_batch}")
+
 
 #: A waiter in the table is its record (waiter_id 0 until it joins the line).
 _Waiter = WaiterRecord
