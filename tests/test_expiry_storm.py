@@ -6,6 +6,7 @@ part before the next, so the rest of the server is not held up for the whole sto
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 
@@ -196,3 +197,29 @@ async def test_a_storm_in_which_a_wait_also_runs_out_is_one_part(
     assert outcome == ["WAIT_TIMEOUT"]
     assert got == {i: node(i) for i in range(LEASES)}
     assert log.ended() == [LEASES]
+
+
+async def test_an_expiry_storm_is_logged_once_with_its_size(
+    stormy: LockService, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="mcp_locks"):
+        await storm(stormy, clock)
+    storms = [r.getMessage() for r in caplog.records if "expiry storm" in r.getMessage()]
+    if stormy.registry.actor("default").shared:  # PostgreSQL: one commit per step, no parts
+        assert storms == []
+    else:
+        assert len(storms) == 1, storms
+        assert f"{LEASES} leases were due at once" in storms[0]
+        assert f"in {-(-LEASES // PART)} part(s)" in storms[0]
+
+
+async def test_leases_ending_one_by_one_are_no_storm(
+    stormy: LockService, clock: ManualClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="mcp_locks"):
+        start = clock.now()
+        for i in range(LEASES):  # each lease ends at its own instant: step the clock just past each in turn
+            async with stormy.subscribe() as events:
+                clock.advance(start + LEASE + i / LEASES + 0.001 - clock.now())
+                await until_event(events, "expired", node(i))
+    assert not [r for r in caplog.records if "expiry storm" in r.getMessage()]

@@ -466,7 +466,7 @@ class WorkspaceActor:
             log.exception("expiry failed in %s", self.workspace_id)
             broken = True
         if not broken and part is not None and ended >= part:
-            broken = await self._expire_rest(table, now, part)
+            broken = await self._expire_rest(table, now, part, ended)
         files = self.files
         # The call that recorded each file op, in order (None: an op carried over from a failed apply).
         op_calls: list[_Call[Any] | None] = [None] * len(files.ops)
@@ -533,18 +533,29 @@ class WorkspaceActor:
         self._inflight = None
         self._answer_decided()
 
-    async def _expire_rest(self, table: LockTable, now: float, part: int) -> bool:
-        """An expiry storm: the table ended ``part`` leases and more may be due; end the rest in parts.
+    async def _expire_rest(self, table: LockTable, now: float, part: int, ended: int) -> bool:
+        """An expiry storm: the table ended ``ended`` (at least ``part``) leases; more may be due: end them in parts.
 
         Each part is committed and its waiters answered before the next, with a pause for the event
         loop between, so one workspace's storm does not stall every other call the server has (one
         commit of 100,000 ends and grants holds the loop for seconds). The step's own calls run after
         the whole storm. (A shared store's step ends with its one commit, so there a storm stays one
-        part.) Returns whether the step is broken.
+        part.) Logs one warning per storm: it means the server was paused or its clock stepped.
+        Returns whether the step is broken.
         """
+        started_at, parts = time.perf_counter(), 1
         while True:
             due = table.next_deadline()
             if due is None or due > now:
+                log.warning(
+                    "expiry storm in %s: %d leases were due at once (was the server paused, or its clock stepped?);"
+                    " ended in %d part(s) of up to %d in %.2f s",
+                    self.workspace_id,
+                    ended,
+                    parts,
+                    part,
+                    time.perf_counter() - started_at,
+                )
                 return False
             events, table.events = table.events, []
             changes, table.changes = table.changes, []
@@ -561,7 +572,8 @@ class WorkspaceActor:
             self._answer_decided()
             await anyio.lowlevel.checkpoint()
             try:
-                table.expire(now, part)
+                ended += table.expire(now, part)
+                parts += 1
                 self._take_outcomes(table, now)
             except Exception:
                 log.exception("expiry failed in %s", self.workspace_id)
