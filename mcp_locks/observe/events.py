@@ -48,8 +48,8 @@ __all__ = [
 
 log = logging.getLogger("mcp_locks.events")
 
-#: What :meth:`EventHub.mark` puts in a subscriber's stream: a placeholder, told from events by its empty
-#: workspace id (no workspace has one).
+#: What :meth:`EventHub.mark` puts in a subscriber's stream: a placeholder, told from events by identity
+#: (``item is MARK``).
 MARK: tuple[str, Event] = ("", Event("left", 0.0, "", ""))
 
 

@@ -23,7 +23,7 @@ from mcp_locks.core.records import Event
 from mcp_locks.engine.lock_service import LockService
 from mcp_locks.faces.auth import Access
 from mcp_locks.faces.rest.operation import Call
-from mcp_locks.observe.events import EventHub
+from mcp_locks.observe.events import MARK, EventHub
 
 __all__ = ["HELLO", "KEEPALIVE", "MAX_STREAMS_PER_KEY", "RECHECK_ACCESS", "RETRY_LOOK", "stream_events"]
 
@@ -105,15 +105,16 @@ async def _event_feed(
                     if len(page) < 1000:
                         break
             marks = 0
-            async for ws, ev in live:  # ends if the subscriber fell far behind, or the server stops
-                if ws == workspace_id:
-                    if ev.seq > last:
-                        last = ev.seq
-                        yield _sse(workspace_id, ev)
-                else:  # a mark: what follows it was committed after an access change was heard
+            async for item in live:  # ends if the subscriber fell far behind, or the server stops
+                if item is MARK:  # what follows it was committed after an access change was heard
                     marks += 1
                     if not await watch.passed(marks):
                         return
+                    continue
+                ev = item[1]  # the subscription carries this workspace's events only
+                if ev.seq > last:
+                    last = ev.seq
+                    yield _sse(workspace_id, ev)
         finally:
             looking.cancel()
             listeners.remove(watch.heard)
